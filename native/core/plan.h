@@ -1,0 +1,86 @@
+// A flow as the core sees it: the spec (weights as PyTorch stores them) and the
+// plan built from it once per parameter change (units sorted by MADE degree,
+// masks folded into the weights, so every weight matrix is a staircase).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "flow_math.h"
+
+namespace iaflow {
+
+enum class LayerKind : int { IAF = 0, MAF = 1, Permutation = 2 };
+
+// One dense [out, in] matrix (row-major, PyTorch's Linear layout) with its bias.
+struct DenseLinear {
+  int out = 0;
+  int in = 0;
+  std::vector<float> weight;  // out * in
+  std::vector<float> bias;    // out
+};
+
+struct LayerSpec {
+  LayerKind kind = LayerKind::IAF;
+  // MADE layers
+  Activation activation = Activation::ReLU;
+  ScaleKind scale = ScaleKind::Softplus;
+  std::vector<int> inputDegrees;               // dim entries, a permutation of 1..dim
+  std::vector<std::vector<int>> hiddenDegrees;  // per hidden layer, values in 0..dim
+  std::vector<DenseLinear> hidden;             // hidden[0]: [h0, dim], hidden[l]: [h_l, h_{l-1}]
+  DenseLinear shift;                           // [dim, h_last], rows by original dimension
+  DenseLinear rawScale;                        // [dim, h_last]
+  // permutation layers: data-side b[i] = latent-side a[permutation[i]]
+  std::vector<int> permutation;
+};
+
+struct FlowSpec {
+  int dim = 0;
+  std::vector<LayerSpec> layers;  // in sampling order: layers[0] acts on the latent z
+};
+
+// A masked linear layer in degree-sorted coordinates. Unit j reads exactly the
+// first prefix[j] inputs, and prefix is nondecreasing in j: the staircase.
+struct StaircaseLinear {
+  int in = 0;
+  int out = 0;
+  int outStride = 0;            // out rounded up to kColumnBlock; padding columns are zero
+  std::vector<float> weightKM;  // [in][outStride], K-major, masked entries zero
+  std::vector<float> bias;      // [outStride]
+  std::vector<int> prefix;      // [out]
+};
+
+constexpr int kColumnBlock = 16;
+
+struct MadePlan {
+  int dim = 0;
+  bool parallelTowardData = true;  // IAF: true, MAF: false
+  Activation activation = Activation::ReLU;
+  ScaleKind scale = ScaleKind::Softplus;
+  std::vector<int> dimAtPosition;        // sorted position p (degree p + 1) -> original dimension
+  std::vector<StaircaseLinear> hidden;   // units sorted by degree
+  // Output columns 2p (raw shift) and 2p + 1 (raw scale) belong to position p.
+  StaircaseLinear output;
+  // unitsUpToDegree[l][d]: how many units of hidden layer l have degree <= d, d in 0..dim.
+  std::vector<std::vector<int>> unitsUpToDegree;
+};
+
+struct LayerPlan {
+  LayerKind kind = LayerKind::IAF;
+  MadePlan made;
+  std::vector<int> permutation;
+};
+
+struct FlowPlan {
+  int dim = 0;
+  std::vector<LayerPlan> layers;
+  int widestHidden = 0;  // largest outStride among hidden layers
+  int deepestHidden = 0; // most hidden layers in one MADE
+};
+
+// Builds the plan; throws std::invalid_argument when the spec is inconsistent
+// (the TypeScript layer validates user input first, so this is a second guard).
+std::shared_ptr<const FlowPlan> buildPlan(const FlowSpec& spec);
+
+}  // namespace iaflow

@@ -1,0 +1,15 @@
+// iaflow's public API, in one place.
+export { Flow, createFlow, createIAF, createMAF, setThreads, getThreads, standardNormal } from './flow';
+export type { FlowOptions, Rows, SampleOptions, StackOptions } from './flow';
+export { iaf, maf, reverse, permute } from './layers';
+export type {
+  Activation,
+  FlowConfig,
+  LayerConfig,
+  LayerDescriptor,
+  MadeLayerConfig,
+  MadeOptions,
+  PermutationLayerConfig,
+  ScaleKind,
+} from './layers';
+export { saveFlow, loadFlow, ModelFileError } from './io';

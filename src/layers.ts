@@ -1,0 +1,324 @@
+// Layer builders (iaf, maf, reverse, permute), the flow's config as stored in
+// the model file, parameter names and shapes, and the initialisation.
+import {
+  checkEnum,
+  checkInteger,
+  checkOptions,
+  checkPermutation,
+  checkSeed,
+  invalidRange,
+  invalidType,
+  isPlainObject,
+} from './validation';
+
+export type Activation = 'relu' | 'tanh' | 'elu';
+export type ScaleKind = 'softplus' | 'exp' | 'gated';
+export const ACTIVATIONS: readonly Activation[] = ['relu', 'tanh', 'elu'];
+export const SCALE_KINDS: readonly ScaleKind[] = ['softplus', 'exp', 'gated'];
+export const FORMAT_VERSION = 1;
+/** Bounds that keep a config (and a model file that claims one) within reason. */
+export const MAX_DIM = 65536;
+export const MAX_HIDDEN_WIDTH = 65536;
+export const MAX_HIDDEN_LAYERS = 64;
+export const MAX_LAYERS = 4096;
+
+/** A MADE layer as stored in the model file. Degrees say which inputs each unit sees. */
+export interface MadeLayerConfig {
+  type: 'iaf' | 'maf';
+  hidden: number[];
+  activation: Activation;
+  scale: ScaleKind;
+  /** Degree of input dimension i (a permutation of 1..dim): its place in the autoregressive order. */
+  inputDegrees: number[];
+  /** Degree of each unit of each hidden layer, in 0..dim. */
+  hiddenDegrees: number[][];
+}
+
+/** Data-side b[i] = latent-side a[permutation[i]]. */
+export interface PermutationLayerConfig {
+  type: 'permutation';
+  permutation: number[];
+}
+
+export type LayerConfig = MadeLayerConfig | PermutationLayerConfig;
+
+/** Everything but the weights. Layers are listed in sampling order: layers[0] acts on the latent z. */
+export interface FlowConfig {
+  formatVersion: number;
+  dim: number;
+  contextDim: number;
+  layers: LayerConfig[];
+}
+
+export interface MadeOptions {
+  /** Width of each hidden layer (one or more); a number means one layer. Default [64, 64]. */
+  hidden?: number | number[];
+  /** Hidden-layer nonlinearity. Default 'relu'. */
+  activation?: Activation;
+  /** Scale parameterization (DESIGN.md). Default 'softplus'. */
+  scale?: ScaleKind;
+  /**
+   * Autoregressive order: 'natural' (dimension 0 first) or `order[i]` = the rank (0-based) of
+   * dimension i, as zuko's `order`. Default 'natural'.
+   */
+  order?: 'natural' | number[];
+  /** Explicit hidden-unit degrees (advanced: reproduces a MADE built elsewhere). */
+  hiddenDegrees?: number[][];
+}
+
+const MADE_OPTION_KEYS = ['hidden', 'activation', 'scale', 'order', 'hiddenDegrees'] as const;
+
+/** A layer before the flow's dimension is known; createFlow resolves it. */
+export interface LayerDescriptor {
+  readonly kind: 'iaf' | 'maf' | 'reverse' | 'permute';
+  readonly options: Readonly<Record<string, unknown>>;
+  /** @internal */
+  resolve(dim: number, position: string): LayerConfig;
+}
+
+function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor {
+  const opts = checkOptions(`${type}() options`, options, MADE_OPTION_KEYS);
+  // Check what can be checked without the dimension now, so the error points at the builder call.
+  const hidden = checkHidden(`${type}().hidden`, opts.hidden ?? [64, 64]);
+  const activation = checkEnum(`${type}().activation`, opts.activation ?? 'relu', ACTIVATIONS);
+  const scale = checkEnum(`${type}().scale`, opts.scale ?? 'softplus', SCALE_KINDS);
+  return {
+    kind: type,
+    options: Object.freeze({ ...opts }),
+    resolve(dim: number, position: string): MadeLayerConfig {
+      const inputDegrees =
+        opts.order === undefined || opts.order === 'natural'
+          ? naturalDegrees(dim)
+          : checkPermutation(`${position}.order`, opts.order, dim).map((rank) => rank + 1);
+      const hiddenDegrees =
+        opts.hiddenDegrees === undefined
+          ? hidden.map((width) => defaultHiddenDegrees(dim, width))
+          : checkHiddenDegrees(`${position}.hiddenDegrees`, opts.hiddenDegrees, hidden, dim);
+      return { type, hidden: [...hidden], activation, scale, inputDegrees, hiddenDegrees };
+    },
+  };
+}
+
+/** An inverse autoregressive layer: sampling is one parallel pass; density of new data is sequential. */
+export function iaf(options?: MadeOptions): LayerDescriptor {
+  return madeDescriptor('iaf', options);
+}
+
+/** A masked autoregressive layer: density is one parallel pass; sampling is sequential. */
+export function maf(options?: MadeOptions): LayerDescriptor {
+  return madeDescriptor('maf', options);
+}
+
+/** Reverses the order of the dimensions (log-det 0). */
+export function reverse(): LayerDescriptor {
+  return {
+    kind: 'reverse',
+    options: Object.freeze({}),
+    resolve: (dim) => ({ type: 'permutation', permutation: Array.from({ length: dim }, (_, i) => dim - 1 - i) }),
+  };
+}
+
+/** A fixed permutation: an explicit one (data-side b[i] = a[perm[i]]) or a random one from `{ seed }`. */
+export function permute(permutation: number[] | { seed: number }): LayerDescriptor {
+  if (isPlainObject(permutation)) {
+    const opts = checkOptions('permute() options', permutation, ['seed']);
+    const seed = checkSeed('permute().seed', opts.seed);
+    return {
+      kind: 'permute',
+      options: Object.freeze({ seed }),
+      resolve: (dim) => ({ type: 'permutation', permutation: randomPermutation(dim, new Random(seed)) }),
+    };
+  }
+  if (!Array.isArray(permutation)) {
+    throw invalidType('permute()', 'a permutation array or { seed }', permutation);
+  }
+  const given = [...permutation];
+  return {
+    kind: 'permute',
+    options: Object.freeze({ permutation: given }),
+    resolve: (dim, position) => ({ type: 'permutation', permutation: checkPermutation(position, given, dim) }),
+  };
+}
+
+export function naturalDegrees(dim: number): number[] {
+  return Array.from({ length: dim }, (_, i) => i + 1);
+}
+
+/** MADE's rule (as nflows): unit j of a hidden layer gets degree (j mod max(1, dim-1)) + 1. */
+export function defaultHiddenDegrees(dim: number, width: number): number[] {
+  const span = Math.max(1, dim - 1);
+  return Array.from({ length: width }, (_, j) => (j % span) + 1);
+}
+
+function checkHidden(name: string, value: unknown): number[] {
+  const list = typeof value === 'number' ? [value] : value;
+  if (!Array.isArray(list) || list.length === 0) {
+    throw invalidType(name, 'a positive integer or a non-empty array of them', value);
+  }
+  if (list.length > MAX_HIDDEN_LAYERS) throw invalidRange(`${name}.length`, `at most ${MAX_HIDDEN_LAYERS}`, list.length);
+  return list.map((w, l) => checkInteger(`${name}[${l}]`, w, 1, MAX_HIDDEN_WIDTH));
+}
+
+function checkHiddenDegrees(name: string, value: unknown, hidden: number[], dim: number): number[][] {
+  if (!Array.isArray(value) || value.length !== hidden.length) {
+    throw invalidType(name, `an array of ${hidden.length} degree arrays (one per hidden layer)`, value);
+  }
+  return value.map((layer: unknown, l: number) => {
+    if (!Array.isArray(layer) || layer.length !== hidden[l]) {
+      throw invalidType(`${name}[${l}]`, `an array of ${hidden[l]} integers`, layer);
+    }
+    return layer.map((d: unknown, j: number) => checkInteger(`${name}[${l}][${j}]`, d, 0, dim));
+  });
+}
+
+/** Validates a whole config (from createFlow's output or from a model file). */
+export function checkFlowConfig(value: unknown, source: string): FlowConfig {
+  if (!isPlainObject(value)) throw invalidType(source, 'a flow config object', value);
+  const version = checkInteger(`${source}.formatVersion`, value.formatVersion, FORMAT_VERSION, FORMAT_VERSION);
+  const dim = checkInteger(`${source}.dim`, value.dim, 1, MAX_DIM);
+  const contextDim = checkInteger(`${source}.contextDim`, value.contextDim ?? 0, 0, 0);
+  if (!Array.isArray(value.layers) || value.layers.length > MAX_LAYERS) {
+    throw invalidType(`${source}.layers`, `an array of at most ${MAX_LAYERS} layers`, value.layers);
+  }
+  const layers = value.layers.map((layer: unknown, k: number): LayerConfig => {
+    const at = `${source}.layers[${k}]`;
+    if (!isPlainObject(layer)) throw invalidType(at, 'a layer object', layer);
+    const type = checkEnum(`${at}.type`, layer.type, ['iaf', 'maf', 'permutation'] as const);
+    if (type === 'permutation') {
+      return { type, permutation: checkPermutation(`${at}.permutation`, layer.permutation, dim) };
+    }
+    const hidden = checkHidden(`${at}.hidden`, layer.hidden);
+    return {
+      type,
+      hidden,
+      activation: checkEnum(`${at}.activation`, layer.activation, ACTIVATIONS),
+      scale: checkEnum(`${at}.scale`, layer.scale, SCALE_KINDS),
+      inputDegrees: checkPermutation(`${at}.inputDegrees`, layer.inputDegrees, dim, 1),
+      hiddenDegrees: checkHiddenDegrees(`${at}.hiddenDegrees`, layer.hiddenDegrees, hidden, dim),
+    };
+  });
+  return { formatVersion: version, dim, contextDim, layers };
+}
+
+/** Parameter names and [out, in] / [out] shapes, in a stable order. */
+export function parameterShapes(config: FlowConfig): Map<string, number[]> {
+  const shapes = new Map<string, number[]>();
+  config.layers.forEach((layer, k) => {
+    if (layer.type === 'permutation') return;
+    let fanIn = config.dim;
+    layer.hidden.forEach((width, l) => {
+      shapes.set(`layers.${k}.hidden.${l}.weight`, [width, fanIn]);
+      shapes.set(`layers.${k}.hidden.${l}.bias`, [width]);
+      fanIn = width;
+    });
+    for (const head of ['shift', 'scale']) {
+      shapes.set(`layers.${k}.${head}.weight`, [config.dim, fanIn]);
+      shapes.set(`layers.${k}.${head}.bias`, [config.dim]);
+    }
+  });
+  return shapes;
+}
+
+/** The scale head's bias that makes a fresh layer's scale exactly 1 (near 1 for 'gated'). */
+export function identityScaleBias(scale: ScaleKind): number {
+  // softplus(b) + 1e-3 = 1  =>  b = log(expm1(0.999)); exp: exp(0) = 1; gated: sigmoid(0 + 2) ~ 0.88,
+  // Kingma et al.'s advice to start the gate "sufficiently positive".
+  return scale === 'softplus' ? Math.log(Math.expm1(0.999)) : 0;
+}
+
+/**
+ * Initial parameters. Hidden weights: uniform with variance gain^2 / fanIn, where fanIn counts the
+ * inputs the MADE mask lets through (gain sqrt(2) for relu/elu, 1 for tanh); hidden biases 0.
+ * Shift and scale heads: weights uniform in +-0.01/sqrt(fanIn) so a fresh flow is close to the
+ * identity but every weight still gets a gradient; biases give shift 0 and scale 1.
+ * Masked-out entries are stored as 0.
+ */
+export function initialParameters(config: FlowConfig, seed: number): Map<string, Float32Array> {
+  const random = new Random(seed);
+  const params = new Map<string, Float32Array>();
+  config.layers.forEach((layer, k) => {
+    if (layer.type === 'permutation') return;
+    const gain = layer.activation === 'tanh' ? 1 : Math.SQRT2;
+    let inDegrees = layer.inputDegrees;
+    layer.hidden.forEach((width, l) => {
+      const degrees = layer.hiddenDegrees[l];
+      const weight = new Float32Array(width * inDegrees.length);
+      for (let j = 0; j < width; j++) {
+        const allowed = inDegrees.filter((d) => d <= degrees[j]).length;
+        const bound = gain * Math.sqrt(3 / Math.max(1, allowed));
+        for (let i = 0; i < inDegrees.length; i++) {
+          if (inDegrees[i] <= degrees[j]) weight[j * inDegrees.length + i] = (2 * random.next() - 1) * bound;
+        }
+      }
+      params.set(`layers.${k}.hidden.${l}.weight`, weight);
+      params.set(`layers.${k}.hidden.${l}.bias`, new Float32Array(width));
+      inDegrees = degrees;
+    });
+    for (const head of ['shift', 'scale'] as const) {
+      const weight = new Float32Array(config.dim * inDegrees.length);
+      for (let i = 0; i < config.dim; i++) {
+        const allowed = inDegrees.filter((d) => d < layer.inputDegrees[i]).length;
+        const bound = 0.01 / Math.sqrt(Math.max(1, allowed));
+        for (let m = 0; m < inDegrees.length; m++) {
+          if (inDegrees[m] < layer.inputDegrees[i]) weight[i * inDegrees.length + m] = (2 * random.next() - 1) * bound;
+        }
+      }
+      params.set(`layers.${k}.${head}.weight`, weight);
+      params.set(`layers.${k}.${head}.bias`, new Float32Array(config.dim).fill(head === 'scale' ? identityScaleBias(layer.scale) : 0));
+    }
+  });
+  return params;
+}
+
+export function randomPermutation(dim: number, random: Random): number[] {
+  const perm = Array.from({ length: dim }, (_, i) => i);
+  for (let i = dim - 1; i > 0; i--) {
+    const j = Math.floor(random.next() * (i + 1));
+    [perm[i], perm[j]] = [perm[j], perm[i]];
+  }
+  return perm;
+}
+
+/**
+ * xoshiro128** seeded through splitmix32 from both halves of a 53-bit seed: the
+ * generator for initialisation and random permutations (sampling uses the
+ * native Philox stream).
+ */
+export class Random {
+  private s0: number;
+  private s1: number;
+  private s2: number;
+  private s3: number;
+
+  constructor(seed: number) {
+    let state = (seed >>> 0) ^ Math.imul(Math.floor(seed / 0x100000000) >>> 0, 0x9e3779b9);
+    const splitmix = (): number => {
+      state = (state + 0x9e3779b9) | 0;
+      let z = state;
+      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+      return (z ^ (z >>> 16)) >>> 0;
+    };
+    this.s0 = splitmix();
+    this.s1 = splitmix();
+    this.s2 = splitmix();
+    this.s3 = splitmix();
+  }
+
+  /** Uniform in [0, 1). */
+  next(): number {
+    const result = Math.imul(rotl(Math.imul(this.s1, 5), 7), 9) >>> 0;
+    const t = this.s1 << 9;
+    this.s2 ^= this.s0;
+    this.s3 ^= this.s1;
+    this.s1 ^= this.s2;
+    this.s0 ^= this.s3;
+    this.s2 ^= t;
+    this.s3 = rotl(this.s3, 11);
+    return result / 0x100000000;
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return (x << k) | (x >>> (32 - k));
+}

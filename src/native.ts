@@ -1,0 +1,61 @@
+// Loads the addon: a prebuilt binary from prebuilds/ or a local build (build/Release),
+// through node-gyp-build. Typed here, in one place, so nothing else touches `any`.
+import * as path from 'node:path';
+
+export interface NativeLinear {
+  weight: Float32Array;
+  bias: Float32Array;
+}
+
+export interface NativeLayerSpec {
+  kind: number; // 0 IAF, 1 MAF, 2 permutation
+  activation?: number;
+  scale?: number;
+  inputDegrees?: Int32Array;
+  hiddenDegrees?: Int32Array[];
+  hidden?: NativeLinear[];
+  shift?: NativeLinear;
+  rawScale?: NativeLinear;
+  permutation?: Int32Array;
+}
+
+export interface NativeFlowInstance {
+  run(
+    direction: 0 | 1,
+    input: Float32Array | null,
+    rows: number,
+    seedLo: number,
+    seedHi: number,
+    outPoints: Float32Array | null,
+    outLogDet: Float32Array | null,
+    outLogProb: Float32Array | null,
+    async: boolean,
+  ): Promise<void> | undefined;
+}
+
+export interface NativeBinding {
+  NativeFlow: new (spec: { dim: number; layers: NativeLayerSpec[] }) => NativeFlowInstance;
+  setThreads(threads: number): void;
+  getThreads(): number;
+  standardNormal(seedLo: number, seedHi: number, firstRow: number, rows: number, dim: number, out: Float32Array): void;
+  backend: string;
+}
+
+function load(): NativeBinding {
+  const root = path.join(__dirname, '..');
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+    return nodeGypBuild(root) as NativeBinding;
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new Error(
+      `iaflow could not load its native addon (${reason}).\n` +
+        `No prebuilt binary fits ${process.platform}-${process.arch} and no local build was found.\n` +
+        `Build it from source with a C++17 compiler and Python: \`npm rebuild iaflow\` ` +
+        `(or, in a clone of the repository, \`npm run build:native\`).`,
+    );
+  }
+}
+
+export const native: NativeBinding = load();

@@ -1,0 +1,162 @@
+// Every check a caller's input meets before it reaches native code. Messages
+// follow one pattern, "Expected <what> for <name> but received <value>", so a
+// user can tell at once which argument is wrong and what would be right.
+import { constants as bufferConstants } from 'node:buffer';
+
+export function describeValue(value: unknown): string {
+  if (value === null) return 'null';
+  if (value === undefined) return 'undefined';
+  if (typeof value === 'number') return `${value}`;
+  if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '...' : value)}`;
+  if (typeof value === 'bigint') return `the bigint ${value}n`;
+  if (Array.isArray(value)) return `an array of length ${value.length}`;
+  if (ArrayBuffer.isView(value)) return `a ${value.constructor.name} of length ${(value as unknown as ArrayLike<unknown>).length ?? value.byteLength}`;
+  if (typeof value === 'function') return 'a function';
+  if (typeof value === 'object') return `an object`;
+  return typeof value;
+}
+
+export function invalidType(name: string, expected: string, actual: unknown): TypeError {
+  return new TypeError(`Expected ${expected} for ${name} but received ${describeValue(actual)}`);
+}
+
+export function invalidRange(name: string, expected: string, actual: unknown): RangeError {
+  return new RangeError(`Expected ${expected} for ${name} but received ${describeValue(actual)}`);
+}
+
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+/** An options object (or undefined) with no keys outside `allowed`: catches typos such as `hiden`. */
+export function checkOptions(name: string, value: unknown, allowed: readonly string[]): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (!isPlainObject(value)) throw invalidType(name, 'an options object', value);
+  for (const key of Object.keys(value)) {
+    if (!allowed.includes(key)) {
+      throw new TypeError(`Unknown option ${JSON.stringify(key)} in ${name}; expected one of: ${allowed.join(', ')}`);
+    }
+  }
+  return value;
+}
+
+export function checkInteger(name: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== 'number' || Number.isNaN(value)) throw invalidType(name, `an integer in [${min}, ${max}]`, value);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw invalidRange(name, `an integer in [${min}, ${max}]`, value);
+  }
+  return value;
+}
+
+export function checkEnum<T extends string>(name: string, value: unknown, allowed: readonly T[]): T {
+  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
+    throw invalidType(name, `one of ${allowed.map((a) => `'${a}'`).join(', ')}`, value);
+  }
+  return value as T;
+}
+
+/** A permutation of first..first+count-1, as a fresh number[]. */
+export function checkPermutation(name: string, value: unknown, count: number, first = 0): number[] {
+  const expected = `a permutation of ${first}..${first + count - 1}`;
+  if (!Array.isArray(value) && !ArrayBuffer.isView(value)) throw invalidType(name, expected, value);
+  const values = Array.from(value as ArrayLike<unknown>);
+  if (values.length !== count) throw invalidRange(name, `${expected} (length ${count})`, value);
+  const seen = new Uint8Array(count);
+  values.forEach((v, i) => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < first || v >= first + count || seen[v - first]) {
+      throw invalidRange(`${name}[${i}]`, `${expected} (each value once)`, v);
+    }
+    seen[v - first] = 1;
+  });
+  return values as number[];
+}
+
+/** Seeds are non-negative safe integers; the native stream takes them as two 32-bit words. */
+export function checkSeed(name: string, value: unknown): number {
+  return checkInteger(name, value, 0, Number.MAX_SAFE_INTEGER);
+}
+
+export function seedWords(seed: number): [number, number] {
+  return [seed % 0x100000000 >>> 0, Math.floor(seed / 0x100000000) >>> 0];
+}
+
+export function randomSeed(): number {
+  return Math.floor(Math.random() * 0x100000000) * 0x200000 + Math.floor(Math.random() * 0x200000);
+}
+
+/** The most float32 elements one result array may hold. */
+export const MAX_ELEMENTS = Math.floor(bufferConstants.MAX_LENGTH / 4);
+
+export function checkRowCount(name: string, value: unknown, dim: number): number {
+  const maxRows = Math.floor(MAX_ELEMENTS / dim);
+  if (typeof value !== 'number' || Number.isNaN(value)) throw invalidType(name, `a whole number of rows in [1, ${maxRows}]`, value);
+  if (!Number.isInteger(value) || value < 1 || value > maxRows) {
+    throw invalidRange(name, `a whole number of rows in [1, ${maxRows}] (dim ${dim})`, value);
+  }
+  return value;
+}
+
+/** Allocates a result, turning an allocation failure into a RangeError that says what was asked. */
+export function allocateFloats(count: number, what: string): Float32Array {
+  try {
+    return new Float32Array(count);
+  } catch {
+    throw new RangeError(`Not enough memory for ${what} (${count} float32 values)`);
+  }
+}
+
+// Brand checks instead of instanceof, so arrays made in another realm (a vm
+// context, a test runner) are recognised too. %TypedArray%.prototype's
+// Symbol.toStringTag getter reads the internal slot: it gives undefined for
+// anything but a real typed array, so an object that merely claims the tag
+// (or a Float64Array given an own Symbol.toStringTag) is not taken for one.
+const typedArrayTag = Object.getOwnPropertyDescriptor(
+  Object.getPrototypeOf(Uint8Array.prototype) as object,
+  Symbol.toStringTag,
+)!.get!;
+
+export function isFloat32Array(value: unknown): value is Float32Array {
+  return typedArrayTag.call(value) === 'Float32Array';
+}
+
+export function isFloat64Array(value: unknown): value is Float64Array {
+  return typedArrayTag.call(value) === 'Float64Array';
+}
+
+/** Batch input: Float32Array / Float64Array (row-major, n*dim) or number[][] of finite numbers. */
+export function toRowMajor(name: string, value: unknown, dim: number): { data: Float32Array; rows: number } {
+  const expected = `a Float32Array of n*${dim} values (row-major) or an array of rows of ${dim} numbers`;
+  let data: Float32Array;
+  if (isFloat32Array(value) || isFloat64Array(value)) {
+    if (value.length === 0 || value.length % dim !== 0) {
+      throw invalidRange(`${name}.length`, `a positive multiple of ${dim}`, value.length);
+    }
+    data = isFloat32Array(value) ? value : Float32Array.from(value);
+  } else if (Array.isArray(value)) {
+    if (value.length === 0) throw invalidRange(name, `${expected}, with at least one row`, value);
+    if (value.length * dim > MAX_ELEMENTS) throw invalidRange(`${name}.length`, `at most ${Math.floor(MAX_ELEMENTS / dim)} rows`, value.length);
+    data = allocateFloats(value.length * dim, name);
+    value.forEach((row: unknown, r: number) => {
+      if (!Array.isArray(row) && !isFloat32Array(row) && !isFloat64Array(row)) {
+        throw invalidType(`${name}[${r}]`, `an array of ${dim} numbers`, row);
+      }
+      const cells = row as ArrayLike<unknown>;
+      if (cells.length !== dim) throw invalidRange(`${name}[${r}].length`, `${dim}`, cells.length);
+      for (let i = 0; i < dim; i++) {
+        const v = cells[i];
+        if (typeof v !== 'number') throw invalidType(`${name}[${r}][${i}]`, 'a number', v);
+        data[r * dim + i] = v;
+      }
+    });
+  } else {
+    throw invalidType(name, expected, value);
+  }
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) {
+      throw invalidRange(`${name}[${Math.floor(i / dim)}][${i % dim}]`, 'a finite number', data[i]);
+    }
+  }
+  return { data, rows: data.length / dim };
+}

@@ -1,0 +1,163 @@
+// saveFlow / loadFlow: bit-exact round trips, clear refusals of bad files, atomic saves.
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createFlow, iaf, loadFlow, maf, permute, reverse, saveFlow } from '../src/index';
+import { encodeFlow } from '../src/io';
+import { decodeSafetensors, encodeSafetensors, __testing } from '../src/safetensors';
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'iaflow-io-'));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function sampleFlow() {
+  const flow = createFlow({
+    dim: 5,
+    seed: 7,
+    layers: [iaf({ hidden: [16, 12], activation: 'tanh', scale: 'gated' }), permute({ seed: 3 }), maf({ hidden: [9], order: [4, 2, 0, 1, 3], scale: 'exp' }), reverse(), iaf({ activation: 'elu' })],
+  });
+  // Move away from the initialisation so the round trip is not trivially the same init.
+  const params = flow.getParameters();
+  for (const p of Object.values(params)) for (let i = 0; i < p.length; i++) p[i] += Math.sin(i * 1.7) * 0.1;
+  flow.setParameters(params);
+  return flow;
+}
+
+test('save/load round trip is bit-exact: config, parameters and outputs', async () => {
+  const flow = sampleFlow();
+  const file = join(dir, 'model.safetensors');
+  await saveFlow(flow, file);
+  const loaded = await loadFlow(file);
+  expect(loaded.config).toEqual(flow.config);
+  const a = flow.getParameters();
+  const b = loaded.getParameters();
+  expect(Object.keys(b).sort()).toEqual(Object.keys(a).sort());
+  for (const name of Object.keys(a)) expect(Buffer.from(b[name].buffer).equals(Buffer.from(a[name].buffer))).toBe(true);
+  const x1 = flow.sampleWithLogProbSync(200, { seed: 3 });
+  const x2 = loaded.sampleWithLogProbSync(200, { seed: 3 });
+  expect(Array.from(x2.x)).toEqual(Array.from(x1.x));
+  expect(Array.from(x2.logProb)).toEqual(Array.from(x1.logProb));
+});
+
+test('the file is standard safetensors: F32 tensors named as getParameters, config in __metadata__', () => {
+  const flow = sampleFlow();
+  const decoded = decodeSafetensors(encodeFlow(flow));
+  expect(decoded.metadata.format).toBe('iaflow');
+  expect(JSON.parse(decoded.metadata.iaflow)).toEqual(flow.config);
+  const shapes = flow.parameterShapes();
+  for (const [name, tensor] of decoded.tensors) {
+    expect(tensor.dtype).toBe('F32');
+    expect(tensor.shape).toEqual(shapes[name]);
+  }
+  expect(decoded.tensors.size).toBe(Object.keys(shapes).length);
+});
+
+describe('bad files are refused with a clear error naming the file', () => {
+  const write = (name: string, bytes: Uint8Array) => {
+    const file = join(dir, name);
+    writeFileSync(file, bytes);
+    return file;
+  };
+  const good = () => encodeFlow(sampleFlow());
+
+  test('truncated', async () => {
+    const bytes = good();
+    const file = write('truncated.safetensors', bytes.subarray(0, bytes.length - 10));
+    await expect(loadFlow(file)).rejects.toThrow(/truncated\.safetensors: .*(outside|beyond|past|end)/);
+  });
+
+  test('corrupted header length', async () => {
+    const bytes = Buffer.from(good());
+    bytes.writeUInt32LE(0xfffffff0, 0);
+    await expect(loadFlow(write('corrupt.safetensors', bytes))).rejects.toThrow(/corrupt\.safetensors: .*header/);
+  });
+
+  test('foreign file (not safetensors at all)', async () => {
+    await expect(loadFlow(write('foreign.bin', Buffer.from('PK\u0003\u0004 this is a zip file, not a model')))).rejects.toThrow(/foreign\.bin: /);
+  });
+
+  test('safetensors without an iaflow config (e.g. a PyTorch state dict)', async () => {
+    const bytes = readFileSync(join(__dirname, 'fixtures/torch/zuko-maf-d3.safetensors'));
+    await expect(loadFlow(write('torch.safetensors', bytes))).rejects.toThrow(/torch\.safetensors: not an iaflow model file/);
+  });
+
+  const rewrite = (mutate: (tensors: Map<string, import('../src/safetensors').Tensor>, meta: Record<string, string>) => void) => {
+    const decoded = decodeSafetensors(good());
+    mutate(decoded.tensors, decoded.metadata);
+    return encodeSafetensors(decoded.tensors, decoded.metadata);
+  };
+
+  test('config that does not match the tensors', async () => {
+    const bytes = rewrite((_, meta) => {
+      const config = JSON.parse(meta.iaflow);
+      config.layers[0].hidden = [17, 12];
+      config.layers[0].hiddenDegrees[0].push(1);
+      meta.iaflow = JSON.stringify(config);
+    });
+    await expect(loadFlow(write('shape.safetensors', bytes))).rejects.toThrow(/shape\.safetensors: tensor layers\.0\.hidden\.0\.weight has shape \[16, 5\], expected \[17, 5\]/);
+  });
+
+  test('bad config values', async () => {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const cases: [string, (c: Record<string, any>) => void, RegExp][] = [
+      ['version', (c) => (c.formatVersion = 99), /formatVersion/],
+      ['degrees', (c) => (c.layers[0].inputDegrees = [1, 1, 2, 3, 4]), /inputDegrees/],
+      ['permutation', (c) => (c.layers[1].permutation = [0, 1, 2, 3, 9]), /permutation/],
+      ['kind', (c) => (c.layers[0].type = 'coupling'), /type/],
+      ['activation', (c) => (c.layers[0].activation = 'gelu'), /activation/],
+      ['dim', (c) => (c.dim = -5), /dim/],
+    ];
+    for (const [name, mutate, pattern] of cases) {
+      const bytes = rewrite((_, meta) => {
+        const config = JSON.parse(meta.iaflow);
+        mutate(config);
+        meta.iaflow = JSON.stringify(config);
+      });
+      await expect(loadFlow(write(`${name}.safetensors`, bytes))).rejects.toThrow(pattern);
+    }
+    const notJson = rewrite((_, meta) => (meta.iaflow = '{"dim": 5,'));
+    await expect(loadFlow(write('json.safetensors', notJson))).rejects.toThrow(/json\.safetensors: bad config/);
+  });
+
+  test('missing, extra, wrongly typed or non-finite tensors', async () => {
+    const missing = rewrite((t) => t.delete('layers.2.shift.bias'));
+    await expect(loadFlow(write('missing.safetensors', missing))).rejects.toThrow(/missing tensor layers\.2\.shift\.bias/);
+    const extra = rewrite((t) => t.set('layers.9.hidden.0.weight', { dtype: 'F32', shape: [1], data: new Float32Array(1) }));
+    await expect(loadFlow(write('extra.safetensors', extra))).rejects.toThrow(/unexpected tensor layers\.9/);
+    const f64 = rewrite((t) => t.set('layers.0.shift.bias', { dtype: 'F64', shape: [5], data: new Float64Array(5) }));
+    await expect(loadFlow(write('f64.safetensors', f64))).rejects.toThrow(/dtype F64, expected F32/);
+    const nan = rewrite((t) => ((t.get('layers.0.hidden.1.weight')!.data as Float32Array)[3] = NaN));
+    await expect(loadFlow(write('nan.safetensors', nan))).rejects.toThrow(/non-finite value \(NaN\) at index 3/);
+  });
+
+  test('a missing file', async () => {
+    await expect(loadFlow(join(dir, 'nope.safetensors'))).rejects.toThrow(/nope\.safetensors/);
+  });
+});
+
+test('a failed save leaves the previous file intact and no temp file behind', async () => {
+  const file = join(dir, 'atomic.safetensors');
+  const first = sampleFlow();
+  await saveFlow(first, file);
+  const before = readFileSync(file);
+  const second = createFlow({ dim: 2, seed: 1, layers: [maf()] });
+  __testing.hooks.afterTempWrite = async () => {
+    throw new Error('disk full (simulated)');
+  };
+  try {
+    await expect(saveFlow(second, file)).rejects.toThrow(/disk full/);
+  } finally {
+    __testing.hooks.afterTempWrite = undefined;
+  }
+  expect(readFileSync(file).equals(before)).toBe(true);
+  expect(readdirSync(dir).filter((f) => f.startsWith('atomic') && f !== 'atomic.safetensors')).toEqual([]);
+  expect((await loadFlow(file)).config).toEqual(first.config);
+});
+
+test('saveFlow validates its arguments', async () => {
+  await expect(saveFlow({} as never, join(dir, 'x'))).rejects.toThrow(/Expected a Flow for flow/);
+  await expect(saveFlow(sampleFlow(), '' as never)).rejects.toThrow(/Expected a file path string for path/);
+  await expect(loadFlow(42 as never)).rejects.toThrow(/Expected a file path string for path/);
+});
