@@ -187,7 +187,7 @@ class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
   }
 
  private:
-  // run(direction, input | null, rows, seedLo, seedHi, outPoints, outLogDet, outLogProb, async)
+  // run(direction, input | null, rows, seedLo, seedHi, outPoints, outLogDet, outLogProb, async, reference)
   Napi::Value run(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 9) internalError(env, "run takes 9 arguments");
@@ -207,6 +207,7 @@ class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
     req.outLogProb = optionalFloatOutput(env, info[7], static_cast<size_t>(req.rows), "outLogProb");
     const float* input = optionalFloatOutput(env, info[1], cells, "input");
     const bool async = info[8].ToBoolean().Value();
+    req.reference = info.Length() > 9 && info[9].ToBoolean().Value();
     try {
       if (!async) {
         req.input = input;

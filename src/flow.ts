@@ -180,6 +180,19 @@ export class Flow {
     return { z: job.points!, logDet: job.logDet! };
   }
 
+  /**
+   * @internal The simple path (dense masked products, dim full passes for the sequential
+   * direction): the benchmark's baseline and the tests' second oracle. Not part of the API.
+   */
+  referenceRun(direction: 'toData' | 'toLatent', input: Float32Array | null, rows: number, seed = 0) {
+    const points = allocateFloats(rows * this.dim, 'the result');
+    const logDet = allocateFloats(rows, 'log-determinants');
+    const logProb = allocateFloats(rows, 'log-densities');
+    const [lo, hi] = seedWords(seed);
+    this.nativeFlow.run(direction === 'toData' ? TO_DATA : TO_LATENT, input, rows, lo, hi, points, logDet, logProb, false, true);
+    return { points, logDet, logProb };
+  }
+
   private sampleJob(n: number, options: SampleOptions | undefined, withLogProb: boolean) {
     const rows = checkRowCount('n', n, this.dim);
     const opts = checkOptions('sample options', options, ['seed']);

@@ -79,9 +79,10 @@ export interface LayerDescriptor {
 function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor {
   const opts = checkOptions(`${type}() options`, options, MADE_OPTION_KEYS);
   // Check what can be checked without the dimension now, so the error points at the builder call.
-  const hidden = checkHidden(`${type}().hidden`, opts.hidden ?? [64, 64]);
-  const activation = checkEnum(`${type}().activation`, opts.activation ?? 'relu', ACTIVATIONS);
-  const scale = checkEnum(`${type}().scale`, opts.scale ?? 'softplus', SCALE_KINDS);
+  // Only a missing option takes the default (as for order and hiddenDegrees): null is rejected.
+  const hidden = checkHidden(`${type}().hidden`, opts.hidden === undefined ? [64, 64] : opts.hidden);
+  const activation = checkEnum(`${type}().activation`, opts.activation === undefined ? 'relu' : opts.activation, ACTIVATIONS);
+  const scale = checkEnum(`${type}().scale`, opts.scale === undefined ? 'softplus' : opts.scale, SCALE_KINDS);
   return {
     kind: type,
     options: Object.freeze({ ...opts }),

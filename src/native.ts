@@ -30,6 +30,7 @@ export interface NativeFlowInstance {
     outLogDet: Float32Array | null,
     outLogProb: Float32Array | null,
     async: boolean,
+    reference?: boolean,
   ): Promise<void> | undefined;
 }
 

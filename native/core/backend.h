@@ -27,6 +27,10 @@ struct RunRequest {
   float* outPoints = nullptr;   // rows * dim, or null
   float* outLogDet = nullptr;   // rows: log|det d(output)/d(input)|, or null
   float* outLogProb = nullptr;  // rows: log-density of the data-side point, or null
+  // The simple path, kept as the benchmark's baseline and the tests' second
+  // oracle: dense masked products (no zero blocks skipped) and dim full network
+  // passes for the sequential direction, as other libraries do.
+  bool reference = false;
 };
 
 class Backend {

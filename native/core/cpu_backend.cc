@@ -78,6 +78,36 @@ void linearForward(const StaircaseLinear& L, const float* X, int xStride, int ro
   for (; r < rows; ++r) linearRows<1, kActivate, A>(L, X + r * xStride, xStride, Y + r * L.outStride);
 }
 
+// The reference path's product: every input times every weight, zeros included.
+template <bool kActivate, Activation A>
+void linearDense(const StaircaseLinear& L, const float* X, int xStride, int rows, float* Y) {
+  for (int r = 0; r < rows; ++r) {
+    float* y = Y + r * L.outStride;
+    for (int j = 0; j < L.out; ++j) y[j] = L.bias[j];
+    for (int kk = 0; kk < L.in; ++kk) {
+      const float x = X[r * xStride + kk];
+      const float* wk = L.weightKM.data() + static_cast<size_t>(kk) * L.outStride;
+      for (int j = 0; j < L.out; ++j) y[j] += x * wk[j];
+    }
+    if (kActivate)
+      for (int j = 0; j < L.out; ++j) y[j] = activate<A>(y[j]);
+  }
+}
+
+// Raw conditioner outputs for the sorted inputs `x` (rows x dim) into s.output.
+template <bool kReference, Activation A>
+void conditioner(const MadePlan& m, Scratch& s, const float* x, int rows) {
+  int xStride = m.dim;
+  for (size_t l = 0; l < m.hidden.size(); ++l) {
+    if (kReference) linearDense<true, A>(m.hidden[l], x, xStride, rows, s.hidden[l].data());
+    else linearForward<true, A>(m.hidden[l], x, xStride, rows, s.hidden[l].data());
+    x = s.hidden[l].data();
+    xStride = m.hidden[l].outStride;
+  }
+  if (kReference) linearDense<false, A>(m.output, x, xStride, rows, s.output.data());
+  else linearForward<false, A>(m.output, x, xStride, rows, s.output.data());
+}
+
 // Units [lo, hi) of one layer, all reading the first `depth` inputs.
 template <Activation A>
 void linearUnits(const StaircaseLinear& L, const float* X, int xStride, int rows, float* Y, int lo, int hi,
@@ -96,19 +126,12 @@ void linearUnits(const StaircaseLinear& L, const float* X, int xStride, int rows
 }
 
 // v = u * scale(u) + shift(u) for the rows of the tile; logDet += sum log scale.
-template <Activation A, ScaleKind S>
+template <bool kReference, Activation A, ScaleKind S>
 void madeParallel(const MadePlan& m, Scratch& s, int rows) {
   const int dim = m.dim;
   for (int r = 0; r < rows; ++r)
     for (int p = 0; p < dim; ++p) s.sortedIn[r * dim + p] = s.point[r * dim + m.dimAtPosition[p]];
-  const float* x = s.sortedIn.data();
-  int xStride = dim;
-  for (size_t l = 0; l < m.hidden.size(); ++l) {
-    linearForward<true, A>(m.hidden[l], x, xStride, rows, s.hidden[l].data());
-    x = s.hidden[l].data();
-    xStride = m.hidden[l].outStride;
-  }
-  linearForward<false, A>(m.output, x, xStride, rows, s.output.data());
+  conditioner<kReference, A>(m, s, s.sortedIn.data(), rows);
   const int os = m.output.outStride;
   for (int r = 0; r < rows; ++r) {
     float logDet = 0.0f;
@@ -119,6 +142,33 @@ void madeParallel(const MadePlan& m, Scratch& s, int rows) {
     }
     s.logDet[r] += logDet;
   }
+}
+
+// The reference sequential direction: dim full passes from u = 0; after pass p
+// the first p + 1 positions are exact, and the last pass's scales give the log-det.
+template <Activation A, ScaleKind S>
+void madeSequentialByPasses(const MadePlan& m, Scratch& s, int rows) {
+  const int dim = m.dim;
+  float* v = s.sortedIn.data();
+  float* u = s.sortedOut.data();
+  for (int r = 0; r < rows; ++r)
+    for (int p = 0; p < dim; ++p) {
+      v[r * dim + p] = s.point[r * dim + m.dimAtPosition[p]];
+      u[r * dim + p] = 0.0f;
+    }
+  const int os = m.output.outStride;
+  for (int pass = 0; pass < dim; ++pass) {
+    conditioner<true, A>(m, s, u, rows);
+    const bool last = pass == dim - 1;
+    for (int r = 0; r < rows; ++r)
+      for (int p = 0; p < dim; ++p) {
+        const Affine a = affineFromRaw<S>(s.output[r * os + 2 * p + 1], s.output[r * os + 2 * p]);
+        u[r * dim + p] = (v[r * dim + p] - a.shift) / a.scale;
+        if (last) s.logDet[r] -= a.logScale;
+      }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int p = 0; p < dim; ++p) s.point[r * dim + m.dimAtPosition[p]] = u[r * dim + p];
 }
 
 // Solves v = u * scale(u) + shift(u) for u, one degree at a time, computing
@@ -165,27 +215,32 @@ void madeSequential(const MadePlan& m, Scratch& s, int rows) {
 }
 
 template <Activation A, ScaleKind S>
-void madeLayer(const MadePlan& m, Scratch& s, int rows, bool parallel) {
-  if (parallel) madeParallel<A, S>(m, s, rows);
-  else madeSequential<A, S>(m, s, rows);
-}
-
-template <Activation A>
-void madeLayerForScale(const MadePlan& m, Scratch& s, int rows, bool parallel) {
-  switch (m.scale) {
-    case ScaleKind::Softplus: return madeLayer<A, ScaleKind::Softplus>(m, s, rows, parallel);
-    case ScaleKind::Exp: return madeLayer<A, ScaleKind::Exp>(m, s, rows, parallel);
-    default: return madeLayer<A, ScaleKind::Gated>(m, s, rows, parallel);
+void madeLayer(const MadePlan& m, Scratch& s, int rows, bool parallel, bool reference) {
+  if (parallel) {
+    if (reference) madeParallel<true, A, S>(m, s, rows);
+    else madeParallel<false, A, S>(m, s, rows);
+  } else {
+    if (reference) madeSequentialByPasses<A, S>(m, s, rows);
+    else madeSequential<A, S>(m, s, rows);
   }
 }
 
-void runMade(const MadePlan& m, Scratch& s, int rows, Direction direction) {
+template <Activation A>
+void madeLayerForScale(const MadePlan& m, Scratch& s, int rows, bool parallel, bool reference) {
+  switch (m.scale) {
+    case ScaleKind::Softplus: return madeLayer<A, ScaleKind::Softplus>(m, s, rows, parallel, reference);
+    case ScaleKind::Exp: return madeLayer<A, ScaleKind::Exp>(m, s, rows, parallel, reference);
+    default: return madeLayer<A, ScaleKind::Gated>(m, s, rows, parallel, reference);
+  }
+}
+
+void runMade(const MadePlan& m, Scratch& s, int rows, Direction direction, bool reference) {
   // The parallel pass runs when we travel the way the layer's parallel direction points.
   const bool parallel = (direction == Direction::ToData) == m.parallelTowardData;
   switch (m.activation) {
-    case Activation::ReLU: return madeLayerForScale<Activation::ReLU>(m, s, rows, parallel);
-    case Activation::Tanh: return madeLayerForScale<Activation::Tanh>(m, s, rows, parallel);
-    default: return madeLayerForScale<Activation::ELU>(m, s, rows, parallel);
+    case Activation::ReLU: return madeLayerForScale<Activation::ReLU>(m, s, rows, parallel, reference);
+    case Activation::Tanh: return madeLayerForScale<Activation::Tanh>(m, s, rows, parallel, reference);
+    default: return madeLayerForScale<Activation::ELU>(m, s, rows, parallel, reference);
   }
 }
 
@@ -230,7 +285,7 @@ void runTile(const FlowPlan& plan, const RunRequest& req, Scratch& s, int64_t fi
   for (int step = 0; step < count; ++step) {
     const LayerPlan& layer = plan.layers[toData ? step : count - 1 - step];
     if (layer.kind == LayerKind::Permutation) runPermutation(layer.permutation, s, rows, dim, req.direction);
-    else runMade(layer.made, s, rows, req.direction);
+    else runMade(layer.made, s, rows, req.direction, req.reference);
   }
   if (!toData && req.outLogProb) {
     for (int r = 0; r < rows; ++r) {
