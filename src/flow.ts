@@ -104,7 +104,8 @@ export class Flow {
       const copy = new Float32Array(expected);
       for (let i = 0; i < expected; i++) {
         const v = value[i];
-        if (typeof v !== 'number' || !Number.isFinite(v) || !Number.isFinite(Math.fround(v))) {
+        if (typeof v !== 'number') throw invalidType(`parameters[${JSON.stringify(name)}][${i}]`, 'a number', v);
+        if (!Number.isFinite(v) || !Number.isFinite(Math.fround(v))) {
           throw invalidRange(`parameters[${JSON.stringify(name)}][${i}]`, 'a finite float32 value', v);
         }
         copy[i] = v;

@@ -21,6 +21,8 @@ export const MAX_DIM = 65536;
 export const MAX_HIDDEN_WIDTH = 65536;
 export const MAX_HIDDEN_LAYERS = 64;
 export const MAX_LAYERS = 4096;
+/** 2^28 float32 parameters: 1 GiB of weights. */
+export const MAX_PARAMETERS = 2 ** 28;
 
 /** A MADE layer as stored in the model file. Degrees say which inputs each unit sees. */
 export interface MadeLayerConfig {
@@ -77,7 +79,10 @@ export interface LayerDescriptor {
 }
 
 function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor {
-  const opts = checkOptions(`${type}() options`, options, MADE_OPTION_KEYS);
+  // A private copy: changing the caller's object after the call must not change the layer.
+  const given = checkOptions(`${type}() options`, options, MADE_OPTION_KEYS);
+  const copyArray = (v: unknown) => (Array.isArray(v) ? v.map((e: unknown) => (Array.isArray(e) ? [...e] : e)) : v);
+  const opts: Record<string, unknown> = { ...given, order: copyArray(given.order), hiddenDegrees: copyArray(given.hiddenDegrees) };
   // Check what can be checked without the dimension now, so the error points at the builder call.
   // Only a missing option takes the default (as for order and hiddenDegrees): null is rejected.
   const hidden = checkHidden(`${type}().hidden`, opts.hidden === undefined ? [64, 64] : opts.hidden);
@@ -198,6 +203,19 @@ export function checkFlowConfig(value: unknown, source: string): FlowConfig {
       hiddenDegrees: checkHiddenDegrees(`${at}.hiddenDegrees`, layer.hiddenDegrees, hidden, dim),
     };
   });
+  let total = 0;
+  for (const layer of layers) {
+    if (layer.type === 'permutation') continue;
+    let fanIn = dim;
+    for (const width of layer.hidden) {
+      total += width * (fanIn + 1);
+      fanIn = width;
+    }
+    total += 2 * dim * (fanIn + 1);
+  }
+  if (total > MAX_PARAMETERS) {
+    throw invalidRange(`${source}.layers`, `a flow of at most ${MAX_PARAMETERS} parameters (these layers have ${total})`, value.layers);
+  }
   return { formatVersion: version, dim, contextDim, layers };
 }
 

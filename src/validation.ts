@@ -10,7 +10,7 @@ export function describeValue(value: unknown): string {
   if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '...' : value)}`;
   if (typeof value === 'bigint') return `the bigint ${value}n`;
   if (Array.isArray(value)) return `an array of length ${value.length}`;
-  if (ArrayBuffer.isView(value)) return `a ${value.constructor.name} of length ${(value as unknown as ArrayLike<unknown>).length ?? value.byteLength}`;
+  if (ArrayBuffer.isView(value)) return `${/^[AEIOU]/.test(value.constructor.name) ? 'an' : 'a'} ${value.constructor.name} of length ${(value as unknown as ArrayLike<unknown>).length ?? value.byteLength}`;
   if (typeof value === 'function') return 'a function';
   if (typeof value === 'object') return `an object`;
   return typeof value;
@@ -86,8 +86,11 @@ export function randomSeed(): number {
   return Math.floor(Math.random() * 0x100000000) * 0x200000 + Math.floor(Math.random() * 0x200000);
 }
 
-/** The most float32 elements one result array may hold. */
-export const MAX_ELEMENTS = Math.floor(bufferConstants.MAX_LENGTH / 4);
+/**
+ * The most float32 elements one batch may hold: 2^31 - 1 (8 GiB), or less where this Node's
+ * buffers are smaller. A fixed bound, so a typo in n is an error, not a 100 GB allocation.
+ */
+export const MAX_ELEMENTS = Math.min(2 ** 31 - 1, Math.floor(bufferConstants.MAX_LENGTH / 4));
 
 export function checkRowCount(name: string, value: unknown, dim: number): number {
   const maxRows = Math.floor(MAX_ELEMENTS / dim);

@@ -100,8 +100,8 @@ describe('bad files are refused with a clear error naming the file', () => {
   });
 
   test('bad config values', async () => {
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any
-    const cases: [string, (c: Record<string, any>) => void, RegExp][] = [
+    type RawConfig = { formatVersion: number; dim: number; layers: Record<string, unknown>[] };
+    const cases: [string, (c: RawConfig) => void, RegExp][] = [
       ['version', (c) => (c.formatVersion = 99), /formatVersion/],
       ['degrees', (c) => (c.layers[0].inputDegrees = [1, 1, 2, 3, 4]), /inputDegrees/],
       ['permutation', (c) => (c.layers[1].permutation = [0, 1, 2, 3, 9]), /permutation/],
