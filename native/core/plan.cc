@@ -89,6 +89,7 @@ MadePlan buildMade(const LayerSpec& layer, int dim, const std::string& name) {
     for (int d : degrees) upTo[d] += 1;
     for (int d = 1; d <= dim; ++d) upTo[d] += upTo[d - 1];
     plan.unitsUpToDegree.push_back(upTo);
+    plan.unitSource.push_back(order);
     previousSource = order;
     previousUpTo = upTo;
     previousWidth = width;

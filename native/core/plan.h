@@ -60,6 +60,8 @@ struct MadePlan {
   ScaleKind scale = ScaleKind::Softplus;
   std::vector<int> dimAtPosition;        // sorted position p (degree p + 1) -> original dimension
   std::vector<StaircaseLinear> hidden;   // units sorted by degree
+  // unitSource[l][j]: the original row (in the spec's [out, in] weight) of sorted unit j of hidden layer l.
+  std::vector<std::vector<int>> unitSource;
   // Output columns 2p (raw shift) and 2p + 1 (raw scale) belong to position p.
   StaircaseLinear output;
   // unitsUpToDegree[l][d]: how many units of hidden layer l have degree <= d, d in 0..dim.
