@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/kernels.h"
 #include "core/thread_pool.h"
 
 namespace {
@@ -259,7 +260,38 @@ Napi::Value standardNormal(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// measureMatmulGflops(size, minSeconds): the fp32 ceiling the benchmark reports.
+Napi::Value measureMatmulGflops(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) internalError(env, "measureMatmulGflops(size, seconds)");
+  const int size = info[0].As<Napi::Number>().Int32Value();
+  if (size < 1 || size > 8192) internalError(env, "size must be in 1..8192");
+  return Napi::Number::New(env, iaflow::measureMatmulGflops(size, info[1].As<Napi::Number>().DoubleValue()));
+}
+
+// kernelInfo(): the instruction set in use, its vector width and tile, and what else this CPU runs.
+Napi::Value kernelInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const iaflow::KernelTable& k = iaflow::activeKernels();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("isa", k.isa);
+  out.Set("vectorFloats", k.vectorFloats);
+  out.Set("tileRows", k.tileRows);
+  out.Set("available", iaflow::availableKernels());
+  return out;
+}
+
+// selectKernels(isa): for tests and benchmarks, run every instruction set this CPU has.
+Napi::Value selectKernels(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) internalError(env, "selectKernels(isa)");
+  return Napi::Boolean::New(env, iaflow::selectKernels(info[0].As<Napi::String>().Utf8Value().c_str()));
+}
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
+  exports.Set("measureMatmulGflops", Napi::Function::New(env, measureMatmulGflops));
+  exports.Set("kernelInfo", Napi::Function::New(env, kernelInfo));
+  exports.Set("selectKernels", Napi::Function::New(env, selectKernels));
   exports.Set("NativeFlow", NativeFlow::define(env));
   exports.Set("setThreads", Napi::Function::New(env, setThreads));
   exports.Set("getThreads", Napi::Function::New(env, getThreads));

@@ -40,6 +40,11 @@ export interface NativeBinding {
   getThreads(): number;
   standardNormal(seedLo: number, seedHi: number, firstRow: number, rows: number, dim: number, out: Float32Array): void;
   backend: string;
+  /** The fp32 ceiling: GFLOP/s of a dense size^3 product with the best kernel, on the pool. */
+  measureMatmulGflops(size: number, minSeconds: number): number;
+  kernelInfo(): { isa: string; vectorFloats: number; tileRows: number; available: string };
+  /** Test/bench hook: use the kernels of one instruction set ('avx512', 'avx2', 'portable'). */
+  selectKernels(isa: string): boolean;
 }
 
 function load(): NativeBinding {

@@ -46,3 +46,12 @@ std::unique_ptr<Backend> makeCpuBackend();
 void fillStandardNormal(uint64_t seed, uint64_t firstRow, int64_t rows, int dim, float* out);
 
 }  // namespace iaflow
+
+namespace iaflow {
+
+// The machine's measured fp32 ceiling with the best kernel the project has: a
+// square size x size x size product (dense, no zero blocks), repeated on the
+// pool for at least minSeconds. Returns GFLOP/s (2 flops per multiply-add).
+double measureMatmulGflops(int size, double minSeconds);
+
+}  // namespace iaflow

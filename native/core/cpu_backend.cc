@@ -1,82 +1,118 @@
 // CPU backend: each task owns a tile of rows and carries it through every
 // layer of the flow with its activations in cache. Both directions read the
-// degree-sorted staircase weights of plan.h:
-//  - parallel: every column block stops at the block's prefix, so zero tiles
+// degree-sorted staircase weights of plan.h through the kernels of kernels.h:
+//  - parallel: each block of units stops at the block's prefix, so zero tiles
 //    are never touched;
 //  - sequential: at step p only the hidden units of degree p are computed, then
 //    output p, so each weight is used once per row (one pass, not dim passes).
+// The reference path (RunRequest::reference) is deliberately simple and shares
+// nothing with the kernels: row-major scalar loops, dense products, dim passes.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <vector>
 
 #include "backend.h"
+#include "kernels.h"
 #include "thread_pool.h"
 
 namespace iaflow {
 namespace {
 
-constexpr int kTileRows = 32;
-constexpr int kRowBlock = 4;
-
 struct Scratch {
-  std::vector<float> point;      // kTileRows * dim, original dimension order
-  std::vector<float> sortedIn;   // kTileRows * dim, degree order
-  std::vector<float> sortedOut;  // kTileRows * dim
-  std::vector<std::vector<float>> hidden;
-  std::vector<float> output;
+  std::vector<float> point;      // tileRows * dim, original dimension order, row-major
+  std::vector<float> sortedIn;   // dim * tileRows (kernels: feature-major; reference: row-major)
+  std::vector<float> sortedOut;  // dim * tileRows
+  std::vector<std::vector<float>> hidden;  // per hidden layer: widest * tileRows
+  std::vector<float> output;     // reference path only: tileRows * (2 dim, padded)
   std::vector<float> logDet;
   std::vector<float> baseLogDensity;
-
-  int dim = -1, depth = -1, widest = -1;
+  int tileRows = -1, dim = -1, depth = -1, widest = -1;
 
   // Sized for the plan at hand; a scratch may serve plans of different shapes.
-  void ensure(const FlowPlan& plan) {
-    if (dim == plan.dim && depth == plan.deepestHidden && widest == plan.widestHidden) return;
+  void ensure(const FlowPlan& plan, int rowsPerTile) {
+    if (tileRows == rowsPerTile && dim == plan.dim && depth == plan.deepestHidden && widest == plan.widestHidden) return;
+    tileRows = rowsPerTile;
     dim = plan.dim;
     depth = plan.deepestHidden;
     widest = plan.widestHidden;
-    const size_t cells = static_cast<size_t>(kTileRows) * dim;
+    const size_t cells = static_cast<size_t>(tileRows) * dim;
     point.assign(cells, 0.0f);
     sortedIn.assign(cells, 0.0f);
     sortedOut.assign(cells, 0.0f);
-    hidden.assign(depth, std::vector<float>(static_cast<size_t>(kTileRows) * widest));
+    hidden.assign(depth, std::vector<float>(static_cast<size_t>(tileRows) * widest, 0.0f));
     const int outStride = ((2 * dim + kColumnBlock - 1) / kColumnBlock) * kColumnBlock;
-    output.assign(static_cast<size_t>(kTileRows) * outStride, 0.0f);
-    logDet.assign(kTileRows, 0.0f);
-    baseLogDensity.assign(kTileRows, 0.0f);
+    output.assign(static_cast<size_t>(tileRows) * outStride, 0.0f);
+    logDet.assign(tileRows, 0.0f);
+    baseLogDensity.assign(tileRows, 0.0f);
   }
 };
 
-// Y[r, j] = act(bias[j] + sum_{k < prefix} X[r, k] W[k, j]) for all units,
-// one block of kColumnBlock columns at a time.
-template <int kRows, bool kActivate, Activation A>
-inline void linearRows(const StaircaseLinear& L, const float* X, int xStride, float* Y) {
-  for (int jb = 0; jb < L.out; jb += kColumnBlock) {
-    const int depth = L.prefix[std::min(jb + kColumnBlock, L.out) - 1];
-    float acc[kRows][kColumnBlock];
-    for (int r = 0; r < kRows; ++r)
-      for (int c = 0; c < kColumnBlock; ++c) acc[r][c] = L.bias[jb + c];
-    const float* w = L.weightKM.data() + jb;
-    for (int kk = 0; kk < depth; ++kk) {
-      const float* wk = w + static_cast<size_t>(kk) * L.outStride;
-      for (int r = 0; r < kRows; ++r) {
-        const float x = X[r * xStride + kk];
-        for (int c = 0; c < kColumnBlock; ++c) acc[r][c] += x * wk[c];
-      }
-    }
-    for (int r = 0; r < kRows; ++r)
-      for (int c = 0; c < kColumnBlock; ++c)
-        Y[r * L.outStride + jb + c] = kActivate ? activate<A>(acc[r][c]) : acc[r][c];
+LinearView view(const StaircaseLinear& L) {
+  return LinearView{L.weightKM.data(), L.bias.data(), L.prefix.data(), L.in, L.out, L.outStride};
+}
+
+int kernelActivation(Activation a) {
+  switch (a) {
+    case Activation::ReLU: return kActReLU;
+    case Activation::Tanh: return kActTanh;
+    default: return kActELU;
   }
 }
 
-template <bool kActivate, Activation A>
-void linearForward(const StaircaseLinear& L, const float* X, int xStride, int rows, float* Y) {
-  int r = 0;
-  for (; r + kRowBlock <= rows; r += kRowBlock)
-    linearRows<kRowBlock, kActivate, A>(L, X + r * xStride, xStride, Y + r * L.outStride);
-  for (; r < rows; ++r) linearRows<1, kActivate, A>(L, X + r * xStride, xStride, Y + r * L.outStride);
+// ---- fast path: kernels on feature-major tiles ----
+
+void gatherSorted(const MadePlan& m, const Scratch& s, float* outT) {
+  const int T = s.tileRows, dim = m.dim;
+  for (int p = 0; p < dim; ++p) {
+    const int i = m.dimAtPosition[p];
+    for (int r = 0; r < T; ++r) outT[p * T + r] = s.point[r * dim + i];
+  }
 }
+
+void scatterSorted(const MadePlan& m, Scratch& s, const float* inT) {
+  const int T = s.tileRows, dim = m.dim;
+  for (int p = 0; p < dim; ++p) {
+    const int i = m.dimAtPosition[p];
+    for (int r = 0; r < T; ++r) s.point[r * dim + i] = inT[p * T + r];
+  }
+}
+
+// v = u * scale(u) + shift(u); logDet += sum log scale.
+void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
+  gatherSorted(m, s, s.sortedIn.data());
+  const float* x = s.sortedIn.data();
+  const int act = kernelActivation(m.activation);
+  for (size_t l = 0; l < m.hidden.size(); ++l) {
+    K.linear(view(m.hidden[l]), x, s.hidden[l].data(), 0, m.hidden[l].out, act);
+    x = s.hidden[l].data();
+  }
+  K.affine(view(m.output), x, s.sortedIn.data(), s.sortedOut.data(), s.logDet.data(), 0, m.dim,
+           static_cast<int>(m.scale), false);
+  scatterSorted(m, s, s.sortedOut.data());
+}
+
+// Solves v = u * scale(u) + shift(u) for u one degree at a time, computing each
+// hidden unit exactly once; logDet -= sum log scale.
+void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
+  gatherSorted(m, s, s.sortedIn.data());
+  float* u = s.sortedOut.data();
+  const size_t depth = m.hidden.size();
+  const int act = kernelActivation(m.activation);
+  for (int p = 0; p < m.dim; ++p) {
+    // Units of degree p read inputs of degree <= p: all known now.
+    for (size_t l = 0; l < depth; ++l) {
+      const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
+      const int hi = m.unitsUpToDegree[l][p];
+      if (hi > lo) K.linear(view(m.hidden[l]), l == 0 ? u : s.hidden[l - 1].data(), s.hidden[l].data(), lo, hi, act);
+    }
+    K.affine(view(m.output), s.hidden[depth - 1].data(), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
+             static_cast<int>(m.scale), true);
+  }
+  scatterSorted(m, s, u);
+}
+
+// ---- reference path: row-major scalar loops ----
 
 // The reference path's product: every input times every weight, zeros included.
 template <bool kActivate, Activation A>
@@ -94,53 +130,31 @@ void linearDense(const StaircaseLinear& L, const float* X, int xStride, int rows
   }
 }
 
-// Raw conditioner outputs for the sorted inputs `x` (rows x dim) into s.output.
-template <bool kReference, Activation A>
-void conditioner(const MadePlan& m, Scratch& s, const float* x, int rows) {
+// Raw conditioner outputs for the sorted rows `x` (rows x dim) into s.output, densely.
+template <Activation A>
+void referenceConditioner(const MadePlan& m, Scratch& s, const float* x, int rows) {
   int xStride = m.dim;
   for (size_t l = 0; l < m.hidden.size(); ++l) {
-    if (kReference) linearDense<true, A>(m.hidden[l], x, xStride, rows, s.hidden[l].data());
-    else linearForward<true, A>(m.hidden[l], x, xStride, rows, s.hidden[l].data());
+    linearDense<true, A>(m.hidden[l], x, xStride, rows, s.hidden[l].data());
     x = s.hidden[l].data();
     xStride = m.hidden[l].outStride;
   }
-  if (kReference) linearDense<false, A>(m.output, x, xStride, rows, s.output.data());
-  else linearForward<false, A>(m.output, x, xStride, rows, s.output.data());
+  linearDense<false, A>(m.output, x, xStride, rows, s.output.data());
 }
 
-// Units [lo, hi) of one layer, all reading the first `depth` inputs.
-template <Activation A>
-void linearUnits(const StaircaseLinear& L, const float* X, int xStride, int rows, float* Y, int lo, int hi,
-                 int depth) {
-  for (int r = 0; r < rows; ++r) {
-    float* y = Y + r * L.outStride;
-    const float* x = X + r * xStride;
-    for (int j = lo; j < hi; ++j) y[j] = L.bias[j];
-    for (int kk = 0; kk < depth; ++kk) {
-      const float xk = x[kk];
-      const float* wk = L.weightKM.data() + static_cast<size_t>(kk) * L.outStride;
-      for (int j = lo; j < hi; ++j) y[j] += xk * wk[j];
-    }
-    for (int j = lo; j < hi; ++j) y[j] = activate<A>(y[j]);
-  }
-}
-
-// v = u * scale(u) + shift(u) for the rows of the tile; logDet += sum log scale.
-template <bool kReference, Activation A, ScaleKind S>
-void madeParallel(const MadePlan& m, Scratch& s, int rows) {
+template <Activation A, ScaleKind S>
+void referenceParallel(const MadePlan& m, Scratch& s, int rows) {
   const int dim = m.dim;
   for (int r = 0; r < rows; ++r)
     for (int p = 0; p < dim; ++p) s.sortedIn[r * dim + p] = s.point[r * dim + m.dimAtPosition[p]];
-  conditioner<kReference, A>(m, s, s.sortedIn.data(), rows);
+  referenceConditioner<A>(m, s, s.sortedIn.data(), rows);
   const int os = m.output.outStride;
   for (int r = 0; r < rows; ++r) {
-    float logDet = 0.0f;
     for (int p = 0; p < dim; ++p) {
       const Affine a = affineFromRaw<S>(s.output[r * os + 2 * p + 1], s.output[r * os + 2 * p]);
       s.point[r * dim + m.dimAtPosition[p]] = s.sortedIn[r * dim + p] * a.scale + a.shift;
-      logDet += a.logScale;
+      s.logDet[r] += a.logScale;
     }
-    s.logDet[r] += logDet;
   }
 }
 
@@ -158,7 +172,7 @@ void madeSequentialByPasses(const MadePlan& m, Scratch& s, int rows) {
     }
   const int os = m.output.outStride;
   for (int pass = 0; pass < dim; ++pass) {
-    conditioner<true, A>(m, s, u, rows);
+    referenceConditioner<A>(m, s, u, rows);
     const bool last = pass == dim - 1;
     for (int r = 0; r < rows; ++r)
       for (int p = 0; p < dim; ++p) {
@@ -171,78 +185,30 @@ void madeSequentialByPasses(const MadePlan& m, Scratch& s, int rows) {
     for (int p = 0; p < dim; ++p) s.point[r * dim + m.dimAtPosition[p]] = u[r * dim + p];
 }
 
-// Solves v = u * scale(u) + shift(u) for u, one degree at a time, computing
-// each hidden unit exactly once; logDet -= sum log scale (d u / d v).
 template <Activation A, ScaleKind S>
-void madeSequential(const MadePlan& m, Scratch& s, int rows) {
-  const int dim = m.dim;
-  const size_t depth = m.hidden.size();
-  float* v = s.sortedIn.data();
-  float* u = s.sortedOut.data();
-  for (int r = 0; r < rows; ++r)
-    for (int p = 0; p < dim; ++p) v[r * dim + p] = s.point[r * dim + m.dimAtPosition[p]];
-  const StaircaseLinear& out = m.output;
-  const float* lastHidden = s.hidden[depth - 1].data();
-  const int lastStride = m.hidden[depth - 1].outStride;
-  for (int p = 0; p < dim; ++p) {
-    // Units of degree p read inputs of degree <= p, all known now.
-    for (size_t l = 0; l < depth; ++l) {
-      const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
-      const int hi = m.unitsUpToDegree[l][p];
-      if (hi == lo) continue;
-      const float* x = l == 0 ? u : s.hidden[l - 1].data();
-      const int xStride = l == 0 ? dim : m.hidden[l - 1].outStride;
-      const int inputDepth = l == 0 ? p : m.unitsUpToDegree[l - 1][p];
-      linearUnits<A>(m.hidden[l], x, xStride, rows, s.hidden[l].data(), lo, hi, inputDepth);
-    }
-    const int outDepth = m.unitsUpToDegree[depth - 1][p];
-    const int cShift = 2 * p, cScale = 2 * p + 1;
-    for (int r = 0; r < rows; ++r) {
-      float rawShift = out.bias[cShift], rawScale = out.bias[cScale];
-      const float* h = lastHidden + r * lastStride;
-      for (int kk = 0; kk < outDepth; ++kk) {
-        const float* wk = out.weightKM.data() + static_cast<size_t>(kk) * out.outStride;
-        rawShift += h[kk] * wk[cShift];
-        rawScale += h[kk] * wk[cScale];
-      }
-      const Affine a = affineFromRaw<S>(rawScale, rawShift);
-      u[r * dim + p] = (v[r * dim + p] - a.shift) / a.scale;
-      s.logDet[r] -= a.logScale;
-    }
-  }
-  for (int r = 0; r < rows; ++r)
-    for (int p = 0; p < dim; ++p) s.point[r * dim + m.dimAtPosition[p]] = u[r * dim + p];
-}
-
-template <Activation A, ScaleKind S>
-void madeLayer(const MadePlan& m, Scratch& s, int rows, bool parallel, bool reference) {
-  if (parallel) {
-    if (reference) madeParallel<true, A, S>(m, s, rows);
-    else madeParallel<false, A, S>(m, s, rows);
-  } else {
-    if (reference) madeSequentialByPasses<A, S>(m, s, rows);
-    else madeSequential<A, S>(m, s, rows);
-  }
+void referenceLayer(const MadePlan& m, Scratch& s, int rows, bool parallel) {
+  if (parallel) referenceParallel<A, S>(m, s, rows);
+  else madeSequentialByPasses<A, S>(m, s, rows);
 }
 
 template <Activation A>
-void madeLayerForScale(const MadePlan& m, Scratch& s, int rows, bool parallel, bool reference) {
+void referenceLayerForScale(const MadePlan& m, Scratch& s, int rows, bool parallel) {
   switch (m.scale) {
-    case ScaleKind::Softplus: return madeLayer<A, ScaleKind::Softplus>(m, s, rows, parallel, reference);
-    case ScaleKind::Exp: return madeLayer<A, ScaleKind::Exp>(m, s, rows, parallel, reference);
-    default: return madeLayer<A, ScaleKind::Gated>(m, s, rows, parallel, reference);
+    case ScaleKind::Softplus: return referenceLayer<A, ScaleKind::Softplus>(m, s, rows, parallel);
+    case ScaleKind::Exp: return referenceLayer<A, ScaleKind::Exp>(m, s, rows, parallel);
+    default: return referenceLayer<A, ScaleKind::Gated>(m, s, rows, parallel);
   }
 }
 
-void runMade(const MadePlan& m, Scratch& s, int rows, Direction direction, bool reference) {
-  // The parallel pass runs when we travel the way the layer's parallel direction points.
-  const bool parallel = (direction == Direction::ToData) == m.parallelTowardData;
+void runReferenceMade(const MadePlan& m, Scratch& s, int rows, bool parallel) {
   switch (m.activation) {
-    case Activation::ReLU: return madeLayerForScale<Activation::ReLU>(m, s, rows, parallel, reference);
-    case Activation::Tanh: return madeLayerForScale<Activation::Tanh>(m, s, rows, parallel, reference);
-    default: return madeLayerForScale<Activation::ELU>(m, s, rows, parallel, reference);
+    case Activation::ReLU: return referenceLayerForScale<Activation::ReLU>(m, s, rows, parallel);
+    case Activation::Tanh: return referenceLayerForScale<Activation::Tanh>(m, s, rows, parallel);
+    default: return referenceLayerForScale<Activation::ELU>(m, s, rows, parallel);
   }
 }
+
+// ---- the tile driver ----
 
 void runPermutation(const std::vector<int>& perm, Scratch& s, int rows, int dim, Direction direction) {
   float* tmp = s.sortedIn.data();
@@ -264,36 +230,42 @@ void fillNormalRows(uint64_t seed, uint64_t firstRow, int rows, int dim, float* 
   }
 }
 
-void runTile(const FlowPlan& plan, const RunRequest& req, Scratch& s, int64_t firstRow, int rows) {
+void sumBaseLogDensity(Scratch& s, int rows, int dim) {
+  for (int r = 0; r < rows; ++r) {
+    float sum = 0.0f;
+    for (int i = 0; i < dim; ++i) sum += standardNormalLogDensity(s.point[r * dim + i]);
+    s.baseLogDensity[r] = sum;
+  }
+}
+
+void runTile(const KernelTable& K, const FlowPlan& plan, const RunRequest& req, Scratch& s, int64_t firstRow,
+             int rows) {
   const int dim = plan.dim;
-  s.ensure(plan);
+  s.ensure(plan, K.tileRows);
   if (req.input) {
     std::copy_n(req.input + firstRow * dim, static_cast<size_t>(rows) * dim, s.point.data());
   } else {
     fillNormalRows(req.seed, req.firstRow + static_cast<uint64_t>(firstRow), rows, dim, s.point.data());
   }
-  std::fill_n(s.logDet.data(), rows, 0.0f);
+  // Rows past the end of a short tile ride along as zeros (finite, then ignored).
+  std::fill(s.point.begin() + static_cast<size_t>(rows) * dim, s.point.end(), 0.0f);
+  std::fill(s.logDet.begin(), s.logDet.end(), 0.0f);
   const bool toData = req.direction == Direction::ToData;
-  if (toData && req.outLogProb) {
-    for (int r = 0; r < rows; ++r) {
-      float sum = 0.0f;
-      for (int i = 0; i < dim; ++i) sum += standardNormalLogDensity(s.point[r * dim + i]);
-      s.baseLogDensity[r] = sum;
-    }
-  }
+  if (toData && req.outLogProb) sumBaseLogDensity(s, rows, dim);
   const int count = static_cast<int>(plan.layers.size());
   for (int step = 0; step < count; ++step) {
     const LayerPlan& layer = plan.layers[toData ? step : count - 1 - step];
-    if (layer.kind == LayerKind::Permutation) runPermutation(layer.permutation, s, rows, dim, req.direction);
-    else runMade(layer.made, s, rows, req.direction, req.reference);
-  }
-  if (!toData && req.outLogProb) {
-    for (int r = 0; r < rows; ++r) {
-      float sum = 0.0f;
-      for (int i = 0; i < dim; ++i) sum += standardNormalLogDensity(s.point[r * dim + i]);
-      s.baseLogDensity[r] = sum;
+    if (layer.kind == LayerKind::Permutation) {
+      runPermutation(layer.permutation, s, rows, dim, req.direction);
+      continue;
     }
+    // The parallel pass runs when we travel the way the layer's parallel direction points.
+    const bool parallel = toData == layer.made.parallelTowardData;
+    if (req.reference) runReferenceMade(layer.made, s, rows, parallel);
+    else if (parallel) madeParallel(K, layer.made, s);
+    else madeSequential(K, layer.made, s);
   }
+  if (!toData && req.outLogProb) sumBaseLogDensity(s, rows, dim);
   if (req.outPoints) std::copy_n(s.point.data(), static_cast<size_t>(rows) * dim, req.outPoints + firstRow * dim);
   if (req.outLogDet) std::copy_n(s.logDet.data(), rows, req.outLogDet + firstRow);
   if (req.outLogProb) {
@@ -309,19 +281,21 @@ class CpuBackend final : public Backend {
 
   void run(const FlowPlan& plan, const RunRequest& req) override {
     if (req.rows <= 0) return;
-    const int64_t tiles = (req.rows + kTileRows - 1) / kTileRows;
+    const KernelTable& K = activeKernels();
+    const int tileRows = K.tileRows;
+    const int64_t tiles = (req.rows + tileRows - 1) / tileRows;
     if (tiles == 1) {
       // Small batches skip the pool: no wake-up latency.
       thread_local Scratch local;
-      runTile(plan, req, local, 0, static_cast<int>(req.rows));
+      runTile(K, plan, req, local, 0, static_cast<int>(req.rows));
       return;
     }
     std::shared_ptr<ThreadPool> pool = currentPool();
     std::vector<Scratch> scratch(pool->size());
     pool->parallelFor(tiles, [&](int64_t tile, int worker) {
-      const int64_t first = tile * kTileRows;
-      const int rows = static_cast<int>(std::min<int64_t>(kTileRows, req.rows - first));
-      runTile(plan, req, scratch[worker], first, rows);
+      const int64_t first = tile * tileRows;
+      const int rows = static_cast<int>(std::min<int64_t>(tileRows, req.rows - first));
+      runTile(K, plan, req, scratch[worker], first, rows);
     });
   }
 };
@@ -338,6 +312,43 @@ void fillStandardNormal(uint64_t seed, uint64_t firstRow, int64_t rows, int dim,
     const int count = static_cast<int>(std::min<int64_t>(chunk, rows - first));
     fillNormalRows(seed, firstRow + first, count, dim, out + first * dim);
   });
+}
+
+}  // namespace iaflow
+
+namespace iaflow {
+
+double measureMatmulGflops(int size, double minSeconds) {
+  const KernelTable& K = activeKernels();
+  const int T = K.tileRows;
+  const int tiles = (size + T - 1) / T;
+  StaircaseLinear dense;
+  dense.in = size;
+  dense.out = size;
+  dense.outStride = size;
+  dense.weightKM.assign(static_cast<size_t>(size) * size, 0.001f);
+  dense.bias.assign(size, 0.0f);
+  dense.prefix.assign(size, size);
+  const LinearView L = view(dense);
+  std::vector<float> x(static_cast<size_t>(tiles) * size * T, 0.5f);
+  std::shared_ptr<ThreadPool> pool = currentPool();
+  std::vector<std::vector<float>> y(pool->size(), std::vector<float>(static_cast<size_t>(size) * T));
+  auto once = [&] {
+    pool->parallelFor(tiles, [&](int64_t tile, int worker) {
+      K.linear(L, x.data() + static_cast<size_t>(tile) * size * T, y[worker].data(), 0, size, kActNone);
+    });
+  };
+  once();  // warm caches and threads
+  int64_t repeats = 0;
+  const auto start = std::chrono::steady_clock::now();
+  double elapsed = 0.0;
+  do {
+    once();
+    ++repeats;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  } while (elapsed < minSeconds);
+  const double flops = 2.0 * static_cast<double>(tiles) * T * size * size * repeats;
+  return flops / elapsed / 1e9;
 }
 
 }  // namespace iaflow

@@ -1,0 +1,47 @@
+// The CPU compute kernels behind the CPU backend, one table per instruction
+// set (AVX-512, AVX2+FMA, portable), chosen at run time. Activations are
+// feature-major within a tile: xT[k * tileRows + r] is feature k of row r, so
+// the vector dimension is the tile's rows and any range of units (a degree
+// group in the sequential direction, everything in the parallel one) runs at
+// full vector width.
+#pragma once
+
+namespace iaflow {
+
+// A staircase layer as the kernels read it (plan.h's StaircaseLinear, as raw pointers).
+struct LinearView {
+  const float* weightKM;  // [in][outStride]
+  const float* bias;      // [outStride]
+  const int* prefix;      // [out]: unit j reads inputs [0, prefix[j])
+  int in;
+  int out;
+  int outStride;
+};
+
+enum KernelActivation : int { kActNone = 0, kActReLU = 1, kActTanh = 2, kActELU = 3 };
+
+struct KernelTable {
+  const char* isa;
+  int vectorFloats;  // floats per vector register
+  int tileRows;      // rows per tile: every buffer holds tileRows values per feature
+  // yT[j] = act(bias[j] + sum_{k < prefix[j]} W[k][j] * xT[k]) for units j in [lo, hi).
+  void (*linear)(const LinearView& layer, const float* xT, float* yT, int lo, int hi, int activation);
+  // The affine head for positions [p0, p1): raw shift and scale are output columns 2p, 2p + 1
+  // of `head` applied to hT. Forward: outT[p] = inT[p] * scale + shift, logDet += log scale.
+  // Inverse: outT[p] = (inT[p] - shift) / scale, logDet -= log scale.
+  void (*affine)(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
+                 int p1, int scaleKind, bool inverse);
+};
+
+// The best table this CPU runs, unless overridden by selectKernels.
+const KernelTable& activeKernels();
+// Chooses a table by isa name ("avx512", "avx2", "portable"); returns false if this CPU cannot run it.
+bool selectKernels(const char* isa);
+// Names of the tables this CPU can run, best first, comma-separated.
+const char* availableKernels();
+
+const KernelTable* avx512Kernels();  // null where not compiled in
+const KernelTable* avx2Kernels();
+const KernelTable* portableKernels();
+
+}  // namespace iaflow

@@ -1,0 +1,33 @@
+// AVX2 + FMA kernels (x86-64 with GCC or Clang): 8 floats per vector, 24-row tiles.
+#include "kernels.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define IAF_VEC 8
+#define IAF_ROW_VECTORS 3
+#define IAF_COLUMN_GROUP 4
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace {
+#include "kernels_impl.h"
+}  // namespace
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+namespace iaflow {
+const KernelTable* avx2Kernels() {
+  static const KernelTable table{"avx2", kVec, kTile, linearKernel, affineKernel};
+  return &table;
+}
+}  // namespace iaflow
+#else
+namespace iaflow {
+const KernelTable* avx2Kernels() { return nullptr; }
+}  // namespace iaflow
+#endif
