@@ -19,6 +19,7 @@ import {
   setThreads,
   standardNormal,
 } from '../src/index';
+import { native } from '../src/native';
 import { RefConfig, numericalLogDetJacobian, randomParams, refForward, refInverse, refLogProb } from './reference';
 
 const ACTIVATIONS: Activation[] = ['relu', 'tanh', 'elu'];
@@ -94,7 +95,13 @@ function cases(): Case[] {
   return out;
 }
 
-describe('native flow matches the float64 oracle', () => {
+// Every instruction set this CPU runs (AVX-512, AVX2, portable) gets the whole comparison.
+const ISAS = native.kernelInfo().available.split(',');
+const BEST_ISA = native.kernelInfo().isa;
+
+describe.each(ISAS)('native flow matches the float64 oracle (%s kernels)', (isa) => {
+  beforeAll(() => expect(native.selectKernels(isa)).toBe(true));
+  afterAll(() => native.selectKernels(BEST_ISA));
   const n = 37; // not a multiple of the native tile size
   test.each(cases().map((c) => [c.name, c] as const))('%s', async (_name, c) => {
     const flow = createFlow({ dim: c.dim, layers: c.layers, seed: 3 });
