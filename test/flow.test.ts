@@ -102,8 +102,8 @@ const BEST_ISA = native.kernelInfo().isa;
 describe.each(ISAS)('native flow matches the float64 oracle (%s kernels)', (isa) => {
   beforeAll(() => expect(native.selectKernels(isa)).toBe(true));
   afterAll(() => native.selectKernels(BEST_ISA));
-  const n = 37; // not a multiple of the native tile size
-  test.each(cases().map((c) => [c.name, c] as const))('%s', async (_name, c) => {
+  // 37 rows: tiles plus a short one; 3 rows: the one-row-at-a-time path for small batches.
+  test.each(cases().flatMap((c) => [[`${c.name}, 37 rows`, c, 37], [`${c.name}, 3 rows`, c, 3]] as const))('%s', async (_name, c, n) => {
     const flow = createFlow({ dim: c.dim, layers: c.layers, seed: 3 });
     const params = randomize(flow, 11);
     const cfg = flow.config as RefConfig;

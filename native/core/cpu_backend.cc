@@ -112,6 +112,52 @@ void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   scatterSorted(m, s, u);
 }
 
+// ---- small batches: one row at a time, row-major, vectorised across units ----
+// A tile holds tileRows rows whatever the batch, so a batch of one would pay for
+// a whole tile; below kRowPathRows rows each row runs alone instead.
+constexpr int kRowPathRows = 8;
+
+void madeParallelRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r) {
+  float* point = s.point.data() + static_cast<size_t>(r) * m.dim;
+  float* u = s.sortedIn.data();
+  for (int p = 0; p < m.dim; ++p) u[p] = point[m.dimAtPosition[p]];
+  const float* x = u;
+  const int act = kernelActivation(m.activation);
+  for (size_t l = 0; l < m.hidden.size(); ++l) {
+    K.linearRow(view(m.hidden[l]), x, s.hidden[l].data(), 0, m.hidden[l].out, act);
+    x = s.hidden[l].data();
+  }
+  float* raw = s.output.data();
+  K.linearRow(view(m.output), x, raw, 0, 2 * m.dim, kActNone);
+  for (int p = 0; p < m.dim; ++p) {
+    const Affine a = affineFromRaw(m.scale, raw[2 * p + 1], raw[2 * p]);
+    point[m.dimAtPosition[p]] = u[p] * a.scale + a.shift;
+    s.logDet[r] += a.logScale;
+  }
+}
+
+void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r) {
+  float* point = s.point.data() + static_cast<size_t>(r) * m.dim;
+  float* v = s.sortedIn.data();
+  float* u = s.sortedOut.data();
+  for (int p = 0; p < m.dim; ++p) v[p] = point[m.dimAtPosition[p]];
+  const size_t depth = m.hidden.size();
+  const int act = kernelActivation(m.activation);
+  float* raw = s.output.data();
+  for (int p = 0; p < m.dim; ++p) {
+    for (size_t l = 0; l < depth; ++l) {
+      const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
+      const int hi = m.unitsUpToDegree[l][p];
+      if (hi > lo) K.linearRow(view(m.hidden[l]), l == 0 ? u : s.hidden[l - 1].data(), s.hidden[l].data(), lo, hi, act);
+    }
+    K.linearRow(view(m.output), s.hidden[depth - 1].data(), raw, 2 * p, 2 * p + 2, kActNone);
+    const Affine a = affineFromRaw(m.scale, raw[2 * p + 1], raw[2 * p]);
+    u[p] = (v[p] - a.shift) / a.scale;
+    s.logDet[r] -= a.logScale;
+  }
+  for (int p = 0; p < m.dim; ++p) point[m.dimAtPosition[p]] = u[p];
+}
+
 // ---- reference path: row-major scalar loops ----
 
 // The reference path's product: every input times every weight, zeros included.
@@ -261,8 +307,14 @@ void runTile(const KernelTable& K, const FlowPlan& plan, const RunRequest& req, 
     }
     // The parallel pass runs when we travel the way the layer's parallel direction points.
     const bool parallel = toData == layer.made.parallelTowardData;
-    if (req.reference) runReferenceMade(layer.made, s, rows, parallel);
-    else if (parallel) madeParallel(K, layer.made, s);
+    if (req.reference) {
+      runReferenceMade(layer.made, s, rows, parallel);
+    } else if (rows <= kRowPathRows) {
+      for (int r = 0; r < rows; ++r) {
+        if (parallel) madeParallelRow(K, layer.made, s, r);
+        else madeSequentialRow(K, layer.made, s, r);
+      }
+    } else if (parallel) madeParallel(K, layer.made, s);
     else madeSequential(K, layer.made, s);
   }
   if (!toData && req.outLogProb) sumBaseLogDensity(s, rows, dim);

@@ -26,6 +26,9 @@ struct KernelTable {
   int tileRows;      // rows per tile: every buffer holds tileRows values per feature
   // yT[j] = act(bias[j] + sum_{k < prefix[j]} W[k][j] * xT[k]) for units j in [lo, hi).
   void (*linear)(const LinearView& layer, const float* xT, float* yT, int lo, int hi, int activation);
+  // One row, row-major (for batches too small to fill a tile): y[j] = act(bias[j] +
+  // sum_{k < prefix[j]} W[k][j] * x[k]) for units j in [lo, hi), vectorised across units.
+  void (*linearRow)(const LinearView& layer, const float* x, float* y, int lo, int hi, int activation);
   // The affine head for positions [p0, p1): raw shift and scale are output columns 2p, 2p + 1
   // of `head` applied to hT. Forward: outT[p] = inT[p] * scale + shift, logDet += log scale.
   // Inverse: outT[p] = (inT[p] - shift) / scale, logDet -= log scale.

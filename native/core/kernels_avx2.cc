@@ -22,7 +22,7 @@ namespace {
 
 namespace iaflow {
 const KernelTable* avx2Kernels() {
-  static const KernelTable table{"avx2", kVec, kTile, linearKernel, affineKernel};
+  static const KernelTable table{"avx2", kVec, kTile, linearKernel, linearRowKernel, affineKernel};
   return &table;
 }
 }  // namespace iaflow

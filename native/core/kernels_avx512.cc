@@ -22,7 +22,7 @@ namespace {
 
 namespace iaflow {
 const KernelTable* avx512Kernels() {
-  static const KernelTable table{"avx512", kVec, kTile, linearKernel, affineKernel};
+  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel};
   return &table;
 }
 }  // namespace iaflow

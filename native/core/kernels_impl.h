@@ -129,6 +129,43 @@ void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int h
   }
 }
 
+// ---- one row at a time, vectorised across units ----
+
+template <int kVectors, int kAct>
+inline void rowBlock(const LinearView& L, const float* x, float* y, int j0, int depth) {
+  vf acc[kVectors];
+  for (int b = 0; b < kVectors; ++b) acc[b] = load(L.bias + j0 + b * kVec);
+  const float* w = L.weightKM + j0;
+  for (int k = 0; k < depth; ++k) {
+    const vf xk = splat(x[k]);
+    const float* wk = w + static_cast<long>(k) * L.outStride;
+    for (int b = 0; b < kVectors; ++b) acc[b] += xk * load(wk + b * kVec);
+  }
+  for (int b = 0; b < kVectors; ++b) store(y + j0 + b * kVec, activate<kAct>(acc[b]));
+}
+
+template <int kAct>
+void linearRowFor(const LinearView& L, const float* x, float* y, int lo, int hi) {
+  constexpr int kWide = 4;  // four independent accumulators hide the FMA latency
+  int j = lo;
+  for (; j + kWide * kVec <= hi; j += kWide * kVec) rowBlock<kWide, kAct>(L, x, y, j, L.prefix[j + kWide * kVec - 1]);
+  for (; j + kVec <= hi; j += kVec) rowBlock<1, kAct>(L, x, y, j, L.prefix[j + kVec - 1]);
+  for (; j < hi; ++j) {  // tail: one unit at a time
+    float acc = L.bias[j];
+    for (int k = 0; k < L.prefix[j]; ++k) acc += x[k] * L.weightKM[static_cast<long>(k) * L.outStride + j];
+    y[j] = activate<kAct>(splat(acc))[0];
+  }
+}
+
+void linearRowKernel(const LinearView& L, const float* x, float* y, int lo, int hi, int activation) {
+  switch (activation) {
+    case kActReLU: return linearRowFor<kActReLU>(L, x, y, lo, hi);
+    case kActTanh: return linearRowFor<kActTanh>(L, x, y, lo, hi);
+    case kActELU: return linearRowFor<kActELU>(L, x, y, lo, hi);
+    default: return linearRowFor<kActNone>(L, x, y, lo, hi);
+  }
+}
+
 // scale and log scale from the raw output a (DESIGN.md's three parameterizations).
 template <int kScale>
 inline void scaleOf(vf a, vf& scale, vf& logScale) {

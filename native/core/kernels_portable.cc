@@ -13,7 +13,7 @@ namespace {
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", kVec, kTile, linearKernel, affineKernel};
+  static const KernelTable table{"portable", kVec, kTile, linearKernel, linearRowKernel, affineKernel};
   return &table;
 }
 }  // namespace iaflow
@@ -46,6 +46,14 @@ void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int h
   }
 }
 
+void linearRowKernel(const LinearView& L, const float* x, float* y, int lo, int hi, int activation) {
+  for (int j = lo; j < hi; ++j) {
+    float acc = L.bias[j];
+    for (int k = 0; k < L.prefix[j]; ++k) acc += x[k] * L.weightKM[static_cast<long>(k) * L.outStride + j];
+    y[j] = activateScalar(activation, acc);
+  }
+}
+
 void affineKernel(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
                   int p1, int scaleKind, bool inverse) {
   for (int p = p0; p < p1; ++p) {
@@ -67,7 +75,7 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", 1, kTile, linearKernel, affineKernel};
+  static const KernelTable table{"portable", 1, kTile, linearKernel, linearRowKernel, affineKernel};
   return &table;
 }
 }  // namespace iaflow
