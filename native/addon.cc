@@ -99,6 +99,7 @@ iaflow::FlowSpec parseSpec(Napi::Env env, const Napi::Value& value) {
       ls.activation = static_cast<iaflow::Activation>(intField(env, layer, "activation"));
       ls.scale = static_cast<iaflow::ScaleKind>(intField(env, layer, "scale"));
       ls.inputDegrees = intVector(env, layer.Get("inputDegrees"), "inputDegrees");
+      ls.residual = layer.Get("residual").ToBoolean().Value();
       Napi::Value hd = layer.Get("hiddenDegrees");
       Napi::Value hl = layer.Get("hidden");
       if (!hd.IsArray() || !hl.IsArray()) internalError(env, "hiddenDegrees and hidden must be arrays");

@@ -238,6 +238,7 @@ function buildNative(config: FlowConfig, params: Map<string, Float32Array>): Nat
       activation: ACTIVATION_CODE[layer.activation],
       scale: SCALE_CODE[layer.scale],
       inputDegrees: Int32Array.from(layer.inputDegrees),
+      residual: layer.residual === true,
       hiddenDegrees: layer.hiddenDegrees.map((d) => Int32Array.from(d)),
       hidden: layer.hidden.map((_, l) => linear(`layers.${k}.hidden.${l}`)),
       shift: linear(`layers.${k}.shift`),

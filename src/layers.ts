@@ -34,6 +34,12 @@ export interface MadeLayerConfig {
   inputDegrees: number[];
   /** Degree of each unit of each hidden layer, in 0..dim. */
   hiddenDegrees: number[][];
+  /**
+   * Residual MADE (nflows' residual blocks): hidden layer 0 is linear with no activation after it,
+   * then each pair of hidden layers is a block h += W2 act(W1 act(h)), and the heads read h.
+   * Absent means false.
+   */
+  residual?: boolean;
 }
 
 /** Data-side b[i] = latent-side a[permutation[i]]. */
@@ -66,9 +72,14 @@ export interface MadeOptions {
   order?: 'natural' | number[];
   /** Explicit hidden-unit degrees (advanced: reproduces a MADE built elsewhere). */
   hiddenDegrees?: number[][];
+  /**
+   * Residual blocks as nflows builds them: `hidden` is then [w, w, w, ...] of odd length 1 + 2 * blocks,
+   * one width throughout. Default false.
+   */
+  residual?: boolean;
 }
 
-const MADE_OPTION_KEYS = ['hidden', 'activation', 'scale', 'order', 'hiddenDegrees'] as const;
+const MADE_OPTION_KEYS = ['hidden', 'activation', 'scale', 'order', 'hiddenDegrees', 'residual'] as const;
 
 /** A layer before the flow's dimension is known; createFlow resolves it. */
 export interface LayerDescriptor {
@@ -88,6 +99,8 @@ function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor 
   const hidden = checkHidden(`${type}().hidden`, opts.hidden === undefined ? [64, 64] : opts.hidden);
   const activation = checkEnum(`${type}().activation`, opts.activation === undefined ? 'relu' : opts.activation, ACTIVATIONS);
   const scale = checkEnum(`${type}().scale`, opts.scale === undefined ? 'softplus' : opts.scale, SCALE_KINDS);
+  const residual = opts.residual === undefined ? false : checkBoolean(`${type}().residual`, opts.residual);
+  if (residual) checkResidualWidths(`${type}().hidden`, hidden);
   return {
     kind: type,
     options: Object.freeze({ ...opts }),
@@ -100,7 +113,8 @@ function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor 
         opts.hiddenDegrees === undefined
           ? hidden.map((width) => defaultHiddenDegrees(dim, width))
           : checkHiddenDegrees(`${position}.hiddenDegrees`, opts.hiddenDegrees, hidden, dim);
-      return { type, hidden: [...hidden], activation, scale, inputDegrees, hiddenDegrees };
+      if (residual) checkResidualDegrees(`${position}.hiddenDegrees`, hiddenDegrees);
+      return { type, hidden: [...hidden], activation, scale, inputDegrees, hiddenDegrees, residual };
     },
   };
 }
@@ -177,6 +191,25 @@ function checkHiddenDegrees(name: string, value: unknown, hidden: number[], dim:
   });
 }
 
+function checkBoolean(name: string, value: unknown): boolean {
+  if (typeof value !== 'boolean') throw invalidType(name, 'true or false', value);
+  return value;
+}
+
+function checkResidualWidths(name: string, hidden: number[]): void {
+  if (hidden.length < 3 || hidden.length % 2 === 0 || hidden.some((w) => w !== hidden[0])) {
+    throw invalidRange(name, 'one width repeated 1 + 2 * blocks times (e.g. [64, 64, 64]) for a residual MADE', hidden);
+  }
+}
+
+function checkResidualDegrees(name: string, degrees: number[][]): void {
+  degrees.forEach((layer, l) => {
+    if (layer.some((d, j) => d !== degrees[0][j])) {
+      throw invalidRange(`${name}[${l}]`, 'the same degrees as hidden layer 0 (a residual block keeps its degrees)', layer);
+    }
+  });
+}
+
 /** Validates a whole config (from createFlow's output or from a model file). */
 export function checkFlowConfig(value: unknown, source: string): FlowConfig {
   if (!isPlainObject(value)) throw invalidType(source, 'a flow config object', value);
@@ -194,13 +227,20 @@ export function checkFlowConfig(value: unknown, source: string): FlowConfig {
       return { type, permutation: checkPermutation(`${at}.permutation`, layer.permutation, dim) };
     }
     const hidden = checkHidden(`${at}.hidden`, layer.hidden);
+    const residual = layer.residual === undefined ? false : checkBoolean(`${at}.residual`, layer.residual);
+    const hiddenDegrees = checkHiddenDegrees(`${at}.hiddenDegrees`, layer.hiddenDegrees, hidden, dim);
+    if (residual) {
+      checkResidualWidths(`${at}.hidden`, hidden);
+      checkResidualDegrees(`${at}.hiddenDegrees`, hiddenDegrees);
+    }
     return {
       type,
       hidden,
       activation: checkEnum(`${at}.activation`, layer.activation, ACTIVATIONS),
       scale: checkEnum(`${at}.scale`, layer.scale, SCALE_KINDS),
       inputDegrees: checkPermutation(`${at}.inputDegrees`, layer.inputDegrees, dim, 1),
-      hiddenDegrees: checkHiddenDegrees(`${at}.hiddenDegrees`, layer.hiddenDegrees, hidden, dim),
+      hiddenDegrees,
+      residual,
     };
   });
   let total = 0;
@@ -248,6 +288,7 @@ export function identityScaleBias(scale: ScaleKind): number {
 /**
  * Initial parameters. Hidden weights: uniform with variance gain^2 / fanIn, where fanIn counts the
  * inputs the MADE mask lets through (gain sqrt(2) for relu/elu, 1 for tanh); hidden biases 0.
+ * In a residual MADE each block's second layer starts at 0.01 of that, so blocks start near the identity.
  * Shift and scale heads: weights uniform in +-0.01/sqrt(fanIn) so a fresh flow is close to the
  * identity but every weight still gets a gradient; biases give shift 0 and scale 1.
  * Masked-out entries are stored as 0.
@@ -262,9 +303,11 @@ export function initialParameters(config: FlowConfig, seed: number): Map<string,
     layer.hidden.forEach((width, l) => {
       const degrees = layer.hiddenDegrees[l];
       const weight = new Float32Array(width * inDegrees.length);
+      // A residual block's second layer starts near zero, so each block starts as the identity.
+      const blockOutput = layer.residual === true && l > 0 && l % 2 === 0;
       for (let j = 0; j < width; j++) {
         const allowed = inDegrees.filter((d) => d <= degrees[j]).length;
-        const bound = gain * Math.sqrt(3 / Math.max(1, allowed));
+        const bound = (blockOutput ? 0.01 : gain) * Math.sqrt(3 / Math.max(1, allowed));
         for (let i = 0; i < inDegrees.length; i++) {
           if (inDegrees[i] <= degrees[j]) weight[j * inDegrees.length + i] = (2 * random.next() - 1) * bound;
         }

@@ -12,6 +12,7 @@ export interface NativeLayerSpec {
   activation?: number;
   scale?: number;
   inputDegrees?: Int32Array;
+  residual?: boolean;
   hiddenDegrees?: Int32Array[];
   hidden?: NativeLinear[];
   shift?: NativeLinear;

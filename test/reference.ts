@@ -25,6 +25,11 @@ export interface RefMadeLayer {
   inputDegrees: number[];
   /** Per hidden layer l, length hidden[l]: degree of each unit (integers in 0..D). */
   hiddenDegrees: number[][];
+  /**
+   * nflows' residual MADE: h = W0 u + b0 (no activation), then for each block (layers 2b+1, 2b+2)
+   * h = h + W2 act(W1 act(h) + b1) + b2, and the heads read h (no activation).
+   */
+  residual?: boolean;
 }
 
 export interface RefPermutation {
@@ -215,13 +220,23 @@ export function refMadeConditioner(
   if (u.length !== D) throw new Error(`reference: conditioner input has length ${u.length}, expected ${D}`);
   const masks = buildMasks(layer);
 
-  let activations: ArrayLike<number> = u;
-  for (let l = 0; l < layer.hidden.length; l++) {
-    const inSize = activations.length;
-    const weight = getTensor(params, `layers.${k}.hidden.${l}.weight`, layer.hidden[l] * inSize);
+  const hiddenLayer = (l: number, input: ArrayLike<number>): Float64Array => {
+    const weight = getTensor(params, `layers.${k}.hidden.${l}.weight`, layer.hidden[l] * input.length);
     const bias = getTensor(params, `layers.${k}.hidden.${l}.bias`, layer.hidden[l]);
-    const preActivation = maskedAffine(weight, bias, masks.hidden[l], activations);
-    activations = preActivation.map((value) => activate(layer.activation, value));
+    return maskedAffine(weight, bias, masks.hidden[l], input);
+  };
+  const act = (values: Float64Array) => values.map((value) => activate(layer.activation, value));
+  let activations: ArrayLike<number> = u;
+  if (layer.residual) {
+    let stream = hiddenLayer(0, u);
+    for (let l = 1; l + 1 < layer.hidden.length; l += 2) {
+      const inner = act(hiddenLayer(l, act(stream)));
+      const update = hiddenLayer(l + 1, inner);
+      stream = stream.map((h, j) => h + update[j]);
+    }
+    activations = stream;
+  } else {
+    for (let l = 0; l < layer.hidden.length; l++) activations = act(hiddenLayer(l, activations));
   }
 
   const lastWidth = layer.hidden[layer.hidden.length - 1];

@@ -23,7 +23,8 @@ struct Scratch {
   std::vector<float> point;      // tileRows * dim, original dimension order, row-major
   std::vector<float> sortedIn;   // dim * tileRows (kernels: feature-major; reference: row-major)
   std::vector<float> sortedOut;  // dim * tileRows
-  std::vector<std::vector<float>> hidden;  // per hidden layer: widest * tileRows
+  std::vector<std::vector<float>> hidden;  // per hidden layer: widest * tileRows (after the activation)
+  std::vector<std::vector<float>> stream;  // residual MADEs: the pre-activation stream h of layers 0, 2, 4, ...
   std::vector<float> output;     // reference path only: tileRows * (2 dim, padded)
   std::vector<float> logDet;
   std::vector<float> baseLogDensity;
@@ -41,6 +42,7 @@ struct Scratch {
     sortedIn.assign(cells, 0.0f);
     sortedOut.assign(cells, 0.0f);
     hidden.assign(depth, std::vector<float>(static_cast<size_t>(tileRows) * widest, 0.0f));
+    stream.assign(depth, std::vector<float>(static_cast<size_t>(tileRows) * widest, 0.0f));
     const int outStride = ((2 * dim + kColumnBlock - 1) / kColumnBlock) * kColumnBlock;
     output.assign(static_cast<size_t>(tileRows) * outStride, 0.0f);
     logDet.assign(tileRows, 0.0f);
@@ -58,6 +60,31 @@ int kernelActivation(Activation a) {
     case Activation::Tanh: return kActTanh;
     default: return kActELU;
   }
+}
+
+// How hidden layer l reads and writes the scratch buffers. A plain MADE chains
+// act(W x + b); a residual one keeps the stream h (pre-activation) beside
+// act(h): layer 0 starts it, each block's second layer adds to it.
+struct HiddenStep {
+  const float* input;
+  float* output;
+  const float* residual;
+  float* preAct;
+};
+
+HiddenStep wire(const MadePlan& m, Scratch& s, size_t l, const float* firstInput) {
+  HiddenStep step{l == 0 ? firstInput : s.hidden[l - 1].data(), s.hidden[l].data(), nullptr, nullptr};
+  if (m.residual && l % 2 == 0) {
+    step.preAct = s.stream[l].data();
+    if (l > 0) step.residual = s.stream[l - 2].data();
+  }
+  return step;
+}
+
+// The heads read act(h) of the last layer, or the stream h itself in a residual MADE.
+const float* headInput(const MadePlan& m, Scratch& s) {
+  const size_t last = m.hidden.size() - 1;
+  return m.residual ? s.stream[last].data() : s.hidden[last].data();
 }
 
 // ---- fast path: kernels on feature-major tiles ----
@@ -81,13 +108,12 @@ void scatterSorted(const MadePlan& m, Scratch& s, const float* inT) {
 // v = u * scale(u) + shift(u); logDet += sum log scale.
 void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
-  const float* x = s.sortedIn.data();
   const int act = kernelActivation(m.activation);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
-    K.linear(view(m.hidden[l]), x, s.hidden[l].data(), 0, m.hidden[l].out, act);
-    x = s.hidden[l].data();
+    const HiddenStep w = wire(m, s, l, s.sortedIn.data());
+    K.linear(view(m.hidden[l]), w.input, w.output, 0, m.hidden[l].out, act, w.residual, w.preAct);
   }
-  K.affine(view(m.output), x, s.sortedIn.data(), s.sortedOut.data(), s.logDet.data(), 0, m.dim,
+  K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), s.sortedOut.data(), s.logDet.data(), 0, m.dim,
            static_cast<int>(m.scale), false);
   scatterSorted(m, s, s.sortedOut.data());
 }
@@ -104,9 +130,11 @@ void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
     for (size_t l = 0; l < depth; ++l) {
       const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
       const int hi = m.unitsUpToDegree[l][p];
-      if (hi > lo) K.linear(view(m.hidden[l]), l == 0 ? u : s.hidden[l - 1].data(), s.hidden[l].data(), lo, hi, act);
+      if (hi == lo) continue;
+      const HiddenStep w = wire(m, s, l, u);
+      K.linear(view(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
     }
-    K.affine(view(m.output), s.hidden[depth - 1].data(), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
+    K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
              static_cast<int>(m.scale), true);
   }
   scatterSorted(m, s, u);
@@ -121,14 +149,13 @@ void madeParallelRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r)
   float* point = s.point.data() + static_cast<size_t>(r) * m.dim;
   float* u = s.sortedIn.data();
   for (int p = 0; p < m.dim; ++p) u[p] = point[m.dimAtPosition[p]];
-  const float* x = u;
   const int act = kernelActivation(m.activation);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
-    K.linearRow(view(m.hidden[l]), x, s.hidden[l].data(), 0, m.hidden[l].out, act);
-    x = s.hidden[l].data();
+    const HiddenStep w = wire(m, s, l, u);
+    K.linearRow(view(m.hidden[l]), w.input, w.output, 0, m.hidden[l].out, act, w.residual, w.preAct);
   }
   float* raw = s.output.data();
-  K.linearRow(view(m.output), x, raw, 0, 2 * m.dim, kActNone);
+  K.linearRow(view(m.output), headInput(m, s), raw, 0, 2 * m.dim, kActNone, nullptr, nullptr);
   for (int p = 0; p < m.dim; ++p) {
     const Affine a = affineFromRaw(m.scale, raw[2 * p + 1], raw[2 * p]);
     point[m.dimAtPosition[p]] = u[p] * a.scale + a.shift;
@@ -148,9 +175,11 @@ void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int 
     for (size_t l = 0; l < depth; ++l) {
       const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
       const int hi = m.unitsUpToDegree[l][p];
-      if (hi > lo) K.linearRow(view(m.hidden[l]), l == 0 ? u : s.hidden[l - 1].data(), s.hidden[l].data(), lo, hi, act);
+      if (hi == lo) continue;
+      const HiddenStep w = wire(m, s, l, u);
+      K.linearRow(view(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
     }
-    K.linearRow(view(m.output), s.hidden[depth - 1].data(), raw, 2 * p, 2 * p + 2, kActNone);
+    K.linearRow(view(m.output), headInput(m, s), raw, 2 * p, 2 * p + 2, kActNone, nullptr, nullptr);
     const Affine a = affineFromRaw(m.scale, raw[2 * p + 1], raw[2 * p]);
     u[p] = (v[p] - a.shift) / a.scale;
     s.logDet[r] -= a.logScale;
@@ -180,12 +209,31 @@ void linearDense(const StaircaseLinear& L, const float* X, int xStride, int rows
 template <Activation A>
 void referenceConditioner(const MadePlan& m, Scratch& s, const float* x, int rows) {
   int xStride = m.dim;
-  for (size_t l = 0; l < m.hidden.size(); ++l) {
-    linearDense<true, A>(m.hidden[l], x, xStride, rows, s.hidden[l].data());
-    x = s.hidden[l].data();
-    xStride = m.hidden[l].outStride;
+  if (!m.residual) {
+    for (size_t l = 0; l < m.hidden.size(); ++l) {
+      linearDense<true, A>(m.hidden[l], x, xStride, rows, s.hidden[l].data());
+      x = s.hidden[l].data();
+      xStride = m.hidden[l].outStride;
+    }
+    linearDense<false, A>(m.output, x, xStride, rows, s.output.data());
+    return;
   }
-  linearDense<false, A>(m.output, x, xStride, rows, s.output.data());
+  // Residual: h = W0 x; per block h += W2 act(W1 act(h)); heads read h.
+  const int stride = m.hidden[0].outStride;
+  const int width = m.hidden[0].out;
+  float* h = s.stream[0].data();
+  float* a = s.hidden[0].data();
+  float* t = s.hidden[1].data();
+  linearDense<false, A>(m.hidden[0], x, xStride, rows, h);
+  for (size_t l = 1; l + 1 < m.hidden.size(); l += 2) {
+    for (int r = 0; r < rows; ++r)
+      for (int j = 0; j < width; ++j) a[r * stride + j] = activate<A>(h[r * stride + j]);
+    linearDense<true, A>(m.hidden[l], a, stride, rows, t);
+    linearDense<false, A>(m.hidden[l + 1], t, stride, rows, a);
+    for (int r = 0; r < rows; ++r)
+      for (int j = 0; j < width; ++j) h[r * stride + j] += a[r * stride + j];
+  }
+  linearDense<false, A>(m.output, h, stride, rows, s.output.data());
 }
 
 template <Activation A, ScaleKind S>
@@ -387,7 +435,7 @@ double measureMatmulGflops(int size, double minSeconds) {
   std::vector<std::vector<float>> y(pool->size(), std::vector<float>(static_cast<size_t>(size) * T));
   auto once = [&] {
     pool->parallelFor(tiles, [&](int64_t tile, int worker) {
-      K.linear(L, x.data() + static_cast<size_t>(tile) * size * T, y[worker].data(), 0, size, kActNone);
+      K.linear(L, x.data() + static_cast<size_t>(tile) * size * T, y[worker].data(), 0, size, kActNone, nullptr, nullptr);
     });
   };
   once();  // warm caches and threads

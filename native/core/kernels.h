@@ -24,11 +24,13 @@ struct KernelTable {
   const char* isa;
   int vectorFloats;  // floats per vector register
   int tileRows;      // rows per tile: every buffer holds tileRows values per feature
-  // yT[j] = act(bias[j] + sum_{k < prefix[j]} W[k][j] * xT[k]) for units j in [lo, hi).
-  void (*linear)(const LinearView& layer, const float* xT, float* yT, int lo, int hi, int activation);
-  // One row, row-major (for batches too small to fill a tile): y[j] = act(bias[j] +
-  // sum_{k < prefix[j]} W[k][j] * x[k]) for units j in [lo, hi), vectorised across units.
-  void (*linearRow)(const LinearView& layer, const float* x, float* y, int lo, int hi, int activation);
+  // For units j in [lo, hi): s = bias[j] + sum_{k < prefix[j]} W[k][j] * xT[k], plus residualT[j]
+  // when given; preActT[j] = s when given; yT[j] = act(s).
+  void (*linear)(const LinearView& layer, const float* xT, float* yT, int lo, int hi, int activation,
+                 const float* residualT, float* preActT);
+  // The same for one row, row-major (for batches too small to fill a tile), vectorised across units.
+  void (*linearRow)(const LinearView& layer, const float* x, float* y, int lo, int hi, int activation,
+                    const float* residual, float* preAct);
   // The affine head for positions [p0, p1): raw shift and scale are output columns 2p, 2p + 1
   // of `head` applied to hT. Forward: outT[p] = inT[p] * scale + shift, logDet += log scale.
   // Inverse: outT[p] = (inT[p] - shift) / scale, logDet -= log scale.

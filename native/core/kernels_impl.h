@@ -103,36 +103,52 @@ inline void accumulate(const LinearView& L, const float* xT, int j0, int depth, 
   }
 }
 
+// The epilogue: optional residual input, optional pre-activation copy, activation.
+template <int kAct>
+inline vf finish(vf sum, const float* residual, float* preAct, long at) {
+  if (residual) sum += load(residual + at);
+  if (preAct) store(preAct + at, sum);
+  return activate<kAct>(sum);
+}
+
 template <int kColumns, int kAct>
-inline void columnBlock(const LinearView& L, const float* xT, float* yT, int j0, int depth) {
+inline void columnBlock(const LinearView& L, const float* xT, float* yT, int j0, int depth, const float* residualT,
+                        float* preActT) {
   vf acc[kColumns][kRowVectors];
   accumulate<kColumns>(L, xT, j0, depth, acc);
   for (int c = 0; c < kColumns; ++c)
-    for (int v = 0; v < kRowVectors; ++v) store(yT + (j0 + c) * kTile + v * kVec, activate<kAct>(acc[c][v]));
+    for (int v = 0; v < kRowVectors; ++v) {
+      const long at = (j0 + c) * kTile + v * kVec;
+      store(yT + at, finish<kAct>(acc[c][v], residualT, preActT, at));
+    }
 }
 
 template <int kAct>
-void linearFor(const LinearView& L, const float* xT, float* yT, int lo, int hi) {
+void linearFor(const LinearView& L, const float* xT, float* yT, int lo, int hi, const float* residualT,
+               float* preActT) {
   int j = lo;
   // Units are sorted by degree, so a block's last unit reads the most inputs; the
   // others' weights past their own prefix are zero. Zero tiles beyond are skipped.
-  for (; j + kGroup <= hi; j += kGroup) columnBlock<kGroup, kAct>(L, xT, yT, j, L.prefix[j + kGroup - 1]);
-  for (; j < hi; ++j) columnBlock<1, kAct>(L, xT, yT, j, L.prefix[j]);
+  for (; j + kGroup <= hi; j += kGroup)
+    columnBlock<kGroup, kAct>(L, xT, yT, j, L.prefix[j + kGroup - 1], residualT, preActT);
+  for (; j < hi; ++j) columnBlock<1, kAct>(L, xT, yT, j, L.prefix[j], residualT, preActT);
 }
 
-void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation) {
+void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation,
+                  const float* residualT, float* preActT) {
   switch (activation) {
-    case kActReLU: return linearFor<kActReLU>(L, xT, yT, lo, hi);
-    case kActTanh: return linearFor<kActTanh>(L, xT, yT, lo, hi);
-    case kActELU: return linearFor<kActELU>(L, xT, yT, lo, hi);
-    default: return linearFor<kActNone>(L, xT, yT, lo, hi);
+    case kActReLU: return linearFor<kActReLU>(L, xT, yT, lo, hi, residualT, preActT);
+    case kActTanh: return linearFor<kActTanh>(L, xT, yT, lo, hi, residualT, preActT);
+    case kActELU: return linearFor<kActELU>(L, xT, yT, lo, hi, residualT, preActT);
+    default: return linearFor<kActNone>(L, xT, yT, lo, hi, residualT, preActT);
   }
 }
 
 // ---- one row at a time, vectorised across units ----
 
 template <int kVectors, int kAct>
-inline void rowBlock(const LinearView& L, const float* x, float* y, int j0, int depth) {
+inline void rowBlock(const LinearView& L, const float* x, float* y, int j0, int depth, const float* residual,
+                     float* preAct) {
   vf acc[kVectors];
   for (int b = 0; b < kVectors; ++b) acc[b] = load(L.bias + j0 + b * kVec);
   const float* w = L.weightKM + j0;
@@ -141,28 +157,36 @@ inline void rowBlock(const LinearView& L, const float* x, float* y, int j0, int 
     const float* wk = w + static_cast<long>(k) * L.outStride;
     for (int b = 0; b < kVectors; ++b) acc[b] += xk * load(wk + b * kVec);
   }
-  for (int b = 0; b < kVectors; ++b) store(y + j0 + b * kVec, activate<kAct>(acc[b]));
-}
-
-template <int kAct>
-void linearRowFor(const LinearView& L, const float* x, float* y, int lo, int hi) {
-  constexpr int kWide = 4;  // four independent accumulators hide the FMA latency
-  int j = lo;
-  for (; j + kWide * kVec <= hi; j += kWide * kVec) rowBlock<kWide, kAct>(L, x, y, j, L.prefix[j + kWide * kVec - 1]);
-  for (; j + kVec <= hi; j += kVec) rowBlock<1, kAct>(L, x, y, j, L.prefix[j + kVec - 1]);
-  for (; j < hi; ++j) {  // tail: one unit at a time
-    float acc = L.bias[j];
-    for (int k = 0; k < L.prefix[j]; ++k) acc += x[k] * L.weightKM[static_cast<long>(k) * L.outStride + j];
-    y[j] = activate<kAct>(splat(acc))[0];
+  for (int b = 0; b < kVectors; ++b) {
+    const long at = j0 + b * kVec;
+    store(y + at, finish<kAct>(acc[b], residual, preAct, at));
   }
 }
 
-void linearRowKernel(const LinearView& L, const float* x, float* y, int lo, int hi, int activation) {
+template <int kAct>
+void linearRowFor(const LinearView& L, const float* x, float* y, int lo, int hi, const float* residual,
+                  float* preAct) {
+  constexpr int kWide = 4;  // four independent accumulators hide the FMA latency
+  int j = lo;
+  for (; j + kWide * kVec <= hi; j += kWide * kVec)
+    rowBlock<kWide, kAct>(L, x, y, j, L.prefix[j + kWide * kVec - 1], residual, preAct);
+  for (; j + kVec <= hi; j += kVec) rowBlock<1, kAct>(L, x, y, j, L.prefix[j + kVec - 1], residual, preAct);
+  for (; j < hi; ++j) {  // tail: one unit at a time
+    float sum = L.bias[j];
+    for (int k = 0; k < L.prefix[j]; ++k) sum += x[k] * L.weightKM[static_cast<long>(k) * L.outStride + j];
+    if (residual) sum += residual[j];
+    if (preAct) preAct[j] = sum;
+    y[j] = activate<kAct>(splat(sum))[0];
+  }
+}
+
+void linearRowKernel(const LinearView& L, const float* x, float* y, int lo, int hi, int activation,
+                     const float* residual, float* preAct) {
   switch (activation) {
-    case kActReLU: return linearRowFor<kActReLU>(L, x, y, lo, hi);
-    case kActTanh: return linearRowFor<kActTanh>(L, x, y, lo, hi);
-    case kActELU: return linearRowFor<kActELU>(L, x, y, lo, hi);
-    default: return linearRowFor<kActNone>(L, x, y, lo, hi);
+    case kActReLU: return linearRowFor<kActReLU>(L, x, y, lo, hi, residual, preAct);
+    case kActTanh: return linearRowFor<kActTanh>(L, x, y, lo, hi, residual, preAct);
+    case kActELU: return linearRowFor<kActELU>(L, x, y, lo, hi, residual, preAct);
+    default: return linearRowFor<kActNone>(L, x, y, lo, hi, residual, preAct);
   }
 }
 

@@ -34,7 +34,8 @@ float activateScalar(int activation, float x) {
   }
 }
 
-void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation) {
+void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation,
+                  const float* residualT, float* preActT) {
   for (int j = lo; j < hi; ++j) {
     float acc[kTile];
     for (int r = 0; r < kTile; ++r) acc[r] = L.bias[j];
@@ -42,14 +43,21 @@ void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int h
       const float w = L.weightKM[static_cast<long>(k) * L.outStride + j];
       for (int r = 0; r < kTile; ++r) acc[r] += w * xT[k * kTile + r];
     }
-    for (int r = 0; r < kTile; ++r) yT[j * kTile + r] = activateScalar(activation, acc[r]);
+    for (int r = 0; r < kTile; ++r) {
+      if (residualT) acc[r] += residualT[j * kTile + r];
+      if (preActT) preActT[j * kTile + r] = acc[r];
+      yT[j * kTile + r] = activateScalar(activation, acc[r]);
+    }
   }
 }
 
-void linearRowKernel(const LinearView& L, const float* x, float* y, int lo, int hi, int activation) {
+void linearRowKernel(const LinearView& L, const float* x, float* y, int lo, int hi, int activation,
+                     const float* residual, float* preAct) {
   for (int j = lo; j < hi; ++j) {
     float acc = L.bias[j];
     for (int k = 0; k < L.prefix[j]; ++k) acc += x[k] * L.weightKM[static_cast<long>(k) * L.outStride + j];
+    if (residual) acc += residual[j];
+    if (preAct) preAct[j] = acc;
     y[j] = activateScalar(activation, acc);
   }
 }

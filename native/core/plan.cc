@@ -58,8 +58,15 @@ MadePlan buildMade(const LayerSpec& layer, int dim, const std::string& name) {
   require(depth >= 1, name + " needs at least one hidden layer");
   require(layer.hiddenDegrees.size() == depth, name + ".hiddenDegrees needs one entry per hidden layer");
 
+  if (layer.residual) {
+    require(depth % 2 == 1 && depth >= 3, name + " (residual) needs 1 + 2 * blocks hidden layers");
+    for (size_t l = 1; l < depth; ++l)
+      require(layer.hiddenDegrees[l] == layer.hiddenDegrees[0],
+              name + " (residual) needs the same degrees in every hidden layer");
+  }
   MadePlan plan;
   plan.dim = dim;
+  plan.residual = layer.residual;
   plan.parallelTowardData = layer.kind == LayerKind::IAF;
   plan.activation = layer.activation;
   plan.scale = layer.scale;

@@ -28,6 +28,10 @@ struct LayerSpec {
   ScaleKind scale = ScaleKind::Softplus;
   std::vector<int> inputDegrees;               // dim entries, a permutation of 1..dim
   std::vector<std::vector<int>> hiddenDegrees;  // per hidden layer, values in 0..dim
+  // Residual MADE (nflows' MaskedResidualBlock): hidden[0] is a linear layer with no activation
+  // after it, then pairs (2b+1, 2b+2) form blocks h += W2 act(W1 act(h)), and the heads read h
+  // itself. All hidden layers then share one width and one set of degrees.
+  bool residual = false;
   std::vector<DenseLinear> hidden;             // hidden[0]: [h0, dim], hidden[l]: [h_l, h_{l-1}]
   DenseLinear shift;                           // [dim, h_last], rows by original dimension
   DenseLinear rawScale;                        // [dim, h_last]
@@ -55,6 +59,7 @@ constexpr int kColumnBlock = 16;
 
 struct MadePlan {
   int dim = 0;
+  bool residual = false;
   bool parallelTowardData = true;  // IAF: true, MAF: false
   Activation activation = Activation::ReLU;
   ScaleKind scale = ScaleKind::Softplus;
