@@ -12,4 +12,5 @@ export type {
   PermutationLayerConfig,
   ScaleKind,
 } from './layers';
-export { saveFlow, loadFlow, ModelFileError } from './io';
+export { saveFlow, loadFlow, importTorch, ModelFileError } from './io';
+export type { ImportTorchOptions, TorchSource } from './io';

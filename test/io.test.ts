@@ -2,7 +2,7 @@
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createFlow, iaf, loadFlow, maf, permute, reverse, saveFlow } from '../src/index';
+import { createFlow, iaf, importTorch, loadFlow, maf, permute, reverse, saveFlow } from '../src/index';
 import { encodeFlow } from '../src/io';
 import { decodeSafetensors, encodeSafetensors, __testing } from '../src/safetensors';
 
@@ -160,4 +160,86 @@ test('saveFlow validates its arguments', async () => {
   await expect(saveFlow({} as never, join(dir, 'x'))).rejects.toThrow(/Expected a Flow for flow/);
   await expect(saveFlow(sampleFlow(), '' as never)).rejects.toThrow(/Expected a file path string for path/);
   await expect(loadFlow(42 as never)).rejects.toThrow(/Expected a file path string for path/);
+});
+
+describe('importTorch: MAFs trained in PyTorch (zuko, nflows)', () => {
+  const fixtures = join(__dirname, 'fixtures/torch');
+  const cases = [
+    ['zuko-maf-d3', 'zuko-maf'],
+    ['zuko-maf-d5', 'zuko-maf'],
+    ['nflows-maf-d4', 'nflows-maf'],
+    ['nflows-maf-d2-plain', 'nflows-maf'],
+  ] as const;
+
+  test.each(cases)('%s reproduces the log-densities and latents PyTorch computed', async (name, from) => {
+    const flow = await importTorch(join(fixtures, `${name}.safetensors`), { from });
+    const reference = JSON.parse(readFileSync(join(fixtures, `${name}.json`), 'utf8')) as {
+      inputs: number[][];
+      log_prob: number[];
+      noise: number[][];
+    };
+    const logProb = await flow.logProb(reference.inputs);
+    reference.log_prob.forEach((expected, i) => expect(Math.abs(logProb[i] - expected)).toBeLessThan(1e-4 + 1e-5 * Math.abs(expected)));
+    const { z } = await flow.inverse(reference.inputs);
+    reference.noise.flat().forEach((expected, i) => expect(Math.abs(z[i] - expected)).toBeLessThan(1e-4 * (1 + Math.abs(expected))));
+    // Sampling runs these MAFs' sequential direction: it must invert the density direction.
+    const { x } = await flow.forward(z);
+    reference.inputs.flat().forEach((expected, i) => expect(Math.abs(x[i] - expected)).toBeLessThan(1e-3 * (1 + Math.abs(expected))));
+    // And the imported flow saves and loads as any other.
+    const file = join(dir, `${name}-imported.safetensors`);
+    await saveFlow(flow, file);
+    expect(Array.from((await loadFlow(file)).logProbSync(reference.inputs))).toEqual(Array.from(logProb));
+  });
+
+  test('the residual nflows MAF maps to residual layers, zuko orders to input degrees', async () => {
+    const nflows = await importTorch(join(fixtures, 'nflows-maf-d4.safetensors'), { from: 'nflows-maf' });
+    expect(nflows.config.layers.map((l) => l.type)).toEqual(['maf', 'permutation', 'maf', 'permutation', 'maf', 'permutation']);
+    expect(nflows.config.layers[0]).toMatchObject({ residual: true, hidden: [16, 16, 16, 16, 16], scale: 'softplus' });
+    const zuko = await importTorch(join(fixtures, 'zuko-maf-d3.safetensors'), { from: 'zuko-maf', activation: 'relu' });
+    // zuko's transforms 0, 1 have orders [0,1,2], [2,1,0]; iaflow lists them latent first.
+    expect(zuko.config.layers.map((l) => (l.type === 'maf' ? l.inputDegrees : []))).toEqual([[3, 2, 1], [1, 2, 3]]);
+  });
+
+  describe('refusals', () => {
+    const fixture = (name: string) => decodeSafetensors(readFileSync(join(fixtures, `${name}.safetensors`)));
+    const save = (name: string, tensors: Map<string, import('../src/safetensors').Tensor>) => {
+      const file = join(dir, name);
+      writeFileSync(file, encodeSafetensors(tensors));
+      return file;
+    };
+
+    test('the wrong library', async () => {
+      await expect(importTorch(join(fixtures, 'zuko-maf-d3.safetensors'), { from: 'nflows-maf' })).rejects.toThrow(/not an nflows MAF state dict/);
+      await expect(importTorch(join(fixtures, 'nflows-maf-d4.safetensors'), { from: 'zuko-maf' })).rejects.toThrow(/not a zuko MAF state dict/);
+    });
+
+    test('a mask that no MADE degree assignment gives', async () => {
+      const { tensors } = fixture('zuko-maf-d3');
+      const mask = tensors.get('transform.transforms.0.hyper.2.mask')!.data as Uint8Array;
+      const flipped = mask.findIndex((v) => v === 0);
+      mask[flipped] = 1;
+      const file = save('bad-mask.safetensors', tensors);
+      await expect(importTorch(file, { from: 'zuko-maf' })).rejects.toThrow(/bad-mask\.safetensors: transform\.transforms\.0: hidden layer 1's mask is not a MADE mask/);
+    });
+
+    test('missing, unexpected or non-finite tensors, and a non-standard base', async () => {
+      const missing = fixture('nflows-maf-d2-plain').tensors;
+      missing.delete('_transform._transforms.3.autoregressive_net.final_layer.bias');
+      await expect(importTorch(save('missing.safetensors', missing), { from: 'nflows-maf' })).rejects.toThrow(/missing tensor _transform\._transforms\.3\.autoregressive_net\.final_layer\.bias/);
+      const extra = fixture('zuko-maf-d3').tensors;
+      extra.set('transform.context.weight', { dtype: 'F32', shape: [1], data: new Float32Array(1) });
+      await expect(importTorch(save('extra.safetensors', extra), { from: 'zuko-maf' })).rejects.toThrow(/unexpected tensor transform\.context\.weight/);
+      const nan = fixture('zuko-maf-d3').tensors;
+      (nan.get('transform.transforms.1.hyper.0.weight')!.data as Float32Array)[2] = NaN;
+      await expect(importTorch(save('nan.safetensors', nan), { from: 'zuko-maf' })).rejects.toThrow(/non-finite value \(NaN\)/);
+      const shifted = fixture('zuko-maf-d3').tensors;
+      (shifted.get('base.loc')!.data as Float32Array)[0] = 0.5;
+      await expect(importTorch(save('base.safetensors', shifted), { from: 'zuko-maf' })).rejects.toThrow(/not the standard normal/);
+    });
+
+    test('bad arguments', async () => {
+      await expect(importTorch(join(fixtures, 'zuko-maf-d3.safetensors'), { from: 'pyro-iaf' as never })).rejects.toThrow(/Expected one of 'zuko-maf', 'nflows-maf' for options\.from/);
+      await expect(importTorch(join(fixtures, 'zuko-maf-d3.safetensors'), { from: 'zuko-maf', actvation: 'relu' } as never)).rejects.toThrow(/Unknown option "actvation"/);
+    });
+  });
 });
