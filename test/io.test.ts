@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createFlow, iaf, importTorch, loadFlow, maf, permute, reverse, saveFlow } from '../src/index';
 import { encodeFlow } from '../src/io';
+import { fuzzModelFiles } from './fuzz';
 import { decodeSafetensors, encodeSafetensors, __testing } from '../src/safetensors';
 
 let dir: string;
@@ -242,4 +243,11 @@ describe('importTorch: MAFs trained in PyTorch (zuko, nflows)', () => {
       await expect(importTorch(join(fixtures, 'zuko-maf-d3.safetensors'), { from: 'zuko-maf', actvation: 'relu' } as never)).rejects.toThrow(/Unknown option "actvation"/);
     });
   });
+});
+
+test('fuzz: mutated model files load and run, or are refused with ModelFileError (seeded, bounded)', async () => {
+  const report = await fuzzModelFiles(12345, 4000, 1500);
+  expect(report.failures).toEqual([]);
+  expect(report.refused).toBeGreaterThan(report.runs / 2);
+  expect(report.runs).toBeGreaterThan(200);
 });
