@@ -13,3 +13,5 @@ export type {
   ScaleKind,
 } from './layers';
 export { saveFlow, loadFlow, ModelFileError } from './io';
+export { readNpy, writeNpy, encodeNpy, decodeNpy, NpyFileError } from './npy';
+export type { NpyArray } from './npy';
