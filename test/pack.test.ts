@@ -190,6 +190,19 @@ describePack('the packed package, installed offline with no compiler on PATH', (
     expect(installOutput).not.toMatch(/gyp (info|ERR)/);
   });
 
+  test('control: the stubs do catch a compile (forcing a build from source reaches them and fails)', () => {
+    const fromSource = join(work, 'app-from-source');
+    mkdirSync(fromSource);
+    writeFileSync(join(fromSource, 'package.json'), JSON.stringify({ name: 'iaflow-from-source', version: '1.0.0', private: true }));
+    const install = npm(['install', '--offline', '--no-audit', '--no-fund', tarball], {
+      cwd: fromSource,
+      env: { ...appEnv, npm_config_build_from_source: 'true' },
+    });
+    expect(install.status).not.toBe(0);
+    expect(readFileSync(stubLog, 'utf8')).toMatch(/^(python3?|make|g\+\+|c\+\+|cc) /m);
+    rmSync(stubLog, { force: true });
+  });
+
   test('a flow samples through require() and import(), with the addon from prebuilds/', () => {
     // The same flow and seed in this process (the repository's own build) give the reference.
     const layers = [iaf({ hidden: [32, 32] }), reverse(), maf({ hidden: [16] })];
