@@ -1,12 +1,14 @@
 // The package as a user gets it. In a scratch copy of this repository (so the working tree's
 // build/, prebuilds/ and dist/ are never touched, and jest's other suites keep their addon),
 // `npm run prebuild` puts the addon under prebuilds/ and `npm pack` makes the tarball. The
-// tarball is installed into a fresh folder with npm --offline (dependencies from npm's cache,
-// which the repository's own `npm install` filled) and a PATH holding only node and logging
-// stubs named g++, gcc, cc, c++, clang, make, cmake, ninja, nvcc, python3... (and sh): the install must
-// call none of them. Then, in that folder, a flow samples through both `require('iaflow')` and
-// `import('iaflow')`, the addon must come from prebuilds/, and tsc type-checks a consumer of
-// both entry points. Prints the tarball's size.
+// tarball is installed into a fresh folder with `npm install --offline`, next to tarballs of its
+// two runtime dependencies packed from this repository's node_modules. (npm's cache cannot be
+// relied on for those: after a lockfile install it holds their tarballs but not the registry
+// metadata that installing a new package needs, so a fresh machine fails with ENOTCACHED.) The
+// install runs with a PATH holding only node, sh and logging stubs named g++, gcc, cc, c++, clang,
+// make, cmake, ninja, nvcc, python3...: it must call none of them. Then, in that folder, a flow
+// samples through both `require('iaflow')` and `import('iaflow')`, the addon must come from
+// prebuilds/, and tsc type-checks a consumer of both entry points. Prints the tarball's size.
 import { spawnSync, SpawnSyncOptions } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -74,6 +76,7 @@ interface PackResult {
 let work = '';
 let packed: PackResult;
 let tarball = '';
+let dependencyTarballs: string[] = [];
 let app = '';
 let stubLog = '';
 let installOutput = '';
@@ -119,6 +122,13 @@ describePack('the packed package, installed offline with no compiler on PATH', (
     [packed] = JSON.parse(pack.stdout.slice(jsonStart)) as PackResult[];
     tarball = join(work, packed.filename);
 
+    // The runtime dependencies, as tarballs made from the installed copies (no network).
+    const dependencies = Object.keys((JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }).dependencies);
+    const depPack = npm(['pack', '--json', '--ignore-scripts', '--pack-destination', work, ...dependencies.map((d) => join(root, 'node_modules', d))], { cwd: work, env: stageEnv });
+    expectSuccess('npm pack (dependencies)', depPack);
+    dependencyTarballs = (JSON.parse(depPack.stdout.slice(depPack.stdout.search(/^\[/m))) as PackResult[]).map((p) => join(work, p.filename));
+    expect(dependencyTarballs.length).toBe(dependencies.length);
+
     // 3. Stubs for every compiler and build tool, first on a PATH that otherwise holds only node
     // and sh (npm runs install scripts with sh).
     const stubs = join(work, 'stubs');
@@ -142,11 +152,11 @@ describePack('the packed package, installed offline with no compiler on PATH', (
       npm_config_https_proxy: 'http://127.0.0.1:9',
     });
 
-    // 4. A fresh folder; install the tarball and nothing else from outside npm's cache.
+    // 4. A fresh folder; install the tarballs, offline.
     app = join(work, 'app');
     mkdirSync(app);
     writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'iaflow-pack-test', version: '1.0.0', private: true }, null, 2));
-    const install = npm(['install', '--offline', '--no-audit', '--no-fund', '--foreground-scripts', tarball], { cwd: app, env: appEnv });
+    const install = npm(['install', '--offline', '--no-audit', '--no-fund', '--foreground-scripts', tarball, ...dependencyTarballs], { cwd: app, env: appEnv });
     installOutput = `${install.stdout}\n${install.stderr}`;
     expectSuccess('npm install --offline <tarball>', install);
     lap('npm install --offline');
@@ -194,7 +204,7 @@ describePack('the packed package, installed offline with no compiler on PATH', (
     const fromSource = join(work, 'app-from-source');
     mkdirSync(fromSource);
     writeFileSync(join(fromSource, 'package.json'), JSON.stringify({ name: 'iaflow-from-source', version: '1.0.0', private: true }));
-    const install = npm(['install', '--offline', '--no-audit', '--no-fund', tarball], {
+    const install = npm(['install', '--offline', '--no-audit', '--no-fund', tarball, ...dependencyTarballs], {
       cwd: fromSource,
       env: { ...appEnv, npm_config_build_from_source: 'true' },
     });
