@@ -188,7 +188,9 @@ describePack('the packed package, installed offline with no compiler on PATH', (
     for (const required of ['dist/index.js', 'dist/index.d.ts', 'dist/index.mjs', 'dist/index.d.mts', 'dist/npy.js', 'binding.gyp', 'native/addon.cc', `prebuilds/${platformArch}/iaflow.node`]) {
       expect(paths).toContain(required);
     }
-    expect(paths.some((p) => /^(test|bench|examples|scripts|src|build|\.ci|\.github)\//.test(p) || p.endsWith('.map') || p.endsWith('.o'))).toBe(false);
+    expect(paths.filter((p) => /^(test|bench|examples|scripts|src|build|\.ci|\.github)\//.test(p) || p.endsWith('.map') || p.endsWith('.o'))).toEqual([]);
+    // No test or benchmark folder at any depth either (say, a future native/tests/).
+    expect(paths.filter((p) => /(^|\/)(tests?|bench(marks?)?|examples?|fixtures)\//.test(p))).toEqual([]);
   });
 
   test('installing compiled nothing: no compiler or build tool was called, no build/ folder exists', () => {
