@@ -300,6 +300,10 @@ export function decodeNpy(bytes: Uint8Array, source: string = DEFAULT_SOURCE): N
     item.kind === 'int' ? item.value : fail(`shape must be a tuple of integers, got ${describeHeaderValue(shapeValue)}`),
   );
   if (dims.some((dim) => dim < 0n)) fail(`shape ${describeHeaderValue(shapeValue)} has a negative dimension`);
+  // Even an empty array (a zero dimension) must have a shape JavaScript numbers hold exactly.
+  if (dims.some((dim) => dim > BigInt(Number.MAX_SAFE_INTEGER))) {
+    fail(`shape ${describeHeaderValue(shapeValue)} has a dimension above 2^53 - 1`);
+  }
   if (fortranOrder.kind !== 'bool') return fail(`fortran_order must be True or False, got ${describeHeaderValue(fortranOrder)}`);
   if (descr.kind !== 'str') {
     return fail(
