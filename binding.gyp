@@ -17,14 +17,25 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-O3", "-fvisibility=hidden"],
-      "xcode_settings": {
-        "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
-        "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
-        "OTHER_CPLUSPLUSFLAGS": ["-O3"]
-      },
-      "msvs_settings": {
-        "VCCLCompilerTool": { "ExceptionHandling": 1, "AdditionalOptions": ["/std:c++17", "/O2"] }
-      }
+      "conditions": [
+        ["OS=='win'", {
+          "defines!": ["_HAS_EXCEPTIONS=0"],
+          "defines": ["_HAS_EXCEPTIONS=1"],
+          "msvs_settings": {
+            "VCCLCompilerTool": { "ExceptionHandling": 1, "AdditionalOptions": ["/std:c++17", "/O2"] }
+          }
+        }],
+        ["OS=='mac'", {
+          "xcode_settings": {
+            "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+            "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
+            "CLANG_CXX_LIBRARY": "libc++",
+            "MACOSX_DEPLOYMENT_TARGET": "11.0",
+            "GCC_SYMBOLS_PRIVATE_EXTERN": "YES",
+            "OTHER_CPLUSPLUSFLAGS": ["-O3"]
+          }
+        }]
+      ]
     }
   ]
 }

@@ -14,3 +14,5 @@ export type {
 } from './layers';
 export { saveFlow, loadFlow, importTorch, ModelFileError } from './io';
 export type { ImportTorchOptions, TorchSource } from './io';
+export { readNpy, writeNpy, encodeNpy, decodeNpy, NpyFileError } from './npy';
+export type { NpyArray } from './npy';

@@ -58,8 +58,9 @@ function load(): NativeBinding {
     const reason = error instanceof Error ? error.message : String(error);
     throw new Error(
       `iaflow could not load its native addon (${reason}).\n` +
-        `No prebuilt binary fits ${process.platform}-${process.arch} and no local build was found.\n` +
-        `Build it from source with a C++17 compiler and Python: \`npm rebuild iaflow\` ` +
+        `No prebuilt binary for ${process.platform}-${process.arch} could be loaded (none ships for this ` +
+        `platform, or it needs newer system libraries) and no local build was found.\n` +
+        `Build it from source (node-gyp needs Python 3 and a C++17 toolchain): \`npm rebuild iaflow\` ` +
         `(or, in a clone of the repository, \`npm run build:native\`).`,
     );
   }
