@@ -16,3 +16,7 @@ export { saveFlow, loadFlow, importTorch, ModelFileError } from './io';
 export type { ImportTorchOptions, TorchSource } from './io';
 export { readNpy, writeNpy, encodeNpy, decodeNpy, NpyFileError } from './npy';
 export type { NpyArray } from './npy';
+export { datasets } from './datasets';
+export type { DatasetOptions, NoisyDatasetOptions } from './datasets';
+export { targets } from './targets';
+export type { BuiltinTarget, GaussianMixtureOptions, GridOptions, Target } from './targets';
