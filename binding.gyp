@@ -6,7 +6,8 @@
         "native/addon.cc",
         "native/core/plan.cc",
         "native/core/cpu_backend.cc",
-        "native/core/thread_pool.cc"
+        "native/core/thread_pool.cc",
+        "native/core/train.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
