@@ -13,3 +13,15 @@ export type {
   ScaleKind,
 } from './layers';
 export { saveFlow, loadFlow, ModelFileError } from './io';
+export { fit, fitReverseKL, distill } from './train';
+export type {
+  FitOptions,
+  FitProgress,
+  FitReport,
+  OptimizerOptions,
+  ReverseKLOptions,
+  ReverseKLProgress,
+  ReverseKLReport,
+  Target,
+  TargetEvaluation,
+} from './train';
