@@ -346,7 +346,7 @@ void writeStats(const iaflow::StepStats& s, double* out) {
   out[4] = s.lastGradNorm;
 }
 
-// new NativeTrainer(spec, pass, teacherSpec | null, options: Float64Array(6), reference)
+// new NativeTrainer(spec, pass, teacherSpec | null, options: Float64Array(6), reference, portable)
 class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
  public:
   static Napi::Function define(Napi::Env env) {
@@ -382,7 +382,8 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
         widths_.push_back(std::move(widths));
       }
       trainer_ = std::make_shared<iaflow::Trainer>(spec, static_cast<iaflow::Direction>(pass), teacher.get(),
-                                                   optimizerOptions(env, info[3]), info[4].ToBoolean().Value());
+                                                   optimizerOptions(env, info[3]), info[4].ToBoolean().Value(),
+                                                   info[5].ToBoolean().Value());
     } catch (const Napi::Error&) {
       throw;
     } catch (...) {
@@ -538,21 +539,23 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     }, nullptr, {info[3], info[4]});
   }
 
-  // distillSteps(seedLo, seedHi, firstStep, steps, batch, stats, stepLoss: Float64Array(steps), async)
+  // distillSteps(seedLo, seedHi, firstStep, steps, batch, betaStart, betaSlope, stats, stepLoss: Float64Array(steps), async)
   Napi::Value distillSteps(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     const uint64_t seed = seedFrom(env, info[0], info[1]);
     const int64_t firstStep = countArg(env, info[2], "firstStep", 0);
     const int64_t steps = countArg(env, info[3], "steps", 1);
     const int64_t batch = countArg(env, info[4], "batch", 1);
-    double* stats = float64Output(env, info[5], 5, "stats");
-    double* stepLoss = float64Output(env, info[6], static_cast<size_t>(steps), "stepLoss");
+    const double betaStart = numberArg(env, info[5], "betaStart");
+    const double betaSlope = numberArg(env, info[6], "betaSlope");
+    double* stats = float64Output(env, info[7], 5, "stats");
+    double* stepLoss = float64Output(env, info[8], static_cast<size_t>(steps), "stepLoss");
     auto trainer = trainer_;
-    return launch(env, info[7].ToBoolean().Value(), [=] {
+    return launch(env, info[9].ToBoolean().Value(), [=] {
       iaflow::StepStats s;
-      trainer->distillSteps(seed, firstStep, steps, batch, s, stepLoss);
+      trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, s, stepLoss);
       writeStats(s, stats);
-    }, nullptr, {info[5], info[6]});
+    }, nullptr, {info[7], info[8]});
   }
 
   // likelihoodGradient(x, rows) -> mean NLL; the gradient stays for gradientTo

@@ -15,6 +15,7 @@ export type {
 export { saveFlow, loadFlow, ModelFileError } from './io';
 export { fit, fitReverseKL, distill } from './train';
 export type {
+  DistillOptions,
   FitOptions,
   FitProgress,
   FitReport,

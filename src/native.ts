@@ -50,7 +50,7 @@ export interface NativeTrainerInstance {
   validationLoss(async: boolean): Promise<number> | number;
   reverseForward(seedLo: number, seedHi: number, step: number, batch: number, z: Float32Array | null, x: Float32Array, logq: Float32Array, async: boolean): Promise<void> | undefined;
   reverseBackward(value: Float32Array, grad: Float32Array, update: boolean, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
-  distillSteps(seedLo: number, seedHi: number, firstStep: number, steps: number, batch: number, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
+  distillSteps(seedLo: number, seedHi: number, firstStep: number, steps: number, batch: number, betaStart: number, betaSlope: number, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
   likelihoodGradient(x: Float32Array, rows: number): number;
   logProbGradient(x: Float32Array, rows: number, logProb: Float32Array, grad: Float32Array): void;
   parametersTo(views: NativeLayerView[]): void;
@@ -61,8 +61,11 @@ export interface NativeTrainerInstance {
 
 export interface NativeBinding {
   NativeFlow: new (spec: NativeFlowSpec) => NativeFlowInstance;
-  /** pass: 0 (z -> x, reverse KL) or 1 (x -> z, maximum likelihood); options: [lr, beta1, beta2, eps, weightDecay, clipGradNorm]. */
-  NativeTrainer: new (spec: NativeFlowSpec, pass: 0 | 1, teacher: NativeFlowSpec | null, options: Float64Array, reference: boolean) => NativeTrainerInstance;
+  /**
+   * pass: 0 (z -> x, reverse KL) or 1 (x -> z, maximum likelihood); options: [lr, beta1, beta2, eps, weightDecay, clipGradNorm];
+   * reference: the simple dense path; portable: the baseline-ISA kernels even where AVX2 would run.
+   */
+  NativeTrainer: new (spec: NativeFlowSpec, pass: 0 | 1, teacher: NativeFlowSpec | null, options: Float64Array, reference: boolean, portable: boolean) => NativeTrainerInstance;
   setThreads(threads: number): void;
   getThreads(): number;
   standardNormal(seedLo: number, seedHi: number, firstRow: number, rows: number, dim: number, out: Float32Array): void;

@@ -122,6 +122,19 @@ export interface ReverseKLOptions extends OptimizerOptions {
   onProgress?: (progress: ReverseKLProgress) => void | Promise<void>;
 }
 
+export interface DistillOptions extends ReverseKLOptions {
+  /**
+   * Annealing: over this fraction of the steps, the teacher's log-density is weighted by beta
+   * rising linearly from `annealFrom` to 1 (the loss is E_q[log q - beta log p]). Reverse KL is
+   * mode-seeking: from a fresh student it often settles on part of a multimodal teacher (one of
+   * two moons); a small beta flattens the teacher so the student spreads over every mode first.
+   * 0 gives plain reverse KL. Default 0.3.
+   */
+  anneal?: number;
+  /** The first beta of the annealing, in (0, 1]. Default 0.2. */
+  annealFrom?: number;
+}
+
 export interface ReverseKLReport {
   /** Per step: the batch mean of log q(x) - log p~(x) (an estimate of -ELBO); NaN where it was not finite. */
   loss: Float64Array;
@@ -215,10 +228,16 @@ const MLE_ADVICE =
 const REVERSE_ADVICE =
   "a MAF layer samples through its sequential direction, which iaflow does not differentiate. Use iaf() layers (createIAF) for the flow trained by reverse KL.";
 
-function newTrainer(flow: Flow, pass: 0 | 1, teacher: Flow | null, options: Float64Array, reference = false): NativeTrainerInstance {
+/** Kernel choices for tests and benchmarks: the dense reference path, the baseline-ISA build. */
+interface KernelChoice {
+  reference?: boolean;
+  portable?: boolean;
+}
+
+function newTrainer(flow: Flow, pass: 0 | 1, teacher: Flow | null, options: Float64Array, kernels: KernelChoice = {}): NativeTrainerInstance {
   const spec = nativeSpec(flow.config as FlowConfig, flow.currentParameters() as Map<string, Float32Array>);
   const teacherSpec = teacher ? nativeSpec(teacher.config as FlowConfig, teacher.currentParameters() as Map<string, Float32Array>) : null;
-  return new native.NativeTrainer(spec, pass, teacherSpec, options, reference);
+  return new native.NativeTrainer(spec, pass, teacherSpec, options, kernels.reference ?? false, kernels.portable ?? false);
 }
 
 /** Dense arrays for every parameter of `flow`, as views for the native export. */
@@ -467,9 +486,10 @@ interface ReverseSetup {
   onProgress?: ReverseKLOptions['onProgress'];
 }
 
-function checkReverseOptions(where: string, options: unknown): ReverseSetup {
-  const opts = checkOptions(where, options, [...OPTIMIZER_KEYS, 'steps', 'batchSize', 'onProgress']);
+function checkReverseOptions(where: string, options: unknown, extra: readonly string[] = []): ReverseSetup & { opts: Record<string, unknown> } {
+  const opts = checkOptions(where, options, [...OPTIMIZER_KEYS, 'steps', 'batchSize', 'onProgress', ...extra]);
   return {
+    opts,
     steps: checkInteger('options.steps', opts.steps ?? 5000, 1, MAX_STEPS),
     batchSize: checkInteger('options.batchSize', opts.batchSize ?? 256, 1, MAX_BATCH),
     optimizer: checkOptimizer('options', opts),
@@ -580,11 +600,14 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
 /**
  * Distillation: the student IAF learns the teacher flow by reverse KL, E_q[log q(x) - log p(x)],
  * with the teacher's log-density and its gradient wrt x computed natively (a run of steps per
- * native call). The teacher's MADE layers must all be MAF (its density is one parallel pass) and
- * the student's all IAF; both need the same dim. The teacher is not changed. Progress, abort and
- * skipped steps behave as in fitReverseKL; `kl` in the report is the KL divergence from the teacher.
+ * native call). Over a first fraction of the steps (`anneal`, default 0.3) the teacher's
+ * log-density is weighted by beta rising to 1, which keeps reverse KL from settling on one mode of
+ * a multimodal teacher. The teacher's MADE layers must all be MAF (its density is one
+ * parallel pass) and the student's all IAF; both need the same dim. The teacher is not changed.
+ * Progress, abort and skipped steps behave as in fitReverseKL; `loss` is the reverse-KL loss at
+ * every step (at beta = 1, annealed steps included) and `kl` in the report the KL divergence from the teacher.
  */
-export async function distill(student: Flow, teacher: Flow, options?: ReverseKLOptions): Promise<ReverseKLReport> {
+export async function distill(student: Flow, teacher: Flow, options?: DistillOptions): Promise<ReverseKLReport> {
   checkFlow('student', student);
   checkFlow('teacher', teacher);
   requireParallel(student, TO_DATA, 'distill (the student)', REVERSE_ADVICE);
@@ -596,14 +619,18 @@ export async function distill(student: Flow, teacher: Flow, options?: ReverseKLO
   );
   if (teacher.dim !== student.dim) throw invalidRange('teacher.dim', `the student's dim, ${student.dim}`, teacher.dim);
   if (teacher === student) throw new TypeError('distill needs a teacher other than the student');
-  const setup = checkReverseOptions('distill options', options);
+  const setup = checkReverseOptions('distill options', options, ['anneal', 'annealFrom']);
+  const anneal = checkNumber('options.anneal', setup.opts.anneal ?? 0.3, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
+  const annealFrom = checkNumber('options.annealFrom', setup.opts.annealFrom ?? 0.2, 'a number in (0, 1]', (v) => v > 0 && v <= 1);
+  const annealSteps = Math.round(setup.steps * anneal);
+  const [betaStart, betaSlope] = annealSteps > 0 ? [annealFrom, (1 - annealFrom) / annealSteps] : [1, 0];
   if (setup.optimizer.signal?.aborted) throw abortError('distill', 'its weights from before the call');
   claim(student, 'distill');
   try {
     const trainer = newTrainer(student, TO_DATA, teacher, setup.optimizer.options);
     const [lo, hi] = seedWords(setup.optimizer.seed);
     return await runReverse(student, trainer, setup, 'distill', 0, async (firstStep, count, stepLoss, stats) => {
-      await trainer.distillSteps(lo, hi, firstStep, count, setup.batchSize, stats, stepLoss, true);
+      await trainer.distillSteps(lo, hi, firstStep, count, setup.batchSize, betaStart, betaSlope, stats, stepLoss, true);
       for (let s = 0; s < count; s++) if (!Number.isFinite(stepLoss[s])) stepLoss[s] = NaN;
     });
   } finally {
@@ -616,18 +643,18 @@ export async function distill(student: Flow, teacher: Flow, options?: ReverseKLO
  * shaped as the flow's parameters (masked entries zero).
  */
 export const __trainingInternals = {
-  /** Mean negative log-likelihood of x and its gradient wrt every parameter (MAF flows); `reference`: the dense path. */
-  likelihoodGradient(flow: Flow, x: Float32Array, reference = false): { loss: number; grads: Record<string, Float32Array> } {
+  /** Mean negative log-likelihood of x and its gradient wrt every parameter (MAF flows). */
+  likelihoodGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { loss: number; grads: Record<string, Float32Array> } {
     requireParallel(flow, TO_LATENT, 'likelihoodGradient', MLE_ADVICE);
-    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), reference);
+    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
     const loss = trainer.likelihoodGradient(x, x.length / flow.dim);
     return { loss, grads: gradientRecord(flow, trainer) };
   },
 
   /** log p(x) and d log p / dx (MAF flows): what distillation uses of its teacher. */
-  logProbGradient(flow: Flow, x: Float32Array): { logProb: Float32Array; grad: Float32Array } {
+  logProbGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { logProb: Float32Array; grad: Float32Array } {
     requireParallel(flow, TO_LATENT, 'logProbGradient', MLE_ADVICE);
-    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0));
+    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
     const rows = x.length / flow.dim;
     const logProb = new Float32Array(rows);
     const grad = new Float32Array(x.length);
@@ -636,9 +663,9 @@ export const __trainingInternals = {
   },
 
   /** The reverse-KL loss at the latent rows z and its gradient wrt every parameter (IAF flows). */
-  async reverseKLGradient(flow: Flow, z: Float32Array, target: Target): Promise<{ loss: number; x: Float32Array; grads: Record<string, Float32Array> }> {
+  async reverseKLGradient(flow: Flow, z: Float32Array, target: Target, kernels: KernelChoice = {}): Promise<{ loss: number; x: Float32Array; grads: Record<string, Float32Array> }> {
     requireParallel(flow, TO_DATA, 'reverseKLGradient', REVERSE_ADVICE);
-    const trainer = newTrainer(flow, TO_DATA, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0));
+    const trainer = newTrainer(flow, TO_DATA, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
     const rows = z.length / flow.dim;
     const x = new Float32Array(z.length);
     trainer.reverseForward(0, 0, 0, rows, z, x, new Float32Array(rows), false);
@@ -650,10 +677,10 @@ export const __trainingInternals = {
 
   /**
    * Training throughput: `steps` maximum-likelihood steps of `batchSize` rows of `data`, on the
-   * staircase path or (reference) the simple dense one. Leaves the flow unchanged; returns rows/s.
+   * staircase path or (kernels.reference) the simple dense one. Leaves the flow unchanged; returns rows/s.
    */
-  likelihoodThroughput(flow: Flow, data: Float32Array, batchSize: number, steps: number, reference: boolean): number {
-    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-4, 0.9, 0.999, 1e-8, 0, 0), reference);
+  likelihoodThroughput(flow: Flow, data: Float32Array, batchSize: number, steps: number, kernels: KernelChoice = {}): number {
+    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-4, 0.9, 0.999, 1e-8, 0, 0), kernels);
     const rows = data.length / flow.dim;
     trainer.setData(data, rows, null, 0);
     const stats = new Float64Array(5);

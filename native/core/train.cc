@@ -69,6 +69,7 @@ struct Net {
   int dim = 0, dimStride = 0;
   Direction pass = Direction::ToLatent;
   bool reference = false;
+  bool portable = false;  // the baseline build of the kernels even where a wider one would run
   std::vector<TLayer> layers;
   size_t cachePerRow = 0;
   int maxHiddenStride = 0, maxOutStride = 0;
@@ -283,10 +284,14 @@ const Kernels& kernels() {
   return chosen;
 }
 
-void netForward(const Net& net, Workspace& ws, int rows) { kernels().forward(net, ws, rows); }
+void netForward(const Net& net, Workspace& ws, int rows) {
+  if (net.portable) baseline::netForward(net, ws, rows);
+  else kernels().forward(net, ws, rows);
+}
 
 void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, bool wantInput) {
-  kernels().backward(net, ws, rows, gld, G, wantInput);
+  if (net.portable) baseline::netBackward(net, ws, rows, gld, G, wantInput);
+  else kernels().backward(net, ws, rows, gld, G, wantInput);
 }
 
 // sum_i log N(v_i; 0, 1) of one row.
@@ -386,7 +391,7 @@ struct Trainer::Impl {
 
   // Runs `tile` over rows [0, rows) split into slots; each slot's gradient goes to
   // slots[s] (masked). Returns the sum of the tiles' losses, added in slot order.
-  using TileFn = std::function<double(int64_t first, int count, int worker, float* G)>;
+  using TileFn = std::function<double(int64_t first, int count, int worker, int /*slot*/, float* G)>;
   double accumulate(ThreadPool& p, int64_t rows, int S, bool withGradient, const TileFn& tile) {
     if (withGradient) {
       if (slots.size() < static_cast<size_t>(S)) slots.resize(S);
@@ -402,7 +407,7 @@ struct Trainer::Impl {
       const int64_t begin = rows * s / S, end = rows * (s + 1) / S;
       double sum = 0.0;
       for (int64_t first = begin; first < end; first += kTile)
-        sum += tile(first, static_cast<int>(std::min<int64_t>(kTile, end - first)), worker, G);
+        sum += tile(first, static_cast<int>(std::min<int64_t>(kTile, end - first)), worker, static_cast<int>(s), G);
       if (G)
         for (const TLinear* L : net.linears) maskGradient(*L, G + L->w);
       loss[s] = sum;
@@ -536,13 +541,15 @@ struct Trainer::Impl {
 };
 
 Trainer::Trainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher, const OptimizerOptions& options,
-                 bool reference)
+                 bool reference, bool portable)
     : impl_(std::make_unique<Impl>()) {
   buildNet(impl_->net, spec, pass, reference, "the trained flow");
+  impl_->net.portable = portable;
   if (impl_->net.linears.empty()) throw std::invalid_argument("the trained flow has no MADE layer: nothing to train");
   if (teacher) {
     impl_->teacher = std::make_unique<Net>();
     buildNet(*impl_->teacher, *teacher, Direction::ToLatent, reference, "the teacher");
+    impl_->teacher->portable = portable;
     if (impl_->teacher->dim != impl_->net.dim) throw std::invalid_argument("the teacher's dim differs from the student's");
     if (pass != Direction::ToData) throw std::invalid_argument("a teacher needs a student trained along z -> x");
   }
@@ -579,7 +586,7 @@ void Trainer::fitBatches(uint64_t seed, int64_t epoch, int64_t firstBatch, int64
     if (rows <= 0) break;
     const int S = I.slotCount(rows);
     const float scale = 1.0f / static_cast<float>(rows);
-    const double loss = I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, float* G) {
+    const double loss = I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, int /*slot*/, float* G) {
       Workspace& ws = I.workspaces[worker];
       for (int r = 0; r < count; ++r)
         std::copy_n(I.train.data() + I.order[start + first + r] * dim, dim, ws.points.data() + r * dim);
@@ -615,7 +622,7 @@ double Trainer::likelihoodGradient(const float* x, int64_t rows) {
   const int dim = I.net.dim;
   const int S = I.slotCount(rows);
   const float scale = 1.0f / static_cast<float>(rows);
-  const double loss = I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, float* G) {
+  const double loss = I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, int /*slot*/, float* G) {
     Workspace& ws = I.workspaces[worker];
     std::copy_n(x + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
     return I.likelihoodTile(ws, count, G, scale);
@@ -680,7 +687,7 @@ void Trainer::reverseBackward(const float* targetLogDensity, const float* target
   for (int64_t r = 0; r < rows; ++r) lossSum += static_cast<double>(I.logq[r]) - targetLogDensity[r];
   const int S = I.slotCount(rows);
   const float scale = 1.0f / static_cast<float>(rows);
-  I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, float* G) {
+  I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, int /*slot*/, float* G) {
     Workspace& ws = I.workspaces[worker];
     std::copy_n(I.latent.data() + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
     netForward(I.net, ws, count);  // recomputed: the activations are not kept between calls
@@ -696,8 +703,8 @@ void Trainer::reverseBackward(const float* targetLogDensity, const float* target
   }
 }
 
-void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batchRows, StepStats& stats,
-                           double* stepLoss) {
+void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batchRows, double betaStart,
+                           double betaSlope, StepStats& stats, double* stepLoss) {
   Impl& I = *impl_;
   if (!I.teacher) throw std::logic_error("distillSteps needs a teacher");
   std::shared_ptr<ThreadPool> p = I.pool();
@@ -706,7 +713,10 @@ void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int6
   const float scale = 1.0f / static_cast<float>(batchRows);
   for (int64_t s = 0; s < steps; ++s) {
     const uint64_t firstRow = static_cast<uint64_t>(firstStep + s) * static_cast<uint64_t>(batchRows);
-    const double loss = I.accumulate(*p, batchRows, S, true, [&](int64_t first, int count, int worker, float* G) {
+    const double beta = std::min(1.0, betaStart + betaSlope * static_cast<double>(firstStep + s));
+    const float gradScale = static_cast<float>(beta) * scale;
+    std::vector<double> klSums(S, 0.0);  // the loss at beta = 1, per slot (summed in order)
+    const double loss = I.accumulate(*p, batchRows, S, true, [&](int64_t first, int count, int worker, int slot, float* G) {
       Workspace& ws = I.workspaces[worker];
       Workspace& tws = I.teacherWorkspaces[worker];
       fillNormalRows(seed, firstRow + first, count, dim, ws.latent.data());
@@ -715,14 +725,20 @@ void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int6
       std::copy_n(ws.points.data(), static_cast<size_t>(count) * dim, tws.points.data());
       float logp[kTile];
       Impl::logProbGradTile(*I.teacher, tws, count, logp);
-      double sum = 0.0;
-      for (int r = 0; r < count; ++r)
-        sum += static_cast<double>(baseLogDensity(ws.latent.data() + r * dim, dim) - ws.logDet[r]) - logp[r];
-      for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = -tws.gpoints[i] * scale;
+      double sum = 0.0, kl = 0.0;
+      for (int r = 0; r < count; ++r) {
+        const double logq = static_cast<double>(baseLogDensity(ws.latent.data() + r * dim, dim) - ws.logDet[r]);
+        sum += logq - beta * logp[r];
+        kl += logq - logp[r];
+      }
+      klSums[slot] += kl;
+      for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = -tws.gpoints[i] * gradScale;
       netBackward(I.net, ws, count, -scale, G, false);
       return sum;
     });
-    if (stepLoss) stepLoss[s] = loss / static_cast<double>(batchRows);
+    double kl = 0.0;
+    for (double v : klSums) kl += v;
+    if (stepLoss) stepLoss[s] = kl / static_cast<double>(batchRows);
     I.finishStep(*p, loss, batchRows, S, stats);
   }
 }

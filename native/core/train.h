@@ -58,8 +58,10 @@ class Trainer {
   // `teacher` (optional, distillation): a flow whose every MADE layer is a MAF,
   // evaluated by its parallel x -> z pass. `reference` selects the simple dense
   // path (every weight multiplied, zeros included): the benchmark's baseline.
+  // `portable` runs the kernels built for the baseline instruction set even where
+  // the AVX2 + FMA build would run (for tests of that build).
   Trainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher, const OptimizerOptions& options,
-          bool reference = false);
+          bool reference = false, bool portable = false);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -85,9 +87,12 @@ class Trainer {
   void reverseForward(uint64_t seed, int64_t step, int64_t batch, const float* z, float* x, float* logq);
   void reverseBackward(const float* targetLogDensity, const float* targetGrad, bool update, StepStats& stats,
                        double* stepLoss);
-  // Distillation: `steps` steps of reverse KL against the teacher, all in the core.
-  void distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batch, StepStats& stats,
-                    double* stepLoss);
+  // Distillation: `steps` steps of reverse KL against the teacher, all in the core:
+  // E_z[log q(x) - beta log p(x)], x = f(z), with beta = min(1, betaStart + betaSlope * step)
+  // (annealing: a small beta flattens the teacher, so the student spreads over every mode
+  // before it sharpens). stepLoss gets the loss at beta = 1, the KL from the teacher.
+  void distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batch, double betaStart,
+                    double betaSlope, StepStats& stats, double* stepLoss);
 
   // Test hooks. Gradient of the mean negative log-likelihood of x (kept for gradientTo);
   // returns the mean. logProbGradient: log p(x) and its gradient wrt x, of this flow
