@@ -366,7 +366,10 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     let bestEpoch = -1;
     let lastValid = NaN;
     const keepBest = valid !== null && restoreBest;
+    let finished = false;
     const finish = () => {
+      if (finished) return;
+      finished = true;
       if (keepBest && bestEpoch >= 0) trainer.restoreBest();
       pushParameters(flow, trainer);
       report.bestEpoch = keepBest && bestEpoch >= 0 ? bestEpoch : null;
@@ -384,41 +387,51 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       throw abortError('fit', keepBest && bestEpoch >= 0 ? `the weights of its best epoch so far (${bestEpoch})` : 'the weights reached so far');
     };
 
-    for (let epoch = 0; epoch < epochs; epoch++) {
-      let lossSum = 0;
-      let lossRows = 0;
-      for (let batch = 0; batch < batchesPerEpoch; ) {
-        stopIfAborted();
-        const count = Math.min(chunk, batchesPerEpoch - batch);
-        const t0 = now();
-        await trainer.fitBatches(lo, hi, epoch, batch, count, batchSize, stats, true);
-        const seconds = now() - t0;
-        trainSeconds += seconds;
-        chunk = nextChunk(count, seconds);
-        lossSum += stats[0];
-        lossRows += stats[1];
-        rowsSeen += Math.min(trainRows, (batch + count) * batchSize) - batch * batchSize;
-        report.steps += stats[2];
-        report.skippedSteps += stats[3];
-        batch += count;
-        if (batch < batchesPerEpoch) await progress(epoch, lossSum / lossRows);
-      }
-      report.trainLoss.push(lossRows > 0 ? lossSum / lossRows : NaN);
-      report.epochs = epoch + 1;
-      if (valid) {
-        lastValid = (await trainer.validationLoss(true)) as number;
-        report.validLoss.push(lastValid);
-        if (lastValid < best) {
-          best = lastValid;
-          bestEpoch = epoch;
-          if (keepBest) trainer.saveBest();
+    try {
+      for (let epoch = 0; epoch < epochs; epoch++) {
+        let lossSum = 0;
+        let lossRows = 0;
+        for (let batch = 0; batch < batchesPerEpoch; ) {
+          stopIfAborted();
+          const count = Math.min(chunk, batchesPerEpoch - batch);
+          const t0 = now();
+          await trainer.fitBatches(lo, hi, epoch, batch, count, batchSize, stats, true);
+          const seconds = now() - t0;
+          trainSeconds += seconds;
+          chunk = nextChunk(count, seconds);
+          lossSum += stats[0];
+          lossRows += stats[1];
+          rowsSeen += Math.min(trainRows, (batch + count) * batchSize) - batch * batchSize;
+          report.steps += stats[2];
+          report.skippedSteps += stats[3];
+          batch += count;
+          if (batch < batchesPerEpoch) await progress(epoch, lossSum / lossRows);
+        }
+        report.trainLoss.push(lossRows > 0 ? lossSum / lossRows : NaN);
+        report.epochs = epoch + 1;
+        if (valid) {
+          lastValid = (await trainer.validationLoss(true)) as number;
+          report.validLoss.push(lastValid);
+          if (lastValid < best) {
+            best = lastValid;
+            bestEpoch = epoch;
+            if (keepBest) trainer.saveBest();
+          }
+        }
+        await progress(epoch, report.trainLoss[epoch]);
+        if (valid && epoch - Math.max(bestEpoch, 0) >= patience && epoch + 1 < epochs) {
+          report.stoppedEarly = true;
+          break;
         }
       }
-      await progress(epoch, report.trainLoss[epoch]);
-      if (valid && epoch - Math.max(bestEpoch, 0) >= patience && epoch + 1 < epochs) {
-        report.stoppedEarly = true;
-        break;
+    } catch (error) {
+      // A throwing onProgress or a native failure: the flow still gets the best weights so far.
+      try {
+        finish();
+      } catch {
+        // keep the first error
       }
+      throw error;
     }
     finish();
     return report;
@@ -514,30 +527,32 @@ async function runReverse(
   let seconds = 0;
   let lastReport = 0;
   const started = now();
-  const finish = () => pushParameters(flow, trainer);
-  for (let step = 0; step < steps; ) {
-    if (optimizer.signal?.aborted) {
-      finish();
-      throw abortError(what, 'the weights reached so far');
+  let reportedStep = 0;
+  try {
+    for (let step = 0; step < steps; ) {
+      if (optimizer.signal?.aborted) throw abortError(what, 'the weights reached so far');
+      const count = Math.min(chunk, steps - step);
+      const t0 = now();
+      await runChunk(step, count, loss.subarray(step, step + count), stats);
+      const elapsed = now() - t0;
+      seconds += elapsed;
+      chunk = nextChunk(count, elapsed);
+      skipped += stats[3];
+      step += count;
+      if (onProgress && (step === steps || now() - started - lastReport >= CHUNK_SECONDS)) {
+        lastReport = now() - started;
+        let sum = 0;
+        let n = 0;
+        for (let s = reportedStep; s < step; s++) if (Number.isFinite(loss[s])) (sum += loss[s]), n++;
+        reportedStep = step;
+        pushParameters(flow, trainer);
+        await onProgress({ step, loss: n > 0 ? sum / n : NaN, skippedSteps: skipped, samplesPerSec: seconds > 0 ? (step * batchSize) / seconds : 0 });
+      }
     }
-    const count = Math.min(chunk, steps - step);
-    const t0 = now();
-    await runChunk(step, count, loss.subarray(step, step + count), stats);
-    const elapsed = now() - t0;
-    seconds += elapsed;
-    chunk = nextChunk(count, elapsed);
-    skipped += stats[3];
-    step += count;
-    if (onProgress && (step === steps || now() - started - lastReport >= CHUNK_SECONDS)) {
-      lastReport = now() - started;
-      let sum = 0;
-      let n = 0;
-      for (let s = Math.max(0, step - count); s < step; s++) if (Number.isFinite(loss[s])) (sum += loss[s]), n++;
-      pushParameters(flow, trainer);
-      await onProgress({ step, loss: n > 0 ? sum / n : NaN, skippedSteps: skipped, samplesPerSec: seconds > 0 ? (step * batchSize) / seconds : 0 });
-    }
+  } finally {
+    // Done, aborted, or failed (a throwing target or onProgress): the flow gets the weights reached.
+    pushParameters(flow, trainer);
   }
-  finish();
   let sum = 0;
   let n = 0;
   for (let s = steps - 1; s >= 0 && n < 100; s--) if (Number.isFinite(loss[s])) (sum += loss[s]), n++;

@@ -441,6 +441,30 @@ describe('fit', () => {
     expect(flow.getParameters()).toEqual(before);
   });
 
+  test('an onProgress that throws ends training with the best weights so far and its error', async () => {
+    const flow = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 2 });
+    const data = standardNormal(1000, 2, { seed: 4 }).map((v) => 1.5 * v + 1);
+    const valid: number[] = [];
+    const run = fit(flow, data, {
+      epochs: 20,
+      batchSize: 100,
+      validationFraction: 0.2,
+      seed: 1,
+      onProgress: ({ epoch, validLoss }) => {
+        if (!Number.isNaN(validLoss) && valid.length === epoch) valid.push(validLoss);
+        if (epoch === 4) throw new Error('boom');
+      },
+    });
+    await expect(run).rejects.toThrow(/boom/);
+    expect(valid).toHaveLength(5);
+    // The held-out rows are the seed's choice: recompute the best epoch's loss through the report of a twin run.
+    const twin = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 2 });
+    const report = await fit(twin, data, { epochs: 5, batchSize: 100, validationFraction: 0.2, seed: 1 });
+    expect(report.validLoss).toEqual(valid);
+    expect(flow.getParameters()).toEqual(twin.getParameters());
+    await expect(fit(flow, data, { epochs: 1 })).resolves.toBeDefined(); // no longer claimed
+  });
+
   test('the flow is usable during training and masked entries keep their stored values', async () => {
     const flow = createFlow({ dim: 3, seed: 1, layers: [maf({ hidden: [6] }), reverse(), maf({ hidden: [6] })] });
     const params = flow.getParameters();
@@ -553,6 +577,24 @@ describe('fitReverseKL', () => {
     const report = await fitReverseKL(a, flaky, { steps: 10, batchSize: 32, seed: 1 });
     expect(report.skippedSteps).toBe(5);
     for (const v of Object.values(a.getParameters())) expect(v.every(Number.isFinite)).toBe(true);
+  });
+
+  test('a target that throws ends training with its error; the flow keeps the weights reached', async () => {
+    const { target } = gaussianTarget(2, 3);
+    const flow = createIAF({ dim: 2, layers: 2, hidden: [8], seed: 1 });
+    const before = flow.getParameters();
+    let calls = 0;
+    const failing: Target = {
+      dim: 2,
+      logDensity: async (x) => {
+        if (++calls === 30) throw new Error('target failed');
+        return target.logDensity(x);
+      },
+    };
+    await expect(fitReverseKL(flow, failing, { steps: 100, batchSize: 32, seed: 0 })).rejects.toThrow(/target failed/);
+    expect(flow.getParameters()).not.toEqual(before);
+    for (const v of Object.values(flow.getParameters())) expect(v.every(Number.isFinite)).toBe(true);
+    await expect(fitReverseKL(flow, target, { steps: 2, batchSize: 8 })).resolves.toBeDefined();
   });
 
   test('abort, and refusals', async () => {
