@@ -4,8 +4,10 @@
 // crashing the process.
 #include <napi.h>
 
+#include <atomic>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <new>
 #include <string>
@@ -14,6 +16,7 @@
 #include "core/backend.h"
 #include "core/kernels.h"
 #include "core/thread_pool.h"
+#include "core/train.h"
 
 namespace {
 
@@ -289,6 +292,355 @@ Napi::Value selectKernels(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, iaflow::selectKernels(info[0].As<Napi::String>().Utf8Value().c_str()));
 }
 
+// ---- Training (core/train.h): argument conversion and one AsyncWorker per chunk of steps ----
+
+// Runs `work` on a libuv thread; the typed arrays it writes stay pinned until the promise settles.
+class TrainWorker final : public Napi::AsyncWorker {
+ public:
+  TrainWorker(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result,
+              const std::vector<Napi::Value>& pinned, std::shared_ptr<std::atomic<bool>> busy)
+      : Napi::AsyncWorker(env, "iaflow.train"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        work_(std::move(work)),
+        result_(std::move(result)),
+        pinned_(Napi::Persistent(Napi::Object::New(env))),
+        busy_(std::move(busy)) {
+    for (size_t i = 0; i < pinned.size(); ++i) pinned_.Set(static_cast<uint32_t>(i), pinned[i]);
+  }
+
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    try {
+      work_();
+    } catch (...) {
+      SetError(describe(std::current_exception()));
+    }
+  }
+  void OnOK() override {
+    *busy_ = false;
+    deferred_.Resolve(result_ ? result_(Env()) : Env().Undefined());
+  }
+  void OnError(const Napi::Error& error) override {
+    *busy_ = false;
+    deferred_.Reject(error.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<void()> work_;
+  std::function<Napi::Value(Napi::Env)> result_;
+  Napi::ObjectReference pinned_;
+  std::shared_ptr<std::atomic<bool>> busy_;
+};
+
+double* float64Output(Napi::Env env, const Napi::Value& v, size_t expected, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    internalError(env, std::string(what) + " must be a Float64Array");
+  Napi::Float64Array a = v.As<Napi::Float64Array>();
+  if (a.ElementLength() < expected) internalError(env, std::string(what) + " is too short");
+  return a.Data();
+}
+
+double numberArg(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsNumber()) internalError(env, std::string(what) + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+int64_t countArg(Napi::Env env, const Napi::Value& v, const char* what, int64_t min) {
+  const double d = numberArg(env, v, what);
+  if (!(d >= static_cast<double>(min) && d <= 9.0e15) || d != static_cast<double>(static_cast<int64_t>(d)))
+    internalError(env, std::string(what) + " is out of range");
+  return static_cast<int64_t>(d);
+}
+
+// [learningRate, beta1, beta2, eps, weightDecay, clipGradNorm]
+iaflow::OptimizerOptions optimizerOptions(Napi::Env env, const Napi::Value& v) {
+  const double* o = float64Output(env, v, 6, "optimizer options");
+  iaflow::OptimizerOptions opt;
+  opt.learningRate = o[0];
+  opt.beta1 = o[1];
+  opt.beta2 = o[2];
+  opt.eps = o[3];
+  opt.weightDecay = o[4];
+  opt.clipGradNorm = o[5];
+  return opt;
+}
+
+void writeStats(const iaflow::StepStats& s, double* out) {
+  out[0] = s.lossSum;
+  out[1] = static_cast<double>(s.rows);
+  out[2] = static_cast<double>(s.steps);
+  out[3] = static_cast<double>(s.skipped);
+  out[4] = s.lastGradNorm;
+}
+
+// new NativeTrainer(spec, pass, teacherSpec | null, options: Float64Array(6), reference, portable)
+class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
+ public:
+  static Napi::Function define(Napi::Env env) {
+    return DefineClass(env, "NativeTrainer",
+                       {InstanceMethod<&NativeTrainer::setOptions>("setOptions"),
+                        InstanceMethod<&NativeTrainer::setData>("setData"),
+                        InstanceMethod<&NativeTrainer::fitBatches>("fitBatches"),
+                        InstanceMethod<&NativeTrainer::validationLoss>("validationLoss"),
+                        InstanceMethod<&NativeTrainer::reverseForward>("reverseForward"),
+                        InstanceMethod<&NativeTrainer::reverseBackward>("reverseBackward"),
+                        InstanceMethod<&NativeTrainer::distillSteps>("distillSteps"),
+                        InstanceMethod<&NativeTrainer::likelihoodGradient>("likelihoodGradient"),
+                        InstanceMethod<&NativeTrainer::logProbGradient>("logProbGradient"),
+                        InstanceMethod<&NativeTrainer::parametersTo>("parametersTo"),
+                        InstanceMethod<&NativeTrainer::gradientTo>("gradientTo"),
+                        InstanceMethod<&NativeTrainer::saveBest>("saveBest"),
+                        InstanceMethod<&NativeTrainer::restoreBest>("restoreBest")});
+  }
+
+  explicit NativeTrainer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTrainer>(info) {
+    Napi::Env env = info.Env();
+    try {
+      iaflow::FlowSpec spec = parseSpec(env, info[0]);
+      const int pass = static_cast<int>(numberArg(env, info[1], "pass"));
+      if (pass != 0 && pass != 1) internalError(env, "pass must be 0 or 1");
+      std::unique_ptr<iaflow::FlowSpec> teacher;
+      if (!info[2].IsNull() && !info[2].IsUndefined()) teacher = std::make_unique<iaflow::FlowSpec>(parseSpec(env, info[2]));
+      dim_ = spec.dim;
+      for (const iaflow::LayerSpec& layer : spec.layers) {
+        std::vector<int> widths;
+        if (layer.kind != iaflow::LayerKind::Permutation)
+          for (const iaflow::DenseLinear& h : layer.hidden) widths.push_back(h.out);
+        widths_.push_back(std::move(widths));
+      }
+      trainer_ = std::make_shared<iaflow::Trainer>(spec, static_cast<iaflow::Direction>(pass), teacher.get(),
+                                                   optimizerOptions(env, info[3]), info[4].ToBoolean().Value(),
+                                                   info[5].ToBoolean().Value());
+    } catch (const Napi::Error&) {
+      throw;
+    } catch (...) {
+      throw Napi::Error::New(env, describe(std::current_exception()));
+    }
+  }
+
+ private:
+  void claim(Napi::Env env) {
+    if (*busy_) throw Napi::Error::New(env, "iaflow internal: the trainer is busy with another call");
+  }
+
+  // Runs now (sync) or on a worker (async: returns a promise).
+  Napi::Value launch(Napi::Env env, bool async, std::function<void()> work,
+                     std::function<Napi::Value(Napi::Env)> result, const std::vector<Napi::Value>& pinned) {
+    claim(env);
+    if (!async) {
+      try {
+        work();
+      } catch (...) {
+        throw Napi::Error::New(env, describe(std::current_exception()));
+      }
+      return result ? result(env) : env.Undefined();
+    }
+    *busy_ = true;
+    std::vector<Napi::Value> pins = pinned;
+    pins.push_back(Value());
+    auto* worker = new TrainWorker(env, std::move(work), std::move(result), pins, busy_);
+    Napi::Promise promise = worker->promise();
+    worker->Queue();
+    return promise;
+  }
+
+  std::vector<iaflow::DenseMadeView> views(Napi::Env env, const Napi::Value& v) {
+    if (!v.IsArray() || v.As<Napi::Array>().Length() != widths_.size()) internalError(env, "views must be one entry per layer");
+    Napi::Array layers = v.As<Napi::Array>();
+    std::vector<iaflow::DenseMadeView> out(widths_.size());
+    auto tensor = [&](const Napi::Value& holder, const char* key, size_t length) -> float* {
+      if (!holder.IsObject()) internalError(env, "a view entry must be an object");
+      float* p = optionalFloatOutput(env, holder.As<Napi::Object>().Get(key), length, key);
+      if (!p) internalError(env, std::string(key) + " is required");
+      return p;
+    };
+    for (uint32_t k = 0; k < widths_.size(); ++k) {
+      if (widths_[k].empty()) continue;
+      Napi::Value lv = layers.Get(k);
+      if (!lv.IsObject()) internalError(env, "a MADE layer's view must be an object");
+      Napi::Object layer = lv.As<Napi::Object>();
+      Napi::Value hv = layer.Get("hidden");
+      if (!hv.IsArray() || hv.As<Napi::Array>().Length() != widths_[k].size()) internalError(env, "view.hidden has the wrong length");
+      Napi::Array hidden = hv.As<Napi::Array>();
+      size_t in = static_cast<size_t>(dim_);
+      for (uint32_t l = 0; l < widths_[k].size(); ++l) {
+        const size_t width = static_cast<size_t>(widths_[k][l]);
+        out[k].hiddenWeight.push_back(tensor(hidden.Get(l), "weight", width * in));
+        out[k].hiddenBias.push_back(tensor(hidden.Get(l), "bias", width));
+        in = width;
+      }
+      const size_t d = static_cast<size_t>(dim_);
+      out[k].shiftWeight = tensor(layer.Get("shift"), "weight", d * in);
+      out[k].shiftBias = tensor(layer.Get("shift"), "bias", d);
+      out[k].scaleWeight = tensor(layer.Get("rawScale"), "weight", d * in);
+      out[k].scaleBias = tensor(layer.Get("rawScale"), "bias", d);
+    }
+    return out;
+  }
+
+  Napi::Value setOptions(const Napi::CallbackInfo& info) {
+    claim(info.Env());
+    trainer_->setOptions(optimizerOptions(info.Env(), info[0]));
+    return info.Env().Undefined();
+  }
+
+  // setData(train, trainRows, valid | null, validRows)
+  Napi::Value setData(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    claim(env);
+    const int64_t trainRows = countArg(env, info[1], "trainRows", 1);
+    const int64_t validRows = countArg(env, info[3], "validRows", 0);
+    const float* train = optionalFloatOutput(env, info[0], static_cast<size_t>(trainRows) * dim_, "train");
+    const float* valid = optionalFloatOutput(env, info[2], static_cast<size_t>(validRows) * dim_, "valid");
+    if (!train) internalError(env, "train is required");
+    try {
+      trainer_->setData(train, trainRows, valid, valid ? validRows : 0);
+    } catch (...) {
+      throw Napi::Error::New(env, describe(std::current_exception()));
+    }
+    return env.Undefined();
+  }
+
+  // fitBatches(seedLo, seedHi, epoch, firstBatch, batches, batchSize, stats: Float64Array(5), async)
+  Napi::Value fitBatches(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const uint64_t seed = seedFrom(env, info[0], info[1]);
+    const int64_t epoch = countArg(env, info[2], "epoch", 0);
+    const int64_t firstBatch = countArg(env, info[3], "firstBatch", 0);
+    const int64_t batches = countArg(env, info[4], "batches", 1);
+    const int64_t batchSize = countArg(env, info[5], "batchSize", 1);
+    double* stats = float64Output(env, info[6], 5, "stats");
+    auto trainer = trainer_;
+    return launch(env, info[7].ToBoolean().Value(), [=] {
+      iaflow::StepStats s;
+      trainer->fitBatches(seed, epoch, firstBatch, batches, batchSize, s);
+      writeStats(s, stats);
+    }, nullptr, {info[6]});
+  }
+
+  // validationLoss(async) -> number | Promise<number>
+  Napi::Value validationLoss(const Napi::CallbackInfo& info) {
+    auto trainer = trainer_;
+    auto value = std::make_shared<double>(0.0);
+    return launch(info.Env(), info[0].ToBoolean().Value(), [=] { *value = trainer->validationLoss(); },
+                  [value](Napi::Env env) { return Napi::Number::New(env, *value); }, {});
+  }
+
+  // reverseForward(seedLo, seedHi, step, batch, z | null, xOut, logqOut, async)
+  Napi::Value reverseForward(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const uint64_t seed = seedFrom(env, info[0], info[1]);
+    const int64_t step = countArg(env, info[2], "step", 0);
+    const int64_t batch = countArg(env, info[3], "batch", 1);
+    const size_t cells = static_cast<size_t>(batch) * dim_;
+    const float* zIn = optionalFloatOutput(env, info[4], cells, "z");
+    float* x = optionalFloatOutput(env, info[5], cells, "x");
+    float* logq = optionalFloatOutput(env, info[6], static_cast<size_t>(batch), "logq");
+    if (!x || !logq) internalError(env, "x and logq are required");
+    auto z = std::make_shared<std::vector<float>>();
+    if (zIn) z->assign(zIn, zIn + cells);
+    auto trainer = trainer_;
+    return launch(env, info[7].ToBoolean().Value(), [=] {
+      trainer->reverseForward(seed, step, batch, z->empty() ? nullptr : z->data(), x, logq);
+    }, nullptr, {info[5], info[6]});
+  }
+
+  // reverseBackward(targetValue: Float32Array(batch), targetGrad: Float32Array(batch*dim), update, stats, stepLoss: Float64Array(1), async)
+  Napi::Value reverseBackward(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsTypedArray()) internalError(env, "targetValue must be a Float32Array");
+    const size_t batch = info[0].As<Napi::TypedArray>().ElementLength();
+    const float* valueIn = optionalFloatOutput(env, info[0], batch, "targetValue");
+    const float* gradIn = optionalFloatOutput(env, info[1], batch * dim_, "targetGrad");
+    if (!valueIn || !gradIn) internalError(env, "targetValue and targetGrad are required");
+    const bool update = info[2].ToBoolean().Value();
+    double* stats = float64Output(env, info[3], 5, "stats");
+    double* stepLoss = float64Output(env, info[4], 1, "stepLoss");
+    auto value = std::make_shared<std::vector<float>>(valueIn, valueIn + batch);
+    auto grad = std::make_shared<std::vector<float>>(gradIn, gradIn + batch * dim_);
+    auto trainer = trainer_;
+    return launch(env, info[5].ToBoolean().Value(), [=] {
+      iaflow::StepStats s;
+      trainer->reverseBackward(value->data(), grad->data(), update, s, stepLoss);
+      writeStats(s, stats);
+    }, nullptr, {info[3], info[4]});
+  }
+
+  // distillSteps(seedLo, seedHi, firstStep, steps, batch, betaStart, betaSlope, stats, stepLoss: Float64Array(steps), async)
+  Napi::Value distillSteps(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const uint64_t seed = seedFrom(env, info[0], info[1]);
+    const int64_t firstStep = countArg(env, info[2], "firstStep", 0);
+    const int64_t steps = countArg(env, info[3], "steps", 1);
+    const int64_t batch = countArg(env, info[4], "batch", 1);
+    const double betaStart = numberArg(env, info[5], "betaStart");
+    const double betaSlope = numberArg(env, info[6], "betaSlope");
+    double* stats = float64Output(env, info[7], 5, "stats");
+    double* stepLoss = float64Output(env, info[8], static_cast<size_t>(steps), "stepLoss");
+    auto trainer = trainer_;
+    return launch(env, info[9].ToBoolean().Value(), [=] {
+      iaflow::StepStats s;
+      trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, s, stepLoss);
+      writeStats(s, stats);
+    }, nullptr, {info[7], info[8]});
+  }
+
+  // likelihoodGradient(x, rows) -> mean NLL; the gradient stays for gradientTo
+  Napi::Value likelihoodGradient(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const int64_t rows = countArg(env, info[1], "rows", 1);
+    const float* x = optionalFloatOutput(env, info[0], static_cast<size_t>(rows) * dim_, "x");
+    if (!x) internalError(env, "x is required");
+    auto trainer = trainer_;
+    auto value = std::make_shared<double>(0.0);
+    return launch(env, false, [=] { *value = trainer->likelihoodGradient(x, rows); },
+                  [value](Napi::Env e) { return Napi::Number::New(e, *value); }, {});
+  }
+
+  // logProbGradient(x, rows, logProbOut, gradOut)
+  Napi::Value logProbGradient(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const int64_t rows = countArg(env, info[1], "rows", 1);
+    const size_t cells = static_cast<size_t>(rows) * dim_;
+    const float* x = optionalFloatOutput(env, info[0], cells, "x");
+    float* logProb = optionalFloatOutput(env, info[2], static_cast<size_t>(rows), "logProb");
+    float* grad = optionalFloatOutput(env, info[3], cells, "grad");
+    if (!x || !logProb || !grad) internalError(env, "x, logProb and grad are required");
+    auto trainer = trainer_;
+    return launch(env, false, [=] { trainer->logProbGradient(x, rows, logProb, grad); }, nullptr, {});
+  }
+
+  Napi::Value parametersTo(const Napi::CallbackInfo& info) {
+    std::vector<iaflow::DenseMadeView> v = views(info.Env(), info[0]);
+    auto trainer = trainer_;
+    return launch(info.Env(), false, [&] { trainer->parametersTo(v); }, nullptr, {});
+  }
+
+  Napi::Value gradientTo(const Napi::CallbackInfo& info) {
+    std::vector<iaflow::DenseMadeView> v = views(info.Env(), info[0]);
+    auto trainer = trainer_;
+    return launch(info.Env(), false, [&] { trainer->gradientTo(v); }, nullptr, {});
+  }
+
+  Napi::Value saveBest(const Napi::CallbackInfo& info) {
+    auto trainer = trainer_;
+    return launch(info.Env(), false, [=] { trainer->saveBest(); }, nullptr, {});
+  }
+
+  Napi::Value restoreBest(const Napi::CallbackInfo& info) {
+    auto trainer = trainer_;
+    return launch(info.Env(), false, [=] { trainer->restoreBest(); }, nullptr, {});
+  }
+
+  int dim_ = 0;
+  std::vector<std::vector<int>> widths_;  // per layer: hidden widths (empty for permutations)
+  std::shared_ptr<iaflow::Trainer> trainer_;
+  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+};
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("measureMatmulGflops", Napi::Function::New(env, measureMatmulGflops));
   exports.Set("kernelInfo", Napi::Function::New(env, kernelInfo));
@@ -298,6 +650,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("getThreads", Napi::Function::New(env, getThreads));
   exports.Set("standardNormal", Napi::Function::New(env, standardNormal));
   exports.Set("backend", Napi::String::New(env, cpuBackend().name()));
+  exports.Set("NativeTrainer", NativeTrainer::define(env));
   return exports;
 }
 

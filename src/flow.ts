@@ -14,7 +14,7 @@ import {
   parameterShapes,
   reverse,
 } from './layers';
-import { native, NativeFlowInstance, NativeLayerSpec } from './native';
+import { native, NativeFlowInstance, NativeFlowSpec, NativeLayerSpec } from './native';
 import {
   allocateFloats,
   checkInteger,
@@ -112,6 +112,21 @@ export class Flow {
       }
       next.set(name, copy);
     }
+    this.nativeFlow = buildNative(this.config, next);
+    this.params = next;
+  }
+
+  /**
+   * @internal Training's way in: the current parameter map (not copied; treat as read-only), and
+   * a swap to a complete new map whose arrays the flow takes over. The trainer only hands over
+   * finite values of the right shapes, so nothing is re-validated here.
+   */
+  currentParameters(): ReadonlyMap<string, Float32Array> {
+    return this.params;
+  }
+
+  /** @internal See currentParameters. */
+  adoptParameters(next: Map<string, Float32Array>): void {
     this.nativeFlow = buildNative(this.config, next);
     this.params = next;
   }
@@ -225,6 +240,11 @@ export class Flow {
 }
 
 function buildNative(config: FlowConfig, params: Map<string, Float32Array>): NativeFlowInstance {
+  return new native.NativeFlow(nativeSpec(config, params));
+}
+
+/** @internal The flow as the native core takes it (the arrays are shared, not copied). */
+export function nativeSpec(config: FlowConfig, params: Map<string, Float32Array>): NativeFlowSpec {
   const take = (name: string): Float32Array => {
     const value = params.get(name);
     if (!value) throw new Error(`iaflow internal: parameter ${name} is missing`);
@@ -245,7 +265,7 @@ function buildNative(config: FlowConfig, params: Map<string, Float32Array>): Nat
       rawScale: linear(`layers.${k}.scale`),
     };
   });
-  return new native.NativeFlow({ dim: config.dim, layers });
+  return { dim: config.dim, layers };
 }
 
 function deepFreeze<T>(value: T): T {

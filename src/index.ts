@@ -19,4 +19,17 @@ export type { NpyArray } from './npy';
 export { datasets } from './datasets';
 export type { DatasetOptions, NoisyDatasetOptions } from './datasets';
 export { targets } from './targets';
-export type { BuiltinTarget, GaussianMixtureOptions, GridOptions, Target } from './targets';
+export type { BuiltinTarget, GaussianMixtureOptions, GridOptions } from './targets';
+export { fit, fitReverseKL, distill } from './train';
+export type {
+  DistillOptions,
+  FitOptions,
+  FitProgress,
+  FitReport,
+  OptimizerOptions,
+  ReverseKLOptions,
+  ReverseKLProgress,
+  ReverseKLReport,
+  Target,
+  TargetEvaluation,
+} from './train';

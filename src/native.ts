@@ -35,8 +35,38 @@ export interface NativeFlowInstance {
   ): Promise<void> | undefined;
 }
 
+export interface NativeFlowSpec {
+  dim: number;
+  layers: NativeLayerSpec[];
+}
+
+/** Where export writes one MADE layer's dense tensors (null for a permutation). */
+export type NativeLayerView = { hidden: NativeLinear[]; shift: NativeLinear; rawScale: NativeLinear } | null;
+
+/** The training core (native/core/train.h). Stats arrays: [lossSum, rows, steps, skipped, lastGradNorm]. */
+export interface NativeTrainerInstance {
+  setOptions(options: Float64Array): void;
+  setData(train: Float32Array, trainRows: number, valid: Float32Array | null, validRows: number): void;
+  fitBatches(seedLo: number, seedHi: number, epoch: number, firstBatch: number, batches: number, batchSize: number, stats: Float64Array, async: boolean): Promise<void> | undefined;
+  validationLoss(async: boolean): Promise<number> | number;
+  reverseForward(seedLo: number, seedHi: number, step: number, batch: number, z: Float32Array | null, x: Float32Array, logq: Float32Array, async: boolean): Promise<void> | undefined;
+  reverseBackward(value: Float32Array, grad: Float32Array, update: boolean, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
+  distillSteps(seedLo: number, seedHi: number, firstStep: number, steps: number, batch: number, betaStart: number, betaSlope: number, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
+  likelihoodGradient(x: Float32Array, rows: number): number;
+  logProbGradient(x: Float32Array, rows: number, logProb: Float32Array, grad: Float32Array): void;
+  parametersTo(views: NativeLayerView[]): void;
+  gradientTo(views: NativeLayerView[]): void;
+  saveBest(): void;
+  restoreBest(): void;
+}
+
 export interface NativeBinding {
-  NativeFlow: new (spec: { dim: number; layers: NativeLayerSpec[] }) => NativeFlowInstance;
+  NativeFlow: new (spec: NativeFlowSpec) => NativeFlowInstance;
+  /**
+   * pass: 0 (z -> x, reverse KL) or 1 (x -> z, maximum likelihood); options: [lr, beta1, beta2, eps, weightDecay, clipGradNorm];
+   * reference: the simple dense path; portable: the baseline-ISA kernels even where AVX2 would run.
+   */
+  NativeTrainer: new (spec: NativeFlowSpec, pass: 0 | 1, teacher: NativeFlowSpec | null, options: Float64Array, reference: boolean, portable: boolean) => NativeTrainerInstance;
   setThreads(threads: number): void;
   getThreads(): number;
   standardNormal(seedLo: number, seedHi: number, firstRow: number, rows: number, dim: number, out: Float32Array): void;

@@ -83,6 +83,77 @@ IAF_HD Affine affineFromRaw(ScaleKind s, float rawScale, float rawShift) {
 
 IAF_HD float standardNormalLogDensity(float z) { return -0.5f * z * z - kHalfLog2Pi; }
 
+// ---- Derivatives, for training (shared by the CPU core and the CUDA kernels) ----
+
+IAF_HD float sigmoid(float x) {
+  // Stable for both signs: exp never overflows.
+  if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+  const float e = expf(x);
+  return e / (1.0f + e);
+}
+
+// d act(x) / dx written in terms of the activation's output y = act(x), so the
+// backward pass needs only the stored outputs. ReLU at 0 takes derivative 0.
+template <Activation A>
+IAF_HD float activationGradFromOutput(float y) {
+  if (A == Activation::ReLU) return y > 0.0f ? 1.0f : 0.0f;
+  if (A == Activation::Tanh) return 1.0f - y * y;
+  return y > 0.0f ? 1.0f : y + 1.0f;  // ELU: d/dx expm1(x) = expm1(x) + 1
+}
+
+// The affine values of one dimension and their partial derivatives with respect
+// to the conditioner's two raw outputs (rawScale a, rawShift m).
+struct AffineGrad {
+  float scale;
+  float logScale;
+  float shift;
+  float dScale;     // d scale / d a
+  float dLogScale;  // d logScale / d a
+  float dShiftDA;   // d shift / d a (nonzero for gated only)
+  float dShiftDM;   // d shift / d m
+};
+
+template <ScaleKind S>
+IAF_HD AffineGrad affineGradFromRaw(float rawScale, float rawShift) {
+  AffineGrad r;
+  if (S == ScaleKind::Softplus) {
+    // scale = softplus(a) + floor; d scale / d a = sigmoid(a).
+    const float sig = sigmoid(rawScale);
+    r.scale = softplus(rawScale) + kSoftplusFloor;
+    r.logScale = logf(r.scale);
+    r.shift = rawShift;
+    r.dScale = sig;
+    r.dLogScale = sig / r.scale;
+    r.dShiftDA = 0.0f;
+    r.dShiftDM = 1.0f;
+  } else if (S == ScaleKind::Exp) {
+    // a' = a / q, q = 1 + |a| / c: d a' / d a = 1 / q^2 (the soft clip flattens, never cuts).
+    const float q = 1.0f + fabsf(rawScale) / kExpSoftClip;
+    const float clipped = rawScale / q;
+    const float dClipped = 1.0f / (q * q);
+    r.scale = expf(clipped);
+    r.logScale = clipped;
+    r.shift = rawShift;
+    r.dScale = r.scale * dClipped;
+    r.dLogScale = dClipped;
+    r.dShiftDA = 0.0f;
+    r.dShiftDM = 1.0f;
+  } else {
+    // sigma = sigmoid(a + 2), log sigma = -softplus(-(a + 2)), shift = (1 - sigma) m.
+    const float gate = rawScale + kGateBias;
+    const float sig = sigmoid(gate);
+    const float dSig = sig * (1.0f - sig);
+    r.scale = sig;
+    r.logScale = -softplus(-gate);
+    r.shift = (1.0f - sig) * rawShift;
+    r.dScale = dSig;
+    r.dLogScale = 1.0f - sig;
+    r.dShiftDA = -rawShift * dSig;
+    r.dShiftDM = 1.0f - sig;
+  }
+  return r;
+}
+
 // ---- Philox 4x32-10 (Salmon et al. 2011), the library's one random stream ----
 // A draw is addressed by (seed, row, dimension): results never depend on the
 // thread count, the batch split or the device.

@@ -1,0 +1,766 @@
+// The training core (see train.h). Layout: the parameters of every masked
+// linear layer are kept as in plan.h, K-major [in][outStride] with the masks
+// folded in, plus a transposed copy [out][inStride] for the input-gradient
+// product. All three products of a layer walk the staircase:
+//  - forward  Y = X W + b: column block jb reads only its first blockDepth inputs;
+//  - input gradient GX = GY W^T: input block kb reads only the units that see it;
+//  - weight gradient GW += X^T GY: only the rows k < blockDepth of each column block
+//    (the few masked entries inside a block are zeroed afterwards),
+// so the all-zero tiles are never loaded or multiplied.
+#include "train.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "flow_math.h"
+#include "thread_pool.h"
+
+#if defined(__SSE2__) || defined(_M_X64) || defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace iaflow {
+namespace {
+
+constexpr int kBlock = kColumnBlock;
+constexpr int kTile = 32;        // rows one task carries through the whole flow
+constexpr int kMaxSlots = 16;    // gradient accumulators per batch (fixed: results independent of threads)
+constexpr int kSlotRows = 128;   // rows per slot at least, so a step wakes the pool once for real work
+constexpr size_t kSerialUpdate = size_t(1) << 20;  // below this many floats (params x slots) reduce and update inline
+constexpr size_t kSlotBudget = size_t(32) << 20;  // floats all gradient slots together may take
+constexpr size_t kChunk = size_t(1) << 14;        // floats per reduction / update task
+
+int roundUp(int value, int block) { return (value + block - 1) / block * block; }
+
+// A masked linear layer in degree-sorted coordinates (see StaircaseLinear).
+struct TLinear {
+  int in = 0, out = 0, inStride = 0, outStride = 0;
+  size_t w = 0, b = 0;  // offsets in the flat parameters: W [in][outStride], bias [outStride]
+  size_t wt = 0;        // offset in the transposed copy: [out][inStride]
+  std::vector<int> prefix;       // unit j reads inputs [0, prefix[j])
+  std::vector<int> blockDepth;   // per column block: the inputs the block reads
+  std::vector<int> firstReader;  // per input block: the first unit reading any input of it
+};
+
+struct TMade {
+  Activation activation = Activation::ReLU;
+  ScaleKind scale = ScaleKind::Softplus;
+  std::vector<int> dimAtPosition;
+  std::vector<std::vector<int>> unitSource;
+  std::vector<TLinear> hidden;
+  TLinear output;
+  // Per-row offsets (in floats) of what the backward pass needs, within a tile's cache.
+  size_t cacheInput = 0, cacheOutput = 0;
+  std::vector<size_t> cacheHidden;
+};
+
+struct TLayer {
+  LayerKind kind = LayerKind::IAF;
+  TMade made;
+  std::vector<int> permutation;
+};
+
+struct Net {
+  int dim = 0, dimStride = 0;
+  Direction pass = Direction::ToLatent;
+  bool reference = false;
+  bool portable = false;  // the baseline build of the kernels even where a wider one would run
+  std::vector<TLayer> layers;
+  size_t cachePerRow = 0;
+  int maxHiddenStride = 0, maxOutStride = 0;
+  std::vector<float> params, transposed;
+  std::vector<const TLinear*> linears;
+
+  void refreshTransposed(size_t first, size_t count) {
+    for (size_t i = first; i < first + count; ++i) {
+      const TLinear& L = *linears[i];
+      const float* W = params.data() + L.w;
+      float* T = transposed.data() + L.wt;
+      for (int j = 0; j < L.out; ++j)
+        for (int k = 0; k < L.prefix[j]; ++k) T[static_cast<size_t>(j) * L.inStride + k] = W[static_cast<size_t>(k) * L.outStride + j];
+    }
+  }
+};
+
+TLinear makeLinear(const StaircaseLinear& s, std::vector<float>& params, size_t& transposedSize, bool reference) {
+  TLinear L;
+  L.in = s.in;
+  L.out = s.out;
+  L.outStride = s.outStride;
+  L.inStride = roundUp(std::max(s.in, 1), kBlock);
+  L.prefix = s.prefix;
+  L.w = params.size();
+  params.insert(params.end(), s.weightKM.begin(), s.weightKM.end());
+  L.b = params.size();
+  params.insert(params.end(), s.bias.begin(), s.bias.end());
+  L.wt = transposedSize;
+  transposedSize += static_cast<size_t>(L.out) * L.inStride;
+  for (int jb = 0; jb < L.out; jb += kBlock) L.blockDepth.push_back(reference ? L.in : L.prefix[std::min(jb + kBlock, L.out) - 1]);
+  for (int kb = 0; kb < L.in; kb += kBlock) {
+    int j = 0;
+    if (!reference)
+      while (j < L.out && L.prefix[j] <= kb) ++j;
+    L.firstReader.push_back(j);
+  }
+  return L;
+}
+
+void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference, const char* role) {
+  std::shared_ptr<const FlowPlan> plan = buildPlan(spec);
+  net.dim = plan->dim;
+  net.dimStride = roundUp(net.dim, kBlock);
+  net.pass = pass;
+  net.reference = reference;
+  size_t transposedSize = 0;
+  for (size_t k = 0; k < plan->layers.size(); ++k) {
+    const LayerPlan& lp = plan->layers[k];
+    TLayer layer;
+    layer.kind = lp.kind;
+    if (lp.kind != LayerKind::Permutation && lp.made.residual)
+      throw std::invalid_argument(std::string(role) + " has residual MADE blocks, which training does not support yet");
+    if (lp.kind == LayerKind::Permutation) {
+      layer.permutation = lp.permutation;
+      net.layers.push_back(std::move(layer));
+      continue;
+    }
+    const bool parallelHere = (pass == Direction::ToData) == lp.made.parallelTowardData;
+    if (!parallelHere) {
+      throw std::invalid_argument(std::string(role) + ": layer " + std::to_string(k) + " is " +
+                                  (lp.made.parallelTowardData ? "an IAF" : "a MAF") +
+                                  " layer, whose gradient along this pass would need the sequential direction");
+    }
+    TMade& m = layer.made;
+    m.activation = lp.made.activation;
+    m.scale = lp.made.scale;
+    m.dimAtPosition = lp.made.dimAtPosition;
+    m.unitSource = lp.made.unitSource;
+    m.cacheInput = net.cachePerRow;
+    net.cachePerRow += net.dimStride;
+    for (const StaircaseLinear& s : lp.made.hidden) {
+      m.hidden.push_back(makeLinear(s, net.params, transposedSize, reference));
+      m.cacheHidden.push_back(net.cachePerRow);
+      net.cachePerRow += s.outStride;
+      net.maxHiddenStride = std::max(net.maxHiddenStride, s.outStride);
+    }
+    m.output = makeLinear(lp.made.output, net.params, transposedSize, reference);
+    m.cacheOutput = net.cachePerRow;
+    net.cachePerRow += m.output.outStride;
+    net.maxOutStride = std::max(net.maxOutStride, m.output.outStride);
+    net.layers.push_back(std::move(layer));
+  }
+  for (TLayer& layer : net.layers) {
+    if (layer.kind == LayerKind::Permutation) continue;
+    for (const TLinear& L : layer.made.hidden) net.linears.push_back(&L);
+    net.linears.push_back(&layer.made.output);
+  }
+  net.transposed.assign(transposedSize, 0.0f);
+  net.refreshTransposed(0, net.linears.size());
+}
+
+// Per-worker buffers for one tile of rows.
+struct Workspace {
+  std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gU;
+  const Net* sizedFor = nullptr;
+
+  void ensure(const Net& net) {
+    if (sizedFor == &net) return;
+    sizedFor = &net;
+    const size_t cells = static_cast<size_t>(kTile) * net.dim;
+    points.assign(cells, 0.0f);
+    gpoints.assign(cells, 0.0f);
+    latent.assign(cells, 0.0f);
+    tmp.assign(cells, 0.0f);
+    logDet.assign(kTile, 0.0f);
+    cache.assign(static_cast<size_t>(kTile) * net.cachePerRow, 0.0f);
+    gOut.assign(static_cast<size_t>(kTile) * std::max(net.maxOutStride, kBlock), 0.0f);
+    gA.assign(static_cast<size_t>(kTile) * std::max(net.maxHiddenStride, kBlock), 0.0f);
+    gB.assign(gA.size(), 0.0f);
+    gU.assign(static_cast<size_t>(kTile) * net.dimStride, 0.0f);
+  }
+};
+
+// Zeroes the gradient of the weights the mask removes (the products above touch
+// some of them: whole blocks, or everything on the reference path).
+void maskGradient(const TLinear& L, float* GW) {
+  for (int j = 0; j < L.out; ++j) {
+    const int end = L.blockDepth.empty() ? 0 : L.blockDepth[j / kBlock];
+    for (int k = L.prefix[j]; k < end; ++k) GW[static_cast<size_t>(k) * L.outStride + j] = 0.0f;
+  }
+}
+
+}  // namespace
+}  // namespace iaflow
+
+// The kernels, compiled for the baseline ISA and, on x86 with GCC, for AVX2 + FMA too.
+// Each build gets its own V8, eight floats in the widest registers it may use.
+namespace iaflow {
+namespace {
+namespace baseline {
+#if defined(__SSE2__) || defined(_M_X64)
+struct V8 {
+  __m128 lo, hi;
+  static V8 load(const float* p) { return {_mm_loadu_ps(p), _mm_loadu_ps(p + 4)}; }
+  static V8 splat(float v) { return {_mm_set1_ps(v), _mm_set1_ps(v)}; }
+  void store(float* p) const {
+    _mm_storeu_ps(p, lo);
+    _mm_storeu_ps(p + 4, hi);
+  }
+};
+inline V8 madd(V8 acc, V8 x, V8 w) { return {_mm_add_ps(acc.lo, _mm_mul_ps(x.lo, w.lo)), _mm_add_ps(acc.hi, _mm_mul_ps(x.hi, w.hi))}; }
+#else
+struct V8 {
+  float v[8];
+  static V8 load(const float* p) {
+    V8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static V8 splat(float x) {
+    V8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = x;
+    return r;
+  }
+  void store(float* p) const {
+    for (int i = 0; i < 8; ++i) p[i] = v[i];
+  }
+};
+inline V8 madd(V8 acc, V8 x, V8 w) {
+  for (int i = 0; i < 8; ++i) acc.v[i] += x.v[i] * w.v[i];
+  return acc;
+}
+#endif
+}  // namespace baseline
+}  // namespace
+}  // namespace iaflow
+
+#define IAF_TRAIN_ISA baseline
+#include "train_kernels.h"
+#undef IAF_TRAIN_ISA
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define IAF_TRAIN_HAVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace iaflow {
+namespace {
+namespace avx2 {
+struct V8 {
+  __m256 v;
+  static V8 load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static V8 splat(float x) { return {_mm256_set1_ps(x)}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+};
+inline V8 madd(V8 acc, V8 x, V8 w) { return {_mm256_fmadd_ps(x.v, w.v, acc.v)}; }
+}  // namespace avx2
+}  // namespace
+}  // namespace iaflow
+#define IAF_TRAIN_ISA avx2
+#include "train_kernels.h"
+#undef IAF_TRAIN_ISA
+#pragma GCC pop_options
+#endif
+
+namespace iaflow {
+namespace {
+
+struct Kernels {
+  void (*forward)(const Net&, Workspace&, int);
+  void (*backward)(const Net&, Workspace&, int, float, float*, bool);
+};
+
+Kernels pickKernels() {
+#if defined(IAF_TRAIN_HAVE_AVX2)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {avx2::netForward, avx2::netBackward};
+#endif
+  return {baseline::netForward, baseline::netBackward};
+}
+
+const Kernels& kernels() {
+  static const Kernels chosen = pickKernels();
+  return chosen;
+}
+
+void netForward(const Net& net, Workspace& ws, int rows) {
+  if (net.portable) baseline::netForward(net, ws, rows);
+  else kernels().forward(net, ws, rows);
+}
+
+void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, bool wantInput) {
+  if (net.portable) baseline::netBackward(net, ws, rows, gld, G, wantInput);
+  else kernels().backward(net, ws, rows, gld, G, wantInput);
+}
+
+// sum_i log N(v_i; 0, 1) of one row.
+float baseLogDensity(const float* v, int dim) {
+  float sum = 0.0f;
+  for (int i = 0; i < dim; ++i) sum += standardNormalLogDensity(v[i]);
+  return sum;
+}
+
+void fillNormalRows(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out) {
+  float four[4];
+  for (int r = 0; r < rows; ++r)
+    for (int block = 0; 4 * block < dim; ++block) {
+      standardNormals4(seed, firstRow + r, static_cast<uint32_t>(block), four);
+      for (int c = 0; c < 4 && 4 * block + c < dim; ++c) out[static_cast<size_t>(r) * dim + 4 * block + c] = four[c];
+    }
+}
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+void exportFlat(const Net& net, const float* flat, const std::vector<DenseMadeView>& views) {
+  if (views.size() != net.layers.size()) throw std::invalid_argument("export needs one view per layer");
+  for (size_t k = 0; k < net.layers.size(); ++k) {
+    const TLayer& layer = net.layers[k];
+    if (layer.kind == LayerKind::Permutation) continue;
+    const TMade& m = layer.made;
+    const DenseMadeView& v = views[k];
+    if (v.hiddenWeight.size() != m.hidden.size() || v.hiddenBias.size() != m.hidden.size())
+      throw std::invalid_argument("export view has the wrong number of hidden layers");
+    for (size_t l = 0; l < m.hidden.size(); ++l) {
+      const TLinear& L = m.hidden[l];
+      const std::vector<int>& inSource = l == 0 ? m.dimAtPosition : m.unitSource[l - 1];
+      for (int j = 0; j < L.out; ++j) {
+        const int row = m.unitSource[l][j];
+        v.hiddenBias[l][row] = flat[L.b + j];
+        for (int kk = 0; kk < L.prefix[j]; ++kk)
+          v.hiddenWeight[l][static_cast<size_t>(row) * L.in + inSource[kk]] = flat[L.w + static_cast<size_t>(kk) * L.outStride + j];
+      }
+    }
+    const TLinear& O = m.output;
+    const std::vector<int>& lastSource = m.unitSource.back();
+    for (int p = 0; p < net.dim; ++p) {
+      const int i = m.dimAtPosition[p];
+      for (int which = 0; which < 2; ++which) {
+        const int c = 2 * p + which;
+        float* W = which == 0 ? v.shiftWeight : v.scaleWeight;
+        float* B = which == 0 ? v.shiftBias : v.scaleBias;
+        B[i] = flat[O.b + c];
+        for (int kk = 0; kk < O.prefix[c]; ++kk)
+          W[static_cast<size_t>(i) * O.in + lastSource[kk]] = flat[O.w + static_cast<size_t>(kk) * O.outStride + c];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+struct Trainer::Impl {
+  Net net;
+  std::unique_ptr<Net> teacher;
+  OptimizerOptions options;
+  std::vector<std::vector<float>> slots;  // gradient accumulators; slots[0] ends as the batch gradient
+  std::vector<float> adamM, adamV, best;
+  int64_t adamSteps = 0;
+  std::vector<Workspace> workspaces, teacherWorkspaces;
+  std::vector<float> train, valid;
+  int64_t trainRows = 0, validRows = 0;
+  std::vector<int64_t> order;
+  int64_t orderEpoch = -1;
+  uint64_t orderSeed = 0;
+  std::vector<float> latent, logq;  // reverse KL: the batch's z and log q(x)
+  int64_t batch = 0;
+
+  std::shared_ptr<ThreadPool> pool() {
+    std::shared_ptr<ThreadPool> p = currentPool();
+    const size_t n = static_cast<size_t>(p->size());
+    if (workspaces.size() < n) workspaces.resize(n);
+    if (teacher && teacherWorkspaces.size() < n) teacherWorkspaces.resize(n);
+    for (Workspace& w : workspaces) w.ensure(net);
+    if (teacher)
+      for (Workspace& w : teacherWorkspaces) w.ensure(*teacher);
+    return p;
+  }
+
+  int slotCount(int64_t rows) const {
+    const int64_t tiles = (rows + kSlotRows - 1) / kSlotRows;
+    const int64_t byMemory = std::max<int64_t>(1, static_cast<int64_t>(kSlotBudget / std::max<size_t>(net.params.size(), 1)));
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({tiles, kMaxSlots, byMemory})));
+  }
+
+  // Runs `tile` over rows [0, rows) split into slots; each slot's gradient goes to
+  // slots[s] (masked). Returns the sum of the tiles' losses, added in slot order.
+  using TileFn = std::function<double(int64_t first, int count, int worker, int /*slot*/, float* G)>;
+  double accumulate(ThreadPool& p, int64_t rows, int S, bool withGradient, const TileFn& tile) {
+    if (withGradient) {
+      if (slots.size() < static_cast<size_t>(S)) slots.resize(S);
+      for (int s = 0; s < S; ++s) slots[s].resize(net.params.size());
+    }
+    std::vector<double> loss(S, 0.0);
+    p.parallelFor(S, [&](int64_t s, int worker) {
+      float* G = nullptr;
+      if (withGradient) {
+        std::fill(slots[s].begin(), slots[s].end(), 0.0f);
+        G = slots[s].data();
+      }
+      const int64_t begin = rows * s / S, end = rows * (s + 1) / S;
+      double sum = 0.0;
+      for (int64_t first = begin; first < end; first += kTile)
+        sum += tile(first, static_cast<int>(std::min<int64_t>(kTile, end - first)), worker, static_cast<int>(s), G);
+      if (G)
+        for (const TLinear* L : net.linears) maskGradient(*L, G + L->w);
+      loss[s] = sum;
+    });
+    double total = 0.0;
+    for (double v : loss) total += v;
+    return total;
+  }
+
+  // Runs task(0..count-1): on the pool when `work` (floats touched) is large, else
+  // inline (waking the pool would cost more than the work). The same partial sums
+  // either way, so the result does not depend on which.
+  static void forChunks(ThreadPool& p, size_t count, size_t work, const std::function<void(int64_t)>& task) {
+    if (work < kSerialUpdate) {
+      for (size_t c = 0; c < count; ++c) task(static_cast<int64_t>(c));
+      return;
+    }
+    p.parallelFor(static_cast<int64_t>(count), [&](int64_t c, int) { task(c); });
+  }
+
+  // Sums the slots into slots[0]; returns the gradient's L2 norm.
+  double reduce(ThreadPool& p, int S) {
+    const size_t n = net.params.size();
+    const size_t chunks = (n + kChunk - 1) / kChunk;
+    std::vector<double> squares(chunks, 0.0);
+    forChunks(p, chunks, n * S, [&](int64_t c) {
+      const size_t begin = c * kChunk, end = std::min(n, begin + kChunk);
+      float* g0 = slots[0].data();
+      double sq = 0.0;
+      for (size_t i = begin; i < end; ++i) {
+        float sum = g0[i];
+        for (int s = 1; s < S; ++s) sum += slots[s][i];
+        g0[i] = sum;
+        sq += static_cast<double>(sum) * sum;
+      }
+      squares[c] = sq;
+    });
+    double total = 0.0;
+    for (double v : squares) total += v;
+    return std::sqrt(total);
+  }
+
+  // Applies (or skips) one optimizer step with the gradient in slots[0].
+  bool finishStep(ThreadPool& p, double lossSum, int64_t rows, int S, StepStats& stats) {
+    if (!std::isfinite(lossSum)) {
+      stats.skipped += 1;
+      return false;
+    }
+    const double norm = reduce(p, S);
+    stats.lastGradNorm = norm;
+    if (!std::isfinite(norm)) {
+      stats.skipped += 1;
+      return false;
+    }
+    const double clip = options.clipGradNorm;
+    const float factor = clip > 0.0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
+    adamSteps += 1;
+    const double b1 = options.beta1, b2 = options.beta2;
+    const double bc1 = 1.0 - std::pow(b1, static_cast<double>(adamSteps));
+    const double bc2 = 1.0 - std::pow(b2, static_cast<double>(adamSteps));
+    const float stepSize = static_cast<float>(options.learningRate / bc1);
+    const float invSqrtBc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+    const float decay = static_cast<float>(1.0 - options.learningRate * options.weightDecay);
+    const float fb1 = static_cast<float>(b1), fb2 = static_cast<float>(b2), eps = static_cast<float>(options.eps);
+    const size_t n = net.params.size();
+    if (adamM.size() != n) {
+      adamM.assign(n, 0.0f);
+      adamV.assign(n, 0.0f);
+    }
+    const size_t chunks = (n + kChunk - 1) / kChunk;
+    forChunks(p, chunks, n, [&](int64_t c) {
+      const size_t begin = c * kChunk, end = std::min(n, begin + kChunk);
+      const float* g = slots[0].data();
+      float* w = net.params.data();
+      for (size_t i = begin; i < end; ++i) {
+        const float gi = g[i] * factor;
+        const float m = fb1 * adamM[i] + (1.0f - fb1) * gi;
+        const float v = fb2 * adamV[i] + (1.0f - fb2) * gi * gi;
+        adamM[i] = m;
+        adamV[i] = v;
+        w[i] = w[i] * decay - stepSize * m / (std::sqrt(v) * invSqrtBc2 + eps);
+      }
+    });
+    forChunks(p, net.linears.size(), n, [&](int64_t i) { net.refreshTransposed(static_cast<size_t>(i), 1); });
+    stats.lossSum += lossSum;
+    stats.rows += rows;
+    stats.steps += 1;
+    return true;
+  }
+
+  // Negative log-likelihood of the tile in workspace `ws` (points hold x, rows
+  // `count`); with G, adds the gradient of sum(nll) * scale.
+  double likelihoodTile(Workspace& ws, int count, float* G, float scale) {
+    const int dim = net.dim;
+    netForward(net, ws, count);
+    double sum = 0.0;
+    for (int r = 0; r < count; ++r) {
+      const float* z = ws.points.data() + r * dim;
+      sum += static_cast<double>(-baseLogDensity(z, dim) - ws.logDet[r]);
+      for (int i = 0; i < dim; ++i) ws.gpoints[r * dim + i] = z[i] * scale;
+    }
+    if (G) netBackward(net, ws, count, -scale, G, false);
+    return sum;
+  }
+
+  void ensureOrder(uint64_t seed, int64_t epoch) {
+    if (orderEpoch == epoch && orderSeed == seed && static_cast<int64_t>(order.size()) == trainRows) return;
+    order.resize(trainRows);
+    for (int64_t i = 0; i < trainRows; ++i) order[i] = i;
+    uint64_t state = seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(epoch + 1));
+    for (int64_t i = trainRows - 1; i > 0; --i) {
+      const int64_t j = static_cast<int64_t>(splitmix64(state) % static_cast<uint64_t>(i + 1));
+      std::swap(order[i], order[j]);
+    }
+    orderEpoch = epoch;
+    orderSeed = seed;
+  }
+
+  // log p(x) and d log p / dx of `model` for the tile in ws.points (count rows); the
+  // gradient is left in ws.gpoints.
+  static void logProbGradTile(const Net& model, Workspace& ws, int count, float* logProb) {
+    const int dim = model.dim;
+    netForward(model, ws, count);
+    for (int r = 0; r < count; ++r) {
+      const float* z = ws.points.data() + r * dim;
+      logProb[r] = baseLogDensity(z, dim) + ws.logDet[r];
+      for (int i = 0; i < dim; ++i) ws.gpoints[r * dim + i] = -z[i];
+    }
+    netBackward(model, ws, count, 1.0f, nullptr, true);
+  }
+};
+
+Trainer::Trainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher, const OptimizerOptions& options,
+                 bool reference, bool portable)
+    : impl_(std::make_unique<Impl>()) {
+  buildNet(impl_->net, spec, pass, reference, "the trained flow");
+  impl_->net.portable = portable;
+  if (impl_->net.linears.empty()) throw std::invalid_argument("the trained flow has no MADE layer: nothing to train");
+  if (teacher) {
+    impl_->teacher = std::make_unique<Net>();
+    buildNet(*impl_->teacher, *teacher, Direction::ToLatent, reference, "the teacher");
+    impl_->teacher->portable = portable;
+    if (impl_->teacher->dim != impl_->net.dim) throw std::invalid_argument("the teacher's dim differs from the student's");
+    if (pass != Direction::ToData) throw std::invalid_argument("a teacher needs a student trained along z -> x");
+  }
+  impl_->options = options;
+}
+
+Trainer::~Trainer() = default;
+
+int Trainer::dim() const { return impl_->net.dim; }
+size_t Trainer::numParameters() const { return impl_->net.params.size(); }
+void Trainer::setOptions(const OptimizerOptions& options) { impl_->options = options; }
+
+void Trainer::setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows) {
+  const int dim = impl_->net.dim;
+  impl_->train.assign(train, train + trainRows * dim);
+  impl_->trainRows = trainRows;
+  if (valid && validRows > 0) impl_->valid.assign(valid, valid + validRows * dim);
+  else impl_->valid.clear();
+  impl_->validRows = valid ? validRows : 0;
+  impl_->orderEpoch = -1;
+}
+
+void Trainer::fitBatches(uint64_t seed, int64_t epoch, int64_t firstBatch, int64_t batches, int64_t batchSize,
+                         StepStats& stats) {
+  Impl& I = *impl_;
+  if (I.net.pass != Direction::ToLatent) throw std::logic_error("fitBatches needs a flow trained along x -> z");
+  if (batchSize < 1) throw std::invalid_argument("batch size must be positive");
+  std::shared_ptr<ThreadPool> p = I.pool();
+  I.ensureOrder(seed, epoch);
+  const int dim = I.net.dim;
+  for (int64_t b = firstBatch; b < firstBatch + batches; ++b) {
+    const int64_t start = b * batchSize;
+    const int64_t rows = std::min(batchSize, I.trainRows - start);
+    if (rows <= 0) break;
+    const int S = I.slotCount(rows);
+    const float scale = 1.0f / static_cast<float>(rows);
+    const double loss = I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, int /*slot*/, float* G) {
+      Workspace& ws = I.workspaces[worker];
+      for (int r = 0; r < count; ++r)
+        std::copy_n(I.train.data() + I.order[start + first + r] * dim, dim, ws.points.data() + r * dim);
+      return I.likelihoodTile(ws, count, G, scale);
+    });
+    I.finishStep(*p, loss, rows, S, stats);
+  }
+}
+
+double Trainer::validationLoss() {
+  Impl& I = *impl_;
+  if (I.validRows <= 0) return std::numeric_limits<double>::quiet_NaN();
+  std::shared_ptr<ThreadPool> p = I.pool();
+  const int dim = I.net.dim;
+  const int64_t tiles = (I.validRows + kTile - 1) / kTile;
+  std::vector<double> sums(tiles, 0.0);
+  p->parallelFor(tiles, [&](int64_t t, int worker) {
+    Workspace& ws = I.workspaces[worker];
+    const int64_t first = t * kTile;
+    const int count = static_cast<int>(std::min<int64_t>(kTile, I.validRows - first));
+    std::copy_n(I.valid.data() + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
+    sums[t] = I.likelihoodTile(ws, count, nullptr, 0.0f);
+  });
+  double total = 0.0;
+  for (double v : sums) total += v;
+  return total / static_cast<double>(I.validRows);
+}
+
+double Trainer::likelihoodGradient(const float* x, int64_t rows) {
+  Impl& I = *impl_;
+  if (I.net.pass != Direction::ToLatent) throw std::logic_error("likelihoodGradient needs a flow trained along x -> z");
+  std::shared_ptr<ThreadPool> p = I.pool();
+  const int dim = I.net.dim;
+  const int S = I.slotCount(rows);
+  const float scale = 1.0f / static_cast<float>(rows);
+  const double loss = I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, int /*slot*/, float* G) {
+    Workspace& ws = I.workspaces[worker];
+    std::copy_n(x + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
+    return I.likelihoodTile(ws, count, G, scale);
+  });
+  I.reduce(*p, S);
+  return loss / static_cast<double>(rows);
+}
+
+void Trainer::logProbGradient(const float* x, int64_t rows, float* logProb, float* grad) {
+  Impl& I = *impl_;
+  const Net& model = I.teacher ? *I.teacher : I.net;
+  if (model.pass != Direction::ToLatent) throw std::logic_error("logProbGradient needs a flow evaluated along x -> z");
+  std::shared_ptr<ThreadPool> p = I.pool();
+  std::vector<Workspace>& spaces = I.teacher ? I.teacherWorkspaces : I.workspaces;
+  const int dim = model.dim;
+  const int64_t tiles = (rows + kTile - 1) / kTile;
+  p->parallelFor(tiles, [&](int64_t t, int worker) {
+    Workspace& ws = spaces[worker];
+    const int64_t first = t * kTile;
+    const int count = static_cast<int>(std::min<int64_t>(kTile, rows - first));
+    std::copy_n(x + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
+    Impl::logProbGradTile(model, ws, count, logProb + first);
+    std::copy_n(ws.gpoints.data(), static_cast<size_t>(count) * dim, grad + first * dim);
+  });
+}
+
+void Trainer::reverseForward(uint64_t seed, int64_t step, int64_t batchRows, const float* z, float* x, float* logq) {
+  Impl& I = *impl_;
+  if (I.net.pass != Direction::ToData) throw std::logic_error("reverseForward needs a flow trained along z -> x");
+  std::shared_ptr<ThreadPool> p = I.pool();
+  const int dim = I.net.dim;
+  I.batch = batchRows;
+  I.latent.resize(static_cast<size_t>(batchRows) * dim);
+  I.logq.resize(batchRows);
+  if (z) std::copy_n(z, static_cast<size_t>(batchRows) * dim, I.latent.data());
+  const int64_t tiles = (batchRows + kTile - 1) / kTile;
+  p->parallelFor(tiles, [&](int64_t t, int worker) {
+    Workspace& ws = I.workspaces[worker];
+    const int64_t first = t * kTile;
+    const int count = static_cast<int>(std::min<int64_t>(kTile, batchRows - first));
+    float* zt = I.latent.data() + first * dim;
+    if (!z) fillNormalRows(seed, static_cast<uint64_t>(step) * batchRows + first, count, dim, zt);
+    std::copy_n(zt, static_cast<size_t>(count) * dim, ws.points.data());
+    netForward(I.net, ws, count);
+    std::copy_n(ws.points.data(), static_cast<size_t>(count) * dim, x + first * dim);
+    for (int r = 0; r < count; ++r) {
+      const float value = baseLogDensity(zt + r * dim, dim) - ws.logDet[r];
+      I.logq[first + r] = value;
+      logq[first + r] = value;
+    }
+  });
+}
+
+void Trainer::reverseBackward(const float* targetLogDensity, const float* targetGrad, bool update, StepStats& stats,
+                              double* stepLoss) {
+  Impl& I = *impl_;
+  if (I.batch <= 0) throw std::logic_error("reverseBackward needs a reverseForward first");
+  std::shared_ptr<ThreadPool> p = I.pool();
+  const int dim = I.net.dim;
+  const int64_t rows = I.batch;
+  double lossSum = 0.0;
+  for (int64_t r = 0; r < rows; ++r) lossSum += static_cast<double>(I.logq[r]) - targetLogDensity[r];
+  const int S = I.slotCount(rows);
+  const float scale = 1.0f / static_cast<float>(rows);
+  I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, int /*slot*/, float* G) {
+    Workspace& ws = I.workspaces[worker];
+    std::copy_n(I.latent.data() + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
+    netForward(I.net, ws, count);  // recomputed: the activations are not kept between calls
+    for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = -targetGrad[first * dim + i] * scale;
+    netBackward(I.net, ws, count, -scale, G, false);
+    return 0.0;
+  });
+  if (stepLoss) *stepLoss = lossSum / static_cast<double>(rows);
+  if (update) {
+    I.finishStep(*p, lossSum, rows, S, stats);
+  } else {
+    stats.lastGradNorm = I.reduce(*p, S);
+  }
+}
+
+void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batchRows, double betaStart,
+                           double betaSlope, StepStats& stats, double* stepLoss) {
+  Impl& I = *impl_;
+  if (!I.teacher) throw std::logic_error("distillSteps needs a teacher");
+  std::shared_ptr<ThreadPool> p = I.pool();
+  const int dim = I.net.dim;
+  const int S = I.slotCount(batchRows);
+  const float scale = 1.0f / static_cast<float>(batchRows);
+  for (int64_t s = 0; s < steps; ++s) {
+    const uint64_t firstRow = static_cast<uint64_t>(firstStep + s) * static_cast<uint64_t>(batchRows);
+    const double beta = std::min(1.0, betaStart + betaSlope * static_cast<double>(firstStep + s));
+    const float gradScale = static_cast<float>(beta) * scale;
+    std::vector<double> klSums(S, 0.0);  // the loss at beta = 1, per slot (summed in order)
+    const double loss = I.accumulate(*p, batchRows, S, true, [&](int64_t first, int count, int worker, int slot, float* G) {
+      Workspace& ws = I.workspaces[worker];
+      Workspace& tws = I.teacherWorkspaces[worker];
+      fillNormalRows(seed, firstRow + first, count, dim, ws.latent.data());
+      std::copy_n(ws.latent.data(), static_cast<size_t>(count) * dim, ws.points.data());
+      netForward(I.net, ws, count);
+      std::copy_n(ws.points.data(), static_cast<size_t>(count) * dim, tws.points.data());
+      float logp[kTile];
+      Impl::logProbGradTile(*I.teacher, tws, count, logp);
+      double sum = 0.0, kl = 0.0;
+      for (int r = 0; r < count; ++r) {
+        const double logq = static_cast<double>(baseLogDensity(ws.latent.data() + r * dim, dim) - ws.logDet[r]);
+        sum += logq - beta * logp[r];
+        kl += logq - logp[r];
+      }
+      klSums[slot] += kl;
+      for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = -tws.gpoints[i] * gradScale;
+      netBackward(I.net, ws, count, -scale, G, false);
+      return sum;
+    });
+    double kl = 0.0;
+    for (double v : klSums) kl += v;
+    if (stepLoss) stepLoss[s] = kl / static_cast<double>(batchRows);
+    I.finishStep(*p, loss, batchRows, S, stats);
+  }
+}
+
+void Trainer::parametersTo(const std::vector<DenseMadeView>& views) const {
+  exportFlat(impl_->net, impl_->net.params.data(), views);
+}
+
+void Trainer::gradientTo(const std::vector<DenseMadeView>& views) const {
+  if (impl_->slots.empty()) throw std::logic_error("no gradient has been computed");
+  exportFlat(impl_->net, impl_->slots[0].data(), views);
+}
+
+void Trainer::saveBest() { impl_->best = impl_->net.params; }
+
+void Trainer::restoreBest() {
+  Impl& I = *impl_;
+  if (I.best.size() != I.net.params.size()) return;
+  I.net.params = I.best;
+  I.net.refreshTransposed(0, I.net.linears.size());
+}
+
+}  // namespace iaflow

@@ -1,0 +1,113 @@
+// Training in the core: backward passes of the masked MLP and of the affine
+// step, Adam (bias-corrected, decoupled weight decay) and gradient clipping, on
+// the core's thread pool. No Node headers.
+//
+// A Trainer holds one flow's parameters in the degree-sorted staircase layout of
+// plan.h (masks folded in, so masked weights stay exactly zero), the optimizer
+// state, and copies of the training data. Every MADE layer must run its
+// parallel direction along the trained pass:
+//  - Direction::ToLatent (maximum likelihood, x -> z): every MADE layer a MAF;
+//  - Direction::ToData (reverse KL and distillation, z -> x): every MADE layer an IAF.
+// Parameters are mapped back to the dense PyTorch layout on export.
+//
+// Determinism: a batch is split into a fixed number of row slots (a function of
+// the batch size and the model size only), each slot accumulates its own
+// gradient, and slots are summed in order, so results do not depend on the
+// thread count or on scheduling.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend.h"
+#include "plan.h"
+
+namespace iaflow {
+
+struct OptimizerOptions {
+  double learningRate = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weightDecay = 0.0;   // decoupled, as AdamW: p -= lr * weightDecay * p
+  double clipGradNorm = 0.0;  // global L2 norm; 0 turns clipping off
+};
+
+// Where one MADE layer's dense tensors live (PyTorch layout, as in the model
+// file); export writes only the entries the MADE mask keeps.
+struct DenseMadeView {
+  std::vector<float*> hiddenWeight;
+  std::vector<float*> hiddenBias;
+  float* shiftWeight = nullptr;
+  float* shiftBias = nullptr;
+  float* scaleWeight = nullptr;
+  float* scaleBias = nullptr;
+};
+
+struct StepStats {
+  double lossSum = 0.0;   // sum of per-row losses over the applied steps' rows
+  int64_t rows = 0;       // rows of the applied steps
+  int64_t steps = 0;      // steps applied (optimizer updates)
+  int64_t skipped = 0;    // steps skipped: non-finite loss or gradient
+  double lastGradNorm = 0.0;  // gradient norm of the last step (before clipping)
+};
+
+class Trainer {
+ public:
+  // `teacher` (optional, distillation): a flow whose every MADE layer is a MAF,
+  // evaluated by its parallel x -> z pass. `reference` selects the simple dense
+  // path (every weight multiplied, zeros included): the benchmark's baseline.
+  // `portable` runs the kernels built for the baseline instruction set even where
+  // the AVX2 + FMA build would run (for tests of that build).
+  Trainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher, const OptimizerOptions& options,
+          bool reference = false, bool portable = false);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  int dim() const;
+  size_t numParameters() const;  // in the sorted layout, padding included
+  void setOptions(const OptimizerOptions& options);
+
+  // Maximum likelihood. Copies the data (row-major).
+  void setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows);
+  // Runs minibatches [firstBatch, firstBatch + batches) of epoch `epoch` (the epoch's
+  // order is a shuffle of the training rows reproducible from (seed, epoch)).
+  void fitBatches(uint64_t seed, int64_t epoch, int64_t firstBatch, int64_t batches, int64_t batchSize,
+                  StepStats& stats);
+  // Mean negative log-likelihood of the validation rows (NaN when there are none).
+  double validationLoss();
+
+  // Reverse KL with a target evaluated outside the core. reverseForward draws the
+  // latent rows (Philox rows step * batch + r under seed) or takes `z`, and writes
+  // x = f(z) and log q(x); reverseBackward takes the target's log-density and its
+  // gradient at those x, and applies one step (or, with update false, leaves the
+  // gradient for gradientTo).
+  void reverseForward(uint64_t seed, int64_t step, int64_t batch, const float* z, float* x, float* logq);
+  void reverseBackward(const float* targetLogDensity, const float* targetGrad, bool update, StepStats& stats,
+                       double* stepLoss);
+  // Distillation: `steps` steps of reverse KL against the teacher, all in the core:
+  // E_z[log q(x) - beta log p(x)], x = f(z), with beta = min(1, betaStart + betaSlope * step)
+  // (annealing: a small beta flattens the teacher, so the student spreads over every mode
+  // before it sharpens). stepLoss gets the loss at beta = 1, the KL from the teacher.
+  void distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batch, double betaStart,
+                    double betaSlope, StepStats& stats, double* stepLoss);
+
+  // Test hooks. Gradient of the mean negative log-likelihood of x (kept for gradientTo);
+  // returns the mean. logProbGradient: log p(x) and its gradient wrt x, of this flow
+  // (ToLatent) or of the teacher when there is one.
+  double likelihoodGradient(const float* x, int64_t rows);
+  void logProbGradient(const float* x, int64_t rows, float* logProb, float* grad);
+
+  void parametersTo(const std::vector<DenseMadeView>& views) const;  // views[k] for MADE layer k
+  void gradientTo(const std::vector<DenseMadeView>& views) const;    // the last computed gradient
+  void saveBest();
+  void restoreBest();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace iaflow

@@ -1,0 +1,717 @@
+// Training: maximum likelihood (fit), reverse KL / variational inference (fitReverseKL) and
+// distillation (distill). The math runs in the native core (native/core/train.h): backward
+// passes, Adam and clipping on the core's thread pool, a run of steps per native call. This file
+// validates, schedules the chunks, reports progress and handles cancellation.
+import { Flow, Rows, nativeSpec } from './flow';
+import { FlowConfig } from './layers';
+import { native, NativeLayerView, NativeTrainerInstance } from './native';
+import {
+  checkInteger,
+  checkOptions,
+  checkSeed,
+  invalidRange,
+  invalidType,
+  isFloat32Array,
+  isFloat64Array,
+  randomSeed,
+  seedWords,
+  toRowMajor,
+} from './validation';
+
+/** A target's log-density and its gradient at a batch of points. */
+export interface TargetEvaluation {
+  /** log p~(x) per row (an unnormalized log-density is fine): length n. */
+  value: Float32Array;
+  /** d log p~ / dx, row-major: length n * dim. */
+  grad: Float32Array;
+}
+
+/** A density to fit by reverse KL: built in (`targets`) or the user's. */
+export interface Target {
+  /** Dimension of x. */
+  dim: number;
+  /** Evaluated at x (row-major, n * dim) for every step; may be async. */
+  logDensity(x: Float32Array): TargetEvaluation | Promise<TargetEvaluation>;
+  /** log of the normalizing constant of exp(logDensity), when known: the report then gives KL = logZ - ELBO. */
+  logZ?: number;
+}
+
+/** Adam (with bias correction) and clipping; shared by every trainer. */
+export interface OptimizerOptions {
+  /** Adam's step size. Default 1e-3. */
+  learningRate?: number;
+  /** Decoupled weight decay, as AdamW: each step multiplies every parameter by 1 - learningRate * weightDecay. Default 0. */
+  weightDecay?: number;
+  /** Rescales the gradient to this global L2 norm when it is larger (as torch.nn.utils.clip_grad_norm_). Default: no clipping. */
+  clipGradNorm?: number;
+  /** Adam's [beta1, beta2]. Default [0.9, 0.999]. */
+  betas?: [number, number];
+  /** Adam's epsilon. Default 1e-8. */
+  eps?: number;
+  /** Seed: minibatch order (fit) or latent draws (reverse KL, distill); the same seed gives the same run at any thread count. Default: random. */
+  seed?: number;
+  /** Stops at the next chunk boundary; the call then rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
+export interface FitProgress {
+  /** Optimizer steps so far (skipped steps included). */
+  step: number;
+  /** The current epoch, from 0. */
+  epoch: number;
+  /** Mean negative log-likelihood (nats per point) of the current epoch's steps so far. */
+  trainLoss: number;
+  /** The latest validation loss (nats per point); NaN before the first, or without validation data. */
+  validLoss: number;
+  /** Training rows per second over the run so far. */
+  samplesPerSec: number;
+}
+
+export interface FitOptions extends OptimizerOptions {
+  /** Passes over the training data. Default 50. */
+  epochs?: number;
+  /** Rows per step; the last step of an epoch takes the rows left over. Default 512. */
+  batchSize?: number;
+  /** Validation rows (as `data`): their mean NLL is measured after every epoch. */
+  validation?: Rows;
+  /** Or: hold out this fraction of `data` (chosen by the seed) for validation. */
+  validationFraction?: number;
+  /** Early stopping: stop when the validation loss has not improved for this many epochs. Needs validation data. Default: never. */
+  patience?: number;
+  /** With validation data, end with the weights of the epoch with the lowest validation loss. Default true. */
+  restoreBest?: boolean;
+  /** Called between native chunks, at least once per epoch (after its validation); may return a promise. */
+  onProgress?: (progress: FitProgress) => void | Promise<void>;
+}
+
+export interface FitReport {
+  /** Per epoch: mean negative log-likelihood (nats per point) over the epoch's applied steps. */
+  trainLoss: number[];
+  /** Per epoch: mean negative log-likelihood of the validation rows after the epoch (empty without validation). */
+  validLoss: number[];
+  /** Index (from 0) of the epoch whose weights the flow has, with validation and restoreBest; else null. */
+  bestEpoch: number | null;
+  /** Epochs run. */
+  epochs: number;
+  /** Optimizer steps applied. */
+  steps: number;
+  /** Steps skipped because the loss or the gradient was not finite (their weights were never written). */
+  skippedSteps: number;
+  /** Whether patience ran out before `epochs`. */
+  stoppedEarly: boolean;
+  seconds: number;
+  /** Training rows per second (validation excluded). */
+  samplesPerSec: number;
+}
+
+export interface ReverseKLProgress {
+  /** Steps done so far (skipped ones included). */
+  step: number;
+  /** Mean loss, E_q[log q(x) - log p~(x)] (= -ELBO), over the steps since the last report. */
+  loss: number;
+  skippedSteps: number;
+  samplesPerSec: number;
+}
+
+export interface ReverseKLOptions extends OptimizerOptions {
+  /** Optimizer steps. Default 5000. */
+  steps?: number;
+  /** Latent draws per step. Default 256. */
+  batchSize?: number;
+  /** Called between native chunks (about every 0.2 s) and at the end; may return a promise. */
+  onProgress?: (progress: ReverseKLProgress) => void | Promise<void>;
+}
+
+export interface DistillOptions extends ReverseKLOptions {
+  /**
+   * Annealing: over this fraction of the steps, the teacher's log-density is weighted by beta
+   * rising linearly from `annealFrom` to 1 (the loss is E_q[log q - beta log p]). Reverse KL is
+   * mode-seeking: from a fresh student it often settles on part of a multimodal teacher (one of
+   * two moons); a small beta flattens the teacher so the student spreads over every mode first.
+   * 0 gives plain reverse KL. Default 0.3.
+   */
+  anneal?: number;
+  /** The first beta of the annealing, in (0, 1]. Default 0.2. */
+  annealFrom?: number;
+}
+
+export interface ReverseKLReport {
+  /** Per step: the batch mean of log q(x) - log p~(x) (an estimate of -ELBO); NaN where it was not finite. */
+  loss: Float64Array;
+  /** Mean of `loss` over the last min(100, steps) finite steps. */
+  finalLoss: number;
+  /** -finalLoss. */
+  elbo: number;
+  /** logZ - elbo, the KL divergence from the target, when the target's logZ is known (distill: the teacher is normalized). */
+  kl: number | null;
+  steps: number;
+  /** Steps skipped because the loss or the gradient was not finite (their weights were never written). */
+  skippedSteps: number;
+  seconds: number;
+  samplesPerSec: number;
+}
+
+const TO_DATA = 0;
+const TO_LATENT = 1;
+const CHUNK_SECONDS = 0.2;
+const MAX_BATCH = 1 << 22;
+const MAX_STEPS = 1e9;
+const training = new WeakSet<Flow>();
+
+function checkFlow(name: string, value: unknown): Flow {
+  if (!(value instanceof Flow)) throw invalidType(name, 'a Flow (from createFlow, createMAF, createIAF or loadFlow)', value);
+  return value;
+}
+
+function checkNumber(name: string, value: unknown, expected: string, ok: (v: number) => boolean): number {
+  if (typeof value !== 'number' || Number.isNaN(value)) throw invalidType(name, expected, value);
+  if (!ok(value)) throw invalidRange(name, expected, value);
+  return value;
+}
+
+function checkFunction<T>(name: string, value: unknown): T | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'function') throw invalidType(name, 'a function', value);
+  return value as T;
+}
+
+function checkSignal(name: string, value: unknown): AbortSignal | undefined {
+  if (value === undefined) return undefined;
+  const s = value as AbortSignal;
+  if (typeof value !== 'object' || value === null || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function') {
+    throw invalidType(name, 'an AbortSignal', value);
+  }
+  return s;
+}
+
+const OPTIMIZER_KEYS = ['learningRate', 'weightDecay', 'clipGradNorm', 'betas', 'eps', 'seed', 'signal'] as const;
+
+interface Optimizer {
+  options: Float64Array;
+  seed: number;
+  signal?: AbortSignal;
+}
+
+function checkOptimizer(where: string, opts: Record<string, unknown>): Optimizer {
+  const lr = checkNumber(`${where}.learningRate`, opts.learningRate ?? 1e-3, 'a positive finite number', (v) => v > 0 && Number.isFinite(v));
+  const wd = checkNumber(`${where}.weightDecay`, opts.weightDecay ?? 0, 'a finite number >= 0', (v) => v >= 0 && Number.isFinite(v));
+  const clip =
+    opts.clipGradNorm === undefined
+      ? 0
+      : checkNumber(`${where}.clipGradNorm`, opts.clipGradNorm, 'a positive finite number', (v) => v > 0 && Number.isFinite(v));
+  const betas = opts.betas ?? [0.9, 0.999];
+  if (!Array.isArray(betas) || betas.length !== 2) throw invalidType(`${where}.betas`, 'an array of two numbers in [0, 1)', betas);
+  const [b1, b2] = betas.map((b: unknown, i: number) => checkNumber(`${where}.betas[${i}]`, b, 'a number in [0, 1)', (v) => v >= 0 && v < 1));
+  const eps = checkNumber(`${where}.eps`, opts.eps ?? 1e-8, 'a positive finite number', (v) => v > 0 && Number.isFinite(v));
+  const seed = opts.seed === undefined ? randomSeed() : checkSeed(`${where}.seed`, opts.seed);
+  return { options: Float64Array.of(lr, b1, b2, eps, wd, clip), seed, signal: checkSignal(`${where}.signal`, opts.signal) };
+}
+
+/** The MADE layers that would need the sequential direction for this pass (IAF for x -> z, MAF for z -> x). */
+function requireParallel(flow: Flow, pass: 0 | 1, what: string, advice: string): void {
+  const wrong = pass === TO_LATENT ? 'iaf' : 'maf';
+  const layers = flow.config.layers;
+  if (!layers.some((l) => l.type !== 'permutation')) throw new TypeError(`${what}: the flow has no MADE layer, so nothing to train`);
+  const residual = layers.findIndex((l) => l.type !== 'permutation' && l.residual === true);
+  if (residual >= 0) {
+    throw new TypeError(`${what}: layer ${residual} has residual MADE blocks, which iaflow runs and imports but does not train yet`);
+  }
+  const bad = layers.map((l, k) => (l.type === wrong ? k : -1)).filter((k) => k >= 0);
+  if (bad.length > 0) {
+    const kind = wrong.toUpperCase();
+    throw new TypeError(
+      `${what} needs every MADE layer to be ${pass === TO_LATENT ? 'a MAF' : 'an IAF'} layer, but layer${bad.length > 1 ? 's' : ''} ` +
+        `${bad.join(', ')} ${bad.length > 1 ? 'are' : 'is'} ${kind}: ${advice}`,
+    );
+  }
+}
+
+const MLE_ADVICE =
+  'the log-likelihood gradient of an IAF layer would need its sequential direction, which iaflow does not differentiate. ' +
+  'Fit data with maf() layers (createMAF), or train an IAF with fitReverseKL or distill it from a trained MAF.';
+const REVERSE_ADVICE =
+  "a MAF layer samples through its sequential direction, which iaflow does not differentiate. Use iaf() layers (createIAF) for the flow trained by reverse KL.";
+
+/** Kernel choices for tests and benchmarks: the dense reference path, the baseline-ISA build. */
+interface KernelChoice {
+  reference?: boolean;
+  portable?: boolean;
+}
+
+function newTrainer(flow: Flow, pass: 0 | 1, teacher: Flow | null, options: Float64Array, kernels: KernelChoice = {}): NativeTrainerInstance {
+  const spec = nativeSpec(flow.config as FlowConfig, flow.currentParameters() as Map<string, Float32Array>);
+  const teacherSpec = teacher ? nativeSpec(teacher.config as FlowConfig, teacher.currentParameters() as Map<string, Float32Array>) : null;
+  return new native.NativeTrainer(spec, pass, teacherSpec, options, kernels.reference ?? false, kernels.portable ?? false);
+}
+
+/** Dense arrays for every parameter of `flow`, as views for the native export. */
+function denseViews(flow: Flow, fill: 'copy' | 'zero'): { map: Map<string, Float32Array>; views: NativeLayerView[] } {
+  const map = new Map<string, Float32Array>();
+  for (const [name, value] of flow.currentParameters()) map.set(name, fill === 'copy' ? value.slice() : new Float32Array(value.length));
+  const get = (name: string) => map.get(name)!;
+  const linear = (prefix: string) => ({ weight: get(`${prefix}.weight`), bias: get(`${prefix}.bias`) });
+  const views = flow.config.layers.map((layer, k): NativeLayerView =>
+    layer.type === 'permutation'
+      ? null
+      : { hidden: layer.hidden.map((_, l) => linear(`layers.${k}.hidden.${l}`)), shift: linear(`layers.${k}.shift`), rawScale: linear(`layers.${k}.scale`) },
+  );
+  return { map, views };
+}
+
+/** Hands the trainer's current weights to the flow (masked entries keep their stored values). */
+function pushParameters(flow: Flow, trainer: NativeTrainerInstance): void {
+  const { map, views } = denseViews(flow, 'copy');
+  trainer.parametersTo(views);
+  flow.adoptParameters(map);
+}
+
+function gradientRecord(flow: Flow, trainer: NativeTrainerInstance): Record<string, Float32Array> {
+  const { map, views } = denseViews(flow, 'zero');
+  trainer.gradientTo(views);
+  return Object.fromEntries(map);
+}
+
+function abortError(what: string, kept: string): Error {
+  return new DOMException(`${what} was aborted; the flow keeps ${kept}`, 'AbortError');
+}
+
+function claim(flow: Flow, what: string): void {
+  if (training.has(flow)) throw new Error(`${what}: this flow is already being trained by another call`);
+  training.add(flow);
+}
+
+function now(): number {
+  return performance.now() / 1000;
+}
+
+/** Steps for the next chunk so that it lasts about CHUNK_SECONDS. */
+function nextChunk(previous: number, seconds: number): number {
+  if (seconds <= 0) return Math.min(previous * 4, 1 << 20);
+  return Math.max(1, Math.min(Math.round((previous * CHUNK_SECONDS) / seconds), previous * 4, 1 << 20));
+}
+
+/**
+ * Maximum likelihood: minimises the mean negative log-likelihood of `data` with Adam, by
+ * minibatches in an order reproducible from `seed`. Gradients flow through the parallel
+ * (data -> latent) direction, so every MADE layer must be a MAF (permutations are fine); a flow
+ * with an IAF layer is refused with a TypeError.
+ *
+ * The flow's parameters are updated in place: during training (before each `onProgress` call)
+ * and at the end. With validation data, the flow ends with the weights of the best validation
+ * epoch (unless `restoreBest: false`). When `signal` aborts, training stops at the next chunk
+ * boundary, the best weights so far (with validation; else the current ones) are applied to the
+ * flow, and the promise rejects with an AbortError. A step whose loss or gradient is not finite
+ * is skipped (never written into the weights) and counted in `skippedSteps`.
+ */
+export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise<FitReport> {
+  checkFlow('flow', flow);
+  requireParallel(flow, TO_LATENT, 'fit', MLE_ADVICE);
+  const opts = checkOptions('fit options', options, [
+    ...OPTIMIZER_KEYS,
+    'epochs',
+    'batchSize',
+    'validation',
+    'validationFraction',
+    'patience',
+    'restoreBest',
+    'onProgress',
+  ]);
+  const epochs = checkInteger('options.epochs', opts.epochs ?? 50, 1, MAX_STEPS);
+  const batchSize = checkInteger('options.batchSize', opts.batchSize ?? 512, 1, MAX_BATCH);
+  const optimizer = checkOptimizer('options', opts);
+  const onProgress = checkFunction<FitOptions['onProgress']>('options.onProgress', opts.onProgress);
+  if (opts.restoreBest !== undefined && typeof opts.restoreBest !== 'boolean') throw invalidType('options.restoreBest', 'a boolean', opts.restoreBest);
+  const restoreBest = opts.restoreBest ?? true;
+  const dim = flow.dim;
+  let { data: train, rows: trainRows } = toRowMajor('data', data, dim);
+  let valid: Float32Array | null = null;
+  let validRows = 0;
+  if (opts.validation !== undefined && opts.validationFraction !== undefined) {
+    throw new TypeError('Give either options.validation or options.validationFraction, not both');
+  }
+  if (opts.validation !== undefined) {
+    ({ data: valid, rows: validRows } = toRowMajor('options.validation', opts.validation, dim));
+  } else if (opts.validationFraction !== undefined) {
+    const fraction = checkNumber('options.validationFraction', opts.validationFraction, 'a number in (0, 1)', (v) => v > 0 && v < 1);
+    validRows = Math.round(trainRows * fraction);
+    if (validRows < 1 || validRows >= trainRows) {
+      throw invalidRange('options.validationFraction', `a fraction that leaves at least one row on each side of the ${trainRows} rows`, fraction);
+    }
+    ({ train, valid } = splitRows(train, trainRows, validRows, dim, optimizer.seed));
+    trainRows -= validRows;
+  }
+  const patience = opts.patience === undefined ? Infinity : checkInteger('options.patience', opts.patience, 1, MAX_STEPS);
+  if (opts.patience !== undefined && !valid) throw new TypeError('options.patience needs validation data (options.validation or options.validationFraction)');
+  if (optimizer.signal?.aborted) throw abortError('fit', 'its weights from before the call');
+
+  claim(flow, 'fit');
+  try {
+    const trainer = newTrainer(flow, TO_LATENT, null, optimizer.options);
+    trainer.setData(train, trainRows, valid, validRows);
+    const [lo, hi] = seedWords(optimizer.seed);
+    const batchesPerEpoch = Math.ceil(trainRows / batchSize);
+    const stats = new Float64Array(5);
+    const report: FitReport = {
+      trainLoss: [],
+      validLoss: [],
+      bestEpoch: null,
+      epochs: 0,
+      steps: 0,
+      skippedSteps: 0,
+      stoppedEarly: false,
+      seconds: 0,
+      samplesPerSec: 0,
+    };
+    const started = now();
+    let trainSeconds = 0;
+    let rowsSeen = 0;
+    let chunk = 1;
+    let best = Infinity;
+    let bestEpoch = -1;
+    let lastValid = NaN;
+    const keepBest = valid !== null && restoreBest;
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      if (keepBest && bestEpoch >= 0) trainer.restoreBest();
+      pushParameters(flow, trainer);
+      report.bestEpoch = keepBest && bestEpoch >= 0 ? bestEpoch : null;
+      report.seconds = now() - started;
+      report.samplesPerSec = trainSeconds > 0 ? rowsSeen / trainSeconds : 0;
+    };
+    const progress = async (epoch: number, trainLoss: number) => {
+      if (!onProgress) return;
+      pushParameters(flow, trainer);
+      await onProgress({ step: report.steps + report.skippedSteps, epoch, trainLoss, validLoss: lastValid, samplesPerSec: trainSeconds > 0 ? rowsSeen / trainSeconds : 0 });
+    };
+    const stopIfAborted = () => {
+      if (!optimizer.signal?.aborted) return;
+      finish();
+      throw abortError('fit', keepBest && bestEpoch >= 0 ? `the weights of its best epoch so far (${bestEpoch})` : 'the weights reached so far');
+    };
+
+    try {
+      for (let epoch = 0; epoch < epochs; epoch++) {
+        let lossSum = 0;
+        let lossRows = 0;
+        for (let batch = 0; batch < batchesPerEpoch; ) {
+          stopIfAborted();
+          const count = Math.min(chunk, batchesPerEpoch - batch);
+          const t0 = now();
+          await trainer.fitBatches(lo, hi, epoch, batch, count, batchSize, stats, true);
+          const seconds = now() - t0;
+          trainSeconds += seconds;
+          chunk = nextChunk(count, seconds);
+          lossSum += stats[0];
+          lossRows += stats[1];
+          rowsSeen += Math.min(trainRows, (batch + count) * batchSize) - batch * batchSize;
+          report.steps += stats[2];
+          report.skippedSteps += stats[3];
+          batch += count;
+          if (batch < batchesPerEpoch) await progress(epoch, lossSum / lossRows);
+        }
+        report.trainLoss.push(lossRows > 0 ? lossSum / lossRows : NaN);
+        report.epochs = epoch + 1;
+        if (valid) {
+          lastValid = (await trainer.validationLoss(true)) as number;
+          report.validLoss.push(lastValid);
+          if (lastValid < best) {
+            best = lastValid;
+            bestEpoch = epoch;
+            if (keepBest) trainer.saveBest();
+          }
+        }
+        await progress(epoch, report.trainLoss[epoch]);
+        if (valid && epoch - Math.max(bestEpoch, 0) >= patience && epoch + 1 < epochs) {
+          report.stoppedEarly = true;
+          break;
+        }
+      }
+    } catch (error) {
+      // A throwing onProgress or a native failure: the flow still gets the best weights so far.
+      try {
+        finish();
+      } catch {
+        // keep the first error
+      }
+      throw error;
+    }
+    finish();
+    return report;
+  } finally {
+    training.delete(flow);
+  }
+}
+
+/** Holds out `validRows` rows chosen by the seed; the rest keep their order. */
+function splitRows(data: Float32Array, rows: number, validRows: number, dim: number, seed: number) {
+  // A seeded Fisher-Yates prefix picks the held-out rows (xorshift on the seed's two words).
+  let state = (seedWords(seed)[0] ^ 0x9e3779b9 ^ Math.imul(seedWords(seed)[1], 0x85ebca6b)) >>> 0 || 1;
+  const random = () => {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    return state / 0x100000000;
+  };
+  const index = Int32Array.from({ length: rows }, (_, i) => i);
+  for (let i = 0; i < validRows; i++) {
+    const j = i + Math.floor(random() * (rows - i));
+    const t = index[i];
+    index[i] = index[j];
+    index[j] = t;
+  }
+  const held = new Uint8Array(rows);
+  const valid = new Float32Array(validRows * dim);
+  for (let i = 0; i < validRows; i++) {
+    held[index[i]] = 1;
+    valid.set(data.subarray(index[i] * dim, (index[i] + 1) * dim), i * dim);
+  }
+  const train = new Float32Array((rows - validRows) * dim);
+  for (let r = 0, t = 0; r < rows; r++) if (!held[r]) train.set(data.subarray(r * dim, (r + 1) * dim), dim * t++);
+  return { train, valid };
+}
+
+function checkTarget(name: string, value: unknown, dim: number): Target {
+  if (typeof value !== 'object' || value === null) throw invalidType(name, 'a target { dim, logDensity(x) }', value);
+  const t = value as Target;
+  if (typeof t.logDensity !== 'function') throw invalidType(`${name}.logDensity`, 'a function', t.logDensity);
+  checkInteger(`${name}.dim`, t.dim, 1, Number.MAX_SAFE_INTEGER);
+  if (t.dim !== dim) throw invalidRange(`${name}.dim`, `the flow's dim, ${dim}`, t.dim);
+  if (t.logZ !== undefined) checkNumber(`${name}.logZ`, t.logZ, 'a finite number', Number.isFinite);
+  return t;
+}
+
+/** A target's answer as float32 arrays of the right lengths (non-finite values pass: the step is then skipped). */
+function checkEvaluation(result: unknown, rows: number, dim: number): { value: Float32Array; grad: Float32Array } {
+  if (typeof result !== 'object' || result === null) throw invalidType('the target\'s logDensity result', 'an object { value, grad }', result);
+  const { value, grad } = result as TargetEvaluation;
+  const asFloat32 = (v: unknown, length: number, what: string): Float32Array => {
+    if (!isFloat32Array(v) && !isFloat64Array(v) && !Array.isArray(v)) throw invalidType(what, `a Float32Array of ${length} values`, v);
+    if (v.length !== length) throw invalidRange(`${what}.length`, `${length}`, v.length);
+    return isFloat32Array(v) ? v : Float32Array.from(v as ArrayLike<number>);
+  };
+  return { value: asFloat32(value, rows, "the target's logDensity(x).value"), grad: asFloat32(grad, rows * dim, "the target's logDensity(x).grad") };
+}
+
+interface ReverseSetup {
+  steps: number;
+  batchSize: number;
+  optimizer: Optimizer;
+  onProgress?: ReverseKLOptions['onProgress'];
+}
+
+function checkReverseOptions(where: string, options: unknown, extra: readonly string[] = []): ReverseSetup & { opts: Record<string, unknown> } {
+  const opts = checkOptions(where, options, [...OPTIMIZER_KEYS, 'steps', 'batchSize', 'onProgress', ...extra]);
+  return {
+    opts,
+    steps: checkInteger('options.steps', opts.steps ?? 5000, 1, MAX_STEPS),
+    batchSize: checkInteger('options.batchSize', opts.batchSize ?? 256, 1, MAX_BATCH),
+    optimizer: checkOptimizer('options', opts),
+    onProgress: checkFunction<ReverseKLOptions['onProgress']>('options.onProgress', opts.onProgress),
+  };
+}
+
+/** Runs chunks of reverse-KL steps, with progress, cancellation and the report. */
+async function runReverse(
+  flow: Flow,
+  trainer: NativeTrainerInstance,
+  setup: ReverseSetup,
+  what: string,
+  logZ: number | null,
+  runChunk: (firstStep: number, count: number, stepLoss: Float64Array, stats: Float64Array) => Promise<void>,
+): Promise<ReverseKLReport> {
+  const { steps, batchSize, optimizer, onProgress } = setup;
+  const loss = new Float64Array(steps).fill(NaN);
+  const stats = new Float64Array(5);
+  let skipped = 0;
+  let chunk = 1;
+  let seconds = 0;
+  let lastReport = 0;
+  const started = now();
+  let reportedStep = 0;
+  try {
+    for (let step = 0; step < steps; ) {
+      if (optimizer.signal?.aborted) throw abortError(what, 'the weights reached so far');
+      const count = Math.min(chunk, steps - step);
+      const t0 = now();
+      await runChunk(step, count, loss.subarray(step, step + count), stats);
+      const elapsed = now() - t0;
+      seconds += elapsed;
+      chunk = nextChunk(count, elapsed);
+      skipped += stats[3];
+      step += count;
+      if (onProgress && (step === steps || now() - started - lastReport >= CHUNK_SECONDS)) {
+        lastReport = now() - started;
+        let sum = 0;
+        let n = 0;
+        for (let s = reportedStep; s < step; s++) if (Number.isFinite(loss[s])) (sum += loss[s]), n++;
+        reportedStep = step;
+        pushParameters(flow, trainer);
+        await onProgress({ step, loss: n > 0 ? sum / n : NaN, skippedSteps: skipped, samplesPerSec: seconds > 0 ? (step * batchSize) / seconds : 0 });
+      }
+    }
+  } finally {
+    // Done, aborted, or failed (a throwing target or onProgress): the flow gets the weights reached.
+    pushParameters(flow, trainer);
+  }
+  let sum = 0;
+  let n = 0;
+  for (let s = steps - 1; s >= 0 && n < 100; s--) if (Number.isFinite(loss[s])) (sum += loss[s]), n++;
+  const finalLoss = n > 0 ? sum / n : NaN;
+  return {
+    loss,
+    finalLoss,
+    elbo: -finalLoss,
+    kl: logZ === null ? null : logZ + finalLoss,
+    steps,
+    skippedSteps: skipped,
+    seconds: now() - started,
+    samplesPerSec: seconds > 0 ? (steps * batchSize) / seconds : 0,
+  };
+}
+
+/**
+ * Reverse KL (variational inference): minimises E_q[log q(x) - log p~(x)] over the flow's q, with
+ * x = f(z), z ~ N(0, I) reparameterised (the latent rows of step s are the Philox rows
+ * s * batchSize + r under `seed`). The gradients flow through the latent -> data direction, so
+ * every MADE layer must be an IAF (a MAF layer is refused with a TypeError).
+ *
+ * `target.logDensity` is called once per step with the batch x (row-major, batchSize * dim) and
+ * returns the log-density (unnormalized is fine) and its gradient wrt x. The flow's parameters are
+ * updated before each `onProgress` call and at the end; an aborted `signal` stops at the next step
+ * and rejects with an AbortError, the flow keeping the weights reached so far. A step whose loss
+ * or gradient is not finite is skipped (never written into the weights) and counted.
+ */
+export async function fitReverseKL(flow: Flow, target: Target, options?: ReverseKLOptions): Promise<ReverseKLReport> {
+  checkFlow('flow', flow);
+  requireParallel(flow, TO_DATA, 'fitReverseKL', REVERSE_ADVICE);
+  const t = checkTarget('target', target, flow.dim);
+  const setup = checkReverseOptions('fitReverseKL options', options);
+  if (setup.optimizer.signal?.aborted) throw abortError('fitReverseKL', 'its weights from before the call');
+  claim(flow, 'fitReverseKL');
+  try {
+    const trainer = newTrainer(flow, TO_DATA, null, setup.optimizer.options);
+    const [lo, hi] = seedWords(setup.optimizer.seed);
+    const { batchSize } = setup;
+    const dim = flow.dim;
+    const logq = new Float32Array(batchSize);
+    return await runReverse(flow, trainer, setup, 'fitReverseKL', t.logZ ?? null, async (firstStep, count, stepLoss, stats) => {
+      let skipped = 0;
+      for (let s = 0; s < count; s++) {
+        if (s > 0 && setup.optimizer.signal?.aborted) break;
+        const x = new Float32Array(batchSize * dim);
+        await trainer.reverseForward(lo, hi, firstStep + s, batchSize, null, x, logq, true);
+        const { value, grad } = checkEvaluation(await t.logDensity(x), batchSize, dim);
+        await trainer.reverseBackward(value, grad, true, stats, stepLoss.subarray(s, s + 1), true);
+        if (!Number.isFinite(stepLoss[s])) stepLoss[s] = NaN;
+        skipped += stats[3];
+      }
+      stats[3] = skipped;
+    });
+  } finally {
+    training.delete(flow);
+  }
+}
+
+/**
+ * Distillation: the student IAF learns the teacher flow by reverse KL, E_q[log q(x) - log p(x)],
+ * with the teacher's log-density and its gradient wrt x computed natively (a run of steps per
+ * native call). Over a first fraction of the steps (`anneal`, default 0.3) the teacher's
+ * log-density is weighted by beta rising to 1, which keeps reverse KL from settling on one mode of
+ * a multimodal teacher. The teacher's MADE layers must all be MAF (its density is one
+ * parallel pass) and the student's all IAF; both need the same dim. The teacher is not changed.
+ * Progress, abort and skipped steps behave as in fitReverseKL; `loss` is the reverse-KL loss at
+ * every step (at beta = 1, annealed steps included) and `kl` in the report the KL divergence from the teacher.
+ */
+export async function distill(student: Flow, teacher: Flow, options?: DistillOptions): Promise<ReverseKLReport> {
+  checkFlow('student', student);
+  checkFlow('teacher', teacher);
+  requireParallel(student, TO_DATA, 'distill (the student)', REVERSE_ADVICE);
+  requireParallel(
+    teacher,
+    TO_LATENT,
+    'distill (the teacher)',
+    'the gradient of its log-density wrt x would need the sequential direction of the IAF layers. Distill from a MAF teacher.',
+  );
+  if (teacher.dim !== student.dim) throw invalidRange('teacher.dim', `the student's dim, ${student.dim}`, teacher.dim);
+  if (teacher === student) throw new TypeError('distill needs a teacher other than the student');
+  const setup = checkReverseOptions('distill options', options, ['anneal', 'annealFrom']);
+  const anneal = checkNumber('options.anneal', setup.opts.anneal ?? 0.3, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
+  const annealFrom = checkNumber('options.annealFrom', setup.opts.annealFrom ?? 0.2, 'a number in (0, 1]', (v) => v > 0 && v <= 1);
+  const annealSteps = Math.round(setup.steps * anneal);
+  const [betaStart, betaSlope] = annealSteps > 0 ? [annealFrom, (1 - annealFrom) / annealSteps] : [1, 0];
+  if (setup.optimizer.signal?.aborted) throw abortError('distill', 'its weights from before the call');
+  claim(student, 'distill');
+  try {
+    const trainer = newTrainer(student, TO_DATA, teacher, setup.optimizer.options);
+    const [lo, hi] = seedWords(setup.optimizer.seed);
+    return await runReverse(student, trainer, setup, 'distill', 0, async (firstStep, count, stepLoss, stats) => {
+      await trainer.distillSteps(lo, hi, firstStep, count, setup.batchSize, betaStart, betaSlope, stats, stepLoss, true);
+      for (let s = 0; s < count; s++) if (!Number.isFinite(stepLoss[s])) stepLoss[s] = NaN;
+    });
+  } finally {
+    training.delete(student);
+  }
+}
+
+/**
+ * @internal Test and benchmark hooks; not exported from index.ts. Gradients come back named and
+ * shaped as the flow's parameters (masked entries zero).
+ */
+export const __trainingInternals = {
+  /** Mean negative log-likelihood of x and its gradient wrt every parameter (MAF flows). */
+  likelihoodGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { loss: number; grads: Record<string, Float32Array> } {
+    requireParallel(flow, TO_LATENT, 'likelihoodGradient', MLE_ADVICE);
+    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
+    const loss = trainer.likelihoodGradient(x, x.length / flow.dim);
+    return { loss, grads: gradientRecord(flow, trainer) };
+  },
+
+  /** log p(x) and d log p / dx (MAF flows): what distillation uses of its teacher. */
+  logProbGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { logProb: Float32Array; grad: Float32Array } {
+    requireParallel(flow, TO_LATENT, 'logProbGradient', MLE_ADVICE);
+    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
+    const rows = x.length / flow.dim;
+    const logProb = new Float32Array(rows);
+    const grad = new Float32Array(x.length);
+    trainer.logProbGradient(x, rows, logProb, grad);
+    return { logProb, grad };
+  },
+
+  /** The reverse-KL loss at the latent rows z and its gradient wrt every parameter (IAF flows). */
+  async reverseKLGradient(flow: Flow, z: Float32Array, target: Target, kernels: KernelChoice = {}): Promise<{ loss: number; x: Float32Array; grads: Record<string, Float32Array> }> {
+    requireParallel(flow, TO_DATA, 'reverseKLGradient', REVERSE_ADVICE);
+    const trainer = newTrainer(flow, TO_DATA, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
+    const rows = z.length / flow.dim;
+    const x = new Float32Array(z.length);
+    trainer.reverseForward(0, 0, 0, rows, z, x, new Float32Array(rows), false);
+    const { value, grad } = checkEvaluation(await target.logDensity(x), rows, flow.dim);
+    const stepLoss = new Float64Array(1);
+    trainer.reverseBackward(value, grad, false, new Float64Array(5), stepLoss, false);
+    return { loss: stepLoss[0], x, grads: gradientRecord(flow, trainer) };
+  },
+
+  /**
+   * Training throughput: `steps` maximum-likelihood steps of `batchSize` rows of `data`, on the
+   * staircase path or (kernels.reference) the simple dense one. Leaves the flow unchanged; returns rows/s.
+   */
+  likelihoodThroughput(flow: Flow, data: Float32Array, batchSize: number, steps: number, kernels: KernelChoice = {}): number {
+    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-4, 0.9, 0.999, 1e-8, 0, 0), kernels);
+    const rows = data.length / flow.dim;
+    trainer.setData(data, rows, null, 0);
+    const stats = new Float64Array(5);
+    const perEpoch = Math.ceil(rows / batchSize);
+    trainer.fitBatches(1, 0, 0, 0, 1, batchSize, stats, false); // warm-up
+    const t0 = now();
+    let done = 0;
+    for (let s = 0; s < steps; s++) {
+      trainer.fitBatches(1, 0, 1 + Math.floor(s / perEpoch), s % perEpoch, 1, batchSize, stats, false);
+      done += stats[1];
+    }
+    return done / (now() - t0);
+  },
+};
+

@@ -1,0 +1,672 @@
+// Training against the float64 oracle (test/reference.ts): gradients of every loss by finite
+// differences, the optimizer by hand, and the behaviour of fit / fitReverseKL / distill (early
+// stopping, abort, skipped non-finite steps, reproducibility, refusals).
+import {
+  Activation,
+  Flow,
+  LayerDescriptor,
+  ScaleKind,
+  Target,
+  createFlow,
+  createIAF,
+  createMAF,
+  distill,
+  fit,
+  fitReverseKL,
+  getThreads,
+  iaf,
+  maf,
+  permute,
+  reverse,
+  setThreads,
+  standardNormal,
+} from '../src/index';
+import { __trainingInternals as internals } from '../src/train';
+import { RefConfig, randomParams, refForward, refLogProb } from './reference';
+
+const ACTIVATIONS: Activation[] = ['relu', 'tanh', 'elu'];
+const SCALES: ScaleKind[] = ['softplus', 'exp', 'gated'];
+const HALF_LOG_2PI = 0.5 * Math.log(2 * Math.PI);
+
+/** Random (far from identity) float32 weights, set into the flow; returned in float64 for the oracle. */
+function randomize(flow: Flow, seed: number, scale = 0.5): Record<string, Float64Array> {
+  const p32: Record<string, Float32Array> = {};
+  const p64: Record<string, Float64Array> = {};
+  for (const [name, value] of Object.entries(randomParams(flow.config as RefConfig, seed, scale))) {
+    p32[name] = Float32Array.from(value);
+    p64[name] = Float64Array.from(p32[name]);
+  }
+  flow.setParameters(p32);
+  return p64;
+}
+
+/** Deterministic test inputs in [-2, 2), rounded to float32. */
+function uniformRows(n: number, dim: number, seed: number): Float32Array {
+  let state = seed >>> 0 || 1;
+  return Float32Array.from({ length: n * dim }, () => {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    return (4 * state) / 4294967296 - 2;
+  });
+}
+
+/** Central differences of f wrt every entry of every parameter (float64). */
+function finiteDifferences(params: Record<string, Float64Array>, f: () => number, h = 1e-6): Record<string, Float64Array> {
+  const out: Record<string, Float64Array> = {};
+  for (const [name, values] of Object.entries(params)) {
+    const g = new Float64Array(values.length);
+    for (let i = 0; i < values.length; i++) {
+      const original = values[i];
+      values[i] = original + h;
+      const plus = f();
+      values[i] = original - h;
+      const minus = f();
+      values[i] = original;
+      g[i] = (plus - minus) / (2 * h);
+    }
+    out[name] = g;
+  }
+  return out;
+}
+
+function expectGradientsClose(actual: Record<string, Float32Array>, expected: Record<string, ArrayLike<number>>, atol: number, rtol: number) {
+  expect(Object.keys(actual).sort()).toEqual(Object.keys(expected).sort());
+  for (const [name, want] of Object.entries(expected)) {
+    const got = actual[name];
+    expect(got.length).toBe(want.length);
+    for (let i = 0; i < want.length; i++) {
+      if (!(Math.abs(got[i] - want[i]) <= atol + rtol * Math.abs(want[i]))) {
+        throw new Error(`${name}[${i}]: native ${got[i]}, expected ${want[i]} (atol ${atol}, rtol ${rtol})`);
+      }
+    }
+  }
+}
+
+function meanNll(cfg: RefConfig, params: Record<string, Float64Array>, x: Float32Array, n: number): number {
+  const lp = refLogProb(cfg, params, x, n);
+  let sum = 0;
+  for (const v of lp) sum -= v;
+  return sum / n;
+}
+
+/** A correlated Gaussian on R^dim with an analytic log-density and gradient (float64 and float32). */
+function gaussianTarget(dim: number, seed: number) {
+  const u = uniformRows(dim * dim + dim, 1, seed);
+  const mean = Array.from({ length: dim }, (_, i) => 0.5 * u[i]);
+  // Precision = A A^T + 0.5 I, A random: symmetric positive definite.
+  const a = Array.from({ length: dim }, (_, i) => Array.from({ length: dim }, (_, j) => 0.6 * u[dim + i * dim + j]));
+  const precision = a.map((row, i) => a.map((other, j) => row.reduce((s, v, k) => s + v * other[k], 0) + (i === j ? 0.5 : 0)));
+  const logDensity64 = (x: ArrayLike<number>, offset: number): number => {
+    let q = 0;
+    for (let i = 0; i < dim; i++) for (let j = 0; j < dim; j++) q += (x[offset + i] - mean[i]) * precision[i][j] * (x[offset + j] - mean[j]);
+    return -0.5 * q;
+  };
+  const target: Target = {
+    dim,
+    logDensity(x: Float32Array) {
+      const n = x.length / dim;
+      const value = new Float32Array(n);
+      const grad = new Float32Array(n * dim);
+      for (let r = 0; r < n; r++) {
+        value[r] = logDensity64(x, r * dim);
+        for (let i = 0; i < dim; i++) {
+          let g = 0;
+          for (let j = 0; j < dim; j++) g -= precision[i][j] * (x[r * dim + j] - mean[j]);
+          grad[r * dim + i] = g;
+        }
+      }
+      return { value, grad };
+    },
+  };
+  return { target, logDensity64, mean, precision };
+}
+
+interface Case {
+  name: string;
+  dim: number;
+  layers: LayerDescriptor[];
+}
+
+function stackCases(kind: 'maf' | 'iaf'): Case[] {
+  const made = kind === 'maf' ? maf : iaf;
+  const out: Case[] = [];
+  for (const dim of [1, 2, 5]) {
+    for (const activation of ACTIVATIONS) {
+      for (const scale of SCALES) {
+        out.push({
+          name: `${kind} d${dim} ${activation} ${scale}`,
+          dim,
+          layers: [made({ hidden: [6, 5], activation, scale }), permute({ seed: dim + 1 }), made({ hidden: [7], activation, scale }), reverse()],
+        });
+      }
+    }
+  }
+  out.push({
+    name: `${kind} d5 random orders and odd hidden degrees`,
+    dim: 5,
+    layers: [
+      made({ hidden: [7, 6], order: [3, 0, 4, 1, 2], hiddenDegrees: [[0, 1, 4, 2, 5, 3, 0], [5, 1, 0, 3, 2, 4]], activation: 'tanh' }),
+      made({ hidden: [9], order: [4, 3, 2, 1, 0], scale: 'gated' }),
+    ],
+  });
+  return out;
+}
+
+describe('maximum-likelihood gradient against finite differences of the oracle', () => {
+  test.each(stackCases('maf').map((c) => [c.name, c] as const))('%s', (_name, c) => {
+    const flow = createFlow({ dim: c.dim, layers: c.layers, seed: 3 });
+    const params = randomize(flow, 11);
+    const cfg = flow.config as RefConfig;
+    const n = 6;
+    const x = uniformRows(n, c.dim, 7);
+    const { loss, grads } = internals.likelihoodGradient(flow, x);
+    expect(loss).toBeCloseTo(meanNll(cfg, params, x, n), 3);
+    const expected = finiteDifferences(params, () => meanNll(cfg, params, x, n));
+    // Masked entries: the oracle ignores them (difference 0) and the native gradient is exactly 0.
+    expectGradientsClose(grads, expected, 2e-4, 2e-3);
+  });
+
+  test('wide layers (several column blocks): the staircase kernels equal the dense path and the oracle', () => {
+    const dim = 20;
+    const flow = createFlow({
+      dim,
+      seed: 1,
+      layers: [maf({ hidden: [40, 33], activation: 'elu' }), permute({ seed: 4 }), maf({ hidden: [37], order: Array.from({ length: dim }, (_, i) => (i * 7) % dim), scale: 'exp', activation: 'tanh' })],
+    });
+    const params = randomize(flow, 5, 0.3);
+    const n = 70; // several slots of rows
+    const x = uniformRows(n, dim, 3);
+    const fast = internals.likelihoodGradient(flow, x);
+    for (const kernels of [{ reference: true }, { portable: true }, { reference: true, portable: true }]) {
+      const other = internals.likelihoodGradient(flow, x, kernels);
+      expect(fast.loss).toBeCloseTo(other.loss, 4);
+      expectGradientsClose(fast.grads, other.grads, 1e-5, 1e-3);
+    }
+    // A sample of entries against the oracle (all of them would take long in float64 JS).
+    const cfg = flow.config as RefConfig;
+    const few = uniformRows(3, dim, 9);
+    const g = internals.likelihoodGradient(flow, few).grads;
+    let checked = 0;
+    for (const [name, values] of Object.entries(params)) {
+      for (let i = name.endsWith('bias') ? 0 : 5; i < values.length; i += 97) {
+        const original = values[i];
+        const h = 1e-6;
+        values[i] = original + h;
+        const plus = meanNll(cfg, params, few, 3);
+        values[i] = original - h;
+        const minus = meanNll(cfg, params, few, 3);
+        values[i] = original;
+        const fd = (plus - minus) / (2 * h);
+        expect(Math.abs(g[name][i] - fd)).toBeLessThanOrEqual(3e-4 + 3e-3 * Math.abs(fd));
+        checked++;
+      }
+    }
+    expect(checked).toBeGreaterThan(50);
+  });
+
+  test('the gradient of a batch is the mean of its halves (slots are summed correctly)', () => {
+    const flow = createMAF({ dim: 3, layers: 2, hidden: [16, 16], seed: 1 });
+    const x = standardNormal(600, 3, { seed: 2 });
+    const all = internals.likelihoodGradient(flow, x);
+    const a = internals.likelihoodGradient(flow, x.subarray(0, 900));
+    const b = internals.likelihoodGradient(flow, x.subarray(900));
+    const half: Record<string, Float64Array> = {};
+    for (const name of Object.keys(all.grads)) half[name] = all.grads[name].map((_, i) => (a.grads[name][i] + b.grads[name][i]) / 2) as unknown as Float64Array;
+    expectGradientsClose(all.grads, half, 1e-6, 1e-4);
+    expect(all.loss).toBeCloseTo((a.loss + b.loss) / 2, 6);
+  });
+});
+
+describe("gradient of log p(x) wrt x (distillation's teacher) against finite differences", () => {
+  test.each(stackCases('maf').filter((_, i) => i % 2 === 0).map((c) => [c.name, c] as const))('%s', (_name, c) => {
+    const flow = createFlow({ dim: c.dim, layers: c.layers, seed: 2 });
+    const params = randomize(flow, 13);
+    const cfg = flow.config as RefConfig;
+    const n = 5;
+    const x = uniformRows(n, c.dim, 4);
+    const { logProb, grad } = internals.logProbGradient(flow, x);
+    const ref = refLogProb(cfg, params, x, n);
+    const h = 1e-6;
+    const x64 = Float64Array.from(x);
+    for (let r = 0; r < n; r++) {
+      expect(Math.abs(logProb[r] - ref[r])).toBeLessThan(2e-3 * (1 + Math.abs(ref[r])));
+      for (let i = 0; i < c.dim; i++) {
+        const at = r * c.dim + i;
+        const original = x64[at];
+        x64[at] = original + h;
+        const plus = refLogProb(cfg, params, x64.subarray(r * c.dim, (r + 1) * c.dim), 1)[0];
+        x64[at] = original - h;
+        const minus = refLogProb(cfg, params, x64.subarray(r * c.dim, (r + 1) * c.dim), 1)[0];
+        x64[at] = original;
+        const fd = (plus - minus) / (2 * h);
+        expect(Math.abs(grad[at] - fd)).toBeLessThanOrEqual(5e-4 + 2e-3 * Math.abs(fd));
+      }
+    }
+  });
+});
+
+describe('reverse-KL gradient against finite differences of a float64 re-implementation', () => {
+  test.each(stackCases('iaf').map((c) => [c.name, c] as const))('%s', async (_name, c) => {
+    const flow = createFlow({ dim: c.dim, layers: c.layers, seed: 4 });
+    const params = randomize(flow, 17, 0.4);
+    const cfg = flow.config as RefConfig;
+    const { target, logDensity64 } = gaussianTarget(c.dim, 21);
+    const n = 6;
+    const z = standardNormal(n, c.dim, { seed: 8 });
+    // E_z[log q(x) - log p~(x)], x = f(z), log q(x) = log N(z) - log|det dx/dz|.
+    const loss64 = () => {
+      const { x, logDet } = refForward(cfg, params, z, n);
+      let sum = 0;
+      for (let r = 0; r < n; r++) {
+        let base = 0;
+        for (let i = 0; i < c.dim; i++) base += -0.5 * z[r * c.dim + i] ** 2 - HALF_LOG_2PI;
+        sum += base - logDet[r] - logDensity64(x, r * c.dim);
+      }
+      return sum / n;
+    };
+    const { loss, grads } = await internals.reverseKLGradient(flow, z, target);
+    expect(Math.abs(loss - loss64())).toBeLessThan(1e-3 * (1 + Math.abs(loss64())));
+    expectGradientsClose(grads, finiteDifferences(params, loss64), 3e-4, 3e-3);
+  });
+});
+
+describe('the optimizer', () => {
+  test('two Adam steps (bias-corrected, decoupled weight decay) match a hand computation', async () => {
+    // The fresh flow stores its masked entries as 0, which every step keeps: the formula gives 0 too.
+    const flow = createMAF({ dim: 3, layers: 2, hidden: [8], seed: 1 });
+    const x = standardNormal(48, 3, { seed: 2 });
+    const [lr, b1, b2, eps, wd] = [0.01, 0.8, 0.99, 1e-6, 0.1];
+    const p0 = flow.getParameters();
+    const g1 = internals.likelihoodGradient(flow, x).grads;
+    let p1: Record<string, Float32Array> = {};
+    let g2: Record<string, Float32Array> = {};
+    // One full batch per epoch: two epochs are two steps (the row order does not change the mean).
+    await fit(flow, x, {
+      epochs: 2,
+      batchSize: 48,
+      learningRate: lr,
+      betas: [b1, b2],
+      eps,
+      weightDecay: wd,
+      seed: 3,
+      onProgress: ({ epoch }) => {
+        if (epoch !== 0) return;
+        p1 = flow.getParameters(); // the weights after the first step
+        g2 = internals.likelihoodGradient(flow, x).grads;
+      },
+    });
+    const p2 = flow.getParameters();
+    for (const k of Object.keys(p0)) {
+      for (let i = 0; i < p0[k].length; i++) {
+        const m1 = (1 - b1) * g1[k][i];
+        const v1 = (1 - b2) * g1[k][i] ** 2;
+        const step1 = p0[k][i] * (1 - lr * wd) - ((lr / (1 - b1)) * m1) / (Math.sqrt(v1 / (1 - b2)) + eps);
+        expect(Math.abs(p1[k][i] - step1)).toBeLessThan(2e-6 + 1e-5 * Math.abs(step1));
+        const m2 = b1 * m1 + (1 - b1) * g2[k][i];
+        const v2 = b2 * v1 + (1 - b2) * g2[k][i] ** 2;
+        const step2 = p1[k][i] * (1 - lr * wd) - ((lr / (1 - b1 ** 2)) * m2) / (Math.sqrt(v2 / (1 - b2 ** 2)) + eps);
+        expect(Math.abs(p2[k][i] - step2)).toBeLessThan(2e-6 + 1e-5 * Math.abs(step2));
+      }
+    }
+  });
+
+  test('clipGradNorm rescales the gradient to the given global norm', async () => {
+    const flow = createMAF({ dim: 2, layers: 2, hidden: [8], seed: 5 });
+    randomize(flow, 6, 0.3);
+    const x = standardNormal(32, 2, { seed: 1 });
+    const before = flow.getParameters();
+    const { grads } = internals.likelihoodGradient(flow, x);
+    let norm = 0;
+    for (const g of Object.values(grads)) for (const v of g) norm += v * v;
+    norm = Math.sqrt(norm);
+    const clip = norm / 10;
+    const factor = clip / (norm + 1e-6);
+    // With a large eps the first Adam step is about lr * g / eps: linear in the (clipped) gradient.
+    const [lr, eps] = [0.1, 10];
+    await fit(flow, x, { epochs: 1, batchSize: 32, learningRate: lr, eps, clipGradNorm: clip, seed: 0 });
+    const after = flow.getParameters();
+    for (const k of Object.keys(before)) {
+      for (let i = 0; i < before[k].length; i++) {
+        const g = grads[k][i] * factor;
+        const expected = before[k][i] - (lr * g) / (Math.abs(g) + eps);
+        expect(Math.abs(after[k][i] - expected)).toBeLessThan(1e-7 + 1e-4 * Math.abs((lr * g) / eps));
+      }
+    }
+  });
+});
+
+describe('fit', () => {
+  test('a short fit on a small dataset lowers the NLL, and the report adds up', async () => {
+    const n = 1200;
+    const z = standardNormal(n, 2, { seed: 4 });
+    const data = new Float32Array(2 * n);
+    for (let r = 0; r < n; r++) {
+      data[2 * r] = 1 + 0.5 * z[2 * r];
+      data[2 * r + 1] = data[2 * r] ** 2 * 0.5 + 0.3 * z[2 * r + 1]; // a curved, correlated density
+    }
+    const flow = createMAF({ dim: 2, layers: 3, hidden: [32, 32], seed: 1 });
+    const before = -(await flow.logProb(data)).reduce((a, b) => a + b, 0) / n;
+    const progress: number[] = [];
+    const report = await fit(flow, data, { epochs: 15, batchSize: 100, learningRate: 3e-3, seed: 1, onProgress: (p) => void progress.push(p.epoch) });
+    const after = -(await flow.logProb(data)).reduce((a, b) => a + b, 0) / n;
+    expect(report.epochs).toBe(15);
+    expect(report.steps).toBe(15 * 12);
+    expect(report.skippedSteps).toBe(0);
+    expect(report.trainLoss).toHaveLength(15);
+    expect(report.validLoss).toHaveLength(0);
+    expect(report.bestEpoch).toBeNull();
+    expect(report.trainLoss[14]).toBeLessThan(report.trainLoss[0] - 0.5);
+    expect(after).toBeLessThan(before - 0.8);
+    expect(Math.abs(after - report.trainLoss[14])).toBeLessThan(0.15);
+    expect(report.samplesPerSec).toBeGreaterThan(0);
+    for (let e = 0; e < 15; e++) expect(progress).toContain(e); // at least once per epoch
+  });
+
+  test('the same seed gives the same weights at 1 and 2 threads; number[][] data works too', async () => {
+    const original = getThreads();
+    try {
+      const data = standardNormal(700, 3, { seed: 9 });
+      const rows = Array.from({ length: 700 }, (_, r) => Array.from(data.subarray(3 * r, 3 * r + 3)));
+      const results: Record<string, Float32Array>[] = [];
+      for (const threads of [1, 2]) {
+        setThreads(threads);
+        const flow = createMAF({ dim: 3, layers: 2, hidden: [24, 24], seed: 3 });
+        await fit(flow, threads === 1 ? data : rows, { epochs: 2, batchSize: 300, seed: 5, validationFraction: 0.2 });
+        results.push(flow.getParameters());
+      }
+      expect(results[1]).toEqual(results[0]);
+    } finally {
+      setThreads(original);
+    }
+  });
+
+  test('early stopping keeps the weights of the best validation epoch', async () => {
+    // Training data far from the validation data: fitting one makes the other worse.
+    const train = standardNormal(400, 1, { seed: 1 }).map((v) => 3 + 0.2 * v);
+    const valid = standardNormal(200, 1, { seed: 2 });
+    const flow = createMAF({ dim: 1, layers: 2, hidden: [8], seed: 1 });
+    const report = await fit(flow, train, { epochs: 50, batchSize: 50, learningRate: 2e-2, validation: valid, patience: 3, seed: 0 });
+    expect(report.stoppedEarly).toBe(true);
+    const best = report.validLoss.indexOf(Math.min(...report.validLoss));
+    expect(report.bestEpoch).toBe(best);
+    expect(report.epochs).toBe(best + 4);
+    expect(report.validLoss[report.epochs - 1]).toBeGreaterThan(report.validLoss[best]);
+    const nll = -(await flow.logProb(valid)).reduce((a, b) => a + b, 0) / 200;
+    expect(Math.abs(nll - report.validLoss[best])).toBeLessThan(1e-4);
+  });
+
+  test('a step whose loss is not finite is skipped and never written into the weights', async () => {
+    const flow = createMAF({ dim: 2, layers: 2, hidden: [8], seed: 1 });
+    const before = flow.getParameters();
+    const data = standardNormal(64, 2, { seed: 1 });
+    data[10] = 1e30; // z^2 overflows float32
+    const report = await fit(flow, data, { epochs: 2, batchSize: 64, seed: 0 });
+    expect(report.skippedSteps).toBe(2);
+    expect(report.steps).toBe(0);
+    expect(Number.isNaN(report.trainLoss[0])).toBe(true);
+    expect(flow.getParameters()).toEqual(before);
+    // Only the bad batch is skipped when there are others.
+    const mixed = await fit(flow, data, { epochs: 1, batchSize: 16, seed: 0 });
+    expect(mixed.skippedSteps).toBe(1);
+    expect(mixed.steps).toBe(3);
+    for (const v of Object.values(flow.getParameters())) expect(v.every(Number.isFinite)).toBe(true);
+  });
+
+  test('abort stops at a chunk boundary, rejects with an AbortError and leaves a usable flow', async () => {
+    const flow = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 1 });
+    const data = standardNormal(2000, 2, { seed: 3 });
+    const controller = new AbortController();
+    let calls = 0;
+    const run = fit(flow, data, {
+      epochs: 1000,
+      batchSize: 100,
+      validationFraction: 0.1,
+      seed: 0,
+      signal: controller.signal,
+      onProgress: () => {
+        calls++;
+        if (calls === 3) controller.abort();
+      },
+    });
+    await expect(run).rejects.toMatchObject({ name: 'AbortError' });
+    expect(calls).toBe(3);
+    const lp = await flow.logProb(data);
+    expect(lp.every(Number.isFinite)).toBe(true);
+    // An already aborted signal refuses at once, leaving the weights alone.
+    const before = flow.getParameters();
+    await expect(fit(flow, data, { signal: controller.signal })).rejects.toMatchObject({ name: 'AbortError' });
+    expect(flow.getParameters()).toEqual(before);
+  });
+
+  test('an onProgress that throws ends training with the best weights so far and its error', async () => {
+    const flow = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 2 });
+    const data = standardNormal(1000, 2, { seed: 4 }).map((v) => 1.5 * v + 1);
+    const valid: number[] = [];
+    const run = fit(flow, data, {
+      epochs: 20,
+      batchSize: 100,
+      validationFraction: 0.2,
+      seed: 1,
+      onProgress: ({ epoch, validLoss }) => {
+        if (!Number.isNaN(validLoss) && valid.length === epoch) valid.push(validLoss);
+        if (epoch === 4) throw new Error('boom');
+      },
+    });
+    await expect(run).rejects.toThrow(/boom/);
+    expect(valid).toHaveLength(5);
+    // The held-out rows are the seed's choice: recompute the best epoch's loss through the report of a twin run.
+    const twin = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 2 });
+    const report = await fit(twin, data, { epochs: 5, batchSize: 100, validationFraction: 0.2, seed: 1 });
+    expect(report.validLoss).toEqual(valid);
+    expect(flow.getParameters()).toEqual(twin.getParameters());
+    await expect(fit(flow, data, { epochs: 1 })).resolves.toBeDefined(); // no longer claimed
+  });
+
+  test('the flow is usable during training and masked entries keep their stored values', async () => {
+    const flow = createFlow({ dim: 3, seed: 1, layers: [maf({ hidden: [6] }), reverse(), maf({ hidden: [6] })] });
+    const params = flow.getParameters();
+    const degrees = flow.config.layers[0].type === 'maf' ? flow.config.layers[0].hiddenDegrees[0] : [];
+    const w = params['layers.0.hidden.0.weight'];
+    for (let j = 0; j < 6; j++) for (let i = 0; i < 3; i++) if (i + 1 > degrees[j]) w[j * 3 + i] = 123;
+    flow.setParameters({ 'layers.0.hidden.0.weight': w });
+    const data = standardNormal(500, 3, { seed: 5 }).map((v) => 2 * v + 1);
+    let sampled = 0;
+    await fit(flow, data, {
+      epochs: 3,
+      batchSize: 50,
+      seed: 2,
+      onProgress: async () => {
+        const x = await flow.sample(10, { seed: 1 });
+        if (x.every(Number.isFinite)) sampled++;
+      },
+    });
+    expect(sampled).toBeGreaterThanOrEqual(3);
+    const after = flow.getParameters()['layers.0.hidden.0.weight'];
+    for (let j = 0; j < 6; j++) for (let i = 0; i < 3; i++) if (i + 1 > degrees[j]) expect(after[j * 3 + i]).toBe(123);
+    expect(after).not.toEqual(w);
+  });
+
+  test('refuses flows whose likelihood gradient needs the sequential direction, and bad options', async () => {
+    const data = standardNormal(10, 2, { seed: 1 });
+    await expect(fit(createIAF({ dim: 2, layers: 2, hidden: [4] }), data)).rejects.toThrow(/every MADE layer to be a MAF.*layers? 0, 2 .*IAF/);
+    await expect(fit(createFlow({ dim: 2, layers: [maf(), reverse(), iaf()] }), data)).rejects.toThrow(/layer 2 is IAF/);
+    await expect(fit(createFlow({ dim: 2, layers: [reverse()] }), data)).rejects.toThrow(/no MADE layer/);
+    const flow = createMAF({ dim: 2, layers: 1, hidden: [4] });
+    await expect(fit(flow, data, { learningrate: 1 } as never)).rejects.toThrow(/Unknown option "learningrate"/);
+    await expect(fit(flow, data, { learningRate: -1 })).rejects.toThrow(/positive finite number for options.learningRate/);
+    await expect(fit(flow, data, { batchSize: 0 })).rejects.toThrow(/options.batchSize/);
+    await expect(fit(flow, data, { patience: 3 })).rejects.toThrow(/patience needs validation data/);
+    await expect(fit(flow, data, { validationFraction: 1 })).rejects.toThrow(/validationFraction/);
+    await expect(fit(flow, data, { validation: data, validationFraction: 0.5 })).rejects.toThrow(/not both/);
+    await expect(fit(flow, new Float32Array(3))).rejects.toThrow(/multiple of 2/);
+    await expect(fit(flow, data, { validation: [[1, 2, 3]] })).rejects.toThrow(/options.validation\[0\].length/);
+    await expect(fit(flow, data, { signal: {} as AbortSignal })).rejects.toThrow(/AbortSignal/);
+    await expect(fit({} as Flow, data)).rejects.toThrow(/Expected a Flow/);
+  });
+
+  test('one training at a time per flow', async () => {
+    const flow = createMAF({ dim: 2, layers: 1, hidden: [8], seed: 1 });
+    const data = standardNormal(2000, 2, { seed: 1 });
+    const first = fit(flow, data, { epochs: 3, batchSize: 100 });
+    await expect(fit(flow, data, { epochs: 1 })).rejects.toThrow(/already being trained/);
+    await first;
+    await expect(fit(flow, data, { epochs: 1 })).resolves.toBeDefined();
+  });
+});
+
+describe('fitReverseKL', () => {
+  function identityIAF(dim: number, seed: number): Flow {
+    const flow = createIAF({ dim, layers: 3, hidden: [32, 32], seed });
+    const params = flow.getParameters();
+    for (const [name, value] of Object.entries(params)) if (/(shift|scale)\.weight$/.test(name)) value.fill(0);
+    flow.setParameters(params);
+    return flow;
+  }
+
+  test('the loss at the identity is the analytic KL of N(0, I) from a Gaussian, and training drives it near 0', async () => {
+    const dim = 2;
+    const { target, mean, precision } = gaussianTarget(dim, 5);
+    // KL(N(0, I) || N(mean, P^-1)) = 0.5 (tr P + mean' P mean - d - log det P); the target above is
+    // unnormalized by exactly log Z = 0.5 d log 2 pi - 0.5 log det P.
+    const detP = precision[0][0] * precision[1][1] - precision[0][1] * precision[1][0];
+    const quad = mean.reduce((s, mi, i) => s + mi * mean.reduce((t, mj, j) => t + precision[i][j] * mj, 0), 0);
+    const logZ = dim * HALF_LOG_2PI - 0.5 * Math.log(detP);
+    const kl0 = 0.5 * (precision[0][0] + precision[1][1] + quad - dim - Math.log(detP));
+    const flow = identityIAF(dim, 1);
+    const z = standardNormal(100000, dim, { seed: 3 });
+    const { loss } = await internals.reverseKLGradient(flow, z, target);
+    expect(Math.abs(loss + logZ - kl0)).toBeLessThan(0.03);
+
+    const steps: number[] = [];
+    const report = await fitReverseKL(flow, { ...target, logZ }, { steps: 600, batchSize: 256, learningRate: 5e-3, seed: 0, onProgress: (p) => void steps.push(p.step) });
+    expect(report.steps).toBe(600);
+    expect(report.loss).toHaveLength(600);
+    expect(report.skippedSteps).toBe(0);
+    expect(report.kl).not.toBeNull();
+    expect(report.kl!).toBeLessThan(0.05);
+    expect(report.elbo).toBeCloseTo(-report.finalLoss, 12);
+    expect(steps[steps.length - 1]).toBe(600);
+    // An independent estimate from the trained flow's own samples.
+    const { x, logProb } = await flow.sampleWithLogProb(20000, { seed: 11 });
+    const { value } = (await target.logDensity(x)) as { value: Float32Array };
+    let kl = 0;
+    for (let r = 0; r < 20000; r++) kl += (logProb[r] - value[r] - logZ) / 20000;
+    expect(kl).toBeLessThan(0.05);
+  });
+
+  test('reproducible from the seed; a target returning NaN makes skipped steps, not NaN weights', async () => {
+    const { target } = gaussianTarget(3, 2);
+    const a = createIAF({ dim: 3, layers: 2, hidden: [16], seed: 1 });
+    const b = createIAF({ dim: 3, layers: 2, hidden: [16], seed: 1 });
+    await fitReverseKL(a, target, { steps: 20, batchSize: 64, seed: 4 });
+    await fitReverseKL(b, { dim: 3, logDensity: async (x: Float32Array) => target.logDensity(x) }, { steps: 20, batchSize: 64, seed: 4 });
+    expect(b.getParameters()).toEqual(a.getParameters());
+
+    let calls = 0;
+    const flaky: Target = {
+      dim: 3,
+      logDensity(x) {
+        const result = target.logDensity(x) as { value: Float32Array; grad: Float32Array };
+        if (calls++ % 2 === 1) result.grad[5] = NaN;
+        return result;
+      },
+    };
+    const report = await fitReverseKL(a, flaky, { steps: 10, batchSize: 32, seed: 1 });
+    expect(report.skippedSteps).toBe(5);
+    for (const v of Object.values(a.getParameters())) expect(v.every(Number.isFinite)).toBe(true);
+  });
+
+  test('a target that throws ends training with its error; the flow keeps the weights reached', async () => {
+    const { target } = gaussianTarget(2, 3);
+    const flow = createIAF({ dim: 2, layers: 2, hidden: [8], seed: 1 });
+    const before = flow.getParameters();
+    let calls = 0;
+    const failing: Target = {
+      dim: 2,
+      logDensity: async (x) => {
+        if (++calls === 30) throw new Error('target failed');
+        return target.logDensity(x);
+      },
+    };
+    await expect(fitReverseKL(flow, failing, { steps: 100, batchSize: 32, seed: 0 })).rejects.toThrow(/target failed/);
+    expect(flow.getParameters()).not.toEqual(before);
+    for (const v of Object.values(flow.getParameters())) expect(v.every(Number.isFinite)).toBe(true);
+    await expect(fitReverseKL(flow, target, { steps: 2, batchSize: 8 })).resolves.toBeDefined();
+  });
+
+  test('abort, and refusals', async () => {
+    const { target } = gaussianTarget(2, 1);
+    const flow = createIAF({ dim: 2, layers: 2, hidden: [8], seed: 1 });
+    const controller = new AbortController();
+    const run = fitReverseKL(flow, target, { steps: 1e6, batchSize: 64, signal: controller.signal, onProgress: () => controller.abort() });
+    await expect(run).rejects.toMatchObject({ name: 'AbortError' });
+    await expect(fitReverseKL(createMAF({ dim: 2, layers: 1 }), target)).rejects.toThrow(/every MADE layer to be an IAF.*layer 0 is MAF/);
+    await expect(fitReverseKL(flow, { dim: 3, logDensity: target.logDensity })).rejects.toThrow(/the flow's dim, 2 for target.dim/);
+    await expect(fitReverseKL(flow, { dim: 2 } as Target)).rejects.toThrow(/a function for target.logDensity/);
+    const wrong: Target = { dim: 2, logDensity: () => ({ value: new Float32Array(1), grad: new Float32Array(2) }) };
+    await expect(fitReverseKL(flow, wrong, { steps: 2, batchSize: 4 })).rejects.toThrow(/logDensity\(x\).value.length/);
+    await expect(fitReverseKL(flow, target, { steps: 1.5 })).rejects.toThrow(/options.steps/);
+  });
+});
+
+describe('distill', () => {
+  test('a student IAF learns a MAF teacher natively; the teacher is unchanged', async () => {
+    const teacher = createFlow({ dim: 2, seed: 3, layers: [maf({ hidden: [16] }), reverse(), maf({ hidden: [16], scale: 'exp' })] });
+    // Random weights of moderate size: a teacher without the heavy tails that reverse KL (mode-seeking) would neglect.
+    randomize(teacher, 2, 0.15);
+    const teacherParams = teacher.getParameters();
+    const student = createIAF({ dim: 2, layers: 3, hidden: [32, 32], seed: 2 });
+    const report = await distill(student, teacher, { steps: 400, batchSize: 256, learningRate: 3e-3, seed: 0 });
+    expect(report.steps).toBe(400);
+    expect(report.skippedSteps).toBe(0);
+    expect(teacher.getParameters()).toEqual(teacherParams);
+    const first = report.loss.slice(0, 20).reduce((a, b) => a + b, 0) / 20;
+    expect(report.kl!).toBeLessThan(first / 20);
+    // The reported KL agrees with one estimated from the student's own samples...
+    const mean = (v: Float32Array) => v.reduce((a, b) => a + b, 0) / v.length;
+    const xs = await student.sample(5000, { seed: 4 });
+    expect(Math.abs(mean(await student.logProb(xs)) - mean(await teacher.logProb(xs)) - report.kl!)).toBeLessThan(0.01);
+    // ...and the student's log-likelihood of the teacher's samples approaches the teacher's own.
+    const x = await teacher.sample(5000, { seed: 4 });
+    expect(mean(await teacher.logProb(x)) - mean(await student.logProb(x))).toBeLessThan(0.02);
+  });
+
+  test('annealing keeps reverse KL from settling on one mode of a two-mode teacher', async () => {
+    // A 2-D teacher with two blobs, at x0 = -2 and x0 = +2, made by a MAF trained briefly.
+    const teacher = createMAF({ dim: 2, layers: 3, hidden: [32, 32], seed: 1 });
+    const z = standardNormal(4000, 2, { seed: 2 });
+    const data = z.map((v, i) => (i % 2 === 1 ? 0 : (i >> 1) % 2 === 0 ? -2 : 2) + 0.3 * v);
+    await fit(teacher, data, { epochs: 30, batchSize: 200, learningRate: 3e-3, seed: 0 });
+    const rightFraction = async (flow: Flow) => {
+      const x = await flow.sample(4000, { seed: 3 });
+      let n = 0;
+      for (let r = 0; r < 4000; r++) if (x[2 * r] > 0) n++;
+      return n / 4000;
+    };
+    expect(Math.abs((await rightFraction(teacher)) - 0.5)).toBeLessThan(0.1);
+    const fractions: Record<string, number[]> = { plain: [], annealed: [] };
+    for (const seed of [5, 6, 7, 8, 9]) {
+      for (const [name, anneal] of [['plain', 0], ['annealed', 0.3]] as const) {
+        const student = createIAF({ dim: 2, layers: 3, hidden: [32, 32], seed });
+        const report = await distill(student, teacher, { steps: 600, batchSize: 256, learningRate: 3e-3, seed: 0, anneal });
+        fractions[name].push(await rightFraction(student));
+        if (name === 'annealed') expect(report.kl!).toBeLessThan(0.35);
+      }
+    }
+    // Plain reverse KL loses a blob from some starts; annealed, every student keeps both.
+    expect(Math.min(...fractions.plain.map((f) => Math.min(f, 1 - f)))).toBeLessThan(0.2);
+    for (const f of fractions.annealed) expect(Math.abs(f - 0.5)).toBeLessThan(0.15);
+    await expect(distill(createIAF({ dim: 2, layers: 1 }), teacher, { anneal: 2 })).rejects.toThrow(/\[0, 1\] for options.anneal/);
+  });
+
+  test('refuses an IAF teacher, a MAF student, and different dims', async () => {
+    const mafFlow = createMAF({ dim: 2, layers: 1, hidden: [4] });
+    const iafFlow = createIAF({ dim: 2, layers: 1, hidden: [4] });
+    await expect(distill(iafFlow, iafFlow)).rejects.toThrow(/the teacher.*MAF layer.*layer 0 is IAF/);
+    await expect(distill(mafFlow, mafFlow)).rejects.toThrow(/the student.*an IAF layer/);
+    await expect(distill(iafFlow, createMAF({ dim: 3, layers: 1 }))).rejects.toThrow(/the student's dim, 2 for teacher.dim/);
+  });
+});
