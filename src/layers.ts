@@ -286,47 +286,44 @@ export function identityScaleBias(scale: ScaleKind): number {
 }
 
 /**
- * Initial parameters. Hidden weights: uniform with variance gain^2 / fanIn, where fanIn counts the
- * inputs the MADE mask lets through (gain sqrt(2) for relu/elu, 1 for tanh); hidden biases 0.
- * In a residual MADE each block's second layer starts at 0.01 of that, so blocks start near the identity.
- * Shift and scale heads: weights uniform in +-0.01/sqrt(fanIn) so a fresh flow is close to the
- * identity but every weight still gets a gradient; biases give shift 0 and scale 1.
- * Masked-out entries are stored as 0.
+ * Initial parameters, after PyTorch's Linear (which zuko and nflows use): hidden weights and biases
+ * uniform in +-1/sqrt(fanIn), fanIn being the layer's input width. The shift and scale heads get
+ * 0.3 of that bound, plus the scale bias that makes the scale 1 (sigmoid(2) for 'gated'), so a
+ * fresh flow is near the identity while every head weight already gets a useful gradient. In a
+ * residual MADE each block's second layer starts at 0.01 of the bound, so blocks start near the
+ * identity. Masked-out entries are stored as 0. On two moons this trains markedly better than
+ * He initialisation over the masked fan-in with near-zero heads (bench/quality.ts).
  */
 export function initialParameters(config: FlowConfig, seed: number): Map<string, Float32Array> {
   const random = new Random(seed);
+  const uniform = (bound: number) => (2 * random.next() - 1) * bound;
   const params = new Map<string, Float32Array>();
   config.layers.forEach((layer, k) => {
     if (layer.type === 'permutation') return;
-    const gain = layer.activation === 'tanh' ? 1 : Math.SQRT2;
     let inDegrees = layer.inputDegrees;
     layer.hidden.forEach((width, l) => {
       const degrees = layer.hiddenDegrees[l];
-      const weight = new Float32Array(width * inDegrees.length);
-      // A residual block's second layer starts near zero, so each block starts as the identity.
+      const fanIn = inDegrees.length;
       const blockOutput = layer.residual === true && l > 0 && l % 2 === 0;
+      const bound = (blockOutput ? 0.01 : 1) / Math.sqrt(fanIn);
+      const weight = new Float32Array(width * fanIn);
       for (let j = 0; j < width; j++) {
-        const allowed = inDegrees.filter((d) => d <= degrees[j]).length;
-        const bound = (blockOutput ? 0.01 : gain) * Math.sqrt(3 / Math.max(1, allowed));
-        for (let i = 0; i < inDegrees.length; i++) {
-          if (inDegrees[i] <= degrees[j]) weight[j * inDegrees.length + i] = (2 * random.next() - 1) * bound;
-        }
+        for (let i = 0; i < fanIn; i++) if (inDegrees[i] <= degrees[j]) weight[j * fanIn + i] = uniform(bound);
       }
       params.set(`layers.${k}.hidden.${l}.weight`, weight);
-      params.set(`layers.${k}.hidden.${l}.bias`, new Float32Array(width));
+      params.set(`layers.${k}.hidden.${l}.bias`, Float32Array.from({ length: width }, () => uniform(bound)));
       inDegrees = degrees;
     });
+    const fanIn = inDegrees.length;
+    const bound = 0.3 / Math.sqrt(fanIn);
     for (const head of ['shift', 'scale'] as const) {
-      const weight = new Float32Array(config.dim * inDegrees.length);
+      const weight = new Float32Array(config.dim * fanIn);
       for (let i = 0; i < config.dim; i++) {
-        const allowed = inDegrees.filter((d) => d < layer.inputDegrees[i]).length;
-        const bound = 0.01 / Math.sqrt(Math.max(1, allowed));
-        for (let m = 0; m < inDegrees.length; m++) {
-          if (inDegrees[m] < layer.inputDegrees[i]) weight[i * inDegrees.length + m] = (2 * random.next() - 1) * bound;
-        }
+        for (let m = 0; m < fanIn; m++) if (inDegrees[m] < layer.inputDegrees[i]) weight[i * fanIn + m] = uniform(bound);
       }
+      const offset = head === 'scale' ? identityScaleBias(layer.scale) : 0;
       params.set(`layers.${k}.${head}.weight`, weight);
-      params.set(`layers.${k}.${head}.bias`, new Float32Array(config.dim).fill(head === 'scale' ? identityScaleBias(layer.scale) : 0));
+      params.set(`layers.${k}.${head}.bias`, Float32Array.from({ length: config.dim }, () => offset + uniform(bound)));
     }
   });
   return params;

@@ -248,7 +248,8 @@ describe('seeded sampling', () => {
         for (let i = 0; i < 6; i++) {
           // gated starts at scale sigmoid(2): the IAF multiplies by it and the MAF, sampling, divides by it.
           const expected = z[r * 6 + (5 - i)];
-          expect(Math.abs(x[r * 6 + i] - expected)).toBeLessThan(0.05 * (1 + Math.abs(expected)));
+          // Heads start at 0.3 of PyTorch's bound: each layer moves a point a little, never far.
+          expect(Math.abs(x[r * 6 + i] - expected)).toBeLessThan(0.3 * (1 + Math.abs(expected)));
         }
       }
     }
@@ -297,8 +298,9 @@ describe('parameters', () => {
     expect(shapes['layers.0.shift.weight']).toEqual([3, 4]);
     expect(shapes['layers.2.scale.bias']).toEqual([3]);
     expect(shapes['layers.1.hidden.0.weight']).toBeUndefined(); // the reverse has no parameters
+    const original = params['layers.0.shift.bias'][0];
     params['layers.0.shift.bias'][0] = 123;
-    expect(flow.getParameters()['layers.0.shift.bias'][0]).toBe(0);
+    expect(flow.getParameters()['layers.0.shift.bias'][0]).toBe(original);
     expect(flow.numParameters).toBe(Object.values(params).reduce((a, p) => a + p.length, 0));
   });
 
@@ -390,7 +392,7 @@ describe('residual MADE blocks (nflows style)', () => {
   test('a fresh residual flow starts near the identity, and bad residual shapes are refused', () => {
     const flow = createFlow({ dim: 3, seed: 1, layers: [maf({ hidden: [16, 16, 16], residual: true })] });
     const z = normalRows(20, 3, 2);
-    expectClose(flow.forwardSync(z).x, z, 0.05, 0.05, 'near identity');
+    expectClose(flow.forwardSync(z).x, z, 0.3, 0.3, 'near identity');
     expect(() => maf({ hidden: [16, 16], residual: true })).toThrow(/one width repeated 1 \+ 2 \* blocks times/);
     expect(() => maf({ hidden: [16, 8, 16], residual: true })).toThrow(/one width repeated/);
     expect(() => maf({ hidden: [4, 4, 4], residual: 'yes' as unknown as boolean })).toThrow(/Expected true or false for maf\(\)\.residual/);
