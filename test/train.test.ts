@@ -623,7 +623,8 @@ describe('distill', () => {
     randomize(teacher, 2, 0.15);
     const teacherParams = teacher.getParameters();
     const student = createIAF({ dim: 2, layers: 3, hidden: [32, 32], seed: 2 });
-    const report = await distill(student, teacher, { steps: 400, batchSize: 256, learningRate: 3e-3, seed: 0 });
+    // 400 steps are too few to match the map first: plain reverse KL here (match 0).
+    const report = await distill(student, teacher, { steps: 400, batchSize: 256, learningRate: 3e-3, seed: 0, match: 0 });
     expect(report.steps).toBe(400);
     expect(report.skippedSteps).toBe(0);
     expect(teacher.getParameters()).toEqual(teacherParams);
@@ -655,7 +656,7 @@ describe('distill', () => {
     for (const seed of [5, 6, 7, 8, 9]) {
       for (const [name, anneal] of [['plain', 0], ['annealed', 0.3]] as const) {
         const student = createIAF({ dim: 2, layers: 3, hidden: [32, 32], seed });
-        const report = await distill(student, teacher, { steps: 600, batchSize: 256, learningRate: 3e-3, seed: 0, anneal });
+        const report = await distill(student, teacher, { steps: 600, batchSize: 256, learningRate: 3e-3, seed: 0, anneal, match: 0 });
         fractions[name].push(await rightFraction(student));
         if (name === 'annealed') expect(report.kl!).toBeLessThan(0.35);
       }
@@ -672,4 +673,21 @@ describe('distill', () => {
     await expect(distill(mafFlow, mafFlow)).rejects.toThrow(/the student.*an IAF layer/);
     await expect(distill(iafFlow, createMAF({ dim: 3, layers: 1 }))).rejects.toThrow(/the student's dim, 2 for teacher.dim/);
   });
+});
+
+test('distill with map matching: the matching phase pulls the student onto the teacher map, both modes kept', async () => {
+  // Two blobs at x0 = -2 and +2: plain reverse KL from a fresh student can lose one.
+  const teacher = createMAF({ dim: 2, layers: 3, hidden: [32, 32], seed: 1 });
+  const z = standardNormal(4000, 2, { seed: 2 });
+  await fit(teacher, z.map((v, i) => (i % 2 === 1 ? 0 : (i >> 1) % 2 === 0 ? -2 : 2) + 0.3 * v), { epochs: 30, batchSize: 200, learningRate: 3e-3, seed: 0 });
+  const student = createIAF({ dim: 2, layers: 3, hidden: [32, 32], seed: 7 });
+  const report = await distill(student, teacher, { steps: 1500, batchSize: 256, learningRate: 3e-3, seed: 0, match: 0.5, clipGradNorm: 5 });
+  // The first reverse-KL step after matching starts from a student close to the teacher.
+  expect(report.loss[750]).toBeLessThan(1);
+  const x = await student.sample(4000, { seed: 3 });
+  let right = 0;
+  for (let r = 0; r < 4000; r++) if (x[2 * r] > 0) right++;
+  expect(Math.abs(right / 4000 - 0.5)).toBeLessThan(0.1);
+  expect(report.kl!).toBeLessThan(0.2);
+  await expect(distill(student, teacher, { match: -0.1 })).rejects.toThrow(/\[0, 1\] for options\.match/);
 });
