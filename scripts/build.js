@@ -100,4 +100,6 @@ fs.rmSync(dist, { recursive: true, force: true });
 const program = compile();
 const names = valueExportsOfIndex(program);
 writeEsmEntry(names);
+// The CLI (package.json "bin") runs as a program from a clone too, not only once npm installs it.
+fs.chmodSync(path.join(dist, 'cli.js'), 0o755);
 console.log(`built dist/ (CommonJS + declarations) and dist/index.mjs (${names.length} named exports)`);
