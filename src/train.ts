@@ -671,7 +671,7 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
       let skipped = 0;
       for (; s < count && firstStep + s < matchSteps; s++) {
         if (s > 0 && setup.optimizer.signal?.aborted) break;
-        const { z, value, grad, x, logq } = matcher!.begin(firstStep + s);
+        const { z, value, grad, x, logq } = await matcher!.begin(firstStep + s);
         await trainer.reverseForward(lo, hi, firstStep + s, batchSize, z, x, logq, true);
         matcher!.finish(value, grad);
         await trainer.reverseBackward(value, grad, true, stats, stepLoss.subarray(s, s + 1), true);
@@ -703,9 +703,9 @@ function mapMatcher(teacher: Flow, dim: number, batch: number, seedLo: number, s
   let teacherX: Float32Array = new Float32Array(0);
   let precision = 0;
   return {
-    begin(step: number) {
+    async begin(step: number) {
       native.standardNormal(seedLo, seedHi, step * batch, batch, dim, z);
-      teacherX = teacher.forwardSync(z).x;
+      teacherX = (await teacher.forward(z)).x;
       if (precision === 0) {
         let mean = 0;
         let square = 0;
