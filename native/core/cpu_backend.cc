@@ -87,6 +87,22 @@ const float* headInput(const MadePlan& m, Scratch& s) {
   return m.residual ? s.stream[last].data() : s.hidden[last].data();
 }
 
+// One step of the sequential direction: in every hidden layer, the units of degree p,
+// which read inputs of degree <= p only (all known once u's first p positions are).
+// `linear` is the tiled kernel or the one-row kernel: both have this signature.
+using LinearKernel = void (*)(const LinearView&, const float*, float*, int, int, int, const float*, float*);
+
+void unitsOfDegree(LinearKernel linear, const MadePlan& m, Scratch& s, float* u, int p) {
+  const int act = kernelActivation(m.activation);
+  for (size_t l = 0; l < m.hidden.size(); ++l) {
+    const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
+    const int hi = m.unitsUpToDegree[l][p];
+    if (hi == lo) continue;
+    const HiddenStep w = wire(m, s, l, u);
+    linear(view(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
+  }
+}
+
 // ---- fast path: kernels on feature-major tiles ----
 
 void gatherSorted(const MadePlan& m, const Scratch& s, float* outT) {
@@ -123,17 +139,8 @@ void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
 void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
   float* u = s.sortedOut.data();
-  const size_t depth = m.hidden.size();
-  const int act = kernelActivation(m.activation);
   for (int p = 0; p < m.dim; ++p) {
-    // Units of degree p read inputs of degree <= p: all known now.
-    for (size_t l = 0; l < depth; ++l) {
-      const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
-      const int hi = m.unitsUpToDegree[l][p];
-      if (hi == lo) continue;
-      const HiddenStep w = wire(m, s, l, u);
-      K.linear(view(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
-    }
+    unitsOfDegree(K.linear, m, s, u, p);
     K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
              static_cast<int>(m.scale), true);
   }
@@ -168,17 +175,9 @@ void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int 
   float* v = s.sortedIn.data();
   float* u = s.sortedOut.data();
   for (int p = 0; p < m.dim; ++p) v[p] = point[m.dimAtPosition[p]];
-  const size_t depth = m.hidden.size();
-  const int act = kernelActivation(m.activation);
   float* raw = s.output.data();
   for (int p = 0; p < m.dim; ++p) {
-    for (size_t l = 0; l < depth; ++l) {
-      const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
-      const int hi = m.unitsUpToDegree[l][p];
-      if (hi == lo) continue;
-      const HiddenStep w = wire(m, s, l, u);
-      K.linearRow(view(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
-    }
+    unitsOfDegree(K.linearRow, m, s, u, p);
     K.linearRow(view(m.output), headInput(m, s), raw, 2 * p, 2 * p + 2, kActNone, nullptr, nullptr);
     const Affine a = affineFromRaw(m.scale, raw[2 * p + 1], raw[2 * p]);
     u[p] = (v[p] - a.shift) / a.scale;
