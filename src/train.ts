@@ -217,30 +217,19 @@ function checkOptimizer(where: string, opts: Record<string, unknown>): Optimizer
   return { options: Float64Array.of(lr, b1, b2, eps, wd, clip), seed, signal: checkSignal(`${where}.signal`, opts.signal) };
 }
 
-/** The MADE layers that would need the sequential direction for this pass (IAF for x -> z, MAF for z -> x). */
-function requireParallel(flow: Flow, pass: 0 | 1, what: string, advice: string): void {
-  const wrong = pass === TO_LATENT ? 'iaf' : 'maf';
+/**
+ * A flow training can handle: at least one MADE layer, none residual. Any mix of IAF and MAF
+ * layers trains along either pass: each layer runs its parallel direction or, where the pass goes
+ * the other way, its one-pass sequential direction, and the core differentiates both.
+ */
+function requireTrainable(flow: Flow, what: string): void {
   const layers = flow.config.layers;
   if (!layers.some((l) => l.type !== 'permutation')) throw new TypeError(`${what}: the flow has no MADE layer, so nothing to train`);
   const residual = layers.findIndex((l) => l.type !== 'permutation' && l.residual === true);
   if (residual >= 0) {
     throw new TypeError(`${what}: layer ${residual} has residual MADE blocks, which iaflow runs and imports but does not train yet`);
   }
-  const bad = layers.map((l, k) => (l.type === wrong ? k : -1)).filter((k) => k >= 0);
-  if (bad.length > 0) {
-    const kind = wrong.toUpperCase();
-    throw new TypeError(
-      `${what} needs every MADE layer to be ${pass === TO_LATENT ? 'a MAF' : 'an IAF'} layer, but layer${bad.length > 1 ? 's' : ''} ` +
-        `${bad.join(', ')} ${bad.length > 1 ? 'are' : 'is'} ${kind}: ${advice}`,
-    );
-  }
 }
-
-const MLE_ADVICE =
-  'the log-likelihood gradient of an IAF layer would need its sequential direction, which iaflow does not differentiate. ' +
-  'Fit data with maf() layers (createMAF), or train an IAF with fitReverseKL or distill it from a trained MAF.';
-const REVERSE_ADVICE =
-  "a MAF layer samples through its sequential direction, which iaflow does not differentiate. Use iaf() layers (createIAF) for the flow trained by reverse KL.";
 
 /** Kernel choices for tests and benchmarks: the dense reference path, the baseline-ISA build. */
 interface KernelChoice {
@@ -302,9 +291,9 @@ function nextChunk(previous: number, seconds: number): number {
 
 /**
  * Maximum likelihood: minimises the mean negative log-likelihood of `data` with Adam, by
- * minibatches in an order reproducible from `seed`. Gradients flow through the parallel
- * (data -> latent) direction, so every MADE layer must be a MAF (permutations are fine); a flow
- * with an IAF layer is refused with a TypeError.
+ * minibatches in an order reproducible from `seed`. Gradients flow along data -> latent: in one
+ * parallel pass through MAF layers, and through IAF layers by their one-pass sequential direction
+ * and its adjoint (every weight read once each way; slower per row than a MAF, but exact).
  *
  * The flow's parameters are updated in place: during training (before each `onProgress` call)
  * and at the end. With validation data, the flow ends with the weights of the best validation
@@ -315,7 +304,7 @@ function nextChunk(previous: number, seconds: number): number {
  */
 export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise<FitReport> {
   checkFlow('flow', flow);
-  requireParallel(flow, TO_LATENT, 'fit', MLE_ADVICE);
+  requireTrainable(flow, 'fit');
   const opts = checkOptions('fit options', options, [
     ...OPTIMIZER_KEYS,
     'epochs',
@@ -586,8 +575,8 @@ async function runReverse(
 /**
  * Reverse KL (variational inference): minimises E_q[log q(x) - log p~(x)] over the flow's q, with
  * x = f(z), z ~ N(0, I) reparameterised (the latent rows of step s are the Philox rows
- * s * batchSize + r under `seed`). The gradients flow through the latent -> data direction, so
- * every MADE layer must be an IAF (a MAF layer is refused with a TypeError).
+ * s * batchSize + r under `seed`). The gradients flow along latent -> data: in one parallel pass
+ * through IAF layers, and through MAF layers by their one-pass sequential direction and its adjoint.
  *
  * `target.logDensity` is called once per step with the batch x (row-major, batchSize * dim) and
  * returns the log-density (unnormalized is fine) and its gradient wrt x. The flow's parameters are
@@ -597,7 +586,7 @@ async function runReverse(
  */
 export async function fitReverseKL(flow: Flow, target: Target, options?: ReverseKLOptions): Promise<ReverseKLReport> {
   checkFlow('flow', flow);
-  requireParallel(flow, TO_DATA, 'fitReverseKL', REVERSE_ADVICE);
+  requireTrainable(flow, 'fitReverseKL');
   const t = checkTarget('target', target, flow.dim);
   const setup = checkReverseOptions('fitReverseKL options', options);
   if (setup.optimizer.signal?.aborted) throw abortError('fitReverseKL', 'its weights from before the call');
@@ -632,21 +621,16 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
  * native call). Over a first fraction of the steps (`match`, default 0.5) the student's sampling
  * map is first pulled onto the teacher's from the same latent draws, which starts reverse KL on
  * every mode of a multimodal teacher; optionally (`anneal`) the teacher's log-density is then
- * weighted by beta rising to 1. The teacher's MADE layers must all be MAF (its density is one
- * parallel pass) and the student's all IAF; both need the same dim. The teacher is not changed.
+ * weighted by beta rising to 1. Any flows of the same dim work; the usual pairing, a MAF teacher
+ * and an IAF student, runs every layer in its parallel direction. The teacher is not changed.
  * Progress, abort and skipped steps behave as in fitReverseKL; `loss` is the reverse-KL loss at
  * every step (at beta = 1, annealed steps included) and `kl` in the report the KL divergence from the teacher.
  */
 export async function distill(student: Flow, teacher: Flow, options?: DistillOptions): Promise<ReverseKLReport> {
   checkFlow('student', student);
   checkFlow('teacher', teacher);
-  requireParallel(student, TO_DATA, 'distill (the student)', REVERSE_ADVICE);
-  requireParallel(
-    teacher,
-    TO_LATENT,
-    'distill (the teacher)',
-    'the gradient of its log-density wrt x would need the sequential direction of the IAF layers. Distill from a MAF teacher.',
-  );
+  requireTrainable(student, 'distill (the student)');
+  requireTrainable(teacher, 'distill (the teacher)');
   if (teacher.dim !== student.dim) throw invalidRange('teacher.dim', `the student's dim, ${student.dim}`, teacher.dim);
   if (teacher === student) throw new TypeError('distill needs a teacher other than the student');
   const setup = checkReverseOptions('distill options', options, ['anneal', 'annealFrom', 'match']);
@@ -737,7 +721,6 @@ function mapMatcher(teacher: Flow, dim: number, batch: number, seedLo: number, s
 export const __trainingInternals = {
   /** Mean negative log-likelihood of x and its gradient wrt every parameter (MAF flows). */
   likelihoodGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { loss: number; grads: Record<string, Float32Array> } {
-    requireParallel(flow, TO_LATENT, 'likelihoodGradient', MLE_ADVICE);
     const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
     const loss = trainer.likelihoodGradient(x, x.length / flow.dim);
     return { loss, grads: gradientRecord(flow, trainer) };
@@ -745,7 +728,6 @@ export const __trainingInternals = {
 
   /** log p(x) and d log p / dx (MAF flows): what distillation uses of its teacher. */
   logProbGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { logProb: Float32Array; grad: Float32Array } {
-    requireParallel(flow, TO_LATENT, 'logProbGradient', MLE_ADVICE);
     const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
     const rows = x.length / flow.dim;
     const logProb = new Float32Array(rows);
@@ -756,7 +738,6 @@ export const __trainingInternals = {
 
   /** The reverse-KL loss at the latent rows z and its gradient wrt every parameter (IAF flows). */
   async reverseKLGradient(flow: Flow, z: Float32Array, target: Target, kernels: KernelChoice = {}): Promise<{ loss: number; x: Float32Array; grads: Record<string, Float32Array> }> {
-    requireParallel(flow, TO_DATA, 'reverseKLGradient', REVERSE_ADVICE);
     const trainer = newTrainer(flow, TO_DATA, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
     const rows = z.length / flow.dim;
     const x = new Float32Array(z.length);

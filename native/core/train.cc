@@ -52,6 +52,7 @@ struct TMade {
   ScaleKind scale = ScaleKind::Softplus;
   std::vector<int> dimAtPosition;
   std::vector<std::vector<int>> unitSource;
+  std::vector<std::vector<int>> unitsUpToDegree;  // [hidden layer][degree 0..dim]
   std::vector<TLinear> hidden;
   TLinear output;
   // Per-row offsets (in floats) of what the backward pass needs, within a tile's cache.
@@ -128,17 +129,12 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference, co
       net.layers.push_back(std::move(layer));
       continue;
     }
-    const bool parallelHere = (pass == Direction::ToData) == lp.made.parallelTowardData;
-    if (!parallelHere) {
-      throw std::invalid_argument(std::string(role) + ": layer " + std::to_string(k) + " is " +
-                                  (lp.made.parallelTowardData ? "an IAF" : "a MAF") +
-                                  " layer, whose gradient along this pass would need the sequential direction");
-    }
     TMade& m = layer.made;
     m.activation = lp.made.activation;
     m.scale = lp.made.scale;
     m.dimAtPosition = lp.made.dimAtPosition;
     m.unitSource = lp.made.unitSource;
+    m.unitsUpToDegree = lp.made.unitsUpToDegree;
     m.cacheInput = net.cachePerRow;
     net.cachePerRow += net.dimStride;
     for (const StaircaseLinear& s : lp.made.hidden) {
@@ -165,6 +161,7 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference, co
 // Per-worker buffers for one tile of rows.
 struct Workspace {
   std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gU;
+  std::vector<float> rowGrad;  // one row's gradients along a sequential step, laid out as a row of the cache
   const Net* sizedFor = nullptr;
 
   void ensure(const Net& net) {
@@ -177,6 +174,7 @@ struct Workspace {
     tmp.assign(cells, 0.0f);
     logDet.assign(kTile, 0.0f);
     cache.assign(static_cast<size_t>(kTile) * net.cachePerRow, 0.0f);
+    rowGrad.assign(net.cachePerRow, 0.0f);
     gOut.assign(static_cast<size_t>(kTile) * std::max(net.maxOutStride, kBlock), 0.0f);
     gA.assign(static_cast<size_t>(kTile) * std::max(net.maxHiddenStride, kBlock), 0.0f);
     gB.assign(gA.size(), 0.0f);
@@ -269,8 +267,8 @@ namespace iaflow {
 namespace {
 
 struct Kernels {
-  void (*forward)(const Net&, Workspace&, int);
-  void (*backward)(const Net&, Workspace&, int, float, float*, bool);
+  void (*forward)(const Net&, Workspace&, int, Direction);
+  void (*backward)(const Net&, Workspace&, int, float, float*, bool, Direction);
 };
 
 Kernels pickKernels() {
@@ -286,14 +284,20 @@ const Kernels& kernels() {
   return chosen;
 }
 
-void netForward(const Net& net, Workspace& ws, int rows) {
-  if (net.portable) baseline::netForward(net, ws, rows);
-  else kernels().forward(net, ws, rows);
+// Along `pass` (by default the net's own): each MADE layer runs its parallel or its
+// sequential direction, whichever goes that way.
+void netForward(const Net& net, Workspace& ws, int rows, Direction pass) {
+  if (net.portable) baseline::netForward(net, ws, rows, pass);
+  else kernels().forward(net, ws, rows, pass);
 }
+void netForward(const Net& net, Workspace& ws, int rows) { netForward(net, ws, rows, net.pass); }
 
+void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, bool wantInput, Direction pass) {
+  if (net.portable) baseline::netBackward(net, ws, rows, gld, G, wantInput, pass);
+  else kernels().backward(net, ws, rows, gld, G, wantInput, pass);
+}
 void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, bool wantInput) {
-  if (net.portable) baseline::netBackward(net, ws, rows, gld, G, wantInput);
-  else kernels().backward(net, ws, rows, gld, G, wantInput);
+  netBackward(net, ws, rows, gld, G, wantInput, net.pass);
 }
 
 // sum_i log N(v_i; 0, 1) of one row.

@@ -207,34 +207,21 @@ void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   }
 }
 
-// Given ws.gpoints = dL/dv (original order) and gld = dL/d(log-det) per row,
-// adds the parameter gradient to G (when not null) and, when needInput, leaves
-// dL/du in ws.gpoints.
-template <Activation A, ScaleKind S>
-void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float gld, float* G, bool needInput) {
-  const int dim = net.dim, ds = net.dimStride;
+// Backward through the conditioner MLP from gOut = dL/d(raw outputs) (ws.gOut, rows x
+// outStride): adds the parameter gradient to G (when not null) and, when gU is not null, adds
+// dL/du (positions, stride dimStride) to gU.
+template <Activation A>
+void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float* G, float* gU) {
+  const int ds = net.dimStride;
   const float* P = net.params.data();
   const float* PT = net.transposed.data();
   const float* u = ws.cache.data() + kTile * m.cacheInput;
-  const float* out = ws.cache.data() + kTile * m.cacheOutput;
   const TLinear& O = m.output;
-  const int os = O.outStride;
-  float* gOut = ws.gOut.data();
-  float* gU = ws.gU.data();
-  for (int r = 0; r < rows; ++r) {
-    for (int p = 0; p < dim; ++p) {
-      const AffineGrad a = affineGradFromRaw<S>(out[r * os + 2 * p + 1], out[r * os + 2 * p]);
-      const float gv = ws.gpoints[r * dim + m.dimAtPosition[p]];
-      const float up = u[r * ds + p];
-      gOut[r * os + 2 * p + 1] = gv * (up * a.dScale + a.dShiftDA) + gld * a.dLogScale;
-      gOut[r * os + 2 * p] = gv * a.dShiftDM;
-      gU[r * ds + p] = gv * a.scale;
-    }
-    for (int c = 2 * dim; c < os; ++c) gOut[r * os + c] = 0.0f;
-  }
+  const float* gOut = ws.gOut.data();
   const size_t depth = m.hidden.size();
   const float* hLast = ws.cache.data() + kTile * m.cacheHidden[depth - 1];
   if (G) weightGrad(O, hLast, m.hidden[depth - 1].outStride, gOut, rows, G + O.w, G + O.b, net.reference);
+  if (!G && !gU) return;
   float* gCur = ws.gA.data();
   float* gNext = ws.gB.data();
   inputGrad(O, P + O.w, PT + O.wt, gOut, rows, gCur, m.hidden[depth - 1].outStride, false, net.reference);
@@ -250,89 +237,274 @@ void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float
     if (l > 0) {
       inputGrad(L, P + L.w, PT + L.wt, gCur, rows, gNext, m.hidden[l - 1].outStride, false, net.reference);
       std::swap(gCur, gNext);
-    } else if (needInput) {
+    } else if (gU) {
       inputGrad(L, P + L.w, PT + L.wt, gCur, rows, gU, ds, true, net.reference);
     }
   }
+}
+
+// Given ws.gpoints = dL/dv (original order) and gld = dL/d(log-det) per row,
+// adds the parameter gradient to G (when not null) and, when needInput, leaves
+// dL/du in ws.gpoints.
+template <Activation A, ScaleKind S>
+void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float gld, float* G, bool needInput) {
+  const int dim = net.dim, ds = net.dimStride;
+  const float* u = ws.cache.data() + kTile * m.cacheInput;
+  const float* out = ws.cache.data() + kTile * m.cacheOutput;
+  const int os = m.output.outStride;
+  float* gOut = ws.gOut.data();
+  float* gU = ws.gU.data();
+  for (int r = 0; r < rows; ++r) {
+    for (int p = 0; p < dim; ++p) {
+      const AffineGrad a = affineGradFromRaw<S>(out[r * os + 2 * p + 1], out[r * os + 2 * p]);
+      const float gv = ws.gpoints[r * dim + m.dimAtPosition[p]];
+      const float up = u[r * ds + p];
+      gOut[r * os + 2 * p + 1] = gv * (up * a.dScale + a.dShiftDA) + gld * a.dLogScale;
+      gOut[r * os + 2 * p] = gv * a.dShiftDM;
+      gU[r * ds + p] = gv * a.scale;
+    }
+    for (int c = 2 * dim; c < os; ++c) gOut[r * os + c] = 0.0f;
+  }
+  conditionerBackward<A>(net, m, ws, rows, G, needInput ? gU : nullptr);
   if (needInput)
     for (int r = 0; r < rows; ++r)
       for (int p = 0; p < dim; ++p) ws.gpoints[r * dim + m.dimAtPosition[p]] = gU[r * ds + p];
 }
 
+// ---------------------------------------------------------------------------
+// One MADE layer along its sequential direction, v -> u with v = u * scale(u) + shift(u),
+// in one pass: at position p only the hidden units of degree p are new (their inputs just
+// became known), so every weight is read once. Row by row; the cache ends exactly as
+// madeForward would leave it for the u found, so the conditioner's backward is shared.
+
+inline float dotPrefix(const float* w, const float* x, int n) {
+  float sum = 0.0f;
+  for (int k = 0; k < n; ++k) sum += w[k] * x[k];
+  return sum;
+}
+
+inline void axpyPrefix(float a, const float* w, float* y, int n) {
+  for (int k = 0; k < n; ++k) y[k] += a * w[k];
+}
+
 template <Activation A>
-void madeForwardScale(const Net& net, const TMade& m, Workspace& ws, int rows) {
-  switch (m.scale) {
-    case ScaleKind::Softplus: return madeForward<A, ScaleKind::Softplus>(net, m, ws, rows);
-    case ScaleKind::Exp: return madeForward<A, ScaleKind::Exp>(net, m, ws, rows);
-    default: return madeForward<A, ScaleKind::Gated>(net, m, ws, rows);
+inline void hiddenUnitsUpTo(const Net& net, const TMade& m, float* const* h, const float* u, int* done, int degree) {
+  const float* P = net.params.data();
+  const float* PT = net.transposed.data();
+  for (size_t l = 0; l < m.hidden.size(); ++l) {
+    const TLinear& L = m.hidden[l];
+    const float* in = l == 0 ? u : h[l - 1];
+    const int end = m.unitsUpToDegree[l][degree];
+    for (int j = done[l]; j < end; ++j)
+      h[l][j] = activate<A>(P[L.b + j] + dotPrefix(PT + L.wt + static_cast<size_t>(j) * L.inStride, in, L.prefix[j]));
+    done[l] = end;
   }
 }
 
-void madeForwardAny(const Net& net, const TMade& m, Workspace& ws, int rows) {
+// ws.points holds v (original order); leaves u there and subtracts sum log scale from ws.logDet.
+template <Activation A, ScaleKind S>
+void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
+  const int dim = net.dim, ds = net.dimStride;
+  const float* P = net.params.data();
+  const float* PT = net.transposed.data();
+  const TLinear& O = m.output;
+  const size_t depth = m.hidden.size();
+  std::vector<float*> hv(depth);
+  std::vector<int> doneV(depth);
+  float* const* h = hv.data();
+  int* done = doneV.data();
+  for (int r = 0; r < rows; ++r) {
+    float* u = ws.cache.data() + kTile * m.cacheInput + static_cast<size_t>(r) * ds;
+    for (size_t l = 0; l < depth; ++l) {
+      const int hs = m.hidden[l].outStride;
+      hv[l] = ws.cache.data() + kTile * m.cacheHidden[l] + static_cast<size_t>(r) * hs;
+      std::fill(hv[l] + m.hidden[l].out, hv[l] + hs, 0.0f);
+      done[l] = 0;
+    }
+    std::fill(u + dim, u + ds, 0.0f);
+    float* out = ws.cache.data() + kTile * m.cacheOutput + static_cast<size_t>(r) * O.outStride;
+    std::fill(out + 2 * dim, out + O.outStride, 0.0f);
+    float* v = ws.points.data() + static_cast<size_t>(r) * dim;
+    float logDet = 0.0f;
+    for (int p = 0; p < dim; ++p) {
+      hiddenUnitsUpTo<A>(net, m, h, u, done, p);  // degree <= p: they read positions < p only
+      for (int c = 2 * p; c < 2 * p + 2; ++c)
+        out[c] = P[O.b + c] + dotPrefix(PT + O.wt + static_cast<size_t>(c) * O.inStride, h[depth - 1], O.prefix[c]);
+      const AffineGrad a = affineGradFromRaw<S>(out[2 * p + 1], out[2 * p]);
+      u[p] = (v[m.dimAtPosition[p]] - a.shift) / a.scale;
+      logDet += a.logScale;
+    }
+    hiddenUnitsUpTo<A>(net, m, h, u, done, dim);  // units of degree dim feed no output; kept for a full cache
+    for (int p = 0; p < dim; ++p) v[m.dimAtPosition[p]] = u[p];
+    ws.logDet[r] -= logDet;
+  }
+}
+
+// The adjoint of madeSequential, also in one pass (positions descending). With
+// F(u) = v and g = dL/du (ws.gpoints on entry), w = dL/dv solves F'(u)^T w = g + d(gld *
+// logdet)/du: w_p = (g_p - c_p) / scale_p, where c_p is the conditioner's backward to u_p of
+// the head adjoints of positions q > p, which are known by then. The units of degree p + 1
+// are finished just before position p needs them. The parameter gradient is minus the
+// conditioner's backward of the same head adjoints (implicit function theorem), taken
+// batched afterwards. gld multiplies this step's log-det, -sum log scale.
+template <Activation A, ScaleKind S>
+void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float gld, float* G) {
+  const int dim = net.dim, ds = net.dimStride;
+  const float* PT = net.transposed.data();
+  const TLinear& O = m.output;
+  const int os = O.outStride;
+  const size_t depth = m.hidden.size();
+  float* gOut = ws.gOut.data();
+  std::vector<const float*> h(depth);
+  std::vector<float*> gh(depth);
+  for (int r = 0; r < rows; ++r) {
+    const float* u = ws.cache.data() + kTile * m.cacheInput + static_cast<size_t>(r) * ds;
+    const float* out = ws.cache.data() + kTile * m.cacheOutput + static_cast<size_t>(r) * os;
+    float* gu = ws.rowGrad.data() + m.cacheInput;
+    std::fill(gu, gu + ds, 0.0f);
+    for (size_t l = 0; l < depth; ++l) {
+      const int hs = m.hidden[l].outStride;
+      h[l] = ws.cache.data() + kTile * m.cacheHidden[l] + static_cast<size_t>(r) * hs;
+      gh[l] = ws.rowGrad.data() + m.cacheHidden[l];
+      std::fill(gh[l], gh[l] + hs, 0.0f);
+    }
+    float* g = ws.gpoints.data() + static_cast<size_t>(r) * dim;
+    float* gRow = gOut + static_cast<size_t>(r) * os;
+    std::fill(gRow + 2 * dim, gRow + os, 0.0f);
+    for (int p = dim - 1; p >= 0; --p) {
+      // Finish the units of degree p + 1 (every reader of them is done), last layer first.
+      for (size_t l = depth; l-- > 0;) {
+        const TLinear& L = m.hidden[l];
+        float* dst = l == 0 ? gu : gh[l - 1];
+        for (int j = m.unitsUpToDegree[l][p]; j < m.unitsUpToDegree[l][p + 1]; ++j) {
+          const float delta = gh[l][j] * activationGradFromOutput<A>(h[l][j]);
+          if (delta != 0.0f) axpyPrefix(delta, PT + L.wt + static_cast<size_t>(j) * L.inStride, dst, L.prefix[j]);
+        }
+      }
+      const AffineGrad a = affineGradFromRaw<S>(out[2 * p + 1], out[2 * p]);
+      const int i = m.dimAtPosition[p];
+      const float w = (g[i] - gu[p]) / a.scale;
+      const float adjScale = w * (u[p] * a.dScale + a.dShiftDA) + gld * a.dLogScale;
+      const float adjShift = w * a.dShiftDM;
+      gRow[2 * p + 1] = -adjScale;
+      gRow[2 * p] = -adjShift;
+      axpyPrefix(adjShift, PT + O.wt + static_cast<size_t>(2 * p) * O.inStride, gh[depth - 1], O.prefix[2 * p]);
+      axpyPrefix(adjScale, PT + O.wt + static_cast<size_t>(2 * p + 1) * O.inStride, gh[depth - 1], O.prefix[2 * p + 1]);
+      g[i] = w;  // position p's entry of g is not read again
+    }
+  }
+  conditionerBackward<A>(net, m, ws, rows, G, nullptr);
+}
+
+// One MADE step along a pass: its parallel direction, or its sequential one.
+template <Activation A, ScaleKind S>
+void madeStep(const Net& net, const TMade& m, Workspace& ws, int rows, bool sequential) {
+  if (sequential) madeSequential<A, S>(net, m, ws, rows);
+  else madeForward<A, S>(net, m, ws, rows);
+}
+
+// Its backward; the sequential direction always computes the input gradient (the sweep needs it).
+template <Activation A, ScaleKind S>
+void madeStepBackward(const Net& net, const TMade& m, Workspace& ws, int rows, bool sequential, float gld, float* G,
+                      bool needInput) {
+  if (sequential) madeSequentialBackward<A, S>(net, m, ws, rows, gld, G);
+  else madeBackward<A, S>(net, m, ws, rows, gld, G, needInput);
+}
+
+// Calls op.template run<A, S>() for the layer's activation and scale.
+template <typename Op>
+void withKinds(const TMade& m, const Op& op) {
   switch (m.activation) {
-    case Activation::ReLU: return madeForwardScale<Activation::ReLU>(net, m, ws, rows);
-    case Activation::Tanh: return madeForwardScale<Activation::Tanh>(net, m, ws, rows);
-    default: return madeForwardScale<Activation::ELU>(net, m, ws, rows);
+    case Activation::ReLU:
+      switch (m.scale) {
+        case ScaleKind::Softplus: return op.template run<Activation::ReLU, ScaleKind::Softplus>();
+        case ScaleKind::Exp: return op.template run<Activation::ReLU, ScaleKind::Exp>();
+        default: return op.template run<Activation::ReLU, ScaleKind::Gated>();
+      }
+    case Activation::Tanh:
+      switch (m.scale) {
+        case ScaleKind::Softplus: return op.template run<Activation::Tanh, ScaleKind::Softplus>();
+        case ScaleKind::Exp: return op.template run<Activation::Tanh, ScaleKind::Exp>();
+        default: return op.template run<Activation::Tanh, ScaleKind::Gated>();
+      }
+    default:
+      switch (m.scale) {
+        case ScaleKind::Softplus: return op.template run<Activation::ELU, ScaleKind::Softplus>();
+        case ScaleKind::Exp: return op.template run<Activation::ELU, ScaleKind::Exp>();
+        default: return op.template run<Activation::ELU, ScaleKind::Gated>();
+      }
   }
 }
 
-template <Activation A>
-void madeBackwardScale(const Net& net, const TMade& m, Workspace& ws, int rows, float gld, float* G, bool needInput) {
-  switch (m.scale) {
-    case ScaleKind::Softplus: return madeBackward<A, ScaleKind::Softplus>(net, m, ws, rows, gld, G, needInput);
-    case ScaleKind::Exp: return madeBackward<A, ScaleKind::Exp>(net, m, ws, rows, gld, G, needInput);
-    default: return madeBackward<A, ScaleKind::Gated>(net, m, ws, rows, gld, G, needInput);
-  }
-}
+struct StepOp {
+  const Net& net;
+  const TMade& m;
+  Workspace& ws;
+  int rows;
+  bool sequential;
+  template <Activation A, ScaleKind S>
+  void run() const { madeStep<A, S>(net, m, ws, rows, sequential); }
+};
 
-void madeBackwardAny(const Net& net, const TMade& m, Workspace& ws, int rows, float gld, float* G, bool needInput) {
-  switch (m.activation) {
-    case Activation::ReLU: return madeBackwardScale<Activation::ReLU>(net, m, ws, rows, gld, G, needInput);
-    case Activation::Tanh: return madeBackwardScale<Activation::Tanh>(net, m, ws, rows, gld, G, needInput);
-    default: return madeBackwardScale<Activation::ELU>(net, m, ws, rows, gld, G, needInput);
-  }
-}
+struct StepBackwardOp {
+  const Net& net;
+  const TMade& m;
+  Workspace& ws;
+  int rows;
+  bool sequential;
+  float gld;
+  float* G;
+  bool needInput;
+  template <Activation A, ScaleKind S>
+  void run() const { madeStepBackward<A, S>(net, m, ws, rows, sequential, gld, G, needInput); }
+};
 
 // Layer k's index in pass order.
-size_t layerAt(const Net& net, size_t step) {
-  return net.pass == Direction::ToData ? step : net.layers.size() - 1 - step;
+size_t layerAt(const Net& net, Direction pass, size_t step) {
+  return pass == Direction::ToData ? step : net.layers.size() - 1 - step;
+}
+
+// Whether a MADE layer runs its sequential direction along the pass.
+bool sequentialAlong(const TLayer& layer, Direction pass) {
+  return (pass == Direction::ToData) != (layer.kind == LayerKind::IAF);
 }
 
 // ws.points (rows x dim) through every layer along the pass; ws.logDet gets the
 // sum of the layers' log-dets (of d output / d input).
-void netForward(const Net& net, Workspace& ws, int rows) {
+void netForward(const Net& net, Workspace& ws, int rows, Direction pass) {
   const int dim = net.dim;
   std::fill_n(ws.logDet.data(), rows, 0.0f);
   for (size_t step = 0; step < net.layers.size(); ++step) {
-    const TLayer& layer = net.layers[layerAt(net, step)];
+    const TLayer& layer = net.layers[layerAt(net, pass, step)];
     if (layer.kind != LayerKind::Permutation) {
-      madeForwardAny(net, layer.made, ws, rows);
+      withKinds(layer.made, StepOp{net, layer.made, ws, rows, sequentialAlong(layer, pass)});
       continue;
     }
     std::copy_n(ws.points.data(), static_cast<size_t>(rows) * dim, ws.tmp.data());
     const std::vector<int>& perm = layer.permutation;
     for (int r = 0; r < rows; ++r)
       for (int i = 0; i < dim; ++i) {
-        if (net.pass == Direction::ToData) ws.points[r * dim + i] = ws.tmp[r * dim + perm[i]];
+        if (pass == Direction::ToData) ws.points[r * dim + i] = ws.tmp[r * dim + perm[i]];
         else ws.points[r * dim + perm[i]] = ws.tmp[r * dim + i];
       }
   }
 }
 
-// ws.gpoints = dL/d(output) in; every layer's log-det has gradient gld. Adds the
+// ws.gpoints = dL/d(output) in; every step's log-det (along the pass) has gradient gld. Adds the
 // parameter gradient to G (if not null); with wantInput, ws.gpoints ends as dL/d(input).
-void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, bool wantInput) {
+void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, bool wantInput, Direction pass) {
   const int dim = net.dim;
   size_t firstMade = net.layers.size();
   for (size_t step = 0; step < net.layers.size(); ++step)
-    if (net.layers[layerAt(net, step)].kind != LayerKind::Permutation) {
+    if (net.layers[layerAt(net, pass, step)].kind != LayerKind::Permutation) {
       firstMade = step;
       break;
     }
   for (size_t step = net.layers.size(); step-- > 0;) {
-    const TLayer& layer = net.layers[layerAt(net, step)];
+    const TLayer& layer = net.layers[layerAt(net, pass, step)];
     if (layer.kind != LayerKind::Permutation) {
-      madeBackwardAny(net, layer.made, ws, rows, gld, G, wantInput || step != firstMade);
+      withKinds(layer.made, StepBackwardOp{net, layer.made, ws, rows, sequentialAlong(layer, pass), gld, G,
+                                           wantInput || step != firstMade});
       continue;
     }
     if (!wantInput && step < firstMade) continue;
@@ -340,7 +512,7 @@ void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, b
     const std::vector<int>& perm = layer.permutation;
     for (int r = 0; r < rows; ++r)
       for (int i = 0; i < dim; ++i) {
-        if (net.pass == Direction::ToData) ws.gpoints[r * dim + perm[i]] = ws.tmp[r * dim + i];
+        if (pass == Direction::ToData) ws.gpoints[r * dim + perm[i]] = ws.tmp[r * dim + i];
         else ws.gpoints[r * dim + i] = ws.tmp[r * dim + perm[i]];
       }
   }
