@@ -382,6 +382,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
   static Napi::Function define(Napi::Env env) {
     return DefineClass(env, "NativeTrainer",
                        {InstanceMethod<&NativeTrainer::setOptions>("setOptions"),
+                        InstanceMethod<&NativeTrainer::setStickingTheLanding>("setStickingTheLanding"),
                         InstanceMethod<&NativeTrainer::setData>("setData"),
                         InstanceMethod<&NativeTrainer::fitBatches>("fitBatches"),
                         InstanceMethod<&NativeTrainer::validationLoss>("validationLoss"),
@@ -487,6 +488,12 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     return info.Env().Undefined();
   }
 
+  Napi::Value setStickingTheLanding(const Napi::CallbackInfo& info) {
+    claim(info.Env());
+    trainer_->setStickingTheLanding(info[0].ToBoolean().Value());
+    return info.Env().Undefined();
+  }
+
   // setData(train, trainRows, valid | null, validRows)
   Napi::Value setData(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -569,7 +576,8 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     }, nullptr, {info[3], info[4]});
   }
 
-  // distillSteps(seedLo, seedHi, firstStep, steps, batch, betaStart, betaSlope, stats, stepLoss: Float64Array(steps), async)
+  // distillSteps(seedLo, seedHi, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, stats,
+  //              stepLoss: Float64Array(steps), async)
   Napi::Value distillSteps(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     const uint64_t seed = seedFrom(env, info[0], info[1]);
@@ -578,14 +586,15 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     const int64_t batch = countArg(env, info[4], "batch", 1);
     const double betaStart = numberArg(env, info[5], "betaStart");
     const double betaSlope = numberArg(env, info[6], "betaSlope");
-    double* stats = float64Output(env, info[7], 5, "stats");
-    double* stepLoss = float64Output(env, info[8], static_cast<size_t>(steps), "stepLoss");
+    const double forwardWeight = numberArg(env, info[7], "forwardWeight");
+    double* stats = float64Output(env, info[8], 5, "stats");
+    double* stepLoss = float64Output(env, info[9], static_cast<size_t>(steps), "stepLoss");
     auto trainer = trainer_;
-    return launch(env, info[9].ToBoolean().Value(), [=] {
+    return launch(env, info[10].ToBoolean().Value(), [=] {
       iaflow::StepStats s;
-      trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, s, stepLoss);
+      trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, s, stepLoss);
       writeStats(s, stats);
-    }, nullptr, {info[7], info[8]});
+    }, nullptr, {info[8], info[9]});
   }
 
   // likelihoodGradient(x, rows) -> mean NLL; the gradient stays for gradientTo

@@ -46,12 +46,13 @@ export type NativeLayerView = { hidden: NativeLinear[]; shift: NativeLinear; raw
 /** The training core (native/core/train.h). Stats arrays: [lossSum, rows, steps, skipped, lastGradNorm]. */
 export interface NativeTrainerInstance {
   setOptions(options: Float64Array): void;
+  setStickingTheLanding(on: boolean): void;
   setData(train: Float32Array, trainRows: number, valid: Float32Array | null, validRows: number): void;
   fitBatches(seedLo: number, seedHi: number, epoch: number, firstBatch: number, batches: number, batchSize: number, stats: Float64Array, async: boolean): Promise<void> | undefined;
   validationLoss(async: boolean): Promise<number> | number;
   reverseForward(seedLo: number, seedHi: number, step: number, batch: number, z: Float32Array | null, x: Float32Array, logq: Float32Array, async: boolean): Promise<void> | undefined;
   reverseBackward(value: Float32Array, grad: Float32Array, update: boolean, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
-  distillSteps(seedLo: number, seedHi: number, firstStep: number, steps: number, batch: number, betaStart: number, betaSlope: number, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
+  distillSteps(seedLo: number, seedHi: number, firstStep: number, steps: number, batch: number, betaStart: number, betaSlope: number, forwardWeight: number, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
   likelihoodGradient(x: Float32Array, rows: number): number;
   logProbGradient(x: Float32Array, rows: number, logProb: Float32Array, grad: Float32Array): void;
   parametersTo(views: NativeLayerView[]): void;

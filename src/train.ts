@@ -120,6 +120,15 @@ export interface ReverseKLOptions extends OptimizerOptions {
   batchSize?: number;
   /** Called between native chunks (about every 0.2 s) and at the end; may return a promise. */
   onProgress?: (progress: ReverseKLProgress) => void | Promise<void>;
+  /**
+   * The gradient estimator. true: "sticking the landing" (Roeder et al. 2017), which leaves out
+   * the score term d log q / d params at fixed x (its mean is zero), so only the path through
+   * x = f(z) remains: (d log q(x)/dx - d log p(x)/dx) dx/dparams. Its variance vanishes as q
+   * reaches the target, so late steps are nearly noise-free; d log q / dx costs one more
+   * backward pass, through the flow's x -> z direction. false: the plain reparameterized gradient.
+   * Default true.
+   */
+  stickingTheLanding?: boolean;
 }
 
 export interface DistillOptions extends ReverseKLOptions {
@@ -143,6 +152,15 @@ export interface DistillOptions extends ReverseKLOptions {
    * It needs steps: with a few hundred in all, use 0 (plain reverse KL). Default 0.5.
    */
   match?: number;
+  /**
+   * Weight of the forward KL added to reverse KL after the matching phase: each step also draws a
+   * batch of teacher samples and adds forwardKL * E_{x ~ teacher}[-log q(x)], the student's
+   * negative log-likelihood of them (differentiated through the student's sequential direction,
+   * one pass each way). Reverse KL never sees where the student puts too little mass, which is
+   * where its log-likelihood of real data falls short; the forward term does. 0 turns it off
+   * (half the cost per step). Default 1.
+   */
+  forwardKL?: number;
 }
 
 export interface ReverseKLReport {
@@ -500,12 +518,16 @@ interface ReverseSetup {
   batchSize: number;
   optimizer: Optimizer;
   onProgress?: ReverseKLOptions['onProgress'];
+  stickingTheLanding: boolean;
 }
 
 function checkReverseOptions(where: string, options: unknown, extra: readonly string[] = []): ReverseSetup & { opts: Record<string, unknown> } {
-  const opts = checkOptions(where, options, [...OPTIMIZER_KEYS, 'steps', 'batchSize', 'onProgress', ...extra]);
+  const opts = checkOptions(where, options, [...OPTIMIZER_KEYS, 'steps', 'batchSize', 'onProgress', 'stickingTheLanding', ...extra]);
+  const stl = opts.stickingTheLanding ?? true;
+  if (typeof stl !== 'boolean') throw invalidType('options.stickingTheLanding', 'a boolean', stl);
   return {
     opts,
+    stickingTheLanding: stl,
     steps: checkInteger('options.steps', opts.steps ?? 5000, 1, MAX_STEPS),
     batchSize: checkInteger('options.batchSize', opts.batchSize ?? 256, 1, MAX_BATCH),
     optimizer: checkOptimizer('options', opts),
@@ -593,6 +615,7 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
   claim(flow, 'fitReverseKL');
   try {
     const trainer = newTrainer(flow, TO_DATA, null, setup.optimizer.options);
+    trainer.setStickingTheLanding(setup.stickingTheLanding);
     const [lo, hi] = seedWords(setup.optimizer.seed);
     const { batchSize } = setup;
     const dim = flow.dim;
@@ -633,10 +656,11 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
   requireTrainable(teacher, 'distill (the teacher)');
   if (teacher.dim !== student.dim) throw invalidRange('teacher.dim', `the student's dim, ${student.dim}`, teacher.dim);
   if (teacher === student) throw new TypeError('distill needs a teacher other than the student');
-  const setup = checkReverseOptions('distill options', options, ['anneal', 'annealFrom', 'match']);
+  const setup = checkReverseOptions('distill options', options, ['anneal', 'annealFrom', 'match', 'forwardKL']);
   const anneal = checkNumber('options.anneal', setup.opts.anneal ?? 0, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
   const annealFrom = checkNumber('options.annealFrom', setup.opts.annealFrom ?? 0.2, 'a number in (0, 1]', (v) => v > 0 && v <= 1);
   const match = checkNumber('options.match', setup.opts.match ?? 0.5, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
+  const forwardKL = checkNumber('options.forwardKL', setup.opts.forwardKL ?? 1, 'a finite number >= 0', (v) => v >= 0 && Number.isFinite(v));
   const matchSteps = Math.round(setup.steps * match);
   const annealSteps = Math.round(setup.steps * anneal);
   // Annealing counts from the first reverse-KL step (the core indexes beta by the global step).
@@ -646,6 +670,7 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
   claim(student, 'distill');
   try {
     const trainer = newTrainer(student, TO_DATA, teacher, setup.optimizer.options);
+    trainer.setStickingTheLanding(setup.stickingTheLanding);
     const [lo, hi] = seedWords(setup.optimizer.seed);
     const { batchSize } = setup;
     const dim = student.dim;
@@ -662,7 +687,7 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
         skipped += stats[3];
       }
       if (s < count) {
-        await trainer.distillSteps(lo, hi, firstStep + s, count - s, batchSize, betaStart, betaSlope, stats, stepLoss.subarray(s), true);
+        await trainer.distillSteps(lo, hi, firstStep + s, count - s, batchSize, betaStart, betaSlope, forwardKL, stats, stepLoss.subarray(s), true);
         skipped += stats[3];
       }
       stats[3] = skipped;
@@ -737,8 +762,15 @@ export const __trainingInternals = {
   },
 
   /** The reverse-KL loss at the latent rows z and its gradient wrt every parameter (IAF flows). */
-  async reverseKLGradient(flow: Flow, z: Float32Array, target: Target, kernels: KernelChoice = {}): Promise<{ loss: number; x: Float32Array; grads: Record<string, Float32Array> }> {
+  async reverseKLGradient(
+    flow: Flow,
+    z: Float32Array,
+    target: Target,
+    kernels: KernelChoice = {},
+    stickingTheLanding = false,
+  ): Promise<{ loss: number; x: Float32Array; grads: Record<string, Float32Array> }> {
     const trainer = newTrainer(flow, TO_DATA, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
+    trainer.setStickingTheLanding(stickingTheLanding);
     const rows = z.length / flow.dim;
     const x = new Float32Array(z.length);
     trainer.reverseForward(0, 0, 0, rows, z, x, new Float32Array(rows), false);

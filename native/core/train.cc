@@ -34,6 +34,7 @@ constexpr int kSlotRows = 128;   // rows per slot at least, so a step wakes the 
 constexpr size_t kSerialUpdate = size_t(1) << 20;  // below this many floats (params x slots) reduce and update inline
 constexpr size_t kSlotBudget = size_t(32) << 20;  // floats all gradient slots together may take
 constexpr size_t kChunk = size_t(1) << 14;        // floats per reduction / update task
+constexpr uint64_t kForwardStream = 0x6A09E667F3BCC909ull;  // distillation's teacher samples: latent seed ^ this
 
 int roundUp(int value, int block) { return (value + block - 1) / block * block; }
 
@@ -377,6 +378,24 @@ struct Trainer::Impl {
   uint64_t orderSeed = 0;
   std::vector<float> latent, logq;  // reverse KL: the batch's z and log q(x)
   int64_t batch = 0;
+  bool stickingTheLanding = false;
+
+  // Reverse KL's backward for the tile in ws, after netForward along z -> x: ws.gpoints holds
+  // -scale * d(target log-density)/dx on entry. Adds the parameter gradient of the batch mean
+  // (see setStickingTheLanding) to G.
+  void reverseTileBackward(Workspace& ws, int count, float scale, float* G) {
+    if (!stickingTheLanding) {
+      netBackward(net, ws, count, -scale, G, false);
+      return;
+    }
+    const int dim = net.dim;
+    std::vector<float> targetPart(ws.gpoints.begin(), ws.gpoints.begin() + static_cast<size_t>(count) * dim);
+    // d log q(x)/dx: log q(x) = log N(z) + log|det dz/dx|, backward along x -> z from dL/dz = -z.
+    for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = -ws.latent[i];
+    netBackward(net, ws, count, 1.0f, nullptr, true, Direction::ToLatent);
+    for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = ws.gpoints[i] * scale + targetPart[i];
+    netBackward(net, ws, count, 0.0f, G, false);
+  }
 
   std::shared_ptr<ThreadPool> pool() {
     std::shared_ptr<ThreadPool> p = currentPool();
@@ -567,6 +586,7 @@ Trainer::~Trainer() = default;
 int Trainer::dim() const { return impl_->net.dim; }
 size_t Trainer::numParameters() const { return impl_->net.params.size(); }
 void Trainer::setOptions(const OptimizerOptions& options) { impl_->options = options; }
+void Trainer::setStickingTheLanding(bool on) { impl_->stickingTheLanding = on; }
 
 void Trainer::setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows) {
   const int dim = impl_->net.dim;
@@ -696,9 +716,10 @@ void Trainer::reverseBackward(const float* targetLogDensity, const float* target
   I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, int /*slot*/, float* G) {
     Workspace& ws = I.workspaces[worker];
     std::copy_n(I.latent.data() + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
+    std::copy_n(I.latent.data() + first * dim, static_cast<size_t>(count) * dim, ws.latent.data());
     netForward(I.net, ws, count);  // recomputed: the activations are not kept between calls
     for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = -targetGrad[first * dim + i] * scale;
-    netBackward(I.net, ws, count, -scale, G, false);
+    I.reverseTileBackward(ws, count, scale, G);
     return 0.0;
   });
   if (stepLoss) *stepLoss = lossSum / static_cast<double>(rows);
@@ -710,7 +731,7 @@ void Trainer::reverseBackward(const float* targetLogDensity, const float* target
 }
 
 void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batchRows, double betaStart,
-                           double betaSlope, StepStats& stats, double* stepLoss) {
+                           double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss) {
   Impl& I = *impl_;
   if (!I.teacher) throw std::logic_error("distillSteps needs a teacher");
   std::shared_ptr<ThreadPool> p = I.pool();
@@ -739,7 +760,21 @@ void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int6
       }
       klSums[slot] += kl;
       for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = -tws.gpoints[i] * gradScale;
-      netBackward(I.net, ws, count, -scale, G, false);
+      I.reverseTileBackward(ws, count, scale, G);
+      if (forwardWeight > 0.0) {
+        // Teacher samples from their own latent stream, scored by the student along x -> z.
+        fillNormalRows(seed ^ kForwardStream, firstRow + first, count, dim, tws.points.data());
+        netForward(*I.teacher, tws, count, Direction::ToData);
+        std::copy_n(tws.points.data(), static_cast<size_t>(count) * dim, ws.points.data());
+        netForward(I.net, ws, count, Direction::ToLatent);
+        const float w = static_cast<float>(forwardWeight) * scale;
+        for (int r = 0; r < count; ++r) {
+          const float* zr = ws.points.data() + r * dim;
+          sum -= forwardWeight * static_cast<double>(baseLogDensity(zr, dim) + ws.logDet[r]);
+          for (int i = 0; i < dim; ++i) ws.gpoints[r * dim + i] = zr[i] * w;
+        }
+        netBackward(I.net, ws, count, -w, G, false, Direction::ToLatent);
+      }
       return sum;
     });
     double kl = 0.0;

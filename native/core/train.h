@@ -69,6 +69,12 @@ class Trainer {
   int dim() const;
   size_t numParameters() const;  // in the sorted layout, padding included
   void setOptions(const OptimizerOptions& options);
+  // Reverse KL's gradient estimator. Off: the reparameterized gradient of log q(x) - log p(x)
+  // with x = f(z). On ("sticking the landing", Roeder et al. 2017): the score term
+  // d log q / d params at fixed x, whose mean is zero, is left out, so only the path through x
+  // remains, (d log q(x)/dx - d log p(x)/dx) dx/dparams; its variance vanishes as q reaches p.
+  // d log q / dx runs the flow's x -> z direction backward (sequential for IAF layers).
+  void setStickingTheLanding(bool on);
 
   // Maximum likelihood. Copies the data (row-major).
   void setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows);
@@ -90,9 +96,13 @@ class Trainer {
   // Distillation: `steps` steps of reverse KL against the teacher, all in the core:
   // E_z[log q(x) - beta log p(x)], x = f(z), with beta = min(1, betaStart + betaSlope * step)
   // (annealing: a small beta flattens the teacher, so the student spreads over every mode
-  // before it sharpens). stepLoss gets the loss at beta = 1, the KL from the teacher.
+  // before it sharpens), plus forwardWeight times the forward KL's cross-entropy
+  // E_{x ~ teacher}[-log q(x)] on a second batch of teacher samples (the teacher samples along
+  // z -> x and the student is evaluated and differentiated along x -> z, sequentially where its
+  // layers are IAF). Reverse KL is mode-seeking and never sees where the student puts too little
+  // mass; the forward term does. stepLoss gets the reverse-KL loss at beta = 1, the KL from the teacher.
   void distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batch, double betaStart,
-                    double betaSlope, StepStats& stats, double* stepLoss);
+                    double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss);
 
   // Test hooks. Gradient of the mean negative log-likelihood of x (kept for gradientTo);
   // returns the mean. logProbGradient: log p(x) and its gradient wrt x, of this flow

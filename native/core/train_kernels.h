@@ -287,16 +287,30 @@ inline void axpyPrefix(float a, const float* w, float* y, int n) {
   for (int k = 0; k < n; ++k) y[k] += a * w[k];
 }
 
+// Computes the hidden units not yet done up to `degree`, in every layer. Units of one degree
+// share their prefix, so a run of them is a sum of weight rows (K-major, contiguous): no
+// horizontal reductions, which the compiler would not vectorize.
 template <Activation A>
 inline void hiddenUnitsUpTo(const Net& net, const TMade& m, float* const* h, const float* u, int* done, int degree) {
   const float* P = net.params.data();
-  const float* PT = net.transposed.data();
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
     const float* in = l == 0 ? u : h[l - 1];
     const int end = m.unitsUpToDegree[l][degree];
-    for (int j = done[l]; j < end; ++j)
-      h[l][j] = activate<A>(P[L.b + j] + dotPrefix(PT + L.wt + static_cast<size_t>(j) * L.inStride, in, L.prefix[j]));
+    for (int first = done[l]; first < end;) {
+      const int depth = L.prefix[first];
+      int last = first + 1;
+      while (last < end && L.prefix[last] == depth) ++last;
+      float* y = h[l];
+      for (int j = first; j < last; ++j) y[j] = P[L.b + j];
+      for (int k = 0; k < depth; ++k) {
+        const float x = in[k];
+        const float* w = P + L.w + static_cast<size_t>(k) * L.outStride;
+        for (int j = first; j < last; ++j) y[j] += x * w[j];
+      }
+      for (int j = first; j < last; ++j) y[j] = activate<A>(y[j]);
+      first = last;
+    }
     done[l] = end;
   }
 }
