@@ -292,6 +292,7 @@ describe('the optimizer', () => {
       eps,
       weightDecay: wd,
       seed: 3,
+      ema: 0, // the raw Adam iterates
       onProgress: ({ epoch }) => {
         if (epoch !== 0) return;
         p1 = flow.getParameters(); // the weights after the first step
@@ -326,7 +327,7 @@ describe('the optimizer', () => {
     const factor = clip / (norm + 1e-6);
     // With a large eps the first Adam step is about lr * g / eps: linear in the (clipped) gradient.
     const [lr, eps] = [0.1, 10];
-    await fit(flow, x, { epochs: 1, batchSize: 32, learningRate: lr, eps, clipGradNorm: clip, seed: 0 });
+    await fit(flow, x, { epochs: 1, batchSize: 32, learningRate: lr, eps, clipGradNorm: clip, seed: 0, ema: 0 });
     const after = flow.getParameters();
     for (const k of Object.keys(before)) {
       for (let i = 0; i < before[k].length; i++) {
@@ -383,15 +384,16 @@ describe('fit with ema (Polyak averaging)', () => {
     }
   });
 
-  test('ema 0 changes nothing; bad values are refused', async () => {
+  test('the default is ema 0.99; bad values are refused', async () => {
     const data = standardNormal(600, 2, { seed: 8 });
     const runs: Record<string, Float32Array>[] = [];
-    for (const ema of [undefined, 0]) {
+    for (const ema of [undefined, 0.99, 0]) {
       const flow = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 2 });
       await fit(flow, data, { epochs: 3, batchSize: 64, validationFraction: 0.2, seed: 4, ...(ema === undefined ? {} : { ema }) });
       runs.push(flow.getParameters());
     }
     expect(runs[1]).toEqual(runs[0]);
+    expect(runs[2]).not.toEqual(runs[0]);
     const flow = createMAF({ dim: 2, layers: 1, hidden: [4] });
     await expect(fit(flow, data, { ema: 1 })).rejects.toThrow(RangeError);
     await expect(fit(flow, data, { ema: 1 })).rejects.toThrow(/a number in \[0, 1\) for options.ema but received 1/);
