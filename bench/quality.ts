@@ -1,6 +1,6 @@
 // Training quality, measured: not part of `npm test` (it takes a minute or two).
 //
-//   npx tsx bench/quality.ts [--seeds 0,1,2,3,4] [--clip 5] [--threads 2] [--scale exp] [--skip-reverse] [--skip-distill]
+//   npx tsx bench/quality.ts [--seeds 0,1,2,3,4] [--clip 5] [--ema 0.99] [--threads 2] [--scale exp] [--skip-reverse] [--skip-distill]
 //
 // 1. Maximum likelihood on two moons (t ~ U(0, pi); outer moon (cos t, sin t) or inner moon
 //    (1 - cos t, 0.5 - sin t) with probability 1/2 each; N(0, 0.05^2) noise per coordinate):
@@ -24,6 +24,7 @@ function arg(name: string): string | undefined {
 }
 const seeds = (arg('seeds') ?? '0,1,2,3,4').split(',').map(Number);
 const clip = arg('clip') === undefined ? undefined : Number(arg('clip'));
+const ema = arg('ema') === undefined ? undefined : Number(arg('ema'));
 if (arg('threads')) setThreads(Number(arg('threads')));
 const scaleKind = (arg('scale') ?? 'exp') as ScaleKind;
 
@@ -105,7 +106,7 @@ async function main() {
   const train = twoMoons(20000, 1);
   const test = twoMoons(5000, 2);
 
-  console.log(`\n1. Two moons, 5-layer MAF [64, 64], Adam lr 1e-3, batch 512, <= 100 epochs, 10% validation, patience 10${clip ? `, clipGradNorm ${clip}` : ''}`);
+  console.log(`\n1. Two moons, 5-layer MAF [64, 64], Adam lr 1e-3, batch 512, <= 100 epochs, 10% validation, patience 10${clip ? `, clipGradNorm ${clip}` : ''}${ema !== undefined ? `, ema ${ema}` : ''}`);
   console.log('seed   test LL (nats)   epochs   best epoch   seconds   train rows/s');
   const results: number[] = [];
   let teacher: Flow | null = null;
@@ -120,6 +121,7 @@ async function main() {
       patience: 10,
       seed,
       ...(clip ? { clipGradNorm: clip } : {}),
+      ...(ema !== undefined ? { ema } : {}),
     });
     const seconds = (performance.now() - started) / 1000;
     const ll = await meanLogProb(flow, test);

@@ -355,7 +355,7 @@ int64_t countArg(Napi::Env env, const Napi::Value& v, const char* what, int64_t 
   return static_cast<int64_t>(d);
 }
 
-// [learningRate, beta1, beta2, eps, weightDecay, clipGradNorm]
+// [learningRate, beta1, beta2, eps, weightDecay, clipGradNorm, ema?] (ema: 0 when left out)
 iaflow::OptimizerOptions optimizerOptions(Napi::Env env, const Napi::Value& v) {
   const double* o = float64Output(env, v, 6, "optimizer options");
   iaflow::OptimizerOptions opt;
@@ -365,6 +365,8 @@ iaflow::OptimizerOptions optimizerOptions(Napi::Env env, const Napi::Value& v) {
   opt.eps = o[3];
   opt.weightDecay = o[4];
   opt.clipGradNorm = o[5];
+  if (v.As<Napi::Float64Array>().ElementLength() >= 7) opt.ema = o[6];
+  if (!(opt.ema >= 0.0 && opt.ema < 1.0)) internalError(env, "ema must be in [0, 1)");
   return opt;
 }
 
@@ -376,7 +378,7 @@ void writeStats(const iaflow::StepStats& s, double* out) {
   out[4] = s.lastGradNorm;
 }
 
-// new NativeTrainer(spec, pass, teacherSpec | null, options: Float64Array(6), reference, portable)
+// new NativeTrainer(spec, pass, teacherSpec | null, options: Float64Array(6 or 7), reference, portable)
 class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
  public:
   static Napi::Function define(Napi::Env env) {

@@ -858,6 +858,7 @@ Options:
   --lr X                   Adam's learning rate (default 1e-3)
   --validation-fraction X  rows held out for validation and early stopping (default 0.1; 0: none)
   --patience N             stop after N epochs without a better validation loss (default 10; 0: never)
+  --ema D                  decay per step of the weight average that is validated and saved (default 0.99; 0: off)
   --seed N                 initialisation, split and minibatch order (default: random, printed)
   --threads N              native threads (default: the number of cores)
   -h, --help               this help
@@ -872,6 +873,7 @@ Options:
       lr: { type: 'string' },
       'validation-fraction': { type: 'string' },
       patience: { type: 'string' },
+      ema: { type: 'string' },
       seed: { type: 'string' },
       threads: { type: 'string' },
     },
@@ -887,6 +889,7 @@ Options:
       const lr = numberOption(p, 'lr', 1e-3, (v) => v > 0 && v < 10, 'a number in (0, 10)');
       const fraction = numberOption(p, 'validation-fraction', 0.1, (v) => v >= 0 && v < 1, 'a number in [0, 1)');
       const patience = intOption(p, 'patience', 10, 0, 1e6);
+      const ema = numberOption(p, 'ema', 0.99, (v) => v >= 0 && v < 1, 'a number in [0, 1)');
       const seed = seedOption(p, undefined) ?? Math.floor(Math.random() * 2 ** 32);
       threadsOption(p);
 
@@ -921,6 +924,7 @@ Options:
         learningRate: lr,
         validationFraction: useValidation ? fraction : undefined,
         patience: useValidation && patience > 0 ? patience : undefined,
+        ema,
         seed,
         onProgress: ({ epoch, trainLoss, validLoss, samplesPerSec }) => {
           const valid = Number.isNaN(validLoss) ? '' : `  valid NLL ${validLoss.toFixed(4)}`;

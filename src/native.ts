@@ -64,7 +64,7 @@ export interface NativeTrainerInstance {
 export interface NativeBinding {
   NativeFlow: new (spec: NativeFlowSpec) => NativeFlowInstance;
   /**
-   * pass: 0 (z -> x, reverse KL) or 1 (x -> z, maximum likelihood); options: [lr, beta1, beta2, eps, weightDecay, clipGradNorm];
+   * pass: 0 (z -> x, reverse KL) or 1 (x -> z, maximum likelihood); options: [lr, beta1, beta2, eps, weightDecay, clipGradNorm, ema?] (ema, fit only: 0 when left out);
    * reference: the simple dense path; portable: the baseline-ISA kernels even where AVX2 would run.
    */
   NativeTrainer: new (spec: NativeFlowSpec, pass: 0 | 1, teacher: NativeFlowSpec | null, options: Float64Array, reference: boolean, portable: boolean) => NativeTrainerInstance;

@@ -80,6 +80,18 @@ export interface FitOptions extends OptimizerOptions {
   patience?: number;
   /** With validation data, end with the weights of the epoch with the lowest validation loss. Default true. */
   restoreBest?: boolean;
+  /**
+   * Polyak averaging: decay, per optimizer step, of an exponential moving average of the weights,
+   * in [0, 1); 0 turns it off. After each applied step, avg = d * avg + (1 - d) * weights, with the
+   * warm-up d = min(ema, t / (9 + t)) at the t-th step (the average starts from the weights before
+   * the first step). Adam steps the raw weights; the validation loss, the best-epoch weights
+   * (`restoreBest`), the weights handed to the flow during `onProgress` and at the end are the
+   * averaged ones. Default 0.99: on two moons (bench/quality.ts) it lifted the test log-likelihood
+   * from -0.356 to -0.322 nats (mean of 10 seeds), partly because the averaged validation loss is
+   * smooth enough that `patience` no longer stops training early on noise. 0 gives the raw Adam
+   * iterates (the behaviour before this option).
+   */
+  ema?: number;
   /** Called between native chunks, at least once per epoch (after its validation); may return a promise. */
   onProgress?: (progress: FitProgress) => void | Promise<void>;
 }
@@ -315,10 +327,12 @@ function nextChunk(previous: number, seconds: number): number {
  *
  * The flow's parameters are updated in place: during training (before each `onProgress` call)
  * and at the end. With validation data, the flow ends with the weights of the best validation
- * epoch (unless `restoreBest: false`). When `signal` aborts, training stops at the next chunk
- * boundary, the best weights so far (with validation; else the current ones) are applied to the
- * flow, and the promise rejects with an AbortError. A step whose loss or gradient is not finite
- * is skipped (never written into the weights) and counted in `skippedSteps`.
+ * epoch (unless `restoreBest: false`). With `ema`, "the weights" here (validated, kept as the
+ * best, handed to the flow) are the moving average of the raw Adam iterates. When `signal`
+ * aborts, training stops at the next chunk boundary, the best weights so far (with validation;
+ * else the current ones) are applied to the flow, and the promise rejects with an AbortError. A
+ * step whose loss or gradient is not finite is skipped (never written into the weights) and
+ * counted in `skippedSteps`.
  */
 export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise<FitReport> {
   checkFlow('flow', flow);
@@ -331,6 +345,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     'validationFraction',
     'patience',
     'restoreBest',
+    'ema',
     'onProgress',
   ]);
   const epochs = checkInteger('options.epochs', opts.epochs ?? 50, 1, MAX_STEPS);
@@ -339,6 +354,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
   const onProgress = checkFunction<FitOptions['onProgress']>('options.onProgress', opts.onProgress);
   if (opts.restoreBest !== undefined && typeof opts.restoreBest !== 'boolean') throw invalidType('options.restoreBest', 'a boolean', opts.restoreBest);
   const restoreBest = opts.restoreBest ?? true;
+  const ema = checkNumber('options.ema', opts.ema ?? 0.99, 'a number in [0, 1)', (v) => v >= 0 && v < 1);
   const dim = flow.dim;
   let { data: train, rows: trainRows } = toRowMajor('data', data, dim);
   let valid: Float32Array | null = null;
@@ -363,7 +379,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
 
   claim(flow, 'fit');
   try {
-    const trainer = newTrainer(flow, TO_LATENT, null, optimizer.options);
+    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(...optimizer.options, ema));
     trainer.setData(train, trainRows, valid, validRows);
     const [lo, hi] = seedWords(optimizer.seed);
     const batchesPerEpoch = Math.ceil(trainRows / batchSize);

@@ -162,6 +162,7 @@ describe('errors', () => {
     [['train', 'x.csv', '--epochs', 'ten'], '--epochs ten: expected an integer'],
     [['train', 'x.csv', '--hiden', '64'], "Unknown option '--hiden'"],
     [['train', 'x.csv', '--lr', '0'], '--lr 0: expected a number in (0, 10)'],
+    [['train', 'x.csv', '--ema', '1'], '--ema 1: expected a number in [0, 1)'],
     [['train', 'x.csv', '--activation', 'sigmoid'], 'expected relu, tanh or elu'],
     [['sample', 'm.safetensors', '-n', '0'], '--count 0: expected an integer from 1'],
     [['sample', 'm.safetensors', '--out', 'samples.txt'], 'must end in .csv or .npy'],

@@ -360,6 +360,7 @@ describe('the optimizer', () => {
       eps,
       weightDecay: wd,
       seed: 3,
+      ema: 0, // the raw Adam iterates
       onProgress: ({ epoch }) => {
         if (epoch !== 0) return;
         p1 = flow.getParameters(); // the weights after the first step
@@ -394,7 +395,7 @@ describe('the optimizer', () => {
     const factor = clip / (norm + 1e-6);
     // With a large eps the first Adam step is about lr * g / eps: linear in the (clipped) gradient.
     const [lr, eps] = [0.1, 10];
-    await fit(flow, x, { epochs: 1, batchSize: 32, learningRate: lr, eps, clipGradNorm: clip, seed: 0 });
+    await fit(flow, x, { epochs: 1, batchSize: 32, learningRate: lr, eps, clipGradNorm: clip, seed: 0, ema: 0 });
     const after = flow.getParameters();
     for (const k of Object.keys(before)) {
       for (let i = 0; i < before[k].length; i++) {
@@ -403,6 +404,71 @@ describe('the optimizer', () => {
         expect(Math.abs(after[k][i] - expected)).toBeLessThan(1e-7 + 1e-4 * Math.abs((lr * g) / eps));
       }
     }
+  });
+});
+
+describe('fit with ema (Polyak averaging)', () => {
+  /** The weights after each epoch (one full-batch step each) of a fit, and its final weights. */
+  async function trajectory(ema: number, epochs: number) {
+    const flow = createMAF({ dim: 2, layers: 2, hidden: [8], seed: 4 });
+    randomize(flow, 7, 0.3);
+    const x = standardNormal(40, 2, { seed: 6 });
+    const start = flow.getParameters();
+    const seen: Record<string, Float32Array>[] = [];
+    await fit(flow, x, { epochs, batchSize: 40, learningRate: 0.05, seed: 1, ema, onProgress: () => void seen.push(flow.getParameters()) });
+    return { start, seen, end: flow.getParameters() };
+  }
+
+  test('the flow gets the moving average (with its warm-up) of the raw Adam steps', async () => {
+    const epochs = 4;
+    const raw = await trajectory(0, epochs); // ema 0: the raw weights after each step
+    expect(raw.seen).toHaveLength(epochs);
+    expect(raw.end).toEqual(raw.seen[epochs - 1]);
+    const averaged = await trajectory(0.99, epochs);
+    expect(averaged.end).toEqual(averaged.seen[epochs - 1]); // onProgress sees the averaged weights too
+    let differs = false;
+    for (const k of Object.keys(raw.start)) {
+      // avg_0 = theta_0; avg_t = d_t avg_{t-1} + (1 - d_t) theta_t, d_t = min(ema, t / (9 + t)).
+      const avg = Float64Array.from(raw.start[k]);
+      for (let t = 1; t <= epochs; t++) {
+        const d = Math.min(0.99, t / (9 + t));
+        for (let i = 0; i < avg.length; i++) avg[i] = d * avg[i] + (1 - d) * raw.seen[t - 1][k][i];
+        for (let i = 0; i < avg.length; i++) expect(Math.abs(averaged.seen[t - 1][k][i] - avg[i])).toBeLessThan(1e-6 + 1e-5 * Math.abs(avg[i]));
+      }
+      for (let i = 0; i < avg.length; i++) if (Math.abs(raw.end[k][i] - averaged.end[k][i]) > 1e-4) differs = true;
+    }
+    expect(differs).toBe(true);
+  });
+
+  test('validation, the best epoch and the final weights all use the averaged weights', async () => {
+    const data = standardNormal(1200, 2, { seed: 2 }).map((v, i) => (i % 2 === 0 ? 1.5 * v + 1 : 0.5 * v - 1));
+    const valid = standardNormal(300, 2, { seed: 3 }).map((v, i) => (i % 2 === 0 ? 1.5 * v + 1 : 0.5 * v - 1));
+    const nll = async (flow: Flow) => -(await flow.logProb(valid)).reduce((a, b) => a + b, 0) / 300;
+    for (const restoreBest of [true, false]) {
+      const flow = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 1 });
+      const report = await fit(flow, data, { epochs: 8, batchSize: 100, learningRate: 1e-2, validation: valid, seed: 0, ema: 0.9, restoreBest });
+      const epoch = restoreBest ? report.bestEpoch! : report.epochs - 1;
+      expect(Math.abs((await nll(flow)) - report.validLoss[epoch])).toBeLessThan(1e-5);
+    }
+  });
+
+  test('the default is ema 0.99; bad values are refused', async () => {
+    const data = standardNormal(600, 2, { seed: 8 });
+    const runs: Record<string, Float32Array>[] = [];
+    for (const ema of [undefined, 0.99, 0]) {
+      const flow = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 2 });
+      await fit(flow, data, { epochs: 3, batchSize: 64, validationFraction: 0.2, seed: 4, ...(ema === undefined ? {} : { ema }) });
+      runs.push(flow.getParameters());
+    }
+    expect(runs[1]).toEqual(runs[0]);
+    expect(runs[2]).not.toEqual(runs[0]);
+    const flow = createMAF({ dim: 2, layers: 1, hidden: [4] });
+    await expect(fit(flow, data, { ema: 1 })).rejects.toThrow(RangeError);
+    await expect(fit(flow, data, { ema: 1 })).rejects.toThrow(/a number in \[0, 1\) for options.ema but received 1/);
+    await expect(fit(flow, data, { ema: -0.1 })).rejects.toThrow(RangeError);
+    await expect(fit(flow, data, { ema: NaN })).rejects.toThrow(/options.ema/);
+    await expect(fit(flow, data, { ema: '0.9' as never })).rejects.toThrow(/options.ema/);
+    await expect(fitReverseKL(createIAF({ dim: 2, layers: 1, hidden: [4] }), { dim: 2, logDensity: () => ({ value: new Float32Array(1), grad: new Float32Array(2) }) }, { ema: 0.9 } as never)).rejects.toThrow(/Unknown option "ema"/);
   });
 });
 

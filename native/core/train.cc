@@ -370,6 +370,8 @@ struct Trainer::Impl {
   std::vector<std::vector<float>> slots;  // gradient accumulators; slots[0] ends as the batch gradient
   std::vector<float> adamM, adamV, best;
   int64_t adamSteps = 0;
+  std::vector<float> shadow;  // options.ema > 0: the running average of the parameters
+  int64_t emaSteps = 0;       // steps averaged into `shadow`
   std::vector<Workspace> workspaces, teacherWorkspaces;
   std::vector<float> train, valid;
   int64_t trainRows = 0, validRows = 0;
@@ -395,6 +397,16 @@ struct Trainer::Impl {
     netBackward(net, ws, count, 1.0f, nullptr, true, Direction::ToLatent);
     for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = ws.gpoints[i] * scale + targetPart[i];
     netBackward(net, ws, count, 0.0f, G, false);
+  }
+
+  // Whether the averaged weights stand for the model (ema on, and at least one step applied).
+  bool averaging() const { return options.ema > 0.0 && shadow.size() == net.params.size(); }
+
+  // Exchanges the raw and the averaged weights (and rebuilds the transposed copy), so the
+  // forward pass runs on the other set; twice restores everything.
+  void swapShadow() {
+    net.params.swap(shadow);
+    net.refreshTransposed(0, net.linears.size());
   }
 
   std::shared_ptr<ThreadPool> pool() {
@@ -502,6 +514,17 @@ struct Trainer::Impl {
       adamM.assign(n, 0.0f);
       adamV.assign(n, 0.0f);
     }
+    const bool ema = options.ema > 0.0;
+    if (ema && shadow.size() != n) {
+      shadow = net.params;  // the average starts from the weights before its first step
+      emaSteps = 0;
+    }
+    float keep = 0.0f;
+    if (ema) {
+      emaSteps += 1;
+      const double t = static_cast<double>(emaSteps);
+      keep = static_cast<float>(std::min(options.ema, t / (9.0 + t)));  // warm-up: early weights fade fast
+    }
     const size_t chunks = (n + kChunk - 1) / kChunk;
     forChunks(p, chunks, n, [&](int64_t c) {
       const size_t begin = c * kChunk, end = std::min(n, begin + kChunk);
@@ -514,6 +537,10 @@ struct Trainer::Impl {
         adamM[i] = m;
         adamV[i] = v;
         w[i] = w[i] * decay - stepSize * m / (std::sqrt(v) * invSqrtBc2 + eps);
+      }
+      if (ema) {
+        float* s = shadow.data();
+        for (size_t i = begin; i < end; ++i) s[i] = keep * s[i] + (1.0f - keep) * w[i];
       }
     });
     forChunks(p, net.linears.size(), n, [&](int64_t i) { net.refreshTransposed(static_cast<size_t>(i), 1); });
@@ -578,14 +605,17 @@ Trainer::Trainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher, 
     if (impl_->teacher->dim != impl_->net.dim) throw std::invalid_argument("the teacher's dim differs from the student's");
     if (pass != Direction::ToData) throw std::invalid_argument("a teacher needs a student trained along z -> x");
   }
-  impl_->options = options;
+  setOptions(options);
 }
 
 Trainer::~Trainer() = default;
 
 int Trainer::dim() const { return impl_->net.dim; }
 size_t Trainer::numParameters() const { return impl_->net.params.size(); }
-void Trainer::setOptions(const OptimizerOptions& options) { impl_->options = options; }
+void Trainer::setOptions(const OptimizerOptions& options) {
+  if (!(options.ema >= 0.0 && options.ema < 1.0)) throw std::invalid_argument("ema must be in [0, 1)");
+  impl_->options = options;
+}
 void Trainer::setStickingTheLanding(bool on) { impl_->stickingTheLanding = on; }
 
 void Trainer::setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows) {
@@ -629,6 +659,16 @@ double Trainer::validationLoss() {
   const int dim = I.net.dim;
   const int64_t tiles = (I.validRows + kTile - 1) / kTile;
   std::vector<double> sums(tiles, 0.0);
+  // With averaging, measure the averaged weights: swapped in, and back out even on a throw.
+  struct Swap {
+    Impl* impl;
+    explicit Swap(Impl* i) : impl(i) {
+      if (impl) impl->swapShadow();
+    }
+    ~Swap() {
+      if (impl) impl->swapShadow();
+    }
+  } swap(I.averaging() ? &I : nullptr);
   p->parallelFor(tiles, [&](int64_t t, int worker) {
     Workspace& ws = I.workspaces[worker];
     const int64_t first = t * kTile;
@@ -785,7 +825,7 @@ void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int6
 }
 
 void Trainer::parametersTo(const std::vector<DenseMadeView>& views) const {
-  exportFlat(impl_->net, impl_->net.params.data(), views);
+  exportFlat(impl_->net, impl_->averaging() ? impl_->shadow.data() : impl_->net.params.data(), views);
 }
 
 void Trainer::gradientTo(const std::vector<DenseMadeView>& views) const {
@@ -793,11 +833,12 @@ void Trainer::gradientTo(const std::vector<DenseMadeView>& views) const {
   exportFlat(impl_->net, impl_->slots[0].data(), views);
 }
 
-void Trainer::saveBest() { impl_->best = impl_->net.params; }
+void Trainer::saveBest() { impl_->best = impl_->averaging() ? impl_->shadow : impl_->net.params; }
 
 void Trainer::restoreBest() {
   Impl& I = *impl_;
   if (I.best.size() != I.net.params.size()) return;
+  if (I.averaging()) I.shadow = I.best;
   I.net.params = I.best;
   I.net.refreshTransposed(0, I.net.linears.size());
 }

@@ -32,6 +32,12 @@ struct OptimizerOptions {
   double eps = 1e-8;
   double weightDecay = 0.0;   // decoupled, as AdamW: p -= lr * weightDecay * p
   double clipGradNorm = 0.0;  // global L2 norm; 0 turns clipping off
+  // Polyak averaging: an exponential moving average of the parameters, updated after every
+  // applied step (shadow = d * shadow + (1 - d) * params, with the warm-up d = min(ema,
+  // t / (9 + t)) at the t-th applied step, the shadow starting from the weights before the
+  // first step). In [0, 1); 0 turns it off. When on, validationLoss, saveBest / restoreBest
+  // and parametersTo use the averaged weights; the optimizer steps the raw ones.
+  double ema = 0.0;
 };
 
 // Where one MADE layer's dense tensors live (PyTorch layout, as in the model
@@ -110,8 +116,11 @@ class Trainer {
   double likelihoodGradient(const float* x, int64_t rows);
   void logProbGradient(const float* x, int64_t rows, float* logProb, float* grad);
 
-  void parametersTo(const std::vector<DenseMadeView>& views) const;  // views[k] for MADE layer k
+  // views[k] for MADE layer k: the averaged weights when `ema` is on (and a step was applied), else the raw ones
+  void parametersTo(const std::vector<DenseMadeView>& views) const;
   void gradientTo(const std::vector<DenseMadeView>& views) const;    // the last computed gradient
+  // Keeps a copy of the weights validationLoss measures (the averaged ones when `ema` is on);
+  // restoreBest makes that copy the current weights (raw and averaged both).
   void saveBest();
   void restoreBest();
 
