@@ -1,6 +1,7 @@
 // Training quality, measured: not part of `npm test` (it takes a minute or two).
 //
-//   npx tsx bench/quality.ts [--seeds 0,1,2,3,4] [--clip 5] [--ema 0.99] [--threads 2] [--scale exp] [--skip-reverse] [--skip-distill]
+//   npx tsx bench/quality.ts [--seeds 0,1,2,3,4] [--clip 5] [--ema 0.99] [--threads 2] [--scale exp]
+//       [--reverse-seeds 0,1,2] [--stl] [--distill-seeds 0,1,2] [--skip-reverse] [--skip-distill]
 //
 // 1. Maximum likelihood on two moons (t ~ U(0, pi); outer moon (cos t, sin t) or inner moon
 //    (1 - cos t, 0.5 - sin t) with probability 1/2 each; N(0, 0.05^2) noise per coordinate):
@@ -8,11 +9,12 @@
 //    at most 100 epochs, 10% validation split, patience 10, best weights kept. Prints the test
 //    log-likelihood (nats per point) and the seconds of each seed's run.
 // 2. Reverse KL: 5-layer IAF [64, 64] ('exp' scales unless --scale), 5000 steps, batch 256, lr 1e-3,
-//    on a correlated 2-D Gaussian, U1..U4 and the banana: KL = log Z - ELBO, log Z exact or from a
-//    fine grid, the ELBO from 10^5 samples of the trained flow.
-// 3. Distillation: a 5-layer IAF [64, 64] student learns the first seed's MAF (batch 512, lr 1e-3,
-//    clipGradNorm 5): plain reverse KL, and map matching then reverse KL at 5000 and 20000 steps;
-//    its test log-likelihood against the teacher's (mean, median, share within 1 nat of the teacher).
+//    on a correlated 2-D Gaussian, U1..U4 and the banana, one run per seed of --reverse-seeds:
+//    KL = log Z - ELBO, log Z exact or from a fine grid, the ELBO from 10^5 samples of the trained flow.
+// 3. Distillation: 5-layer IAF [64, 64] students learn the first seed's MAF (batch 512, lr 1e-3,
+//    clipGradNorm 5): plain reverse KL, map matching then reverse KL, and the default (map matching,
+//    then reverse KL plus the forward-KL term) at 5000 and 20000 steps for each of --distill-seeds;
+//    the student's test log-likelihood against the teacher's (mean, median, share within 1 nat).
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -27,6 +29,9 @@ const clip = arg('clip') === undefined ? undefined : Number(arg('clip'));
 const ema = arg('ema') === undefined ? undefined : Number(arg('ema'));
 if (arg('threads')) setThreads(Number(arg('threads')));
 const scaleKind = (arg('scale') ?? 'exp') as ScaleKind;
+const reverseSeeds = (arg('reverse-seeds') ?? '0,1,2').split(',').map(Number);
+const distillSeeds = (arg('distill-seeds') ?? '0,1,2').split(',').map(Number);
+const stl = process.argv.includes('--stl');
 
 /** mulberry32: the data's own seeded generator (independent of the library's). */
 function uniform(seed: number): () => number {
@@ -135,7 +140,10 @@ async function main() {
   console.log(`mean ${(results.reduce((a, b) => a + b, 0) / results.length).toFixed(4)}, median ${sorted[Math.floor(sorted.length / 2)].toFixed(4)}, best ${sorted[sorted.length - 1].toFixed(4)}, worst ${sorted[0].toFixed(4)}`);
 
   if (!process.argv.includes('--skip-reverse')) {
-    console.log('\n2. Reverse KL, 5-layer IAF [64, 64], 5000 steps, batch 256, lr 1e-3 (KL = log Z - ELBO; log Z exact or from a 512^2 grid on [-25, 25] x [-10, 10], ELBO from 10^5 samples)');
+    console.log(
+      `\n2. Reverse KL, 5-layer IAF [64, 64] ('${scaleKind}' scales), 5000 steps, batch 256, lr 1e-3, seeds ${reverseSeeds.join(', ')}` +
+        `${stl ? ', sticking the landing' : ''} (KL = log Z - ELBO; log Z exact or from a 512^2 grid on [-25, 25] x [-10, 10], ELBO from 10^5 samples)`,
+    );
     const all: Record<string, Target> = {
       'correlated Gaussian': gaussianTarget(),
       U1: targets.U1,
@@ -146,29 +154,43 @@ async function main() {
     };
     for (const [name, target] of Object.entries(all)) {
       const logZ = target.logZ ?? targets.logNormalizer2D(target as BuiltinTarget, { range: [[-25, 25], [-10, 10]], resolution: 512 });
-      const flow = createIAF({ dim: 2, layers: 5, hidden: [64, 64], seed: 0, scale: scaleKind });
-      const report = await fitReverseKL(flow, target, { steps: 5000, batchSize: 256, learningRate: 1e-3, seed: 0 });
-      const kl = logZ - (await elboOf(flow, target));
+      const kls: number[] = [];
+      let seconds = 0;
+      for (const seed of reverseSeeds) {
+        const flow = createIAF({ dim: 2, layers: 5, hidden: [64, 64], seed, scale: scaleKind });
+        const report = await fitReverseKL(flow, target, { steps: 5000, batchSize: 256, learningRate: 1e-3, seed, stickingTheLanding: stl, ...(ema === undefined ? {} : { ema }) });
+        kls.push(logZ - (await elboOf(flow, target)));
+        seconds += report.seconds;
+      }
       const zuko = ZUKO_KL[name] === undefined ? '' : ` (zuko ${ZUKO_KL[name]})`;
-      console.log(`${name}: KL ${kl.toFixed(4)}${zuko}, log Z ${logZ.toFixed(4)}, ${report.seconds.toFixed(1)} s, skipped ${report.skippedSteps}`);
+      const meanKl = kls.reduce((a, b) => a + b, 0) / kls.length;
+      console.log(`${name}: KL ${kls.map((v) => v.toFixed(4)).join(' ')}, mean ${meanKl.toFixed(4)}${zuko}, log Z ${logZ.toFixed(4)}, ${(seconds / kls.length).toFixed(1)} s per run`);
     }
   }
 
   if (!process.argv.includes('--skip-distill') && teacher) {
-    console.log("\n3. Distillation: 5-layer IAF [64, 64] student of the first seed's MAF, 5000 steps, batch 512, lr 1e-3");
+    console.log("\n3. Distillation: 5-layer IAF [64, 64] students of the first seed's MAF, batch 512, lr 1e-3, clipGradNorm 5");
     const teacherLp = await teacher.logProb(test);
-    for (const [label, match, steps] of [['plain reverse KL', 0, 5000], ['map matching, then reverse KL', 0.5, 5000], ['map matching, then reverse KL', 0.5, 20000]] as const) {
-      const student = createIAF({ dim: 2, layers: 5, hidden: [64, 64], seed: 1 });
-      const report = await distill(student, teacher, { steps, batchSize: 512, learningRate: 1e-3, seed: 0, match, clipGradNorm: 5 });
-      const studentLp = await student.logProb(test);
-      let close = 0;
-      for (let i = 0; i < test.length / 2; i++) if (studentLp[i] > teacherLp[i] - 1) close++;
-      console.log(
-        `${label}, ${steps} steps: KL(student || teacher) ${report.kl!.toFixed(4)}, ` +
-          `test LL mean ${mean(studentLp).toExponential(3)} (teacher ${mean(teacherLp).toFixed(4)}), ` +
-          `median ${median(studentLp).toFixed(4)} (teacher ${median(teacherLp).toFixed(4)}), ` +
-          `${((100 * close) / (test.length / 2)).toFixed(1)}% of test points within 1 nat of the teacher, ${report.seconds.toFixed(1)} s`,
-      );
+    const runs: [string, { match: number; forwardKL: number }, number, number[]][] = [
+      ['plain reverse KL', { match: 0, forwardKL: 0 }, 5000, [1]],
+      ['map matching, then reverse KL', { match: 0.5, forwardKL: 0 }, 5000, [1]],
+      ['map matching, then reverse + forward KL (the default)', { match: 0.5, forwardKL: 1 }, 5000, distillSeeds],
+      ['map matching, then reverse + forward KL (the default)', { match: 0.5, forwardKL: 1 }, 20000, distillSeeds],
+    ];
+    for (const [label, options, steps, studentSeeds] of runs) {
+      for (const seed of studentSeeds) {
+        const student = createIAF({ dim: 2, layers: 5, hidden: [64, 64], seed });
+        const report = await distill(student, teacher, { steps, batchSize: 512, learningRate: 1e-3, seed, clipGradNorm: 5, ...options });
+        const studentLp = await student.logProb(test);
+        let close = 0;
+        for (let i = 0; i < test.length / 2; i++) if (studentLp[i] > teacherLp[i] - 1) close++;
+        console.log(
+          `${label}, ${steps} steps, student seed ${seed}: KL(student || teacher) ${report.kl!.toFixed(4)}, ` +
+            `test LL mean ${mean(studentLp).toFixed(4)} (teacher ${mean(teacherLp).toFixed(4)}; gap ${(mean(teacherLp) - mean(studentLp)).toFixed(4)}), ` +
+            `median ${median(studentLp).toFixed(4)} (teacher ${median(teacherLp).toFixed(4)}), ` +
+            `${((100 * close) / (test.length / 2)).toFixed(1)}% of test points within 1 nat of the teacher, ${report.seconds.toFixed(1)} s`,
+        );
+      }
     }
   }
 }

@@ -138,9 +138,16 @@ export interface ReverseKLOptions extends OptimizerOptions {
    * x = f(z) remains: (d log q(x)/dx - d log p(x)/dx) dx/dparams. Its variance vanishes as q
    * reaches the target, so late steps are nearly noise-free; d log q / dx costs one more
    * backward pass, through the flow's x -> z direction. false: the plain reparameterized gradient.
-   * Default true.
+   * Default false: on U1..U4 (bench/quality.ts, 3 seeds) it helped U2 and U4 but hurt U1 and U3,
+   * and with distill's forward-KL term it made rare runs diverge.
    */
   stickingTheLanding?: boolean;
+  /**
+   * Polyak averaging of the weights, as fit's `ema`: the flow gets the running average (decay per
+   * step, warm-up min(ema, t / (9 + t))); each step's reported loss is that of the raw weights.
+   * Default 0.99.
+   */
+  ema?: number;
 }
 
 export interface DistillOptions extends ReverseKLOptions {
@@ -535,18 +542,23 @@ interface ReverseSetup {
   optimizer: Optimizer;
   onProgress?: ReverseKLOptions['onProgress'];
   stickingTheLanding: boolean;
+  /** The optimizer options for the native trainer, ema last. */
+  nativeOptions: Float64Array;
 }
 
 function checkReverseOptions(where: string, options: unknown, extra: readonly string[] = []): ReverseSetup & { opts: Record<string, unknown> } {
-  const opts = checkOptions(where, options, [...OPTIMIZER_KEYS, 'steps', 'batchSize', 'onProgress', 'stickingTheLanding', ...extra]);
-  const stl = opts.stickingTheLanding ?? true;
+  const opts = checkOptions(where, options, [...OPTIMIZER_KEYS, 'steps', 'batchSize', 'onProgress', 'stickingTheLanding', 'ema', ...extra]);
+  const stl = opts.stickingTheLanding ?? false;
   if (typeof stl !== 'boolean') throw invalidType('options.stickingTheLanding', 'a boolean', stl);
+  const ema = checkNumber('options.ema', opts.ema ?? 0.99, 'a number in [0, 1)', (v) => v >= 0 && v < 1);
+  const optimizer = checkOptimizer('options', opts);
   return {
     opts,
     stickingTheLanding: stl,
+    nativeOptions: Float64Array.of(...optimizer.options, ema),
     steps: checkInteger('options.steps', opts.steps ?? 5000, 1, MAX_STEPS),
     batchSize: checkInteger('options.batchSize', opts.batchSize ?? 256, 1, MAX_BATCH),
-    optimizer: checkOptimizer('options', opts),
+    optimizer,
     onProgress: checkFunction<ReverseKLOptions['onProgress']>('options.onProgress', opts.onProgress),
   };
 }
@@ -630,7 +642,7 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
   if (setup.optimizer.signal?.aborted) throw abortError('fitReverseKL', 'its weights from before the call');
   claim(flow, 'fitReverseKL');
   try {
-    const trainer = newTrainer(flow, TO_DATA, null, setup.optimizer.options);
+    const trainer = newTrainer(flow, TO_DATA, null, setup.nativeOptions);
     trainer.setStickingTheLanding(setup.stickingTheLanding);
     const [lo, hi] = seedWords(setup.optimizer.seed);
     const { batchSize } = setup;
@@ -685,7 +697,7 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
   if (setup.optimizer.signal?.aborted) throw abortError('distill', 'its weights from before the call');
   claim(student, 'distill');
   try {
-    const trainer = newTrainer(student, TO_DATA, teacher, setup.optimizer.options);
+    const trainer = newTrainer(student, TO_DATA, teacher, setup.nativeOptions);
     trainer.setStickingTheLanding(setup.stickingTheLanding);
     const [lo, hi] = seedWords(setup.optimizer.seed);
     const { batchSize } = setup;

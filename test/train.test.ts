@@ -468,7 +468,6 @@ describe('fit with ema (Polyak averaging)', () => {
     await expect(fit(flow, data, { ema: -0.1 })).rejects.toThrow(RangeError);
     await expect(fit(flow, data, { ema: NaN })).rejects.toThrow(/options.ema/);
     await expect(fit(flow, data, { ema: '0.9' as never })).rejects.toThrow(/options.ema/);
-    await expect(fitReverseKL(createIAF({ dim: 2, layers: 1, hidden: [4] }), { dim: 2, logDensity: () => ({ value: new Float32Array(1), grad: new Float32Array(2) }) }, { ema: 0.9 } as never)).rejects.toThrow(/Unknown option "ema"/);
   });
 });
 
@@ -701,6 +700,10 @@ describe('fitReverseKL', () => {
     await fitReverseKL(a, target, { steps: 20, batchSize: 64, seed: 4 });
     await fitReverseKL(b, { dim: 3, logDensity: async (x: Float32Array) => target.logDensity(x) }, { steps: 20, batchSize: 64, seed: 4 });
     expect(b.getParameters()).toEqual(a.getParameters());
+    // ema 0 hands over the raw Adam iterate, the default the running average: not the same weights.
+    const raw = createIAF({ dim: 3, layers: 2, hidden: [16], seed: 1 });
+    await fitReverseKL(raw, target, { steps: 20, batchSize: 64, seed: 4, ema: 0 });
+    expect(raw.getParameters()).not.toEqual(a.getParameters());
 
     let calls = 0;
     const flaky: Target = {
@@ -748,6 +751,9 @@ describe('fitReverseKL', () => {
     const wrong: Target = { dim: 2, logDensity: () => ({ value: new Float32Array(1), grad: new Float32Array(2) }) };
     await expect(fitReverseKL(flow, wrong, { steps: 2, batchSize: 4 })).rejects.toThrow(/logDensity\(x\).value.length/);
     await expect(fitReverseKL(flow, target, { steps: 1.5 })).rejects.toThrow(/options.steps/);
+    await expect(fitReverseKL(flow, target, { ema: 1 })).rejects.toThrow(/a number in \[0, 1\) for options.ema/);
+    await expect(fitReverseKL(flow, target, { stickingTheLanding: 1 as never })).rejects.toThrow(/a boolean for options.stickingTheLanding/);
+    await expect(distill(flow, createMAF({ dim: 2, layers: 1 }), { forwardKL: -1 })).rejects.toThrow(/options.forwardKL/);
   });
 });
 
@@ -793,7 +799,8 @@ describe('distill', () => {
         const student = createIAF({ dim: 2, layers: 3, hidden: [32, 32], seed });
         const report = await distill(student, teacher, { steps: 600, batchSize: 256, learningRate: 3e-3, seed: 0, anneal, match: 0, forwardKL });
         fractions[name].push(await rightFraction(student));
-        if (name !== 'plain') expect(report.kl!).toBeLessThan(0.35);
+        // The forward term trades some reverse KL for coverage.
+        if (name !== 'plain') expect(report.kl!).toBeLessThan(name === 'forward' ? 0.5 : 0.35);
       }
     }
     // Annealed or with the forward term, every student keeps both blobs (plain reverse KL may lose
