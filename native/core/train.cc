@@ -58,7 +58,11 @@ struct TMade {
   TLinear output;
   // Per-row offsets (in floats) of what the backward pass needs, within a tile's cache.
   size_t cacheInput = 0, cacheOutput = 0;
-  std::vector<size_t> cacheHidden;
+  std::vector<size_t> cacheHidden;  // act(...) of each hidden layer
+  // Residual MADE (see LayerSpec::residual): the pre-activation stream h of hidden layers
+  // 0, 2, 4, ... (h_0 = W_0 u + b_0, h_l = W_l act(a_{l-1}) + b_l + h_{l-2}); the heads read h.
+  bool residual = false;
+  std::vector<size_t> cacheStream;  // per hidden layer; used at even l only
 };
 
 struct TLayer {
@@ -123,8 +127,6 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference, co
     const LayerPlan& lp = plan->layers[k];
     TLayer layer;
     layer.kind = lp.kind;
-    if (lp.kind != LayerKind::Permutation && lp.made.residual)
-      throw std::invalid_argument(std::string(role) + " has residual MADE blocks, which training does not support yet");
     if (lp.kind == LayerKind::Permutation) {
       layer.permutation = lp.permutation;
       net.layers.push_back(std::move(layer));
@@ -138,10 +140,14 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference, co
     m.unitsUpToDegree = lp.made.unitsUpToDegree;
     m.cacheInput = net.cachePerRow;
     net.cachePerRow += net.dimStride;
-    for (const StaircaseLinear& s : lp.made.hidden) {
+    m.residual = lp.made.residual;
+    for (size_t l = 0; l < lp.made.hidden.size(); ++l) {
+      const StaircaseLinear& s = lp.made.hidden[l];
       m.hidden.push_back(makeLinear(s, net.params, transposedSize, reference));
       m.cacheHidden.push_back(net.cachePerRow);
       net.cachePerRow += s.outStride;
+      m.cacheStream.push_back(net.cachePerRow);
+      if (m.residual && l % 2 == 0) net.cachePerRow += s.outStride;
       net.maxHiddenStride = std::max(net.maxHiddenStride, s.outStride);
     }
     m.output = makeLinear(lp.made.output, net.params, transposedSize, reference);
@@ -161,7 +167,7 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference, co
 
 // Per-worker buffers for one tile of rows.
 struct Workspace {
-  std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gU;
+  std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gC, gU;
   std::vector<float> rowGrad;  // one row's gradients along a sequential step, laid out as a row of the cache
   const Net* sizedFor = nullptr;
 
@@ -179,6 +185,7 @@ struct Workspace {
     gOut.assign(static_cast<size_t>(kTile) * std::max(net.maxOutStride, kBlock), 0.0f);
     gA.assign(static_cast<size_t>(kTile) * std::max(net.maxHiddenStride, kBlock), 0.0f);
     gB.assign(gA.size(), 0.0f);
+    gC.assign(gA.size(), 0.0f);
     gU.assign(static_cast<size_t>(kTile) * net.dimStride, 0.0f);
   }
 };

@@ -176,6 +176,13 @@ void weightGrad(const TLinear& L, const float* X, int xs, const float* GY, int r
 // ---------------------------------------------------------------------------
 // One MADE layer along its parallel direction: v = u * scale(u) + shift(u).
 
+// What the heads read, rows of stride outStride of the last hidden layer: act(...) of the last
+// layer, or the stream h in a residual MADE.
+inline float* headInput(const TMade& m, Workspace& ws) {
+  const size_t last = m.hidden.size() - 1;
+  return ws.cache.data() + kTile * (m.residual ? m.cacheStream[last] : m.cacheHidden[last]);
+}
+
 template <Activation A, ScaleKind S>
 void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   const int dim = net.dim, ds = net.dimStride;
@@ -188,13 +195,25 @@ void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
     float* h = ws.cache.data() + kTile * m.cacheHidden[l];
-    linearForward<true, A>(L, P + L.w, P + L.b, x, xs, rows, h, net.reference);
+    if (m.residual && l % 2 == 0) {
+      // The stream: h_l = W_l x + b_l (+ h_{l-2}); this layer's output is act(h_l).
+      float* stream = ws.cache.data() + kTile * m.cacheStream[l];
+      linearForward<false, A>(L, P + L.w, P + L.b, x, xs, rows, stream, net.reference);
+      const int hs = L.outStride;
+      const float* before = l > 0 ? ws.cache.data() + kTile * m.cacheStream[l - 2] : nullptr;
+      for (int i = 0; i < rows * hs; ++i) {
+        if (before) stream[i] += before[i];
+        h[i] = activate<A>(stream[i]);
+      }
+    } else {
+      linearForward<true, A>(L, P + L.w, P + L.b, x, xs, rows, h, net.reference);
+    }
     x = h;
     xs = L.outStride;
   }
   const TLinear& O = m.output;
   float* out = ws.cache.data() + kTile * m.cacheOutput;
-  linearForward<false, A>(O, P + O.w, P + O.b, x, xs, rows, out, net.reference);
+  linearForward<false, A>(O, P + O.w, P + O.b, headInput(m, ws), xs, rows, out, net.reference);
   const int os = O.outStride;
   for (int r = 0; r < rows; ++r) {
     float logDet = 0.0f;
@@ -219,9 +238,35 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
   const TLinear& O = m.output;
   const float* gOut = ws.gOut.data();
   const size_t depth = m.hidden.size();
-  const float* hLast = ws.cache.data() + kTile * m.cacheHidden[depth - 1];
+  const float* hLast = headInput(m, ws);
   if (G) weightGrad(O, hLast, m.hidden[depth - 1].outStride, gOut, rows, G + O.w, G + O.b, net.reference);
   if (!G && !gU) return;
+  if (m.residual) {
+    // gS = dL/dh along the stream; per block (layers 2b+1, 2b+2), from the last one down:
+    // h_{2b+2} = W act(a) + b + h_{2b}, a = W' act(h_{2b}) + b'.
+    const int hs = m.hidden[0].outStride;
+    float* gS = ws.gA.data();
+    float* gT = ws.gB.data();
+    float* gT2 = ws.gC.data();
+    inputGrad(O, P + O.w, PT + O.wt, gOut, rows, gS, hs, false, net.reference);
+    for (size_t l2 = depth - 1; l2 >= 2; l2 -= 2) {
+      const size_t l1 = l2 - 1;
+      const TLinear& L2 = m.hidden[l2];
+      const TLinear& L1 = m.hidden[l1];
+      const float* inner = ws.cache.data() + kTile * m.cacheHidden[l1];     // act(a)
+      const float* below = ws.cache.data() + kTile * m.cacheHidden[l1 - 1];  // act(h_{2b})
+      if (G) weightGrad(L2, inner, hs, gS, rows, G + L2.w, G + L2.b, net.reference);
+      inputGrad(L2, P + L2.w, PT + L2.wt, gS, rows, gT, hs, false, net.reference);
+      for (int i = 0; i < rows * hs; ++i) gT[i] *= activationGradFromOutput<A>(inner[i]);
+      if (G) weightGrad(L1, below, hs, gT, rows, G + L1.w, G + L1.b, net.reference);
+      inputGrad(L1, P + L1.w, PT + L1.wt, gT, rows, gT2, hs, false, net.reference);
+      for (int i = 0; i < rows * hs; ++i) gS[i] += gT2[i] * activationGradFromOutput<A>(below[i]);
+    }
+    const TLinear& L0 = m.hidden[0];
+    if (G) weightGrad(L0, u, ds, gS, rows, G + L0.w, G + L0.b, net.reference);
+    if (gU) inputGrad(L0, P + L0.w, PT + L0.wt, gS, rows, gU, ds, true, net.reference);
+    return;
+  }
   float* gCur = ws.gA.data();
   float* gNext = ws.gB.data();
   inputGrad(O, P + O.w, PT + O.wt, gOut, rows, gCur, m.hidden[depth - 1].outStride, false, net.reference);
@@ -290,25 +335,31 @@ inline void axpyPrefix(float a, const float* w, float* y, int n) {
 // Computes the hidden units not yet done up to `degree`, in every layer. Units of one degree
 // share their prefix, so a run of them is a sum of weight rows (K-major, contiguous): no
 // horizontal reductions, which the compiler would not vectorize.
+// h[l]: act(...) of hidden layer l for one row; stream[l]: its residual stream (even l of a
+// residual MADE), else unused.
 template <Activation A>
-inline void hiddenUnitsUpTo(const Net& net, const TMade& m, float* const* h, const float* u, int* done, int degree) {
+inline void hiddenUnitsUpTo(const Net& net, const TMade& m, float* const* h, float* const* stream, const float* u,
+                            int* done, int degree) {
   const float* P = net.params.data();
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
     const float* in = l == 0 ? u : h[l - 1];
+    const bool onStream = m.residual && l % 2 == 0;
     const int end = m.unitsUpToDegree[l][degree];
     for (int first = done[l]; first < end;) {
       const int depth = L.prefix[first];
       int last = first + 1;
       while (last < end && L.prefix[last] == depth) ++last;
-      float* y = h[l];
+      float* y = onStream ? stream[l] : h[l];
       for (int j = first; j < last; ++j) y[j] = P[L.b + j];
       for (int k = 0; k < depth; ++k) {
         const float x = in[k];
         const float* w = P + L.w + static_cast<size_t>(k) * L.outStride;
         for (int j = first; j < last; ++j) y[j] += x * w[j];
       }
-      for (int j = first; j < last; ++j) y[j] = activate<A>(y[j]);
+      if (onStream && l > 0)
+        for (int j = first; j < last; ++j) y[j] += stream[l - 2][j];
+      for (int j = first; j < last; ++j) h[l][j] = activate<A>(y[j]);
       first = last;
     }
     done[l] = end;
@@ -323,9 +374,10 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
   const float* PT = net.transposed.data();
   const TLinear& O = m.output;
   const size_t depth = m.hidden.size();
-  std::vector<float*> hv(depth);
+  std::vector<float*> hv(depth), sv(depth, nullptr);
   std::vector<int> doneV(depth);
   float* const* h = hv.data();
+  float* const* stream = sv.data();
   int* done = doneV.data();
   for (int r = 0; r < rows; ++r) {
     float* u = ws.cache.data() + kTile * m.cacheInput + static_cast<size_t>(r) * ds;
@@ -333,22 +385,27 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
       const int hs = m.hidden[l].outStride;
       hv[l] = ws.cache.data() + kTile * m.cacheHidden[l] + static_cast<size_t>(r) * hs;
       std::fill(hv[l] + m.hidden[l].out, hv[l] + hs, 0.0f);
+      if (m.residual && l % 2 == 0) {
+        sv[l] = ws.cache.data() + kTile * m.cacheStream[l] + static_cast<size_t>(r) * hs;
+        std::fill(sv[l] + m.hidden[l].out, sv[l] + hs, 0.0f);
+      }
       done[l] = 0;
     }
+    const float* heads = m.residual ? sv[depth - 1] : hv[depth - 1];
     std::fill(u + dim, u + ds, 0.0f);
     float* out = ws.cache.data() + kTile * m.cacheOutput + static_cast<size_t>(r) * O.outStride;
     std::fill(out + 2 * dim, out + O.outStride, 0.0f);
     float* v = ws.points.data() + static_cast<size_t>(r) * dim;
     float logDet = 0.0f;
     for (int p = 0; p < dim; ++p) {
-      hiddenUnitsUpTo<A>(net, m, h, u, done, p);  // degree <= p: they read positions < p only
+      hiddenUnitsUpTo<A>(net, m, h, stream, u, done, p);  // degree <= p: they read positions < p only
       for (int c = 2 * p; c < 2 * p + 2; ++c)
-        out[c] = P[O.b + c] + dotPrefix(PT + O.wt + static_cast<size_t>(c) * O.inStride, h[depth - 1], O.prefix[c]);
+        out[c] = P[O.b + c] + dotPrefix(PT + O.wt + static_cast<size_t>(c) * O.inStride, heads, O.prefix[c]);
       const AffineGrad a = affineGradFromRaw<S>(out[2 * p + 1], out[2 * p]);
       u[p] = (v[m.dimAtPosition[p]] - a.shift) / a.scale;
       logDet += a.logScale;
     }
-    hiddenUnitsUpTo<A>(net, m, h, u, done, dim);  // units of degree dim feed no output; kept for a full cache
+    hiddenUnitsUpTo<A>(net, m, h, stream, u, done, dim);  // units of degree dim feed no output; kept for a full cache
     for (int p = 0; p < dim; ++p) v[m.dimAtPosition[p]] = u[p];
     ws.logDet[r] -= logDet;
   }
@@ -369,8 +426,10 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
   const int os = O.outStride;
   const size_t depth = m.hidden.size();
   float* gOut = ws.gOut.data();
+  // Per row and hidden layer: gh = dL/d act(...) (from the next layer's reads) and, on a residual
+  // stream, gs = dL/dh (from the heads and the skip into the next stream layer).
   std::vector<const float*> h(depth);
-  std::vector<float*> gh(depth);
+  std::vector<float*> gh(depth), gs(depth, nullptr);
   for (int r = 0; r < rows; ++r) {
     const float* u = ws.cache.data() + kTile * m.cacheInput + static_cast<size_t>(r) * ds;
     const float* out = ws.cache.data() + kTile * m.cacheOutput + static_cast<size_t>(r) * os;
@@ -381,7 +440,12 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
       h[l] = ws.cache.data() + kTile * m.cacheHidden[l] + static_cast<size_t>(r) * hs;
       gh[l] = ws.rowGrad.data() + m.cacheHidden[l];
       std::fill(gh[l], gh[l] + hs, 0.0f);
+      if (m.residual && l % 2 == 0) {
+        gs[l] = ws.rowGrad.data() + m.cacheStream[l];
+        std::fill(gs[l], gs[l] + hs, 0.0f);
+      }
     }
+    float* headGrad = m.residual ? gs[depth - 1] : gh[depth - 1];
     float* g = ws.gpoints.data() + static_cast<size_t>(r) * dim;
     float* gRow = gOut + static_cast<size_t>(r) * os;
     std::fill(gRow + 2 * dim, gRow + os, 0.0f);
@@ -391,7 +455,11 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
         const TLinear& L = m.hidden[l];
         float* dst = l == 0 ? gu : gh[l - 1];
         for (int j = m.unitsUpToDegree[l][p]; j < m.unitsUpToDegree[l][p + 1]; ++j) {
-          const float delta = gh[l][j] * activationGradFromOutput<A>(h[l][j]);
+          float delta = gh[l][j] * activationGradFromOutput<A>(h[l][j]);
+          if (gs[l]) {
+            delta += gs[l][j];                   // the stream itself has no activation
+            if (l >= 2) gs[l - 2][j] += delta;  // the skip: h_l = ... + h_{l-2}
+          }
           if (delta != 0.0f) axpyPrefix(delta, PT + L.wt + static_cast<size_t>(j) * L.inStride, dst, L.prefix[j]);
         }
       }
@@ -402,8 +470,8 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
       const float adjShift = w * a.dShiftDM;
       gRow[2 * p + 1] = -adjScale;
       gRow[2 * p] = -adjShift;
-      axpyPrefix(adjShift, PT + O.wt + static_cast<size_t>(2 * p) * O.inStride, gh[depth - 1], O.prefix[2 * p]);
-      axpyPrefix(adjScale, PT + O.wt + static_cast<size_t>(2 * p + 1) * O.inStride, gh[depth - 1], O.prefix[2 * p + 1]);
+      axpyPrefix(adjShift, PT + O.wt + static_cast<size_t>(2 * p) * O.inStride, headGrad, O.prefix[2 * p]);
+      axpyPrefix(adjScale, PT + O.wt + static_cast<size_t>(2 * p + 1) * O.inStride, headGrad, O.prefix[2 * p + 1]);
       g[i] = w;  // position p's entry of g is not read again
     }
   }
