@@ -1,7 +1,7 @@
 // Training quality, measured: not part of `npm test` (it takes a minute or two).
 //
 //   npx tsx bench/quality.ts [--seeds 0,1,2,3,4] [--clip 5] [--ema 0.99] [--threads 2] [--scale exp]
-//       [--reverse-seeds 0,1,2] [--stl] [--distill-seeds 0,1,2] [--skip-reverse] [--skip-distill]
+//       [--reverse-seeds 0,1,2,3,4,5] [--stl] [--anneal 0.3] [--distill-seeds 0,1,2] [--skip-reverse] [--skip-distill]
 //
 // 1. Maximum likelihood on two moons (t ~ U(0, pi); outer moon (cos t, sin t) or inner moon
 //    (1 - cos t, 0.5 - sin t) with probability 1/2 each; N(0, 0.05^2) noise per coordinate):
@@ -29,9 +29,10 @@ const clip = arg('clip') === undefined ? undefined : Number(arg('clip'));
 const ema = arg('ema') === undefined ? undefined : Number(arg('ema'));
 if (arg('threads')) setThreads(Number(arg('threads')));
 const scaleKind = (arg('scale') ?? 'exp') as ScaleKind;
-const reverseSeeds = (arg('reverse-seeds') ?? '0,1,2').split(',').map(Number);
+const reverseSeeds = (arg('reverse-seeds') ?? '0,1,2,3,4,5').split(',').map(Number);
 const distillSeeds = (arg('distill-seeds') ?? '0,1,2').split(',').map(Number);
 const stl = process.argv.includes('--stl');
+const anneal = arg('anneal') === undefined ? undefined : Number(arg('anneal'));
 
 /** mulberry32: the data's own seeded generator (independent of the library's). */
 function uniform(seed: number): () => number {
@@ -142,7 +143,7 @@ async function main() {
   if (!process.argv.includes('--skip-reverse')) {
     console.log(
       `\n2. Reverse KL, 5-layer IAF [64, 64] ('${scaleKind}' scales), 5000 steps, batch 256, lr 1e-3, seeds ${reverseSeeds.join(', ')}` +
-        `${stl ? ', sticking the landing' : ''} (KL = log Z - ELBO; log Z exact or from a 512^2 grid on [-25, 25] x [-10, 10], ELBO from 10^5 samples)`,
+        `${stl ? ', sticking the landing' : ''}${anneal === undefined ? '' : `, anneal ${anneal}`}${ema === undefined ? '' : `, ema ${ema}`} (KL = log Z - ELBO; log Z exact or from a 512^2 grid on [-25, 25] x [-10, 10], ELBO from 10^5 samples)`,
     );
     const all: Record<string, Target> = {
       'correlated Gaussian': gaussianTarget(),
@@ -158,7 +159,7 @@ async function main() {
       let seconds = 0;
       for (const seed of reverseSeeds) {
         const flow = createIAF({ dim: 2, layers: 5, hidden: [64, 64], seed, scale: scaleKind });
-        const report = await fitReverseKL(flow, target, { steps: 5000, batchSize: 256, learningRate: 1e-3, seed, stickingTheLanding: stl, ...(ema === undefined ? {} : { ema }) });
+        const report = await fitReverseKL(flow, target, { steps: 5000, batchSize: 256, learningRate: 1e-3, seed, stickingTheLanding: stl, ...(ema === undefined ? {} : { ema }), ...(anneal === undefined ? {} : { anneal }) });
         kls.push(logZ - (await elboOf(flow, target)));
         seconds += report.seconds;
       }

@@ -76,6 +76,23 @@ describe('CSV', () => {
   });
 });
 
+describe('iaflow train', () => {
+  test('--kind iaf fits an IAF by maximum likelihood: its log-likelihood of the data rises', async () => {
+    const iafModel = join(dir, 'iaf.safetensors');
+    const untrained = join(dir, 'iaf0.safetensors');
+    const args = ['--kind', 'iaf', '--layers', '2', '--hidden', '16,16', '--seed', '2', '--validation-fraction', '0'];
+    expect((await run(['train', csv, ...args, '--epochs', '1', '--lr', '1e-9', '--ema', '0', '--out', untrained])).code).toBe(0);
+    const trained = await run(['train', csv, ...args, '--epochs', '30', '--out', iafModel]);
+    expect(trained.code).toBe(0);
+    expect(trained.out).toContain('Fitting an IAF (2 layers');
+    const mean = (v: Float32Array) => v.reduce((a, b) => a + b, 0) / v.length;
+    const after = await loadFlow(iafModel);
+    const before = await loadFlow(untrained);
+    expect(after.config.layers.filter((l) => l.type === 'iaf')).toHaveLength(2);
+    expect(mean(await after.logProb(points))).toBeGreaterThan(mean(await before.logProb(points)) + 0.3);
+  });
+});
+
 describe('iaflow info', () => {
   test('prints dim, layers, parameter count and directions; --json gives the config', async () => {
     const flow = await loadFlow(model);
@@ -164,6 +181,7 @@ describe('errors', () => {
     [['train', 'x.csv', '--lr', '0'], '--lr 0: expected a number in (0, 10)'],
     [['train', 'x.csv', '--ema', '1'], '--ema 1: expected a number in [0, 1)'],
     [['train', 'x.csv', '--activation', 'sigmoid'], 'expected relu, tanh or elu'],
+    [['train', 'x.csv', '--kind', 'realnvp'], '--kind realnvp: expected maf or iaf'],
     [['sample', 'm.safetensors', '-n', '0'], '--count 0: expected an integer from 1'],
     [['sample', 'm.safetensors', '--out', 'samples.txt'], 'must end in .csv or .npy'],
     [['sample', 'm.safetensors', '--seed'], "Option '--seed <value>' argument missing"],

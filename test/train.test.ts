@@ -718,6 +718,20 @@ describe('fitReverseKL', () => {
     const raw = createIAF({ dim: 3, layers: 2, hidden: [16], seed: 1 });
     await fitReverseKL(raw, target, { steps: 20, batchSize: 64, seed: 4, ema: 0 });
     expect(raw.getParameters()).not.toEqual(a.getParameters());
+    // Annealing: a step at beta = 0.5 is a step against the target with half its gradient.
+    const halfGrad: Target = {
+      dim: 3,
+      logDensity(x) {
+        const result = target.logDensity(x) as { value: Float32Array; grad: Float32Array };
+        return { value: result.value, grad: result.grad.map((g) => g * 0.5) };
+      },
+    };
+    const annealed = createIAF({ dim: 3, layers: 2, hidden: [16], seed: 1 });
+    const halved = createIAF({ dim: 3, layers: 2, hidden: [16], seed: 1 });
+    const annealedReport = await fitReverseKL(annealed, target, { steps: 1, batchSize: 64, seed: 4, anneal: 1, annealFrom: 0.5 });
+    const halvedReport = await fitReverseKL(halved, halfGrad, { steps: 1, batchSize: 64, seed: 4, anneal: 0 });
+    expect(annealed.getParameters()).toEqual(halved.getParameters());
+    expect(annealedReport.loss[0]).toBe(halvedReport.loss[0]); // reported at beta = 1 either way
 
     let calls = 0;
     const flaky: Target = {
@@ -763,6 +777,8 @@ describe('fitReverseKL', () => {
     await expect(fitReverseKL(flow, wrong, { steps: 2, batchSize: 4 })).rejects.toThrow(/logDensity\(x\).value.length/);
     await expect(fitReverseKL(flow, target, { steps: 1.5 })).rejects.toThrow(/options.steps/);
     await expect(fitReverseKL(flow, target, { ema: 1 })).rejects.toThrow(/a number in \[0, 1\) for options.ema/);
+    await expect(fitReverseKL(flow, target, { anneal: 1.5 })).rejects.toThrow(/a number in \[0, 1\] for options.anneal/);
+    await expect(fitReverseKL(flow, target, { annealFrom: 0 })).rejects.toThrow(/options.annealFrom/);
     await expect(fitReverseKL(flow, target, { stickingTheLanding: 1 as never })).rejects.toThrow(/a boolean for options.stickingTheLanding/);
     await expect(distill(flow, createMAF({ dim: 2, layers: 1 }), { forwardKL: -1 })).rejects.toThrow(/options.forwardKL/);
   });
