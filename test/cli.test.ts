@@ -82,7 +82,7 @@ describe('iaflow train', () => {
     const untrained = join(dir, 'iaf0.safetensors');
     const args = ['--kind', 'iaf', '--layers', '2', '--hidden', '16,16', '--seed', '2', '--validation-fraction', '0'];
     expect((await run(['train', csv, ...args, '--epochs', '1', '--lr', '1e-9', '--ema', '0', '--out', untrained])).code).toBe(0);
-    const trained = await run(['train', csv, ...args, '--epochs', '30', '--out', iafModel]);
+    const trained = await run(['train', csv, ...args, '--epochs', '60', '--batch-size', '100', '--out', iafModel]);
     expect(trained.code).toBe(0);
     expect(trained.out).toContain('Fitting an IAF (2 layers');
     const mean = (v: Float32Array) => v.reduce((a, b) => a + b, 0) / v.length;
