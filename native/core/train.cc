@@ -168,7 +168,7 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference, co
 // Per-worker buffers for one tile of rows.
 struct Workspace {
   std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gC, gU;
-  std::vector<float> rowGrad;  // one row's gradients along a sequential step, laid out as a row of the cache
+  std::vector<float> rowGrad;  // a tile's gradients along a sequential step, laid out as the cache
   const Net* sizedFor = nullptr;
 
   void ensure(const Net& net) {
@@ -181,7 +181,7 @@ struct Workspace {
     tmp.assign(cells, 0.0f);
     logDet.assign(kTile, 0.0f);
     cache.assign(static_cast<size_t>(kTile) * net.cachePerRow, 0.0f);
-    rowGrad.assign(net.cachePerRow, 0.0f);
+    rowGrad.assign(static_cast<size_t>(kTile) * net.cachePerRow, 0.0f);
     gOut.assign(static_cast<size_t>(kTile) * std::max(net.maxOutStride, kBlock), 0.0f);
     gA.assign(static_cast<size_t>(kTile) * std::max(net.maxHiddenStride, kBlock), 0.0f);
     gB.assign(gA.size(), 0.0f);

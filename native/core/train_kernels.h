@@ -319,50 +319,122 @@ void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float
 // ---------------------------------------------------------------------------
 // One MADE layer along its sequential direction, v -> u with v = u * scale(u) + shift(u),
 // in one pass: at position p only the hidden units of degree p are new (their inputs just
-// became known), so every weight is read once. Row by row; the cache ends exactly as
+// became known), so every weight is read once. The whole tile of rows goes through each
+// degree together, a register block of rows per weight load. The cache ends exactly as
 // madeForward would leave it for the u found, so the conditioner's backward is shared.
 
-inline float dotPrefix(const float* w, const float* x, int n) {
-  float sum = 0.0f;
-  for (int k = 0; k < n; ++k) sum += w[k] * x[k];
-  return sum;
+// Y[r][a, b) = B[a, b) + sum_{k < depth} X[r][k] W[k][a, b) for R rows: aligned chunks of eight
+// columns (inside outStride), computed whole and stored only inside [a, b).
+template <int R>
+inline void groupRows(const float* W, int os, const float* B, const float* X, int xs, int a, int b, int depth,
+                      float* Y, int ys) {
+  for (int c = a & ~7; c < b; c += 8) {
+    V8 acc[R];
+    const V8 bias = V8::load(B + c);
+    for (int r = 0; r < R; ++r) acc[r] = bias;
+    for (int k = 0; k < depth; ++k) {
+      const V8 w = V8::load(W + static_cast<size_t>(k) * os + c);
+      for (int r = 0; r < R; ++r) acc[r] = madd(acc[r], V8::splat(X[r * xs + k]), w);
+    }
+    const int lo = std::max(a, c) - c, hi = std::min(b, c + 8) - c;
+    float tmp[8];
+    for (int r = 0; r < R; ++r) {
+      acc[r].store(tmp);
+      for (int t = lo; t < hi; ++t) Y[r * ys + c + t] = tmp[t];
+    }
+  }
 }
 
-inline void axpyPrefix(float a, const float* w, float* y, int n) {
-  for (int k = 0; k < n; ++k) y[k] += a * w[k];
+inline void groupForward(const TLinear& L, const float* P, const float* X, int xs, int rows, int a, int b, float* Y,
+                         int ys) {
+  const int depth = L.prefix[a];
+  int r = 0;
+  for (; r + 8 <= rows; r += 8) groupRows<8>(P + L.w, L.outStride, P + L.b, X + r * xs, xs, a, b, depth, Y + r * ys, ys);
+  for (; r + 4 <= rows; r += 4) groupRows<4>(P + L.w, L.outStride, P + L.b, X + r * xs, xs, a, b, depth, Y + r * ys, ys);
+  for (; r < rows; ++r) groupRows<1>(P + L.w, L.outStride, P + L.b, X + r * xs, xs, a, b, depth, Y + r * ys, ys);
 }
 
-// Computes the hidden units not yet done up to `degree`, in every layer. Units of one degree
-// share their prefix, so a run of them is a sum of weight rows (K-major, contiguous): no
-// horizontal reductions, which the compiler would not vectorize.
-// h[l]: act(...) of hidden layer l for one row; stream[l]: its residual stream (even l of a
-// residual MADE), else unused.
+// dst[r][0, depth) += sum_{j in [a, b)} D[r][j - a] WT[j][0, depth) for R rows: each transposed
+// weight row is loaded once per R rows. Chunks of eight run into WT's zero padding, which adds nothing.
+template <int R>
+inline void pushRows(const float* WT, int is, int a, int b, int depth, const float* D, int dstride, float* dst,
+                     int ystride) {
+  for (int j = a; j < b; ++j) {
+    V8 d[R];
+    bool any = false;
+    for (int r = 0; r < R; ++r) {
+      const float v = D[r * dstride + (j - a)];
+      any = any || v != 0.0f;
+      d[r] = V8::splat(v);
+    }
+    if (!any) continue;
+    const float* w = WT + static_cast<size_t>(j) * is;
+    for (int k = 0; k < depth; k += 8) {
+      const V8 wk = V8::load(w + k);
+      for (int r = 0; r < R; ++r) madd(V8::load(dst + r * ystride + k), d[r], wk).store(dst + r * ystride + k);
+    }
+  }
+}
+
+inline void pushGroup(const TLinear& L, const float* PT, int a, int b, const float* D, int dstride, float* dst,
+                      int ystride, int rows) {
+  const int depth = L.prefix[a];
+  if (depth == 0) return;
+  int r = 0;
+  for (; r + 4 <= rows; r += 4)
+    pushRows<4>(PT + L.wt, L.inStride, a, b, depth, D + r * dstride, dstride, dst + r * ystride, ystride);
+  for (; r < rows; ++r) pushRows<1>(PT + L.wt, L.inStride, a, b, depth, D + r * dstride, dstride, dst + r * ystride, ystride);
+}
+
+// Calls f(a, b) for each run of units in [first, end) that share their prefix (one degree each).
+template <typename F>
+inline void forRuns(const TLinear& L, int first, int end, const F& f) {
+  while (first < end) {
+    int last = first + 1;
+    while (last < end && L.prefix[last] == L.prefix[first]) ++last;
+    f(first, last);
+    first = last;
+  }
+}
+
+// Where one MADE's sequential step keeps its tile: rows of the cache (and of ws.rowGrad, laid
+// out alike, for the gradients).
+struct SeqTile {
+  float* u;
+  std::vector<float*> h, stream;  // stream: residual MADE, even layers; else null
+  float* out;
+  int ds, os;
+  SeqTile(const TMade& m, float* base, int dimStride) : ds(dimStride), os(m.output.outStride) {
+    u = base + kTile * m.cacheInput;
+    out = base + kTile * m.cacheOutput;
+    for (size_t l = 0; l < m.hidden.size(); ++l) {
+      h.push_back(base + kTile * m.cacheHidden[l]);
+      stream.push_back(m.residual && l % 2 == 0 ? base + kTile * m.cacheStream[l] : nullptr);
+    }
+  }
+  int hs(const TMade& m, size_t l) const { return m.hidden[l].outStride; }
+  float* heads(const TMade& m) const { return m.residual ? stream.back() : h.back(); }
+};
+
+// Computes, for every row, the hidden units not yet done up to `degree`, in every layer.
 template <Activation A>
-inline void hiddenUnitsUpTo(const Net& net, const TMade& m, float* const* h, float* const* stream, const float* u,
-                            int* done, int degree) {
+inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, int rows, int* done, int degree) {
   const float* P = net.params.data();
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
-    const float* in = l == 0 ? u : h[l - 1];
-    const bool onStream = m.residual && l % 2 == 0;
-    const int end = m.unitsUpToDegree[l][degree];
-    for (int first = done[l]; first < end;) {
-      const int depth = L.prefix[first];
-      int last = first + 1;
-      while (last < end && L.prefix[last] == depth) ++last;
-      float* y = onStream ? stream[l] : h[l];
-      for (int j = first; j < last; ++j) y[j] = P[L.b + j];
-      for (int k = 0; k < depth; ++k) {
-        const float x = in[k];
-        const float* w = P + L.w + static_cast<size_t>(k) * L.outStride;
-        for (int j = first; j < last; ++j) y[j] += x * w[j];
-      }
-      if (onStream && l > 0)
-        for (int j = first; j < last; ++j) y[j] += stream[l - 2][j];
-      for (int j = first; j < last; ++j) h[l][j] = activate<A>(y[j]);
-      first = last;
-    }
-    done[l] = end;
+    const int hs = L.outStride;
+    const float* in = l == 0 ? t.u : t.h[l - 1];
+    const int xs = l == 0 ? t.ds : m.hidden[l - 1].outStride;
+    float* y = t.stream[l] ? t.stream[l] : t.h[l];
+    forRuns(L, done[l], m.unitsUpToDegree[l][degree], [&](int a, int b) {
+      groupForward(L, P, in, xs, rows, a, b, y, hs);
+      for (int r = 0; r < rows; ++r)
+        for (int j = a; j < b; ++j) {
+          if (t.stream[l] && l > 0) y[r * hs + j] += t.stream[l - 2][r * hs + j];
+          t.h[l][r * hs + j] = activate<A>(y[r * hs + j]);
+        }
+    });
+    done[l] = m.unitsUpToDegree[l][degree];
   }
 }
 
@@ -371,44 +443,35 @@ template <Activation A, ScaleKind S>
 void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
   const int dim = net.dim, ds = net.dimStride;
   const float* P = net.params.data();
-  const float* PT = net.transposed.data();
   const TLinear& O = m.output;
+  const int os = O.outStride;
   const size_t depth = m.hidden.size();
-  std::vector<float*> hv(depth), sv(depth, nullptr);
-  std::vector<int> doneV(depth);
-  float* const* h = hv.data();
-  float* const* stream = sv.data();
-  int* done = doneV.data();
+  const SeqTile t(m, ws.cache.data(), ds);
+  std::vector<int> done(depth, 0);
   for (int r = 0; r < rows; ++r) {
-    float* u = ws.cache.data() + kTile * m.cacheInput + static_cast<size_t>(r) * ds;
+    std::fill(t.u + r * ds + dim, t.u + (r + 1) * ds, 0.0f);
+    std::fill(t.out + r * os + 2 * dim, t.out + (r + 1) * os, 0.0f);
     for (size_t l = 0; l < depth; ++l) {
-      const int hs = m.hidden[l].outStride;
-      hv[l] = ws.cache.data() + kTile * m.cacheHidden[l] + static_cast<size_t>(r) * hs;
-      std::fill(hv[l] + m.hidden[l].out, hv[l] + hs, 0.0f);
-      if (m.residual && l % 2 == 0) {
-        sv[l] = ws.cache.data() + kTile * m.cacheStream[l] + static_cast<size_t>(r) * hs;
-        std::fill(sv[l] + m.hidden[l].out, sv[l] + hs, 0.0f);
-      }
-      done[l] = 0;
+      const int hs = t.hs(m, l), n = m.hidden[l].out;
+      std::fill(t.h[l] + r * hs + n, t.h[l] + (r + 1) * hs, 0.0f);
+      if (t.stream[l]) std::fill(t.stream[l] + r * hs + n, t.stream[l] + (r + 1) * hs, 0.0f);
     }
-    const float* heads = m.residual ? sv[depth - 1] : hv[depth - 1];
-    std::fill(u + dim, u + ds, 0.0f);
-    float* out = ws.cache.data() + kTile * m.cacheOutput + static_cast<size_t>(r) * O.outStride;
-    std::fill(out + 2 * dim, out + O.outStride, 0.0f);
-    float* v = ws.points.data() + static_cast<size_t>(r) * dim;
-    float logDet = 0.0f;
-    for (int p = 0; p < dim; ++p) {
-      hiddenUnitsUpTo<A>(net, m, h, stream, u, done, p);  // degree <= p: they read positions < p only
-      for (int c = 2 * p; c < 2 * p + 2; ++c)
-        out[c] = P[O.b + c] + dotPrefix(PT + O.wt + static_cast<size_t>(c) * O.inStride, heads, O.prefix[c]);
-      const AffineGrad a = affineGradFromRaw<S>(out[2 * p + 1], out[2 * p]);
-      u[p] = (v[m.dimAtPosition[p]] - a.shift) / a.scale;
-      logDet += a.logScale;
-    }
-    hiddenUnitsUpTo<A>(net, m, h, stream, u, done, dim);  // units of degree dim feed no output; kept for a full cache
-    for (int p = 0; p < dim; ++p) v[m.dimAtPosition[p]] = u[p];
-    ws.logDet[r] -= logDet;
   }
+  const float* heads = t.heads(m);
+  const int headStride = m.hidden[depth - 1].outStride;
+  for (int p = 0; p < dim; ++p) {
+    hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), p);  // degree <= p: they read positions < p only
+    groupForward(O, P, heads, headStride, rows, 2 * p, 2 * p + 2, t.out, os);
+    const int i = m.dimAtPosition[p];
+    for (int r = 0; r < rows; ++r) {
+      const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
+      t.u[r * ds + p] = (ws.points[r * dim + i] - a.shift) / a.scale;
+      ws.logDet[r] -= a.logScale;
+    }
+  }
+  hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), dim);  // units of degree dim feed no output; kept for a full cache
+  for (int r = 0; r < rows; ++r)
+    for (int p = 0; p < dim; ++p) ws.points[r * dim + m.dimAtPosition[p]] = t.u[r * ds + p];
 }
 
 // The adjoint of madeSequential, also in one pass (positions descending). With
@@ -425,55 +488,55 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
   const TLinear& O = m.output;
   const int os = O.outStride;
   const size_t depth = m.hidden.size();
+  const SeqTile t(m, ws.cache.data(), ds);
+  // Gradients in the same layout: gu = dL/du so far, gh = dL/d act(...) (from the next layer's
+  // reads), gs = dL/dh on a residual stream (from the heads and the skip into the next stream layer).
+  const SeqTile gt(m, ws.rowGrad.data(), ds);
   float* gOut = ws.gOut.data();
-  // Per row and hidden layer: gh = dL/d act(...) (from the next layer's reads) and, on a residual
-  // stream, gs = dL/dh (from the heads and the skip into the next stream layer).
-  std::vector<const float*> h(depth);
-  std::vector<float*> gh(depth), gs(depth, nullptr);
   for (int r = 0; r < rows; ++r) {
-    const float* u = ws.cache.data() + kTile * m.cacheInput + static_cast<size_t>(r) * ds;
-    const float* out = ws.cache.data() + kTile * m.cacheOutput + static_cast<size_t>(r) * os;
-    float* gu = ws.rowGrad.data() + m.cacheInput;
-    std::fill(gu, gu + ds, 0.0f);
+    std::fill(gt.u + r * ds, gt.u + (r + 1) * ds, 0.0f);
+    std::fill(gOut + r * os + 2 * dim, gOut + (r + 1) * os, 0.0f);
     for (size_t l = 0; l < depth; ++l) {
-      const int hs = m.hidden[l].outStride;
-      h[l] = ws.cache.data() + kTile * m.cacheHidden[l] + static_cast<size_t>(r) * hs;
-      gh[l] = ws.rowGrad.data() + m.cacheHidden[l];
-      std::fill(gh[l], gh[l] + hs, 0.0f);
-      if (m.residual && l % 2 == 0) {
-        gs[l] = ws.rowGrad.data() + m.cacheStream[l];
-        std::fill(gs[l], gs[l] + hs, 0.0f);
-      }
+      const int hs = t.hs(m, l);
+      std::fill(gt.h[l] + r * hs, gt.h[l] + (r + 1) * hs, 0.0f);
+      if (gt.stream[l]) std::fill(gt.stream[l] + r * hs, gt.stream[l] + (r + 1) * hs, 0.0f);
     }
-    float* headGrad = m.residual ? gs[depth - 1] : gh[depth - 1];
-    float* g = ws.gpoints.data() + static_cast<size_t>(r) * dim;
-    float* gRow = gOut + static_cast<size_t>(r) * os;
-    std::fill(gRow + 2 * dim, gRow + os, 0.0f);
-    for (int p = dim - 1; p >= 0; --p) {
-      // Finish the units of degree p + 1 (every reader of them is done), last layer first.
-      for (size_t l = depth; l-- > 0;) {
-        const TLinear& L = m.hidden[l];
-        float* dst = l == 0 ? gu : gh[l - 1];
-        for (int j = m.unitsUpToDegree[l][p]; j < m.unitsUpToDegree[l][p + 1]; ++j) {
-          float delta = gh[l][j] * activationGradFromOutput<A>(h[l][j]);
-          if (gs[l]) {
-            delta += gs[l][j];                   // the stream itself has no activation
-            if (l >= 2) gs[l - 2][j] += delta;  // the skip: h_l = ... + h_{l-2}
+  }
+  float* headGrad = gt.heads(m);
+  const int headStride = m.hidden[depth - 1].outStride;
+  float adj[2 * kTile];  // this position's head adjoints, [row][shift, scale]
+  for (int p = dim - 1; p >= 0; --p) {
+    // Finish the units of degree p + 1 (every reader of them is done), last layer first; each
+    // unit's gradient becomes its delta (wrt its pre-activation) in place, then goes down.
+    for (size_t l = depth; l-- > 0;) {
+      const TLinear& L = m.hidden[l];
+      const int hs = L.outStride;
+      forRuns(L, m.unitsUpToDegree[l][p], m.unitsUpToDegree[l][p + 1], [&](int a, int b) {
+        for (int r = 0; r < rows; ++r)
+          for (int j = a; j < b; ++j) {
+            float delta = gt.h[l][r * hs + j] * activationGradFromOutput<A>(t.h[l][r * hs + j]);
+            if (gt.stream[l]) {
+              delta += gt.stream[l][r * hs + j];                          // the stream itself has no activation
+              if (l >= 2) gt.stream[l - 2][r * hs + j] += delta;  // the skip: h_l = ... + h_{l-2}
+            }
+            gt.h[l][r * hs + j] = delta;
           }
-          if (delta != 0.0f) axpyPrefix(delta, PT + L.wt + static_cast<size_t>(j) * L.inStride, dst, L.prefix[j]);
-        }
-      }
-      const AffineGrad a = affineGradFromRaw<S>(out[2 * p + 1], out[2 * p]);
-      const int i = m.dimAtPosition[p];
-      const float w = (g[i] - gu[p]) / a.scale;
-      const float adjScale = w * (u[p] * a.dScale + a.dShiftDA) + gld * a.dLogScale;
-      const float adjShift = w * a.dShiftDM;
-      gRow[2 * p + 1] = -adjScale;
-      gRow[2 * p] = -adjShift;
-      axpyPrefix(adjShift, PT + O.wt + static_cast<size_t>(2 * p) * O.inStride, headGrad, O.prefix[2 * p]);
-      axpyPrefix(adjScale, PT + O.wt + static_cast<size_t>(2 * p + 1) * O.inStride, headGrad, O.prefix[2 * p + 1]);
+        if (l == 0) pushGroup(L, PT, a, b, gt.h[0] + a, hs, gt.u, ds, rows);
+        else pushGroup(L, PT, a, b, gt.h[l] + a, hs, gt.h[l - 1], m.hidden[l - 1].outStride, rows);
+      });
+    }
+    const int i = m.dimAtPosition[p];
+    for (int r = 0; r < rows; ++r) {
+      const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
+      float* g = ws.gpoints.data() + static_cast<size_t>(r) * dim;
+      const float w = (g[i] - gt.u[r * ds + p]) / a.scale;
+      adj[2 * r] = w * a.dShiftDM;
+      adj[2 * r + 1] = w * (t.u[r * ds + p] * a.dScale + a.dShiftDA) + gld * a.dLogScale;
+      gOut[r * os + 2 * p] = -adj[2 * r];
+      gOut[r * os + 2 * p + 1] = -adj[2 * r + 1];
       g[i] = w;  // position p's entry of g is not read again
     }
+    pushGroup(O, PT, 2 * p, 2 * p + 2, adj, 2, headGrad, headStride, rows);
   }
   conditionerBackward<A>(net, m, ws, rows, G, nullptr);
 }
