@@ -19,7 +19,8 @@ async function main() {
   const fitted = await fit(maf, train, { epochs: 50, batchSize: 512, validationFraction: 0.1, patience: 10, seed: 0 });
   console.log(`MAF: ${fitted.epochs} epochs in ${fitted.seconds.toFixed(1)} s`);
 
-  // An IAF's sampling is one pass; it learns the MAF by reverse KL (distillation).
+  // An IAF's sampling is one pass; it learns the MAF by distillation (reverse KL, plus forward KL
+  // on the MAF's samples).
   const iaf = createIAF({ dim: 2, layers: 5, hidden: [64, 64], seed: 0 });
   const distilled = await distill(iaf, maf, { steps: 4000, batchSize: 512, seed: 0, clipGradNorm: 5 });
   console.log(`IAF: ${distilled.steps} distillation steps in ${distilled.seconds.toFixed(1)} s, KL(IAF || MAF) ${distilled.kl.toFixed(3)} nats`);
