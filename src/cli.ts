@@ -521,8 +521,17 @@ export async function runDemo(options: DemoOptions = {}, io: CliIO = processIO):
     },
   });
   distillBar.end();
+  // The mean over steps can be dominated by a rare student sample far outside the teacher's
+  // support, where a MAF's log-density is astronomically negative; the median says what is typical.
+  const lastLosses = Array.from(distillReport.loss.subarray(Math.max(0, distillReport.loss.length - 100))).filter(Number.isFinite).sort((a, b) => a - b);
+  const medianKl = lastLosses.length > 0 ? lastLosses[lastLosses.length >> 1] : NaN;
+  const meanKl = distillReport.kl ?? NaN;
+  const klText =
+    meanKl > 2 * Math.abs(medianKl) + 0.1
+      ? `${medianKl.toFixed(3)} nats (median of the last 100 steps; their mean, ${meanKl.toPrecision(3)}, is pulled up by rare samples far outside the teacher's support)`
+      : `${meanKl.toFixed(3)} nats (mean over the last 100 steps)`;
   out.write(
-    `    ${fmtInt(steps)} steps in ${fmtSeconds(distillReport.seconds)}; KL(student || teacher) ${distillReport.kl?.toFixed(3)} nats (mean over the last 100 steps)` +
+    `    ${fmtInt(steps)} steps in ${fmtSeconds(distillReport.seconds)}; KL(student || teacher) ${klText}` +
       (distillReport.skippedSteps > 0 ? `; ${distillReport.skippedSteps} non-finite steps skipped` : '') +
       '\n',
   );

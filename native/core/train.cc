@@ -34,6 +34,7 @@ constexpr int kSlotRows = 128;   // rows per slot at least, so a step wakes the 
 constexpr size_t kSerialUpdate = size_t(1) << 20;  // below this many floats (params x slots) reduce and update inline
 constexpr size_t kSlotBudget = size_t(32) << 20;  // floats all gradient slots together may take
 constexpr size_t kChunk = size_t(1) << 14;        // floats per reduction / update task
+constexpr float kScoreClip = 10.0f;  // distillation: teacher scores above 10x the tile's median norm are scaled down
 constexpr uint64_t kForwardStream = 0x6A09E667F3BCC909ull;  // distillation's teacher samples: latent seed ^ this
 
 int roundUp(int value, int block) { return (value + block - 1) / block * block; }
@@ -322,6 +323,31 @@ void fillNormalRows(uint64_t seed, uint64_t firstRow, int rows, int dim, float* 
       standardNormals4(seed, firstRow + r, static_cast<uint32_t>(block), four);
       for (int c = 0; c < 4 && 4 * block + c < dim; ++c) out[static_cast<size_t>(r) * dim + 4 * block + c] = four[c];
     }
+}
+
+// Scales down the rows of g (count x dim) whose norm exceeds `factor` times the median row norm
+// to that bound; returns how many. For the teacher's score d log p / dx in distillation: a rare
+// student sample far outside the teacher's support (where a MAF's density can be e^-1e13)
+// otherwise gets a gradient that dominates the whole step and swamps Adam's statistics. The
+// direction is kept, so such samples are still pulled back, with bounded force.
+int clipOutlierRows(float* g, int count, int dim, float factor) {
+  float norms[kTile], sorted[kTile];
+  for (int r = 0; r < count; ++r) {
+    double sq = 0.0;
+    for (int i = 0; i < dim; ++i) sq += static_cast<double>(g[r * dim + i]) * g[r * dim + i];
+    norms[r] = sorted[r] = static_cast<float>(std::sqrt(sq));
+  }
+  std::nth_element(sorted, sorted + count / 2, sorted + count);
+  const float bound = factor * sorted[count / 2];
+  if (!(bound > 0.0f)) return 0;
+  int clipped = 0;
+  for (int r = 0; r < count; ++r) {
+    if (!(norms[r] > bound)) continue;  // NaN norms are left for the non-finite check
+    const float shrink = bound / norms[r];
+    for (int i = 0; i < dim; ++i) g[r * dim + i] *= shrink;
+    ++clipped;
+  }
+  return clipped;
 }
 
 uint64_t splitmix64(uint64_t& state) {
@@ -806,6 +832,7 @@ void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int6
         kl += logq - logp[r];
       }
       klSums[slot] += kl;
+      clipOutlierRows(tws.gpoints.data(), count, dim, kScoreClip);
       for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = -tws.gpoints[i] * gradScale;
       I.reverseTileBackward(ws, count, scale, G);
       if (forwardWeight > 0.0) {
