@@ -890,6 +890,52 @@ describe('training along a sequential direction (the one-pass inverse and its ad
   });
 });
 
+test('distill scales a teacher score far above its tile\'s median down to 10x the median, direction kept', async () => {
+  // A teacher whose density collapses for x0 > 1.5: there the scale of x1 falls to ~1e-3 and the
+  // score d log p / dx1 grows to ~1e6 |x1|. Rows of a batch that land there are rare outliers.
+  const teacher = createMAF({ dim: 2, layers: 1, hidden: [4], seed: 0 });
+  const p = teacher.getParameters();
+  for (const value of Object.values(p)) value.fill(0);
+  p['layers.0.hidden.0.weight'].set([20, 0]); // unit 0 = relu(20 x0 - 30)
+  p['layers.0.hidden.0.bias'][0] = -30;
+  p['layers.0.scale.weight'][4] = -1; // raw scale of dim 1 -= unit 0
+  p['layers.0.scale.bias'].fill(Math.log(Math.expm1(0.999)));
+  teacher.setParameters(p);
+  const scores = (x: Float32Array) => internals.logProbGradient(teacher, x);
+  // The clipping by hand, in float32 as the core does it: per tile of 32 rows, bound = 10 x the
+  // upper median of the row norms.
+  let clippedRows = 0;
+  const clipped: Target = {
+    dim: 2,
+    logDensity(x) {
+      const { logProb, grad } = scores(x);
+      for (let t = 0; t < x.length / 2; t += 32) {
+        const n = Math.min(32, x.length / 2 - t);
+        const norms = Array.from({ length: n }, (_, r) => Math.fround(Math.hypot(grad[2 * (t + r)], grad[2 * (t + r) + 1])));
+        const bound = Math.fround(10 * [...norms].sort((a, b) => a - b)[n >> 1]);
+        for (let r = 0; r < n; r++) {
+          if (!(norms[r] > bound)) continue;
+          const shrink = Math.fround(bound / norms[r]);
+          for (let i = 0; i < 2; i++) grad[2 * (t + r) + i] = Math.fround(grad[2 * (t + r) + i] * shrink);
+          clippedRows++;
+        }
+      }
+      return { value: logProb, grad };
+    },
+  };
+  const unclipped: Target = { dim: 2, logDensity: (x) => { const { logProb, grad } = scores(x); return { value: logProb, grad }; } };
+  const options = { steps: 1, batchSize: 256, seed: 3, learningRate: 1e-2, ema: 0, anneal: 0 };
+  const viaDistill = createIAF({ dim: 2, layers: 1, hidden: [4], seed: 1 });
+  const byHand = createIAF({ dim: 2, layers: 1, hidden: [4], seed: 1 });
+  const raw = createIAF({ dim: 2, layers: 1, hidden: [4], seed: 1 });
+  await distill(viaDistill, teacher, { ...options, match: 0, forwardKL: 0 });
+  await fitReverseKL(byHand, clipped, options);
+  await fitReverseKL(raw, unclipped, options);
+  expect(clippedRows).toBeGreaterThan(0);
+  expect(viaDistill.getParameters()).toEqual(byHand.getParameters());
+  expect(viaDistill.getParameters()).not.toEqual(raw.getParameters());
+});
+
 test('distill with map matching: the matching phase pulls the student onto the teacher map, both modes kept', async () => {
   // Two blobs at x0 = -2 and +2: plain reverse KL from a fresh student can lose one.
   const teacher = createMAF({ dim: 2, layers: 3, hidden: [32, 32], seed: 1 });
