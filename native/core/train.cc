@@ -117,7 +117,7 @@ TLinear makeLinear(const StaircaseLinear& s, std::vector<float>& params, size_t&
   return L;
 }
 
-void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference, const char* role) {
+void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
   std::shared_ptr<const FlowPlan> plan = buildPlan(spec);
   net.dim = plan->dim;
   net.dimStride = roundUp(net.dim, kBlock);
@@ -628,12 +628,12 @@ struct Trainer::Impl {
 Trainer::Trainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher, const OptimizerOptions& options,
                  bool reference, bool portable)
     : impl_(std::make_unique<Impl>()) {
-  buildNet(impl_->net, spec, pass, reference, "the trained flow");
+  buildNet(impl_->net, spec, pass, reference);
   impl_->net.portable = portable;
   if (impl_->net.linears.empty()) throw std::invalid_argument("the trained flow has no MADE layer: nothing to train");
   if (teacher) {
     impl_->teacher = std::make_unique<Net>();
-    buildNet(*impl_->teacher, *teacher, Direction::ToLatent, reference, "the teacher");
+    buildNet(*impl_->teacher, *teacher, Direction::ToLatent, reference);
     impl_->teacher->portable = portable;
     if (impl_->teacher->dim != impl_->net.dim) throw std::invalid_argument("the teacher's dim differs from the student's");
     if (pass != Direction::ToData) throw std::invalid_argument("a teacher needs a student trained along z -> x");

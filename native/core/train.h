@@ -4,10 +4,12 @@
 //
 // A Trainer holds one flow's parameters in the degree-sorted staircase layout of
 // plan.h (masks folded in, so masked weights stay exactly zero), the optimizer
-// state, and copies of the training data. Every MADE layer must run its
-// parallel direction along the trained pass:
-//  - Direction::ToLatent (maximum likelihood, x -> z): every MADE layer a MAF;
-//  - Direction::ToData (reverse KL and distillation, z -> x): every MADE layer an IAF.
+// state, and copies of the training data. It trains along a pass,
+// Direction::ToLatent (maximum likelihood, x -> z) or Direction::ToData (reverse
+// KL and distillation, z -> x): each MADE layer (plain or residual) runs its
+// parallel direction where that goes the pass's way (MAF for x -> z, IAF for
+// z -> x) and otherwise its one-pass sequential direction, whose adjoint the
+// backward pass sweeps in reverse degree order (see train_kernels.h).
 // Parameters are mapped back to the dense PyTorch layout on export.
 //
 // Determinism: a batch is split into a fixed number of row slots (a function of
@@ -61,8 +63,8 @@ struct StepStats {
 
 class Trainer {
  public:
-  // `teacher` (optional, distillation): a flow whose every MADE layer is a MAF,
-  // evaluated by its parallel x -> z pass. `reference` selects the simple dense
+  // `teacher` (optional, distillation): any flow of the same dim, scored along x -> z
+  // and sampled along z -> x (a MAF teacher: one pass, then sequential). `reference` selects the simple dense
   // path (every weight multiplied, zeros included): the benchmark's baseline.
   // `portable` runs the kernels built for the baseline instruction set even where
   // the AVX2 + FMA build would run (for tests of that build).
