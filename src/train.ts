@@ -680,14 +680,18 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
 
 /**
  * Distillation: the student IAF learns the teacher flow by reverse KL, E_q[log q(x) - log p(x)],
- * with the teacher's log-density and its gradient wrt x computed natively (a run of steps per
- * native call). Over a first fraction of the steps (`match`, default 0.5) the student's sampling
- * map is first pulled onto the teacher's from the same latent draws, which starts reverse KL on
- * every mode of a multimodal teacher; optionally (`anneal`) the teacher's log-density is then
- * weighted by beta rising to 1. Any flows of the same dim work; the usual pairing, a MAF teacher
- * and an IAF student, runs every layer in its parallel direction. The teacher is not changed.
- * Progress, abort and skipped steps behave as in fitReverseKL; `loss` is the reverse-KL loss at
- * every step (at beta = 1, annealed steps included) and `kl` in the report the KL divergence from the teacher.
+ * plus (`forwardKL`, default 1) the forward term E_teacher[-log q(x)] on fresh teacher samples,
+ * with the teacher's samples, log-density and its gradient wrt x computed natively (a run of steps
+ * per native call). Over a first fraction of the steps (`match`, default 0.5) the student's
+ * sampling map is first pulled onto the teacher's from the same latent draws, which starts reverse
+ * KL on every mode of a multimodal teacher; optionally (`anneal`) the teacher's log-density is
+ * then weighted by beta rising to 1. A teacher score d log p / dx more than 10 times the median
+ * of its tile of 32 rows (a rare student sample far outside the teacher's support) is scaled down
+ * to that bound, direction kept. Any flows of the same dim work; the usual pairing, a MAF teacher
+ * and an IAF student, runs the reverse-KL part in parallel directions only. The teacher is not
+ * changed. Progress, abort and skipped steps behave as in fitReverseKL; `loss` is the reverse-KL
+ * loss at every step (at beta = 1, annealed steps included) and `kl` in the report the KL
+ * divergence from the teacher (the mean of the last 100 steps' losses).
  */
 export async function distill(student: Flow, teacher: Flow, options?: DistillOptions): Promise<ReverseKLReport> {
   checkFlow('student', student);
