@@ -554,28 +554,59 @@ interface ReverseSetup {
   stickingTheLanding: boolean;
   /** The optimizer options for the native trainer, ema last. */
   nativeOptions: Float64Array;
+  anneal: number;
+  annealFrom: number;
+}
+
+/** Defaults that differ between fitReverseKL and distill. */
+interface ReverseDefaults {
+  ema: number;
+  anneal: number;
 }
 
 function checkReverseOptions(
   where: string,
   options: unknown,
-  extra: readonly string[] = [],
-  defaultEma = 0.99,
+  extra: readonly string[],
+  defaults: ReverseDefaults,
 ): ReverseSetup & { opts: Record<string, unknown> } {
-  const opts = checkOptions(where, options, [...OPTIMIZER_KEYS, 'steps', 'batchSize', 'onProgress', 'stickingTheLanding', 'ema', ...extra]);
+  const opts = checkOptions(where, options, [
+    ...OPTIMIZER_KEYS,
+    'steps',
+    'batchSize',
+    'onProgress',
+    'stickingTheLanding',
+    'ema',
+    'anneal',
+    'annealFrom',
+    ...extra,
+  ]);
   const stl = opts.stickingTheLanding ?? false;
   if (typeof stl !== 'boolean') throw invalidType('options.stickingTheLanding', 'a boolean', stl);
-  const ema = checkNumber('options.ema', opts.ema ?? defaultEma, 'a number in [0, 1)', (v) => v >= 0 && v < 1);
+  const ema = checkNumber('options.ema', opts.ema ?? defaults.ema, 'a number in [0, 1)', (v) => v >= 0 && v < 1);
   const optimizer = checkOptimizer('options', opts);
   return {
     opts,
     stickingTheLanding: stl,
     nativeOptions: Float64Array.of(...optimizer.options, ema),
+    anneal: checkNumber('options.anneal', opts.anneal ?? defaults.anneal, 'a number in [0, 1]', (v) => v >= 0 && v <= 1),
+    annealFrom: checkNumber('options.annealFrom', opts.annealFrom ?? 0.2, 'a number in (0, 1]', (v) => v > 0 && v <= 1),
     steps: checkInteger('options.steps', opts.steps ?? 5000, 1, MAX_STEPS),
     batchSize: checkInteger('options.batchSize', opts.batchSize ?? 256, 1, MAX_BATCH),
     optimizer,
     onProgress: checkFunction<ReverseKLOptions['onProgress']>('options.onProgress', opts.onProgress),
   };
+}
+
+/**
+ * The annealing schedule as a line, beta(step) = min(1, start + slope * step), rising from
+ * `annealFrom` at step `firstStep` to 1 over `anneal` of the steps; [1, 0] without annealing.
+ */
+function annealLine(setup: ReverseSetup, firstStep: number): [number, number] {
+  const annealSteps = Math.round(setup.steps * setup.anneal);
+  if (annealSteps === 0) return [1, 0];
+  const slope = (1 - setup.annealFrom) / annealSteps;
+  return [setup.annealFrom - slope * firstStep, slope];
 }
 
 /** Runs chunks of reverse-KL steps, with progress, cancellation and the report. */
@@ -653,11 +684,8 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
   checkFlow('flow', flow);
   requireTrainable(flow, 'fitReverseKL');
   const t = checkTarget('target', target, flow.dim);
-  const setup = checkReverseOptions('fitReverseKL options', options, ['anneal', 'annealFrom']);
-  const anneal = checkNumber('options.anneal', setup.opts.anneal ?? 0.3, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
-  const annealFrom = checkNumber('options.annealFrom', setup.opts.annealFrom ?? 0.2, 'a number in (0, 1]', (v) => v > 0 && v <= 1);
-  const annealSteps = Math.round(setup.steps * anneal);
-  const betaAt = (step: number) => (step >= annealSteps ? 1 : annealFrom + ((1 - annealFrom) * step) / annealSteps);
+  const setup = checkReverseOptions('fitReverseKL options', options, [], { ema: 0.99, anneal: 0.3 });
+  const [betaStart, betaSlope] = annealLine(setup, 0);
   if (setup.optimizer.signal?.aborted) throw abortError('fitReverseKL', 'its weights from before the call');
   claim(flow, 'fitReverseKL');
   try {
@@ -675,7 +703,7 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
         await trainer.reverseForward(lo, hi, firstStep + s, batchSize, null, x, logq, true);
         const { value, grad } = checkEvaluation(await t.logDensity(x), batchSize, dim);
         // Annealed steps weight the target's gradient by beta; the reported loss stays at beta = 1.
-        const beta = betaAt(firstStep + s);
+        const beta = Math.min(1, betaStart + betaSlope * (firstStep + s));
         await trainer.reverseBackward(value, beta === 1 ? grad : grad.map((g) => g * beta), true, stats, stepLoss.subarray(s, s + 1), true);
         if (!Number.isFinite(stepLoss[s])) stepLoss[s] = NaN;
         skipped += stats[3];
@@ -708,16 +736,12 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
   requireTrainable(student, 'distill (the student)');
   if (teacher.dim !== student.dim) throw invalidRange('teacher.dim', `the student's dim, ${student.dim}`, teacher.dim);
   if (teacher === student) throw new TypeError('distill needs a teacher other than the student');
-  const setup = checkReverseOptions('distill options', options, ['anneal', 'annealFrom', 'match', 'forwardKL'], 0.999);
-  const anneal = checkNumber('options.anneal', setup.opts.anneal ?? 0, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
-  const annealFrom = checkNumber('options.annealFrom', setup.opts.annealFrom ?? 0.2, 'a number in (0, 1]', (v) => v > 0 && v <= 1);
+  const setup = checkReverseOptions('distill options', options, ['match', 'forwardKL'], { ema: 0.999, anneal: 0 });
   const match = checkNumber('options.match', setup.opts.match ?? 0.2, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
   const forwardKL = checkNumber('options.forwardKL', setup.opts.forwardKL ?? 1, 'a finite number >= 0', (v) => v >= 0 && Number.isFinite(v));
   const matchSteps = Math.round(setup.steps * match);
-  const annealSteps = Math.round(setup.steps * anneal);
   // Annealing counts from the first reverse-KL step (the core indexes beta by the global step).
-  const [betaStart, betaSlope] =
-    annealSteps > 0 ? [annealFrom - ((1 - annealFrom) / annealSteps) * matchSteps, (1 - annealFrom) / annealSteps] : [1, 0];
+  const [betaStart, betaSlope] = annealLine(setup, matchSteps);
   if (setup.optimizer.signal?.aborted) throw abortError('distill', 'its weights from before the call');
   claim(student, 'distill');
   try {
