@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/core/plan.cc",
+        "native/core/backend.cc",
         "native/core/cpu_backend.cc",
         "native/core/thread_pool.cc",
         "native/core/kernels.cc",

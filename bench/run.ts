@@ -766,7 +766,7 @@ function report(ctx: Context, run: RunInfo): string {
       `${info.logicalCpus} logical CPUs; clock ${info.mhz ? `${info.mhz.toFixed(0)} MHz (/proc/cpuinfo "cpu MHz")` : 'unknown'}`,
   );
   out.push(`- threads: iaflow pool ${ctx.threads} (main table); ORT intraOp 2, interOp 1, sequential, graph optimization all; node ${process.version}`);
-  out.push(`- kernels: isa ${k.isa} (available: ${k.available}), ${k.vectorFloats} floats per vector, ${k.tileRows} rows per tile; backend ${native.backend}`);
+  out.push(`- kernels: isa ${k.isa} (available: ${k.available}), ${k.vectorFloats} floats per vector, ${k.tileRows} rows per tile; backend ${native.backends()[0].name}`);
   const spread = (v: number[]) => `${v.length} measurements, ${fmtG(Math.min(...v))}..${fmtG(Math.max(...v))}`;
   out.push(
     `- measured fp32 ceiling (native.measureMatmulGflops, a dense ${c.size}^3 product with iaflow's best kernel): best ${fmtG(c.gflops1)} GFLOP/s with 1 thread ` +

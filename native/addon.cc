@@ -5,12 +5,16 @@
 #include <napi.h>
 
 #include <atomic>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "core/backend.h"
@@ -20,13 +24,7 @@
 
 namespace {
 
-using iaflow::Backend;
 using iaflow::FlowPlan;
-
-Backend& cpuBackend() {
-  static std::unique_ptr<Backend> backend = iaflow::makeCpuBackend();
-  return *backend;
-}
 
 std::string describe(const std::exception_ptr& error) {
   try {
@@ -138,96 +136,300 @@ uint64_t seedFrom(Napi::Env env, const Napi::Value& lo, const Napi::Value& hi) {
   return (static_cast<uint64_t>(hi.As<Napi::Number>().Uint32Value()) << 32) | lo.As<Napi::Number>().Uint32Value();
 }
 
-// Runs a request on the core's pool without blocking the event loop. Keeps
-// the plan and its own copy of the input alive; pins the output arrays.
-class RunWorker final : public Napi::AsyncWorker {
- public:
-  RunWorker(Napi::Env env, std::shared_ptr<const FlowPlan> plan, iaflow::RunRequest request,
-            std::vector<float> input, std::vector<Napi::Value> pinned)
-      : Napi::AsyncWorker(env, "iaflow.run"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        plan_(std::move(plan)),
-        request_(request),
-        input_(std::move(input)),
-        pinned_(Napi::Persistent(Napi::Object::New(env))) {
-    for (size_t i = 0; i < pinned.size(); ++i) pinned_.Set(static_cast<uint32_t>(i), pinned[i]);
-    if (!input_.empty()) request_.input = input_.data();
-  }
+// ---- Per-environment state ----
+// Each Node environment (the main thread, every worker_thread) that loads the
+// addon gets its own: the cancel flags of its calls in flight, and whether it
+// is closing. When a worker_thread ends with a call running, the environment's
+// cleanup hook raises every flag (the native work stops within one tile) and
+// marks it closing, so the completion never touches a dying environment.
+// (The thread pool and the backends are process-wide: setThreads too.)
+struct EnvState {
+  std::mutex mutex;
+  std::unordered_set<std::shared_ptr<iaflow::CancelFlag>> inFlight;
+  std::atomic<bool> closing{false};
+  Napi::FunctionReference cancelTokenClass;
+};
 
-  Napi::Promise promise() { return deferred_.Promise(); }
+void closeEnv(void* arg) {
+  auto* state = static_cast<EnvState*>(arg);
+  state->closing = true;
+  std::lock_guard<std::mutex> lock(state->mutex);
+  for (const auto& flag : state->inFlight) flag->store(true);
+}
+
+EnvState& envState(Napi::Env env) {
+  EnvState* state = env.GetInstanceData<EnvState>();
+  if (!state) internalError(env, "the addon's environment state is missing");
+  return *state;
+}
+
+// External memory V8 does not see (plans, trainers): reported so that a tight
+// synchronous loop of createFlow/setParameters triggers garbage collection.
+class ExternalMemory {
+ public:
+  ExternalMemory() = default;
+  void set(Napi::Env env, int64_t bytes) {
+    try {
+      Napi::MemoryManagement::AdjustExternalMemory(env, bytes - bytes_);
+    } catch (...) {
+      // Only a closing environment refuses; nothing is left to account to.
+    }
+    bytes_ = bytes;
+  }
+  void release(Napi::Env env) { set(env, 0); }
+
+ private:
+  int64_t bytes_ = 0;
+};
+
+int64_t planBytes(const FlowPlan& plan) {
+  int64_t total = 0;
+  auto linear = [&](const iaflow::StaircaseLinear& L) {
+    total += static_cast<int64_t>(L.weightKM.size() + L.bias.size() + L.prefix.size()) * 4;
+  };
+  for (const iaflow::LayerPlan& layer : plan.layers) {
+    total += static_cast<int64_t>(layer.permutation.size()) * 4;
+    for (const auto& h : layer.made.hidden) linear(h);
+    linear(layer.made.output);
+  }
+  return total;
+}
+
+// The input of a run, owned by the job: copied on the JavaScript thread (the
+// caller may reuse or transfer its buffer as soon as the call returns; a
+// Float64Array is narrowed to float32 in the same pass, which writes half the
+// bytes a copy of the doubles would), then checked for finiteness in the worker.
+struct InputRows {
+  std::unique_ptr<float[]> owned;   // not zero-filled first: every value is written once
+  const float* borrowed = nullptr;  // sync calls read the caller's Float32Array in place
+  bool present = false;
+};
+
+// A non-finite input value: the job rejects with a RangeError naming it.
+struct InputError {
+  std::string message;
+};
+
+std::string formatNumber(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.9g", v);
+  return buffer;
+}
+
+// Checks every value; returns the float32 rows.
+const float* prepareInput(const InputRows& in, const std::string& name, int dim, size_t n) {
+  if (!in.present) return nullptr;
+  const float* rows = in.borrowed ? in.borrowed : in.owned.get();
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(rows[i])) {
+      // The message src/validation.ts gives for arrays of rows (a float64 beyond float32 shows as Infinity).
+      throw InputError{"Expected a finite number for " + name + "[" + std::to_string(i / dim) + "][" +
+                       std::to_string(i % dim) + "] but received " + formatNumber(rows[i])};
+    }
+  }
+  return rows;
+}
+
+// What a job's failure becomes in JavaScript.
+Napi::Value errorValue(Napi::Env env, const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const iaflow::Cancelled&) {
+    Napi::Error e = Napi::Error::New(env, "The operation was aborted");
+    e.Set("name", Napi::String::New(env, "AbortError"));
+    e.Set("code", Napi::String::New(env, "ABORT_ERR"));
+    return e.Value();
+  } catch (const InputError& e) {
+    return Napi::RangeError::New(env, e.message).Value();
+  } catch (...) {
+    return Napi::Error::New(env, describe(error)).Value();
+  }
+}
+
+// The one async worker: runs `work` off the event loop, then settles a promise
+// with `result` (or the error). Keeps the values in `pinned` (output arrays,
+// the owning object) alive until then. Safe against an environment that goes
+// away meanwhile (worker_thread terminate, process.exit): its cleanup hook
+// cancels the work and the completion then settles nothing.
+class Job final : public Napi::AsyncWorker {
+ public:
+  using Work = std::function<void(const iaflow::CancelFlag&)>;
+  using Result = std::function<Napi::Value(Napi::Env)>;
+
+  // Runs now on the calling thread (sync) or queues a Job (async: returns its promise).
+  static Napi::Value launch(Napi::Env env, bool async, Work work, Result result, const std::vector<Napi::Value>& pinned,
+                            std::shared_ptr<iaflow::CancelFlag> cancel = nullptr,
+                            std::shared_ptr<std::atomic<bool>> busy = nullptr) {
+    if (!cancel) cancel = std::make_shared<iaflow::CancelFlag>(false);
+    if (!async) {
+      try {
+        work(*cancel);
+      } catch (...) {
+        if (busy) *busy = false;
+        Napi::Value error = errorValue(env, std::current_exception());
+        throw Napi::Error(env, error);
+      }
+      if (busy) *busy = false;
+      return result ? result(env) : env.Undefined();
+    }
+    auto* job = new Job(env, std::move(work), std::move(result), pinned, std::move(cancel), std::move(busy));
+    Napi::Promise promise = job->deferred_.Promise();
+    job->Queue();
+    return promise;
+  }
 
  protected:
   void Execute() override {
     try {
-      cpuBackend().run(*plan_, request_);
+      work_(*cancel_);
     } catch (...) {
-      SetError(describe(std::current_exception()));
+      error_ = std::current_exception();
     }
   }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+
+  void OnWorkComplete(Napi::Env env, napi_status status) override {
+    {
+      std::lock_guard<std::mutex> lock(state_->mutex);
+      state_->inFlight.erase(cancel_);
+    }
+    if (busy_) *busy_ = false;
+    if (!state_->closing && status != napi_cancelled) {
+      // Nothing may escape into the event loop: a failure to settle (the
+      // environment shutting down between the check and here) is dropped.
+      try {
+        Napi::HandleScope scope(env);
+        if (error_) deferred_.Reject(errorValue(env, error_));
+        else deferred_.Resolve(result_ ? result_(env) : env.Undefined());
+      } catch (...) {
+      }
+    }
+    Destroy();
+  }
 
  private:
+  Job(Napi::Env env, Work work, Result result, const std::vector<Napi::Value>& pinned,
+      std::shared_ptr<iaflow::CancelFlag> cancel, std::shared_ptr<std::atomic<bool>> busy)
+      : Napi::AsyncWorker(env, "iaflow.job"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        work_(std::move(work)),
+        result_(std::move(result)),
+        pinned_(Napi::Persistent(Napi::Object::New(env))),
+        cancel_(std::move(cancel)),
+        busy_(std::move(busy)),
+        state_(&envState(env)) {
+    for (size_t i = 0; i < pinned.size(); ++i) pinned_.Set(static_cast<uint32_t>(i), pinned[i]);
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->inFlight.insert(cancel_);
+  }
+
+  void OnOK() override {}
+  void OnError(const Napi::Error&) override {}
+
   Napi::Promise::Deferred deferred_;
-  std::shared_ptr<const FlowPlan> plan_;
-  iaflow::RunRequest request_;
-  std::vector<float> input_;
-  Napi::ObjectReference pinned_;  // outputs and the flow object stay alive until the promise settles
+  Work work_;
+  Result result_;
+  Napi::ObjectReference pinned_;
+  std::shared_ptr<iaflow::CancelFlag> cancel_;
+  std::shared_ptr<std::atomic<bool>> busy_;
+  EnvState* state_;
+  std::exception_ptr error_;
 };
 
+// A cancel token JavaScript raises when its AbortSignal fires: new CancelToken(); token.cancel().
+class CancelToken final : public Napi::ObjectWrap<CancelToken> {
+ public:
+  static Napi::Function define(Napi::Env env) {
+    return DefineClass(env, "CancelToken", {InstanceMethod<&CancelToken::cancel>("cancel")});
+  }
+  explicit CancelToken(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CancelToken>(info) {}
+  std::shared_ptr<iaflow::CancelFlag> flag() const { return flag_; }
+
+ private:
+  Napi::Value cancel(const Napi::CallbackInfo& info) {
+    flag_->store(true);
+    return info.Env().Undefined();
+  }
+  std::shared_ptr<iaflow::CancelFlag> flag_ = std::make_shared<iaflow::CancelFlag>(false);
+};
+
+// The cancel flag of an options object's `cancel` (a CancelToken), or a fresh one.
+std::shared_ptr<iaflow::CancelFlag> cancelFrom(Napi::Env env, const Napi::Object& options) {
+  Napi::Value v = options.Get("cancel");
+  if (v.IsUndefined() || v.IsNull()) return std::make_shared<iaflow::CancelFlag>(false);
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(envState(env).cancelTokenClass.Value()))
+    internalError(env, "cancel must be a CancelToken");
+  return CancelToken::Unwrap(v.As<Napi::Object>())->flag();
+}
+
+Napi::Object optionsArg(const Napi::CallbackInfo& info, size_t index, const char* what) {
+  if (info.Length() <= index || !info[index].IsObject()) internalError(info.Env(), std::string(what) + " takes an options object");
+  return info[index].As<Napi::Object>();
+}
+
+double numberField(Napi::Env env, const Napi::Object& o, const char* key, double fallback, bool required) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) {
+    if (required) internalError(env, std::string(key) + " is required");
+    return fallback;
+  }
+  if (!v.IsNumber()) internalError(env, std::string(key) + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+int64_t countField(Napi::Env env, const Napi::Object& o, const char* key, int64_t min, int64_t fallback, bool required) {
+  const double d = numberField(env, o, key, static_cast<double>(fallback), required);
+  if (!(d >= static_cast<double>(min) && d <= 9.0e15) || d != std::floor(d)) internalError(env, std::string(key) + " is out of range");
+  return static_cast<int64_t>(d);
+}
+
+// seed: [lo, hi] 32-bit words (JavaScript numbers carry 53 bits; the stream is keyed by 64).
+uint64_t seedField(Napi::Env env, const Napi::Object& o) {
+  Napi::Value v = o.Get("seed");
+  if (v.IsUndefined()) return 0;
+  if (!v.IsArray() || v.As<Napi::Array>().Length() != 2) internalError(env, "seed must be [lo, hi]");
+  Napi::Array words = v.As<Napi::Array>();
+  return seedFrom(env, words.Get(0u), words.Get(1u));
+}
+
+const iaflow::Backend& backendNamed(Napi::Env env, const std::string& name, const FlowPlan* plan) {
+  if (name == "auto" && plan) return iaflow::preferredBackend(*plan);
+  const iaflow::Backend* backend = iaflow::findBackend(name);
+  if (!backend) internalError(env, "no backend named " + name);
+  iaflow::BackendInfo info = backend->info();
+  if (!info.usable) throw Napi::Error::New(env, "iaflow: the " + name + " backend is not usable here: " + info.whyNot);
+  std::string why;
+  if (plan && !backend->supports(*plan, &why))
+    throw Napi::Error::New(env, "iaflow: the " + name + " backend cannot run this flow: " + why);
+  return *backend;
+}
+
+std::string stringField(Napi::Env env, const Napi::Object& o, const char* key, const std::string& fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsString()) internalError(env, std::string(key) + " must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+// new NativeFlow(spec, { backend: 'auto' | name }): the plan, prepared once for its backend.
 class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
  public:
   static Napi::Function define(Napi::Env env) {
-    return DefineClass(env, "NativeFlow", {InstanceMethod<&NativeFlow::run>("run")});
+    return DefineClass(env, "NativeFlow",
+                       {InstanceMethod<&NativeFlow::run>("run"), InstanceMethod<&NativeFlow::release>("release"),
+                        InstanceAccessor<&NativeFlow::backendName>("backend")});
   }
 
   explicit NativeFlow(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeFlow>(info) {
-    try {
-      plan_ = iaflow::buildPlan(parseSpec(info.Env(), info[0]));
-    } catch (const Napi::Error&) {
-      throw;
-    } catch (...) {
-      throw Napi::Error::New(info.Env(), describe(std::current_exception()));
-    }
-  }
-
- private:
-  // run(direction, input | null, rows, seedLo, seedHi, outPoints, outLogDet, outLogProb, async, reference)
-  Napi::Value run(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 9) internalError(env, "run takes 9 arguments");
-    const int dim = plan_->dim;
-    iaflow::RunRequest req;
-    if (!info[0].IsNumber() || !info[2].IsNumber()) internalError(env, "direction and rows must be numbers");
-    const int direction = info[0].As<Napi::Number>().Int32Value();
-    if (direction != 0 && direction != 1) internalError(env, "direction must be 0 or 1");
-    req.direction = static_cast<iaflow::Direction>(direction);
-    const double rows = info[2].As<Napi::Number>().DoubleValue();
-    if (!(rows >= 1 && rows <= 9.0e15)) internalError(env, "rows must be positive");
-    req.rows = static_cast<int64_t>(rows);
-    const size_t cells = static_cast<size_t>(req.rows) * dim;
-    req.seed = seedFrom(env, info[3], info[4]);
-    req.outPoints = optionalFloatOutput(env, info[5], cells, "outPoints");
-    req.outLogDet = optionalFloatOutput(env, info[6], static_cast<size_t>(req.rows), "outLogDet");
-    req.outLogProb = optionalFloatOutput(env, info[7], static_cast<size_t>(req.rows), "outLogProb");
-    const float* input = optionalFloatOutput(env, info[1], cells, "input");
-    const bool async = info[8].ToBoolean().Value();
-    req.reference = info.Length() > 9 && info[9].ToBoolean().Value();
     try {
-      if (!async) {
-        req.input = input;
-        cpuBackend().run(*plan_, req);
-        return env.Undefined();
-      }
-      // The async copy of the input means a caller that transfers or reuses
-      // its buffer meanwhile cannot pull memory out from under the workers.
-      std::vector<float> inputCopy;
-      if (input) inputCopy.assign(input, input + cells);
-      std::vector<Napi::Value> pinned = {info[5], info[6], info[7], info.This()};
-      auto* worker = new RunWorker(env, plan_, req, std::move(inputCopy), pinned);
-      Napi::Promise promise = worker->promise();
-      worker->Queue();
-      return promise;
+      std::shared_ptr<const FlowPlan> plan = iaflow::buildPlan(parseSpec(env, info[0]));
+      const Napi::Object options = optionsArg(info, 1, "NativeFlow");
+      const iaflow::Backend& backend = backendNamed(env, stringField(env, options, "backend", "auto"), plan.get());
+      backendName_ = backend.info().name;
+      memory_.set(env, planBytes(*plan));
+      runner_ = backend.prepare(std::move(plan));
     } catch (const Napi::Error&) {
       throw;
     } catch (...) {
@@ -235,7 +437,76 @@ class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
     }
   }
 
-  std::shared_ptr<const FlowPlan> plan_;
+  void Finalize(Napi::Env env) override { memory_.release(env); }
+
+ private:
+  // run({ direction, rows, input?: Float32Array | Float64Array, inputName?, seed?: [lo, hi], firstRow?,
+  //       outPoints?, outLogDet?, outLogProb?, async, cancel?: CancelToken })
+  Napi::Value run(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!runner_) internalError(env, "the flow was released");
+    const Napi::Object o = optionsArg(info, 0, "run");
+    const int dim = runner_->plan().dim;
+    iaflow::RunRequest req;
+    const int64_t direction = countField(env, o, "direction", 0, 0, true);
+    if (direction > 1) internalError(env, "direction must be 0 or 1");
+    req.direction = static_cast<iaflow::Direction>(direction);
+    req.rows = countField(env, o, "rows", 1, 0, true);
+    req.seed = seedField(env, o);
+    req.firstRow = static_cast<uint64_t>(countField(env, o, "firstRow", 0, 0, false));
+    const size_t cells = static_cast<size_t>(req.rows) * dim;
+    req.outPoints = optionalFloatOutput(env, o.Get("outPoints"), cells, "outPoints");
+    req.outLogDet = optionalFloatOutput(env, o.Get("outLogDet"), static_cast<size_t>(req.rows), "outLogDet");
+    req.outLogProb = optionalFloatOutput(env, o.Get("outLogProb"), static_cast<size_t>(req.rows), "outLogProb");
+    const bool async = o.Get("async").ToBoolean().Value();
+    auto input = std::make_shared<InputRows>();
+    Napi::Value inputValue = o.Get("input");
+    if (!inputValue.IsUndefined() && !inputValue.IsNull()) {
+      if (!inputValue.IsTypedArray()) internalError(env, "input must be a Float32Array or a Float64Array");
+      Napi::TypedArray typed = inputValue.As<Napi::TypedArray>();
+      if (typed.ElementLength() != cells) internalError(env, "input has the wrong length");
+      input->present = true;
+      if (typed.TypedArrayType() == napi_float32_array) {
+        const float* p = inputValue.As<Napi::Float32Array>().Data();
+        if (async) {
+          input->owned.reset(new float[cells]);
+          std::memcpy(input->owned.get(), p, cells * sizeof(float));
+        } else {
+          input->borrowed = p;
+        }
+      } else if (typed.TypedArrayType() == napi_float64_array) {
+        const double* p = inputValue.As<Napi::Float64Array>().Data();
+        input->owned.reset(new float[cells]);
+        float* narrowed = input->owned.get();
+        for (size_t i = 0; i < cells; ++i) narrowed[i] = static_cast<float>(p[i]);
+      } else {
+        internalError(env, "input must be a Float32Array or a Float64Array");
+      }
+    }
+    const std::string inputName = stringField(env, o, "inputName", "input");
+    std::shared_ptr<iaflow::CancelFlag> cancel = cancelFrom(env, o);
+    std::shared_ptr<const iaflow::Runner> runner = runner_;
+    auto work = [runner, req, input, inputName, dim, cells](const iaflow::CancelFlag& flag) mutable {
+      req.input = prepareInput(*input, inputName, dim, cells);
+      req.cancel = &flag;
+      runner->run(req);
+    };
+    return Job::launch(env, async, std::move(work), nullptr, {o.Get("outPoints"), o.Get("outLogDet"), o.Get("outLogProb"), info.This()},
+                       std::move(cancel));
+  }
+
+  // Frees the plan now rather than at garbage collection (calls in flight keep their own reference).
+  Napi::Value release(const Napi::CallbackInfo& info) {
+    runner_.reset();
+    memory_.release(info.Env());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value backendName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), backendName_); }
+
+  std::shared_ptr<const iaflow::Runner> runner_;
+  std::string backendName_;
+  ExternalMemory memory_;
 };
 
 Napi::Value setThreads(const Napi::CallbackInfo& info) {
@@ -248,23 +519,21 @@ Napi::Value getThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), iaflow::currentPool()->size());
 }
 
-// standardNormal(seedLo, seedHi, firstRow, rows, dim, out)
+// standardNormal({ seed: [lo, hi], firstRow, rows, dim, out })
 Napi::Value standardNormal(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 6 || !info[2].IsNumber() || !info[3].IsNumber() || !info[4].IsNumber())
-    internalError(env, "standardNormal(seedLo, seedHi, firstRow, rows, dim, out)");
-  const uint64_t seed = seedFrom(env, info[0], info[1]);
-  const int64_t firstRow = info[2].As<Napi::Number>().Int64Value();
-  const int64_t rows = info[3].As<Napi::Number>().Int64Value();
-  const int dim = info[4].As<Napi::Number>().Int32Value();
-  if (rows < 1 || dim < 1 || firstRow < 0) internalError(env, "rows and dim must be positive");
-  float* out = optionalFloatOutput(env, info[5], static_cast<size_t>(rows) * dim, "out");
+  const Napi::Object o = optionsArg(info, 0, "standardNormal");
+  const uint64_t seed = seedField(env, o);
+  const int64_t firstRow = countField(env, o, "firstRow", 0, 0, false);
+  const int64_t rows = countField(env, o, "rows", 1, 0, true);
+  const int64_t dim = countField(env, o, "dim", 1, 0, true);
+  float* out = optionalFloatOutput(env, o.Get("out"), static_cast<size_t>(rows * dim), "out");
   if (!out) internalError(env, "out is required");
-  iaflow::fillStandardNormal(seed, static_cast<uint64_t>(firstRow), rows, dim, out);
+  iaflow::fillStandardNormal(seed, static_cast<uint64_t>(firstRow), rows, static_cast<int>(dim), out);
   return env.Undefined();
 }
 
-// measureMatmulGflops(size, minSeconds): the fp32 ceiling the benchmark reports.
+// measureMatmulGflops(size, minSeconds): iaflow's own dense rate, beside the bench's external ceilings.
 Napi::Value measureMatmulGflops(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) internalError(env, "measureMatmulGflops(size, seconds)");
@@ -292,48 +561,47 @@ Napi::Value selectKernels(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, iaflow::selectKernels(info[0].As<Napi::String>().Utf8Value().c_str()));
 }
 
-// ---- Training (core/train.h): argument conversion and one AsyncWorker per chunk of steps ----
-
-// Runs `work` on a libuv thread; the typed arrays it writes stay pinned until the promise settles.
-class TrainWorker final : public Napi::AsyncWorker {
- public:
-  TrainWorker(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result,
-              const std::vector<Napi::Value>& pinned, std::shared_ptr<std::atomic<bool>> busy)
-      : Napi::AsyncWorker(env, "iaflow.train"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        work_(std::move(work)),
-        result_(std::move(result)),
-        pinned_(Napi::Persistent(Napi::Object::New(env))),
-        busy_(std::move(busy)) {
-    for (size_t i = 0; i < pinned.size(); ++i) pinned_.Set(static_cast<uint32_t>(i), pinned[i]);
+// backends(): [{ name, usable, whyNot, detail }], in order of preference.
+Napi::Value listBackends(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::vector<const iaflow::Backend*> all = iaflow::backends();
+  Napi::Array out = Napi::Array::New(env, all.size());
+  for (size_t i = 0; i < all.size(); ++i) {
+    const iaflow::BackendInfo b = all[i]->info();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", b.name);
+    o.Set("usable", b.usable);
+    o.Set("whyNot", b.whyNot);
+    o.Set("detail", b.detail);
+    out.Set(static_cast<uint32_t>(i), o);
   }
+  return out;
+}
 
-  Napi::Promise promise() { return deferred_.Promise(); }
+// layout(): the native enum codes the spec uses, for the test that pins them to src/native.ts.
+Napi::Value layout(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto codes = [&](std::initializer_list<std::pair<const char*, int>> entries) {
+    Napi::Object o = Napi::Object::New(env);
+    for (const auto& e : entries) o.Set(e.first, e.second);
+    return o;
+  };
+  using iaflow::Activation;
+  using iaflow::LayerKind;
+  using iaflow::ScaleKind;
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("kind", codes({{"iaf", static_cast<int>(LayerKind::IAF)}, {"maf", static_cast<int>(LayerKind::MAF)},
+                         {"permutation", static_cast<int>(LayerKind::Permutation)}}));
+  out.Set("activation", codes({{"relu", static_cast<int>(Activation::ReLU)}, {"tanh", static_cast<int>(Activation::Tanh)},
+                               {"elu", static_cast<int>(Activation::ELU)}}));
+  out.Set("scale", codes({{"softplus", static_cast<int>(ScaleKind::Softplus)}, {"exp", static_cast<int>(ScaleKind::Exp)},
+                          {"gated", static_cast<int>(ScaleKind::Gated)}}));
+  out.Set("direction", codes({{"toData", static_cast<int>(iaflow::Direction::ToData)},
+                              {"toLatent", static_cast<int>(iaflow::Direction::ToLatent)}}));
+  return out;
+}
 
- protected:
-  void Execute() override {
-    try {
-      work_();
-    } catch (...) {
-      SetError(describe(std::current_exception()));
-    }
-  }
-  void OnOK() override {
-    *busy_ = false;
-    deferred_.Resolve(result_ ? result_(Env()) : Env().Undefined());
-  }
-  void OnError(const Napi::Error& error) override {
-    *busy_ = false;
-    deferred_.Reject(error.Value());
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::function<void()> work_;
-  std::function<Napi::Value(Napi::Env)> result_;
-  Napi::ObjectReference pinned_;
-  std::shared_ptr<std::atomic<bool>> busy_;
-};
+// ---- Training (core/train.h): argument conversion; the work runs as Jobs ----
 
 double* float64Output(Napi::Env env, const Napi::Value& v, size_t expected, const char* what) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
@@ -378,7 +646,7 @@ void writeStats(const iaflow::StepStats& s, double* out) {
   out[4] = s.lastGradNorm;
 }
 
-// new NativeTrainer(spec, pass, teacherSpec | null, options: Float64Array(6 or 7), reference, portable)
+// new NativeTrainer({ spec, pass: 0 | 1, teacher?: spec, optimizer: Float64Array(6 or 7), backend: name })
 class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
  public:
   static Napi::Function define(Napi::Env env) {
@@ -402,11 +670,14 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
   explicit NativeTrainer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTrainer>(info) {
     Napi::Env env = info.Env();
     try {
-      iaflow::FlowSpec spec = parseSpec(env, info[0]);
-      const int pass = static_cast<int>(numberArg(env, info[1], "pass"));
-      if (pass != 0 && pass != 1) internalError(env, "pass must be 0 or 1");
+      const Napi::Object o = optionsArg(info, 0, "NativeTrainer");
+      iaflow::FlowSpec spec = parseSpec(env, o.Get("spec"));
+      const int64_t pass = countField(env, o, "pass", 0, 0, true);
+      if (pass > 1) internalError(env, "pass must be 0 or 1");
       std::unique_ptr<iaflow::FlowSpec> teacher;
-      if (!info[2].IsNull() && !info[2].IsUndefined()) teacher = std::make_unique<iaflow::FlowSpec>(parseSpec(env, info[2]));
+      Napi::Value teacherValue = o.Get("teacher");
+      if (!teacherValue.IsNull() && !teacherValue.IsUndefined()) teacher = std::make_unique<iaflow::FlowSpec>(parseSpec(env, teacherValue));
+      const iaflow::Backend& backend = backendNamed(env, stringField(env, o, "backend", "cpu"), nullptr);
       dim_ = spec.dim;
       for (const iaflow::LayerSpec& layer : spec.layers) {
         std::vector<int> widths;
@@ -414,9 +685,9 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
           for (const iaflow::DenseLinear& h : layer.hidden) widths.push_back(h.out);
         widths_.push_back(std::move(widths));
       }
-      trainer_ = std::make_shared<iaflow::Trainer>(spec, static_cast<iaflow::Direction>(pass), teacher.get(),
-                                                   optimizerOptions(env, info[3]), info[4].ToBoolean().Value(),
-                                                   info[5].ToBoolean().Value());
+      trainer_ = backend.makeTrainer(spec, static_cast<iaflow::Direction>(pass), teacher.get(),
+                                     optimizerOptions(env, o.Get("optimizer")));
+      memory_.set(env, static_cast<int64_t>(trainer_->numParameters()) * 4 * 6);  // params, grads, Adam, EMA, best
     } catch (const Napi::Error&) {
       throw;
     } catch (...) {
@@ -429,25 +700,15 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     if (*busy_) throw Napi::Error::New(env, "iaflow internal: the trainer is busy with another call");
   }
 
-  // Runs now (sync) or on a worker (async: returns a promise).
+  // Runs now (sync) or as a Job (async: returns a promise); one call at a time per trainer.
   Napi::Value launch(Napi::Env env, bool async, std::function<void()> work,
                      std::function<Napi::Value(Napi::Env)> result, const std::vector<Napi::Value>& pinned) {
     claim(env);
-    if (!async) {
-      try {
-        work();
-      } catch (...) {
-        throw Napi::Error::New(env, describe(std::current_exception()));
-      }
-      return result ? result(env) : env.Undefined();
-    }
-    *busy_ = true;
+    if (async) *busy_ = true;
     std::vector<Napi::Value> pins = pinned;
     pins.push_back(Value());
-    auto* worker = new TrainWorker(env, std::move(work), std::move(result), pins, busy_);
-    Napi::Promise promise = worker->promise();
-    worker->Queue();
-    return promise;
+    return Job::launch(env, async, [work = std::move(work)](const iaflow::CancelFlag&) { work(); }, std::move(result),
+                       pins, nullptr, async ? busy_ : nullptr);
   }
 
   std::vector<iaflow::DenseMadeView> views(Napi::Env env, const Napi::Value& v) {
@@ -648,11 +909,22 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
 
   int dim_ = 0;
   std::vector<std::vector<int>> widths_;  // per layer: hidden widths (empty for permutations)
+  void Finalize(Napi::Env env) override { memory_.release(env); }
+
   std::shared_ptr<iaflow::Trainer> trainer_;
+  ExternalMemory memory_;
   std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
+  auto* state = new EnvState();
+  env.SetInstanceData<EnvState>(state);  // deleted with the environment, after its cleanup hooks
+  napi_add_env_cleanup_hook(env, closeEnv, state);
+  Napi::Function cancelToken = CancelToken::define(env);
+  state->cancelTokenClass = Napi::Persistent(cancelToken);
+  exports.Set("CancelToken", cancelToken);
+  exports.Set("backends", Napi::Function::New(env, listBackends));
+  exports.Set("layout", Napi::Function::New(env, layout));
   exports.Set("measureMatmulGflops", Napi::Function::New(env, measureMatmulGflops));
   exports.Set("kernelInfo", Napi::Function::New(env, kernelInfo));
   exports.Set("selectKernels", Napi::Function::New(env, selectKernels));
@@ -660,7 +932,6 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, setThreads));
   exports.Set("getThreads", Napi::Function::New(env, getThreads));
   exports.Set("standardNormal", Napi::Function::New(env, standardNormal));
-  exports.Set("backend", Napi::String::New(env, cpuBackend().name()));
   exports.Set("NativeTrainer", NativeTrainer::define(env));
   return exports;
 }

@@ -14,34 +14,120 @@ import {
   parameterShapes,
   reverse,
 } from './layers';
-import { native, NativeFlowInstance, NativeFlowSpec, NativeLayerSpec } from './native';
+import { LAYOUT_CODES, native, NativeFlowInstance, NativeFlowSpec, NativeLayerSpec, NativeRunOptions } from './native';
 import {
   allocateFloats,
   checkInteger,
   checkOptions,
   checkRowCount,
   checkSeed,
+  checkSignal,
   invalidRange,
   invalidType,
   isFloat32Array,
   isFloat64Array,
   isPlainObject,
   randomSeed,
+  rowsForNative,
   seedWords,
-  toRowMajor,
 } from './validation';
 
 export type Rows = Float32Array | Float64Array | number[][];
 
-export interface SampleOptions {
-  /** Seed of the Philox stream; the same seed gives the same samples at any thread count. Default: random. */
-  seed?: number;
+export interface RunOptions {
+  /** Aborts the call: the native work stops within one tile of rows and the promise rejects with an AbortError. */
+  signal?: AbortSignal;
 }
 
-const ACTIVATION_CODE = { relu: 0, tanh: 1, elu: 2 } as const;
-const SCALE_CODE = { softplus: 0, exp: 1, gated: 2 } as const;
-const TO_DATA = 0;
-const TO_LATENT = 1;
+export interface SampleOptions extends RunOptions {
+  /** Seed of the Philox stream; the same seed gives the same samples at any thread count. Default: random. */
+  seed?: number;
+  /**
+   * Row r of the result is row firstRow + r of the seed's stream, so a sample taken in pieces
+   * (firstRow 0, n1, n1 + n2, ...) equals one call, bit for bit. Default 0; needs a seed.
+   */
+  firstRow?: number;
+}
+
+/** Sync calls take the same options, less the signal (they cannot be interrupted). */
+export type SampleSyncOptions = Omit<SampleOptions, 'signal'>;
+
+/** A compute backend: its name, whether it is usable here and why not, and details (the CPU's instruction set). */
+export interface BackendInfo {
+  name: string;
+  usable: boolean;
+  /** Why the backend is unusable here (empty when usable). */
+  whyNot: string;
+  detail: string;
+}
+
+/** The registered backends, fastest first: 'cpu' (the staircase kernels) and 'cpu-reference' (the simple dense path). */
+export function backends(): BackendInfo[] {
+  return native.backends().map((b) => ({ ...b }));
+}
+
+/** 'auto' picks the first usable backend that runs the flow. */
+export type BackendChoice = string;
+
+function checkBackend(name: string, value: unknown): string {
+  if (value === undefined) return 'auto';
+  const names = native.backends().map((b) => b.name);
+  if (typeof value !== 'string' || (value !== 'auto' && !names.includes(value))) {
+    throw invalidType(name, `'auto' or a backend name (${names.map((n) => `'${n}'`).join(', ')})`, value);
+  }
+  const info = native.backends().find((b) => b.name === value);
+  if (info && !info.usable) throw new Error(`The ${value} backend is not usable here: ${info.whyNot}`);
+  return value;
+}
+
+const MAX_FIRST_ROW = 2 ** 53 - 1;
+
+function abortError(what: string, signal: AbortSignal): DOMException {
+  const error = new DOMException(`${what} was aborted`, 'AbortError');
+  (error as { cause?: unknown }).cause = signal.reason;
+  return error;
+}
+
+/**
+ * The addon's errors as errors of the caller's realm (instanceof RangeError holds in a vm
+ * context or a test runner too), with this call's stack.
+ */
+function fromNative(error: unknown): unknown {
+  const { name, message } = (error ?? {}) as { name?: unknown; message?: unknown };
+  if (typeof message !== 'string') return error;
+  if (name === 'RangeError') return new RangeError(message);
+  if (name === 'TypeError') return new TypeError(message);
+  return error;
+}
+
+function runSync(nativeFlow: NativeFlowInstance, request: Omit<NativeRunOptions, 'async'>): void {
+  try {
+    nativeFlow.run({ ...request, async: false });
+  } catch (error) {
+    throw fromNative(error);
+  }
+}
+
+/** Runs a native request off the event loop; an AbortSignal raises the request's cancel flag. */
+async function runAsync(nativeFlow: NativeFlowInstance, what: string, request: Omit<NativeRunOptions, 'async'>, signal?: AbortSignal) {
+  if (signal?.aborted) throw abortError(what, signal);
+  const cancel = signal ? new native.CancelToken() : undefined;
+  const onAbort = () => cancel!.cancel();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    await nativeFlow.run({ ...request, async: true, cancel });
+  } catch (error) {
+    if (signal?.aborted && (error as { name?: unknown })?.name === 'AbortError') throw abortError(what, signal);
+    throw fromNative(error);
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+const ACTIVATION_CODE = LAYOUT_CODES.activation;
+const SCALE_CODE = LAYOUT_CODES.scale;
+const TO_DATA = LAYOUT_CODES.direction.toData;
+const TO_LATENT = LAYOUT_CODES.direction.toLatent;
 
 export class Flow {
   /** The flow's config (everything but the weights); frozen. */
@@ -50,14 +136,41 @@ export class Flow {
   private readonly shapes: Map<string, number[]>;
   private params: Map<string, Float32Array>;
   private nativeFlow: NativeFlowInstance;
+  private backendChoice: string;
+  private referenceFlow: NativeFlowInstance | null = null;
 
   /** @internal Use createFlow or loadFlow. */
-  constructor(config: FlowConfig, params: Map<string, Float32Array>) {
+  constructor(config: FlowConfig, params: Map<string, Float32Array>, backend = 'auto') {
     this.config = deepFreeze(structuredClone(config));
     this.dim = config.dim;
     this.shapes = parameterShapes(config);
     this.params = params;
-    this.nativeFlow = buildNative(this.config, params);
+    this.backendChoice = backend;
+    this.nativeFlow = buildNative(this.config, params, backend);
+  }
+
+  /** The backend that runs this flow (see backends()). */
+  get backend(): string {
+    return this.nativeFlow.backend;
+  }
+
+  /**
+   * Moves the flow to another backend ('auto' or a name from backends()); the weights are
+   * prepared for it once, here. Calls in flight finish where they started. Returns the flow.
+   */
+  to(backend: string): this {
+    const choice = checkBackend('backend', backend);
+    this.replaceNative(buildNative(this.config, this.params, choice));
+    this.backendChoice = choice;
+    return this;
+  }
+
+  private replaceNative(next: NativeFlowInstance): void {
+    // Free the old plan now: a tight loop of setParameters would otherwise hold every old one until GC.
+    this.nativeFlow.release();
+    this.referenceFlow?.release();
+    this.referenceFlow = null;
+    this.nativeFlow = next;
   }
 
   /** Number of scalar parameters (masked-out weight entries included, as stored). */
@@ -112,7 +225,7 @@ export class Flow {
       }
       next.set(name, copy);
     }
-    this.nativeFlow = buildNative(this.config, next);
+    this.replaceNative(buildNative(this.config, next, this.backendChoice));
     this.params = next;
   }
 
@@ -127,120 +240,131 @@ export class Flow {
 
   /** @internal See currentParameters. */
   adoptParameters(next: Map<string, Float32Array>): void {
-    this.nativeFlow = buildNative(this.config, next);
+    this.replaceNative(buildNative(this.config, next, this.backendChoice));
     this.params = next;
   }
 
   /** n samples x ~ p(x), row-major n*dim. */
   async sample(n: number, options?: SampleOptions): Promise<Float32Array> {
-    const job = this.sampleJob(n, options, false);
-    await job.run(true);
+    const job = this.sampleJob('sample', n, options, false, true);
+    await runAsync(this.nativeFlow, 'sample', job.request, job.signal);
     return job.x;
   }
 
-  sampleSync(n: number, options?: SampleOptions): Float32Array {
-    const job = this.sampleJob(n, options, false);
-    job.run(false);
+  sampleSync(n: number, options?: SampleSyncOptions): Float32Array {
+    const job = this.sampleJob('sample', n, options, false, false);
+    runSync(this.nativeFlow, job.request);
     return job.x;
   }
 
   /** Samples with their log-density. For IAF layers the density comes from the same pass. */
   async sampleWithLogProb(n: number, options?: SampleOptions): Promise<{ x: Float32Array; logProb: Float32Array }> {
-    const job = this.sampleJob(n, options, true);
-    await job.run(true);
+    const job = this.sampleJob('sample', n, options, true, true);
+    await runAsync(this.nativeFlow, 'sampleWithLogProb', job.request, job.signal);
     return { x: job.x, logProb: job.logProb! };
   }
 
-  sampleWithLogProbSync(n: number, options?: SampleOptions): { x: Float32Array; logProb: Float32Array } {
-    const job = this.sampleJob(n, options, true);
-    job.run(false);
+  sampleWithLogProbSync(n: number, options?: SampleSyncOptions): { x: Float32Array; logProb: Float32Array } {
+    const job = this.sampleJob('sample', n, options, true, false);
+    runSync(this.nativeFlow, job.request);
     return { x: job.x, logProb: job.logProb! };
   }
 
   /** log p(x) for each row of x. */
-  async logProb(x: Rows): Promise<Float32Array> {
+  async logProb(x: Rows, options?: RunOptions): Promise<Float32Array> {
+    const signal = runSignal('logProb', options);
     const job = this.transformJob('x', x, TO_LATENT, 'logProb');
-    await job.run(true);
+    await runAsync(this.nativeFlow, 'logProb', job.request, signal);
     return job.logProb!;
   }
 
   logProbSync(x: Rows): Float32Array {
     const job = this.transformJob('x', x, TO_LATENT, 'logProb');
-    job.run(false);
+    runSync(this.nativeFlow, job.request);
     return job.logProb!;
   }
 
   /** Latent -> data: x = f(z) and log|det dx/dz| per row. */
-  async forward(z: Rows): Promise<{ x: Float32Array; logDet: Float32Array }> {
+  async forward(z: Rows, options?: RunOptions): Promise<{ x: Float32Array; logDet: Float32Array }> {
+    const signal = runSignal('forward', options);
     const job = this.transformJob('z', z, TO_DATA, 'logDet');
-    await job.run(true);
+    await runAsync(this.nativeFlow, 'forward', job.request, signal);
     return { x: job.points!, logDet: job.logDet! };
   }
 
   forwardSync(z: Rows): { x: Float32Array; logDet: Float32Array } {
     const job = this.transformJob('z', z, TO_DATA, 'logDet');
-    job.run(false);
+    runSync(this.nativeFlow, job.request);
     return { x: job.points!, logDet: job.logDet! };
   }
 
   /** Data -> latent: z = f^-1(x) and log|det dz/dx| per row (the Jacobian of the map computed). */
-  async inverse(x: Rows): Promise<{ z: Float32Array; logDet: Float32Array }> {
+  async inverse(x: Rows, options?: RunOptions): Promise<{ z: Float32Array; logDet: Float32Array }> {
+    const signal = runSignal('inverse', options);
     const job = this.transformJob('x', x, TO_LATENT, 'logDet');
-    await job.run(true);
+    await runAsync(this.nativeFlow, 'inverse', job.request, signal);
     return { z: job.points!, logDet: job.logDet! };
   }
 
   inverseSync(x: Rows): { z: Float32Array; logDet: Float32Array } {
     const job = this.transformJob('x', x, TO_LATENT, 'logDet');
-    job.run(false);
+    runSync(this.nativeFlow, job.request);
     return { z: job.points!, logDet: job.logDet! };
   }
 
   /**
-   * @internal The simple path (dense masked products, dim full passes for the sequential
-   * direction): the benchmark's baseline and the tests' second oracle. Not part of the API.
+   * @internal The simple path (the 'cpu-reference' backend: dense masked products, dim full
+   * passes for the sequential direction): the benchmark's baseline and the tests' second oracle.
    */
   referenceRun(direction: 'toData' | 'toLatent', input: Float32Array | null, rows: number, seed = 0) {
     const points = allocateFloats(rows * this.dim, 'the result');
     const logDet = allocateFloats(rows, 'log-determinants');
     const logProb = allocateFloats(rows, 'log-densities');
-    const [lo, hi] = seedWords(seed);
-    this.nativeFlow.run(direction === 'toData' ? TO_DATA : TO_LATENT, input, rows, lo, hi, points, logDet, logProb, false, true);
+    this.referenceFlow ??= buildNative(this.config, this.params, 'cpu-reference');
+    this.referenceFlow.run({
+      direction: direction === 'toData' ? TO_DATA : TO_LATENT,
+      input,
+      rows,
+      seed: seedWords(seed),
+      outPoints: points,
+      outLogDet: logDet,
+      outLogProb: logProb,
+      async: false,
+    });
     return { points, logDet, logProb };
   }
 
-  private sampleJob(n: number, options: SampleOptions | undefined, withLogProb: boolean) {
+  private sampleJob(what: 'sample', n: number, options: SampleOptions | undefined, withLogProb: boolean, async: boolean) {
     const rows = checkRowCount('n', n, this.dim);
-    const opts = checkOptions('sample options', options, ['seed']);
+    const opts = checkOptions(`${what} options`, options, async ? ['seed', 'firstRow', 'signal'] : ['seed', 'firstRow']);
+    if (opts.firstRow !== undefined && opts.seed === undefined) {
+      throw new TypeError(`options.firstRow needs options.seed: rows of a random stream cannot be continued`);
+    }
     const seed = opts.seed === undefined ? randomSeed() : checkSeed('options.seed', opts.seed);
-    const [lo, hi] = seedWords(seed);
+    const firstRow = opts.firstRow === undefined ? 0 : checkInteger('options.firstRow', opts.firstRow, 0, MAX_FIRST_ROW - rows);
+    const signal = checkSignal('options.signal', opts.signal);
     const x = allocateFloats(rows * this.dim, `${rows} samples`);
     const logProb = withLogProb ? allocateFloats(rows, 'log-densities') : null;
-    const nativeFlow = this.nativeFlow;
-    return {
-      x,
-      logProb,
-      run: (async: boolean) => nativeFlow.run(TO_DATA, null, rows, lo, hi, x, null, logProb, async),
-    };
+    const request = { direction: TO_DATA, rows, seed: seedWords(seed), firstRow, outPoints: x, outLogProb: logProb } as const;
+    return { x, logProb, signal, request };
   }
 
   private transformJob(name: string, input: Rows, direction: 0 | 1, want: 'logDet' | 'logProb') {
-    const { data, rows } = toRowMajor(name, input, this.dim);
+    const { data, rows } = rowsForNative(name, input, this.dim);
     const points = want === 'logDet' ? allocateFloats(rows * this.dim, 'the result') : null;
     const logDet = want === 'logDet' ? allocateFloats(rows, 'log-determinants') : null;
     const logProb = want === 'logProb' ? allocateFloats(rows, 'log-densities') : null;
-    const nativeFlow = this.nativeFlow;
-    return {
-      points,
-      logDet,
-      logProb,
-      run: (async: boolean) => nativeFlow.run(direction, data, rows, 0, 0, points, logDet, logProb, async),
-    };
+    const request = { direction, rows, input: data, inputName: name, outPoints: points, outLogDet: logDet, outLogProb: logProb };
+    return { points, logDet, logProb, request };
   }
 }
 
-function buildNative(config: FlowConfig, params: Map<string, Float32Array>): NativeFlowInstance {
-  return new native.NativeFlow(nativeSpec(config, params));
+function runSignal(what: string, options: RunOptions | undefined): AbortSignal | undefined {
+  return checkSignal('options.signal', checkOptions(`${what} options`, options, ['signal']).signal);
+}
+
+function buildNative(config: FlowConfig, params: Map<string, Float32Array>, backend: string): NativeFlowInstance {
+  return new native.NativeFlow(nativeSpec(config, params), { backend });
 }
 
 /** @internal The flow as the native core takes it (the arrays are shared, not copied). */
@@ -254,7 +378,7 @@ export function nativeSpec(config: FlowConfig, params: Map<string, Float32Array>
   const layers: NativeLayerSpec[] = config.layers.map((layer, k) => {
     if (layer.type === 'permutation') return { kind: 2, permutation: Int32Array.from(layer.permutation) };
     return {
-      kind: layer.type === 'iaf' ? 0 : 1,
+      kind: LAYOUT_CODES.kind[layer.type],
       activation: ACTIVATION_CODE[layer.activation],
       scale: SCALE_CODE[layer.scale],
       inputDegrees: Int32Array.from(layer.inputDegrees),
@@ -283,10 +407,13 @@ export interface FlowOptions {
   layers: LayerDescriptor[];
   /** Seed for the parameter initialisation. Default: random. */
   seed?: number;
+  /** The backend that runs it: 'auto' (default: the fastest usable) or a name from backends(). */
+  backend?: string;
 }
 
 export function createFlow(options: FlowOptions): Flow {
-  const opts = checkOptions('createFlow options', options, ['dim', 'layers', 'seed']);
+  const opts = checkOptions('createFlow options', options, ['dim', 'layers', 'seed', 'backend']);
+  const backend = checkBackend('backend', opts.backend);
   const dim = checkInteger('dim', opts.dim, 1, MAX_DIM);
   if (!Array.isArray(opts.layers) || opts.layers.length > MAX_LAYERS) {
     throw invalidType('layers', 'an array of layers made by iaf(), maf(), reverse() or permute()', opts.layers);
@@ -299,7 +426,7 @@ export function createFlow(options: FlowOptions): Flow {
   });
   const seed = opts.seed === undefined ? randomSeed() : checkSeed('seed', opts.seed);
   const config = checkFlowConfig({ formatVersion: FORMAT_VERSION, dim, contextDim: 0, layers }, 'config');
-  return new Flow(config, initialParameters(config, seed));
+  return new Flow(config, initialParameters(config, seed), backend);
 }
 
 export interface StackOptions extends Omit<MadeOptions, 'hiddenDegrees' | 'order'> {
@@ -307,10 +434,11 @@ export interface StackOptions extends Omit<MadeOptions, 'hiddenDegrees' | 'order
   /** Number of autoregressive layers; reversals go between them. Default 5. */
   layers?: number;
   seed?: number;
+  backend?: string;
 }
 
 function createStack(kind: 'iaf' | 'maf', options: StackOptions): Flow {
-  const opts = checkOptions(`create${kind.toUpperCase()} options`, options, ['dim', 'layers', 'seed', 'hidden', 'activation', 'scale']);
+  const opts = checkOptions(`create${kind.toUpperCase()} options`, options, ['dim', 'layers', 'seed', 'backend', 'hidden', 'activation', 'scale']);
   const count = checkInteger('layers', opts.layers ?? 5, 1, MAX_LAYERS / 2);
   const made = { hidden: opts.hidden, activation: opts.activation, scale: opts.scale } as MadeOptions;
   for (const key of Object.keys(made) as (keyof MadeOptions)[]) if (made[key] === undefined) delete made[key];
@@ -320,7 +448,7 @@ function createStack(kind: 'iaf' | 'maf', options: StackOptions): Flow {
     if (i > 0) layers.push(reverse());
     layers.push(builder(made));
   }
-  return createFlow({ dim: opts.dim as number, layers, seed: opts.seed as number | undefined });
+  return createFlow({ dim: opts.dim as number, layers, seed: opts.seed as number | undefined, backend: opts.backend as string | undefined });
 }
 
 /** `layers` IAF layers with reversals between them: one-pass sampling. */
@@ -333,7 +461,10 @@ export function createMAF(options: StackOptions): Flow {
   return createStack('maf', options);
 }
 
-/** Threads of the native pool (default: the machine's core count). */
+/**
+ * Threads of the native pool (default: the machine's core count). Process-wide: one pool serves
+ * every flow and every worker_thread of the process.
+ */
 export function setThreads(threads: number): void {
   native.setThreads(checkInteger('threads', threads, 1, 1024));
 }
@@ -343,12 +474,14 @@ export function getThreads(): number {
 }
 
 /** rows*dim standard normals from the library's Philox stream (the latent draws of `sample`). */
-export function standardNormal(rows: number, dim: number, options?: SampleOptions): Float32Array {
+export function standardNormal(rows: number, dim: number, options?: SampleSyncOptions): Float32Array {
   const d = checkInteger('dim', dim, 1, MAX_DIM);
   const n = checkRowCount('rows', rows, d);
-  const opts = checkOptions('standardNormal options', options, ['seed']);
-  const [lo, hi] = seedWords(opts.seed === undefined ? randomSeed() : checkSeed('options.seed', opts.seed));
+  const opts = checkOptions('standardNormal options', options, ['seed', 'firstRow']);
+  if (opts.firstRow !== undefined && opts.seed === undefined) throw new TypeError('options.firstRow needs options.seed');
+  const seed = seedWords(opts.seed === undefined ? randomSeed() : checkSeed('options.seed', opts.seed));
+  const firstRow = opts.firstRow === undefined ? 0 : checkInteger('options.firstRow', opts.firstRow, 0, MAX_FIRST_ROW - n);
   const out = allocateFloats(n * d, `${n} rows`);
-  native.standardNormal(lo, hi, 0, n, d, out);
+  native.standardNormal({ seed, firstRow, rows: n, dim: d, out });
   return out;
 }

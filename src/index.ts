@@ -1,6 +1,6 @@
 // iaflow's public API, in one place.
-export { Flow, createFlow, createIAF, createMAF, setThreads, getThreads, standardNormal } from './flow';
-export type { FlowOptions, Rows, SampleOptions, StackOptions } from './flow';
+export { Flow, backends, createFlow, createIAF, createMAF, setThreads, getThreads, standardNormal } from './flow';
+export type { BackendInfo, FlowOptions, Rows, RunOptions, SampleOptions, SampleSyncOptions, StackOptions } from './flow';
 export { iaf, maf, reverse, permute } from './layers';
 export type {
   Activation,

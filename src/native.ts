@@ -20,20 +20,51 @@ export interface NativeLayerSpec {
   permutation?: Int32Array;
 }
 
-export interface NativeFlowInstance {
-  run(
-    direction: 0 | 1,
-    input: Float32Array | null,
-    rows: number,
-    seedLo: number,
-    seedHi: number,
-    outPoints: Float32Array | null,
-    outLogDet: Float32Array | null,
-    outLogProb: Float32Array | null,
-    async: boolean,
-    reference?: boolean,
-  ): Promise<void> | undefined;
+/** A cancel flag the native work polls before each tile; raised when an AbortSignal fires. */
+export interface NativeCancelToken {
+  cancel(): void;
 }
+
+/** One run of the whole chain of layers (native/core/backend.h, RunRequest). */
+export interface NativeRunOptions {
+  direction: 0 | 1; // 0: latent -> data, 1: data -> latent
+  rows: number;
+  /** Input rows (rows*dim, row-major); checked for finiteness (and converted) off the event loop when async. */
+  input?: Float32Array | Float64Array | null;
+  /** How errors about the input name it ('x', 'z'). */
+  inputName?: string;
+  /** Seed words [lo, hi] of the Philox stream (input-less sampling). */
+  seed?: [number, number];
+  /** Row r of the result is stream row firstRow + r. */
+  firstRow?: number;
+  outPoints?: Float32Array | null;
+  outLogDet?: Float32Array | null;
+  outLogProb?: Float32Array | null;
+  async: boolean;
+  cancel?: NativeCancelToken;
+}
+
+export interface NativeFlowInstance {
+  run(options: NativeRunOptions): Promise<void> | undefined;
+  /** Frees the prepared plan now instead of at garbage collection. */
+  release(): void;
+  readonly backend: string;
+}
+
+export interface NativeBackendInfo {
+  name: string;
+  usable: boolean;
+  whyNot: string;
+  detail: string;
+}
+
+/** The native enum codes a spec carries (pinned to the TypeScript ones by test/backend.test.ts). */
+export const LAYOUT_CODES = {
+  kind: { iaf: 0, maf: 1, permutation: 2 },
+  activation: { relu: 0, tanh: 1, elu: 2 },
+  scale: { softplus: 0, exp: 1, gated: 2 },
+  direction: { toData: 0, toLatent: 1 },
+} as const;
 
 export interface NativeFlowSpec {
   dim: number;
@@ -62,16 +93,21 @@ export interface NativeTrainerInstance {
 }
 
 export interface NativeBinding {
-  NativeFlow: new (spec: NativeFlowSpec) => NativeFlowInstance;
+  /** backend: a registered name or 'auto' (the first usable backend that runs the flow). */
+  NativeFlow: new (spec: NativeFlowSpec, options: { backend: string }) => NativeFlowInstance;
+  CancelToken: new () => NativeCancelToken;
   /**
-   * pass: 0 (z -> x, reverse KL) or 1 (x -> z, maximum likelihood); options: [lr, beta1, beta2, eps, weightDecay, clipGradNorm, ema?] (ema, fit only: 0 when left out);
-   * reference: the simple dense path; portable: the baseline-ISA kernels even where AVX2 would run.
+   * pass: 0 (z -> x, reverse KL) or 1 (x -> z, maximum likelihood); optimizer: [lr, beta1, beta2, eps, weightDecay, clipGradNorm, ema?] (ema, fit only: 0 when left out);
+   * backend: 'cpu' or 'cpu-reference' (the simple dense path).
    */
-  NativeTrainer: new (spec: NativeFlowSpec, pass: 0 | 1, teacher: NativeFlowSpec | null, options: Float64Array, reference: boolean, portable: boolean) => NativeTrainerInstance;
+  NativeTrainer: new (options: { spec: NativeFlowSpec; pass: 0 | 1; teacher?: NativeFlowSpec | null; optimizer: Float64Array; backend: string }) => NativeTrainerInstance;
+  /** The registered backends, fastest first. */
+  backends(): NativeBackendInfo[];
+  layout(): typeof LAYOUT_CODES;
+  /** Process-wide: the pool serves every worker_thread of the process. */
   setThreads(threads: number): void;
   getThreads(): number;
-  standardNormal(seedLo: number, seedHi: number, firstRow: number, rows: number, dim: number, out: Float32Array): void;
-  backend: string;
+  standardNormal(options: { seed: [number, number]; firstRow?: number; rows: number; dim: number; out: Float32Array }): void;
   /** The fp32 ceiling: GFLOP/s of a dense size^3 product with the best kernel, on the pool. */
   measureMatmulGflops(size: number, minSeconds: number): number;
   kernelInfo(): { isa: string; vectorFloats: number; tileRows: number; available: string };

@@ -287,7 +287,7 @@ interface KernelChoice {
 function newTrainer(flow: Flow, pass: 0 | 1, teacher: Flow | null, options: Float64Array, kernels: KernelChoice = {}): NativeTrainerInstance {
   const spec = nativeSpec(flow.config as FlowConfig, flow.currentParameters() as Map<string, Float32Array>);
   const teacherSpec = teacher ? nativeSpec(teacher.config as FlowConfig, teacher.currentParameters() as Map<string, Float32Array>) : null;
-  return new native.NativeTrainer(spec, pass, teacherSpec, options, kernels.reference ?? false, kernels.portable ?? false);
+  return new native.NativeTrainer({ spec, pass, teacher: teacherSpec, optimizer: options, backend: kernels.reference ? 'cpu-reference' : 'cpu' });
 }
 
 /** Dense arrays for every parameter of `flow`, as views for the native export. */
@@ -789,7 +789,7 @@ function mapMatcher(teacher: Flow, dim: number, batch: number, seedLo: number, s
   let precision = 0;
   return {
     async begin(step: number) {
-      native.standardNormal(seedLo, seedHi, step * batch, batch, dim, z);
+      native.standardNormal({ seed: [seedLo, seedHi], firstRow: step * batch, rows: batch, dim, out: z });
       teacherX = (await teacher.forward(z)).x;
       if (precision === 0) {
         let mean = 0;

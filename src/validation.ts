@@ -163,3 +163,28 @@ export function toRowMajor(name: string, value: unknown, dim: number): { data: F
   }
   return { data, rows: data.length / dim };
 }
+
+/** An AbortSignal (or undefined): anything with `aborted` and `addEventListener`, as Node's and DOM's. */
+export function checkSignal(name: string, value: unknown): AbortSignal | undefined {
+  if (value === undefined) return undefined;
+  const s = value as AbortSignal;
+  if (typeof value !== 'object' || value === null || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function') {
+    throw invalidType(name, 'an AbortSignal', value);
+  }
+  return s;
+}
+
+/**
+ * Batch input for a native run: typed arrays pass through as they are (O(1) here; the native
+ * side copies them, then checks finiteness and converts float64 off the event loop), arrays of
+ * rows are converted and checked by toRowMajor.
+ */
+export function rowsForNative(name: string, value: unknown, dim: number): { data: Float32Array | Float64Array; rows: number } {
+  if (isFloat32Array(value) || isFloat64Array(value)) {
+    if (value.length === 0 || value.length % dim !== 0) {
+      throw invalidRange(`${name}.length`, `a positive multiple of ${dim}`, value.length);
+    }
+    return { data: value, rows: value.length / dim };
+  }
+  return toRowMajor(name, value, dim);
+}

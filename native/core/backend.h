@@ -1,25 +1,45 @@
-// The one interface every compute backend implements (CPU here; CUDA behind
-// the same calls). A request runs the whole chain of layers in one call.
+// The one interface every compute backend implements, ggml-style (docs/DESIGN.md,
+// "Backend interface"): a backend says whether it can run on this machine and a
+// given plan (and why not), prepares a plan once into a Runner (packing or
+// uploading the weights) that then serves run requests, and creates trainers.
+// A registry lists the backends; CUDA registers itself beside the CPU ones.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "plan.h"
 
 namespace iaflow {
+
+struct OptimizerOptions;
+class Trainer;
 
 enum class Direction : int {
   ToData = 0,    // latent z -> data x (sampling direction)
   ToLatent = 1,  // data x -> latent z (density direction)
 };
 
+// Set by the caller (an AbortSignal, a closing environment); polled by the backend
+// before each tile of rows, so work stops within one tile.
+using CancelFlag = std::atomic<bool>;
+
+// Thrown by Runner::run when the request's cancel flag was raised.
+class Cancelled : public std::runtime_error {
+ public:
+  Cancelled() : std::runtime_error("the operation was aborted") {}
+};
+
 struct RunRequest {
   Direction direction = Direction::ToData;
   // Input rows (rows * dim floats, row-major). When null, the input is standard
   // normal noise from the Philox stream: row r of this request is stream row
-  // firstRow + r under `seed` (only meaningful with ToData).
+  // firstRow + r under `seed` (only meaningful with ToData), so a sample split
+  // in pieces equals one call, bit for bit.
   const float* input = nullptr;
   uint64_t seed = 0;
   uint64_t firstRow = 0;
@@ -27,31 +47,61 @@ struct RunRequest {
   float* outPoints = nullptr;   // rows * dim, or null
   float* outLogDet = nullptr;   // rows: log|det d(output)/d(input)|, or null
   float* outLogProb = nullptr;  // rows: log-density of the data-side point, or null
-  // The simple path, kept as the benchmark's baseline and the tests' second
-  // oracle: dense masked products (no zero blocks skipped) and dim full network
-  // passes for the sequential direction, as other libraries do.
-  bool reference = false;
+  const CancelFlag* cancel = nullptr;  // optional
+};
+
+// A plan prepared for one backend. Thread-safe: concurrent runs are allowed.
+class Runner {
+ public:
+  virtual ~Runner() = default;
+  virtual const FlowPlan& plan() const = 0;
+  virtual void run(const RunRequest& request) const = 0;
+};
+
+struct BackendInfo {
+  std::string name;
+  bool usable = false;
+  std::string whyNot;   // empty when usable
+  std::string detail;   // e.g. the CPU's instruction set in use
 };
 
 class Backend {
  public:
   virtual ~Backend() = default;
-  virtual std::string name() const = 0;
-  virtual void run(const FlowPlan& plan, const RunRequest& request) = 0;
+  virtual BackendInfo info() const = 0;
+  // Whether this backend runs `plan`; when not, `whyNot` says why.
+  virtual bool supports(const FlowPlan& plan, std::string* whyNot) const = 0;
+  virtual std::shared_ptr<const Runner> prepare(std::shared_ptr<const FlowPlan> plan) const = 0;
+  // A trainer for `spec` along `pass` (see train.h), on this backend's kernels.
+  virtual std::unique_ptr<Trainer> makeTrainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher,
+                                               const OptimizerOptions& options) const = 0;
 };
 
-std::unique_ptr<Backend> makeCpuBackend();
+// ---- the registry ----
+
+// Every registered backend, in order of preference (fastest first). The CPU
+// backends are always there: "cpu" (the staircase kernels) and
+// "cpu-reference" (the simple dense path: every weight multiplied, zeros
+// included, and dim full network passes for the sequential direction, as
+// other libraries do; the benchmark's baseline and the tests' second oracle).
+std::vector<const Backend*> backends();
+// The backend of that name, or null.
+const Backend* findBackend(const std::string& name);
+// The first usable backend that supports `plan` ("auto").
+const Backend& preferredBackend(const FlowPlan& plan);
+// Adds a backend (e.g. CUDA, once loaded); later lookups see it.
+void registerBackend(std::unique_ptr<Backend> backend);
+
+// The CPU backends (cpu_backend.cc).
+std::unique_ptr<Backend> makeCpuBackend(bool reference);
 
 // rows * dim standard normals from the Philox stream (the latent draws `sample` uses).
 void fillStandardNormal(uint64_t seed, uint64_t firstRow, int64_t rows, int dim, float* out);
 
-}  // namespace iaflow
-
-namespace iaflow {
-
-// The machine's measured fp32 ceiling with the best kernel the project has: a
-// square size x size x size product (dense, no zero blocks), repeated on the
-// pool for at least minSeconds. Returns GFLOP/s (2 flops per multiply-add).
+// The machine's fp32 rate with the best kernel the project has: a square
+// size x size x size product (dense, no zero blocks), repeated on the pool for
+// at least minSeconds. Returns GFLOP/s (2 flops per multiply-add). The
+// benchmark reports it beside the external ceilings (an FMA probe, sgemm).
 double measureMatmulGflops(int size, double minSeconds);
 
 }  // namespace iaflow

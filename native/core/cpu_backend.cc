@@ -5,8 +5,8 @@
 //    are never touched;
 //  - sequential: at step p only the hidden units of degree p are computed, then
 //    output p, so each weight is used once per row (one pass, not dim passes).
-// The reference path (RunRequest::reference) is deliberately simple and shares
-// nothing with the kernels: row-major scalar loops, dense products, dim passes.
+// The reference path (the "cpu-reference" backend) is deliberately simple and
+// shares nothing with the kernels: row-major scalar loops, dense products, dim passes.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -15,6 +15,7 @@
 #include "backend.h"
 #include "kernels.h"
 #include "thread_pool.h"
+#include "train.h"
 
 namespace iaflow {
 namespace {
@@ -331,8 +332,8 @@ void sumBaseLogDensity(Scratch& s, int rows, int dim) {
   }
 }
 
-void runTile(const KernelTable& K, const FlowPlan& plan, const RunRequest& req, Scratch& s, int64_t firstRow,
-             int rows) {
+void runTile(const KernelTable& K, bool reference, const FlowPlan& plan, const RunRequest& req, Scratch& s,
+             int64_t firstRow, int rows) {
   const int dim = plan.dim;
   s.ensure(plan, K.tileRows);
   if (req.input) {
@@ -354,7 +355,7 @@ void runTile(const KernelTable& K, const FlowPlan& plan, const RunRequest& req, 
     }
     // The parallel pass runs when we travel the way the layer's parallel direction points.
     const bool parallel = toData == layer.made.parallelTowardData;
-    if (req.reference) {
+    if (reference) {
       runReferenceMade(layer.made, s, rows, parallel);
     } else if (rows <= kRowPathRows) {
       for (int r = 0; r < rows; ++r) {
@@ -374,34 +375,73 @@ void runTile(const KernelTable& K, const FlowPlan& plan, const RunRequest& req, 
   }
 }
 
-class CpuBackend final : public Backend {
- public:
-  std::string name() const override { return "cpu"; }
+bool cancelled(const RunRequest& req) { return req.cancel && req.cancel->load(std::memory_order_relaxed); }
 
-  void run(const FlowPlan& plan, const RunRequest& req) override {
+class CpuRunner final : public Runner {
+ public:
+  CpuRunner(std::shared_ptr<const FlowPlan> plan, bool reference) : plan_(std::move(plan)), reference_(reference) {}
+
+  const FlowPlan& plan() const override { return *plan_; }
+
+  void run(const RunRequest& req) const override {
     if (req.rows <= 0) return;
+    if (cancelled(req)) throw Cancelled();
     const KernelTable& K = activeKernels();
     const int tileRows = K.tileRows;
     const int64_t tiles = (req.rows + tileRows - 1) / tileRows;
     if (tiles == 1) {
       // Small batches skip the pool: no wake-up latency.
       thread_local Scratch local;
-      runTile(K, plan, req, local, 0, static_cast<int>(req.rows));
+      runTile(K, reference_, *plan_, req, local, 0, static_cast<int>(req.rows));
       return;
     }
     std::shared_ptr<ThreadPool> pool = currentPool();
     std::vector<Scratch> scratch(pool->size());
     pool->parallelFor(tiles, [&](int64_t tile, int worker) {
+      if (cancelled(req)) return;  // the remaining tiles are skipped
       const int64_t first = tile * tileRows;
       const int rows = static_cast<int>(std::min<int64_t>(tileRows, req.rows - first));
-      runTile(K, plan, req, scratch[worker], first, rows);
+      runTile(K, reference_, *plan_, req, scratch[worker], first, rows);
     });
+    if (cancelled(req)) throw Cancelled();
   }
+
+ private:
+  std::shared_ptr<const FlowPlan> plan_;
+  bool reference_;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(bool reference) : reference_(reference) {}
+
+  BackendInfo info() const override {
+    BackendInfo out;
+    out.name = reference_ ? "cpu-reference" : "cpu";
+    out.usable = true;
+    out.detail = reference_ ? "dense scalar loops, dim passes for the sequential direction" : activeKernels().isa;
+    return out;
+  }
+
+  bool supports(const FlowPlan&, std::string*) const override { return true; }
+
+  std::shared_ptr<const Runner> prepare(std::shared_ptr<const FlowPlan> plan) const override {
+    // The plan already holds the staircase layout the CPU kernels read: nothing to pack.
+    return std::make_shared<CpuRunner>(std::move(plan), reference_);
+  }
+
+  std::unique_ptr<Trainer> makeTrainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher,
+                                       const OptimizerOptions& options) const override {
+    return std::make_unique<Trainer>(spec, pass, teacher, options, reference_);
+  }
+
+ private:
+  bool reference_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> makeCpuBackend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> makeCpuBackend(bool reference) { return std::make_unique<CpuBackend>(reference); }
 
 void fillStandardNormal(uint64_t seed, uint64_t firstRow, int64_t rows, int dim, float* out) {
   const int64_t chunk = 1024;

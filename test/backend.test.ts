@@ -1,0 +1,260 @@
+// The backend interface (native/core/backend.h) as the API shows it: the registry, every
+// registered backend against 'cpu-reference', training's forward against inference's, the
+// TypeScript/native enum pin, firstRow, AbortSignal, and the addon in worker_threads that end
+// with a call in flight.
+import { spawn } from 'node:child_process';
+import * as path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { Flow, LayerDescriptor, backends, createFlow, iaf, maf, permute, reverse } from '../src/index';
+import { LAYOUT_CODES, native } from '../src/native';
+import { __trainingInternals } from '../src/train';
+
+const DIM = 5;
+
+function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, atol: number, rtol: number, what: string) {
+  expect(actual.length).toBe(expected.length);
+  for (let i = 0; i < expected.length; i++) {
+    const tolerance = atol + rtol * Math.abs(expected[i]);
+    if (!(Math.abs(actual[i] - expected[i]) <= tolerance)) {
+      throw new Error(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]} (tolerance ${tolerance})`);
+    }
+  }
+}
+
+/** Weights far from the identity, so every layer's shift and scale matter. */
+function randomizeWeights(flow: Flow, seed: number): void {
+  let state = seed >>> 0;
+  const next = () => {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return state / 2 ** 32 - 0.5;
+  };
+  const params: Record<string, Float32Array> = {};
+  for (const [name, shape] of Object.entries(flow.parameterShapes())) {
+    const fanIn = shape.length > 1 ? shape[1] : 1;
+    params[name] = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => (1.4 * next()) / Math.sqrt(fanIn));
+  }
+  flow.setParameters(params);
+}
+
+const STACKS: [string, () => LayerDescriptor[]][] = [
+  ['IAF relu softplus', () => [iaf({ hidden: [24, 24] }), reverse(), iaf({ hidden: [24, 24] })]],
+  ['MAF tanh exp', () => [maf({ hidden: [24, 24], activation: 'tanh', scale: 'exp' }), reverse(), maf({ hidden: [24], activation: 'tanh', scale: 'exp' })]],
+  ['mixed elu gated, random permutation', () => [iaf({ hidden: [16, 16], activation: 'elu', scale: 'gated' }), permute({ seed: 3 }), maf({ hidden: [16, 16], activation: 'elu', scale: 'gated' })]],
+  ['residual MAF and IAF', () => [maf({ hidden: [16, 16, 16], residual: true }), reverse(), iaf({ hidden: [16, 16, 16], residual: true })]],
+];
+
+describe('the registry', () => {
+  it('lists cpu (with its instruction set) and cpu-reference, both usable', () => {
+    const all = backends();
+    const cpu = all.find((b) => b.name === 'cpu');
+    const reference = all.find((b) => b.name === 'cpu-reference');
+    expect(cpu).toEqual({ name: 'cpu', usable: true, whyNot: '', detail: native.kernelInfo().isa });
+    expect(reference?.usable).toBe(true);
+    // The default ('auto') is the fastest usable backend, listed first.
+    expect(createFlow({ dim: 2, layers: [iaf({ hidden: [4] })], seed: 1 }).backend).toBe(all.find((b) => b.usable)!.name);
+  });
+
+  it('refuses unknown backend names with the list of registered ones', () => {
+    expect(() => createFlow({ dim: 2, layers: [iaf()], backend: 'tpu' })).toThrow(/Expected 'auto' or a backend name \('cpu', 'cpu-reference'.*\) for backend but received the string "tpu"/);
+    expect(() => createFlow({ dim: 2, layers: [iaf()], seed: 1 }).to(3 as unknown as string)).toThrow(/for backend but received 3/);
+  });
+
+  it('pins the enum codes of src/native.ts to the native ones', () => {
+    expect(native.layout()).toEqual(LAYOUT_CODES);
+  });
+});
+
+describe.each(STACKS)('every backend against cpu-reference: %s', (_name, layers) => {
+  const n = 40; // more than one tile's worth of rows on no ISA, so use both the row path and a tile
+  const referenceFlow = createFlow({ dim: DIM, layers: layers(), seed: 11, backend: 'cpu-reference' });
+  randomizeWeights(referenceFlow, 5);
+  const z = Float32Array.from({ length: n * DIM }, (_, i) => Math.sin(i * 0.37) * 1.5);
+  const expectedForward = referenceFlow.forwardSync(z);
+  const expectedInverse = referenceFlow.inverseSync(expectedForward.x);
+  const expectedSample = referenceFlow.sampleWithLogProbSync(n, { seed: 9 });
+
+  it.each(backends().filter((b) => b.usable).map((b) => b.name))('%s', async (backend) => {
+    const flow = createFlow({ dim: DIM, layers: layers(), seed: 11, backend });
+    randomizeWeights(flow, 5);
+    expect(flow.backend).toBe(backend);
+    for (const rows of [3, n]) {
+      const zs = z.subarray(0, rows * DIM);
+      const forward = await flow.forward(zs);
+      expectClose(forward.x, expectedForward.x.subarray(0, rows * DIM), 1e-4, 1e-4, `${backend} forward x`);
+      expectClose(forward.logDet, expectedForward.logDet.subarray(0, rows), 1e-4, 1e-4, `${backend} forward logDet`);
+      const inverse = flow.inverseSync(expectedForward.x.subarray(0, rows * DIM));
+      expectClose(inverse.z, expectedInverse.z.subarray(0, rows * DIM), 1e-4, 1e-4, `${backend} inverse z`);
+      expectClose(inverse.logDet, expectedInverse.logDet.subarray(0, rows), 1e-4, 1e-4, `${backend} inverse logDet`);
+    }
+    const sample = await flow.sampleWithLogProb(n, { seed: 9 });
+    expectClose(sample.x, expectedSample.x, 1e-4, 1e-4, `${backend} sample`);
+    expectClose(sample.logProb, expectedSample.logProb, 1e-4, 1e-4, `${backend} sample logProb`);
+  });
+
+  it('moves between backends with to(), keeping its weights and results', () => {
+    const flow = createFlow({ dim: DIM, layers: layers(), seed: 11 });
+    randomizeWeights(flow, 5);
+    const before = flow.forwardSync(z).x;
+    expect(flow.to('cpu-reference')).toBe(flow);
+    expect(flow.backend).toBe('cpu-reference');
+    expectClose(flow.forwardSync(z).x, before, 1e-4, 1e-4, 'after to()');
+  });
+});
+
+describe('training and inference share one forward', () => {
+  it.each(STACKS)('%s: the trainer scores x exactly as logProb does', (_name, layers) => {
+    const flow = createFlow({ dim: DIM, layers: layers(), seed: 4 });
+    randomizeWeights(flow, 8);
+    const x = flow.sampleSync(64, { seed: 2 });
+    const fromTrainer = __trainingInternals.logProbGradient(flow, x).logProb;
+    expectClose(fromTrainer, flow.logProbSync(x), 2e-4, 2e-4, 'trainer logProb vs inference logProb');
+    const fromReferenceTrainer = __trainingInternals.logProbGradient(flow, x, { reference: true }).logProb;
+    expectClose(fromReferenceTrainer, flow.logProbSync(x), 2e-4, 2e-4, 'cpu-reference trainer logProb');
+  });
+});
+
+describe('firstRow', () => {
+  const flow = createFlow({ dim: 3, layers: [iaf({ hidden: [16] }), reverse(), maf({ hidden: [16] })], seed: 2 });
+
+  it('a sample taken in pieces equals one call, bit for bit', async () => {
+    const whole = await flow.sampleWithLogProb(1000, { seed: 77 });
+    const pieces = [
+      [0, 1],
+      [1, 300],
+      [301, 7],
+      [308, 692],
+    ];
+    for (const [firstRow, rows] of pieces) {
+      const part = await flow.sampleWithLogProb(rows, { seed: 77, firstRow });
+      expect(Buffer.from(part.x.buffer).equals(Buffer.from(whole.x.buffer, firstRow * 3 * 4, rows * 3 * 4))).toBe(true);
+      expect(Buffer.from(part.logProb.buffer).equals(Buffer.from(whole.logProb.buffer, firstRow * 4, rows * 4))).toBe(true);
+      const sync = flow.sampleSync(rows, { seed: 77, firstRow });
+      expect(Buffer.from(sync.buffer).equals(Buffer.from(whole.x.buffer, firstRow * 3 * 4, rows * 3 * 4))).toBe(true);
+    }
+  });
+
+  it('needs a seed and a non-negative integer', () => {
+    expect(() => flow.sampleSync(2, { firstRow: 5 })).toThrow(/firstRow needs options.seed/);
+    expect(() => flow.sampleSync(2, { seed: 1, firstRow: -1 })).toThrow(/Expected an integer in \[0, \d+\] for options.firstRow but received -1/);
+    expect(() => flow.sampleSync(2, { seed: 1, firstRow: 1.5 })).toThrow(/for options.firstRow but received 1.5/);
+  });
+});
+
+describe('AbortSignal', () => {
+  const flow = createFlow({ dim: 16, layers: [maf({ hidden: [128, 128] }), reverse(), maf({ hidden: [128, 128] })], seed: 3 });
+
+  it('an aborted sample stops within a tile and rejects with an AbortError', async () => {
+    // MAF sampling is the sequential direction: 2e6 rows take seconds; the abort comes after 20 ms.
+    const controller = new AbortController();
+    const started = Date.now();
+    const pending = flow.sample(2_000_000, { seed: 1, signal: controller.signal });
+    setTimeout(() => controller.abort(), 20);
+    await expect(pending).rejects.toMatchObject({ name: 'AbortError', message: 'sample was aborted' });
+    expect(Date.now() - started).toBeLessThan(1500);
+    // The flow is usable afterwards, and the result does not depend on the aborted call.
+    const after = await flow.sample(10, { seed: 1 });
+    expect(Buffer.from(after.buffer).equals(Buffer.from(flow.sampleSync(10, { seed: 1 }).buffer))).toBe(true);
+  });
+
+  it('an already aborted signal rejects without running', async () => {
+    const reason = new Error('stop');
+    const signal = AbortSignal.abort(reason);
+    for (const call of [
+      () => flow.sample(10, { signal }),
+      () => flow.sampleWithLogProb(10, { signal }),
+      () => flow.logProb(new Float32Array(16), { signal }),
+      () => flow.forward(new Float32Array(16), { signal }),
+      () => flow.inverse(new Float32Array(16), { signal }),
+    ]) {
+      const error = await call().then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(error).toMatchObject({ name: 'AbortError', cause: reason });
+    }
+  });
+
+  it('logProb, forward and inverse take a signal and refuse other options', async () => {
+    const x = flow.sampleSync(3000, { seed: 5 });
+    const controller = new AbortController();
+    const pending = flow.inverse(x, { signal: controller.signal });
+    controller.abort();
+    await expect(pending).rejects.toMatchObject({ name: 'AbortError' });
+    await expect(flow.logProb(x, { signal: new AbortController().signal })).resolves.toHaveLength(3000);
+    await expect(flow.logProb(x, { sigal: 1 } as never)).rejects.toThrow(/Unknown option "sigal" in logProb options; expected one of: signal/);
+    await expect(flow.forward(x, { signal: 'now' } as never)).rejects.toThrow(/Expected an AbortSignal for options.signal but received the string "now"/);
+  });
+});
+
+describe('event loop', () => {
+  it('an async logProb of 10^7 rows holds the event loop for its input copy only', async () => {
+    // Validation of a typed array is O(1) in JavaScript; the finiteness scan, the float64 ->
+    // float32 conversion and the run happen on a worker thread. What is left on the event loop is
+    // one memcpy of the input, a small part of the synchronous call's time.
+    const flow = createFlow({ dim: 2, layers: [maf({ hidden: [32, 32] })], seed: 1 });
+    const rows = 10_000_000;
+    const x = new Float64Array(rows * 2).fill(0.25);
+    let started = process.hrtime.bigint();
+    const expected = flow.logProbSync(x);
+    const syncMs = Number(process.hrtime.bigint() - started) / 1e6;
+    const histogram = monitorEventLoopDelay({ resolution: 5 });
+    histogram.enable();
+    started = process.hrtime.bigint();
+    const pending = flow.logProb(x);
+    const callMs = Number(process.hrtime.bigint() - started) / 1e6;
+    const logProb = await pending;
+    histogram.disable();
+    expect(Buffer.from(logProb.buffer).equals(Buffer.from(expected.buffer))).toBe(true);
+    expect(callMs).toBeLessThan(syncMs / 3);
+    expect(histogram.max / 1e6).toBeLessThan(syncMs / 2);
+  }, 120_000);
+});
+
+// ---- the addon in worker_threads that end with a call in flight ----
+
+const root = path.join(__dirname, '..');
+
+/** Runs `script` in a fresh node; resolves with its exit code, signal and stderr. */
+function runNode(script: string): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['-e', script], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (code, signal) => resolve({ code, signal, stderr }));
+  });
+}
+
+// The worker loads the addon and starts the same kind of work the library's calls queue.
+const WORKER_BODY = (tail: string) =>
+  JSON.stringify(`
+    const addon = require('node-gyp-build')(${JSON.stringify(root)});
+    const { parentPort } = require('worker_threads');
+    const dim = 8, hidden = 64;
+    const lin = (o, i) => ({ weight: new Float32Array(o * i).fill(0.01), bias: new Float32Array(o) });
+    const layer = { kind: 1, activation: 0, scale: 0, inputDegrees: Int32Array.from({ length: dim }, (_, i) => i + 1),
+      residual: false, hiddenDegrees: [Int32Array.from({ length: hidden }, (_, j) => 1 + (j % (dim - 1)))],
+      hidden: [lin(hidden, dim)], shift: lin(dim, hidden), rawScale: lin(dim, hidden) };
+    const flow = new addon.NativeFlow({ dim, layers: [layer, layer, layer] }, { backend: 'cpu' });
+    const rows = 400000;
+    flow.run({ direction: 0, rows, seed: [1, 0], outPoints: new Float32Array(rows * dim), async: true });
+    ${tail}`);
+
+const TEARDOWNS: [string, string][] = [
+  ['worker.terminate()', `const w = new Worker(${WORKER_BODY("parentPort.postMessage('go');")}, { eval: true }); w.once('message', () => w.terminate());`],
+  ['process.exit inside the worker', `new Worker(${WORKER_BODY('process.exit(0);')}, { eval: true });`],
+  ['an uncaught exception in the worker', `const w = new Worker(${WORKER_BODY("throw new Error('boom');")}, { eval: true }); w.on('error', () => {});`],
+  ['process.exit(0) on the main thread', `const w = new Worker(${WORKER_BODY("parentPort.postMessage('go');")}, { eval: true }); w.once('message', () => process.exit(0));`],
+];
+
+describe('worker_threads that end with a call in flight', () => {
+  it.each(TEARDOWNS)('%s: 20 runs, each exits 0 with no signal', async (_name, body) => {
+    const script = `const { Worker } = require('worker_threads'); ${body}`;
+    const results: { code: number | null; signal: NodeJS.Signals | null; stderr: string }[] = [];
+    for (let batch = 0; batch < 5; batch++) {
+      results.push(...(await Promise.all(Array.from({ length: 4 }, () => runNode(script)))));
+    }
+    for (const r of results) {
+      expect({ code: r.code, signal: r.signal, aborted: /terminate called|Abort|Napi::Error/.test(r.stderr) }).toEqual({ code: 0, signal: null, aborted: false });
+    }
+  }, 120_000);
+});
