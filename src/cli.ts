@@ -11,7 +11,7 @@
 // wrong shape), 2 a usage error (unknown option, bad value, missing argument). Errors are one
 // line on stderr, never a stack trace (IAFLOW_DEBUG=1 adds the stack). `main(argv, io)` is the
 // whole CLI as a function, for tests; `runDemo(options, io)` is the demo.
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -19,9 +19,10 @@ import { datasets } from './datasets';
 import { Flow, createIAF, createMAF, getThreads, setThreads } from './flow';
 import { loadFlow, saveFlow } from './io';
 import { Activation, MadeLayerConfig } from './layers';
-import { readNpy, writeNpy } from './npy';
+import { writeNpy } from './npy';
 import { Raster, Rgb } from './png';
 import { writeFileAtomic } from './safetensors';
+import { RowFormatter, Table, isNumberField, outputFormat, readTable, rowChunks, writeTable } from './table';
 import { distill, fit } from './train';
 
 // ---------------------------------------------------------------------------------------
@@ -73,113 +74,45 @@ function version(): string {
 }
 
 // ---------------------------------------------------------------------------------------
-// Data files: CSV and .npy
-
-export interface Table {
-  /** Row-major values, rows * cols. */
-  data: Float64Array | Float32Array;
-  rows: number;
-  cols: number;
-}
-
-const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
-
-/**
- * Comma-separated numbers, one row per line. A first row that is not all numbers is a header
- * and is skipped; blank lines and lines starting with '#' (numpy.savetxt's header) are skipped.
- */
-export function parseCsv(text: string, source: string): Table {
-  const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
-  const values: number[] = [];
-  let cols = -1;
-  let rows = 0;
-  let seenFirst = false;
-  for (let l = 0; l < lines.length; l++) {
-    const line = lines[l].trim();
-    if (line === '' || line.startsWith('#')) continue;
-    const fields = line.split(',').map((f) => f.trim());
-    const first = !seenFirst;
-    seenFirst = true;
-    if (first && fields.some((f) => !NUMBER.test(f))) continue; // a header row
-    if (cols < 0) cols = fields.length;
-    if (fields.length !== cols) {
-      throw new CliError(`${source}, line ${l + 1}: ${fields.length} value${fields.length === 1 ? '' : 's'}, but the first row has ${cols}`);
-    }
-    for (let c = 0; c < cols; c++) {
-      const field = fields[c];
-      const value = Number(field);
-      if (!NUMBER.test(field) || !Number.isFinite(Math.fround(value))) {
-        throw new CliError(`${source}, line ${l + 1}, column ${c + 1}: ${JSON.stringify(field.length > 30 ? field.slice(0, 30) + '...' : field)} is not a finite number`);
-      }
-      values.push(value);
-    }
-    rows++;
-  }
-  if (rows === 0) throw new CliError(`${source}: no data rows (expected comma-separated numbers, one row per point)`);
-  return { data: Float64Array.from(values), rows, cols };
-}
-
-/** A data file: .npy (float32/float64, shape (n, dim) or (n,)) or, any other name, CSV. */
-export async function readTable(file: string): Promise<Table> {
-  if (file.toLowerCase().endsWith('.npy')) {
-    const { data, shape } = await readNpy(file);
-    if (shape.length === 1) return { data, rows: shape[0], cols: 1 };
-    if (shape.length !== 2) throw new CliError(`${file}: expected a 2-d array (rows, dim), got shape (${shape.join(', ')})`);
-    if (shape[0] === 0 || shape[1] === 0) throw new CliError(`${file}: the array is empty (shape (${shape.join(', ')}))`);
-    const bad = data.findIndex((v) => !Number.isFinite(v));
-    if (bad >= 0) throw new CliError(`${file}: row ${Math.floor(bad / shape[1])} holds a non-finite value (${data[bad]})`);
-    return { data, rows: shape[0], cols: shape[1] };
-  }
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (error) {
-    throw new CliError(`cannot read ${file} (${errorMessage(error)})`);
-  }
-  return parseCsv(text, file);
-}
-
-/** The shortest decimal that reads back as the same float32 value. */
-export function formatFloat32(value: number): string {
-  const v = Math.fround(value);
-  if (!Number.isFinite(v)) return String(v);
-  if (Object.is(v, -0)) return '-0';
-  for (let digits = 1; digits < 9; digits++) {
-    const text = v.toPrecision(digits);
-    if (Math.fround(Number(text)) === v) return String(Number(text));
-  }
-  return String(Number(v.toPrecision(9)));
-}
-
-/** CSV text of a row-major float array, with a header row. */
-export function formatCsv(data: Float32Array, cols: number, header: string[]): string {
-  const rows = data.length / cols;
-  const parts: string[] = [header.join(',') + '\n'];
-  for (let r = 0; r < rows; r++) {
-    const fields = new Array<string>(cols);
-    for (let c = 0; c < cols; c++) fields[c] = formatFloat32(data[r * cols + c]);
-    parts.push(fields.join(',') + '\n');
-  }
-  return parts.join('');
-}
+// Data files: CSV and .npy (the formats themselves live in table.ts, shared with the server)
 
 function outputKind(file: string, option: string): 'npy' | 'csv' {
-  const lower = file.toLowerCase();
-  if (lower.endsWith('.npy')) return 'npy';
-  if (lower.endsWith('.csv')) return 'csv';
-  throw new UsageError(`${option} ${file}: the file name must end in .csv or .npy (the format is taken from it)`);
+  const format = outputFormat(file);
+  if (format === null) throw new UsageError(`${option} ${file}: the file name must end in .csv or .npy (the format is taken from it)`);
+  return format;
+}
+
+async function readData(file: string): Promise<Table> {
+  try {
+    return await readTable(file);
+  } catch (error) {
+    throw new CliError(errorMessage(error));
+  }
 }
 
 /** Writes rows * cols float32 values as .npy (shape (rows, cols), or (rows,) when oneD) or CSV. */
-async function writeTable(file: string, data: Float32Array, cols: number, header: string[], oneD = false): Promise<void> {
-  const rows = data.length / cols;
+async function writeData(file: string, data: Float32Array, cols: number, header: string[], oneD = false): Promise<void> {
+  outputKind(file, '--out');
   try {
-    if (outputKind(file, '--out') === 'npy') await writeNpy(file, data, oneD ? [rows] : [rows, cols]);
-    else await writeFileAtomic(file, Buffer.from(formatCsv(data, cols, header)));
+    await writeTable(file, data, cols, { header, oneD });
   } catch (error) {
-    if (errorName(error) === 'UsageError') throw error;
     throw new CliError(`cannot write ${file} (${errorMessage(error)})`);
   }
+}
+
+/**
+ * CSV to an output stream piece by piece: no single string grows with n (a string is limited to
+ * about 2^29 characters), and a stream that asks for a pause ('drain') gets it.
+ */
+async function writeCsv(out: CliOutput, data: Float32Array, cols: number, header: string[]): Promise<void> {
+  const formatter = new RowFormatter('csv', cols, { header });
+  const stream = out as CliOutput & { once?: (event: string, listener: () => void) => unknown };
+  for (const chunk of rowChunks(data, cols)) {
+    if (out.write(formatter.formatChunk(chunk)) === false && typeof stream.once === 'function') {
+      await new Promise<void>((resolve) => stream.once!('drain', resolve));
+    }
+  }
+  out.write(formatter.end());
 }
 
 async function readModel(file: string): Promise<Flow> {
@@ -226,7 +159,7 @@ function intOption(p: Parsed, name: string, fallback: number, min: number, max: 
   if (text === undefined) return fallback;
   const clean = text.trim().replace(/_/g, '');
   const value = Number(clean);
-  if (!NUMBER.test(clean) || !Number.isSafeInteger(value) || value < min || value > max) {
+  if (!isNumberField(clean) || !Number.isSafeInteger(value) || value < min || value > max) {
     throw new UsageError(`--${name} ${text}: expected an integer from ${min.toLocaleString('en-US')} to ${max.toLocaleString('en-US')}`);
   }
   return value;
@@ -236,7 +169,7 @@ function numberOption(p: Parsed, name: string, fallback: number, ok: (v: number)
   const text = str(p, name);
   if (text === undefined) return fallback;
   const value = Number(text);
-  if (!NUMBER.test(text.trim()) || !ok(value)) throw new UsageError(`--${name} ${text}: expected ${expected}`);
+  if (!isNumberField(text) || !ok(value)) throw new UsageError(`--${name} ${text}: expected ${expected}`);
   return value;
 }
 
@@ -856,8 +789,9 @@ With --kind iaf it fits an IAF instead: sampling is then the one-pass direction 
 sequential one (training runs it too, at about half a MAF's speed).
 
 DATA is a .npy file (float32 or float64, shape (rows, dim)) or a CSV file: comma-separated
-numbers, one row per point, an optional header row of names (skipped); lines starting with #
-are skipped. Flows train best on data of roughly unit scale: standardise columns first.
+numbers, one row per point, an optional header row of names (a first row with no number in
+it; skipped); lines starting with # are skipped. Flows train best on data of roughly unit
+scale: standardise columns first.
 
 Options:
   --out FILE               the model file (default model.safetensors)
@@ -908,7 +842,7 @@ Options:
       const seed = seedOption(p, undefined) ?? Math.floor(Math.random() * 2 ** 32);
       threadsOption(p);
 
-      const table = await readTable(dataFile);
+      const table = await readData(dataFile);
       const { rows, cols } = table;
       if (rows < 2) throw new CliError(`${dataFile}: ${rows} row; training needs at least 2`);
       const validRows = Math.round(rows * fraction);
@@ -1011,9 +945,9 @@ Options:
         data = await flow.sample(n, seed === undefined ? undefined : { seed });
       }
       if (outFile === undefined) {
-        io.stdout.write(formatCsv(data, cols, header));
+        await writeCsv(io.stdout, data, cols, header);
       } else {
-        await writeTable(outFile, data, cols, header);
+        await writeData(outFile, data, cols, header);
         io.stderr.write(`Wrote ${fmtInt(n)} samples of dim ${dim} to ${outFile}\n`);
       }
     },
@@ -1041,12 +975,12 @@ Options:
       if (outFile !== undefined) outputKind(outFile, '--out');
       threadsOption(p);
       const flow = await readModel(modelFile);
-      const table = await readTable(dataFile);
+      const table = await readData(dataFile);
       if (table.cols !== flow.dim) {
         throw new CliError(`${dataFile} has ${table.cols} column${table.cols === 1 ? '' : 's'}, but the model's dim is ${flow.dim}`);
       }
       const lp = await flow.logProb(table.data);
-      if (outFile !== undefined) await writeTable(outFile, lp, 1, ['log_prob'], true);
+      if (outFile !== undefined) await writeData(outFile, lp, 1, ['log_prob'], true);
       let lo = Infinity;
       let hi = -Infinity;
       for (const v of lp) (lo = Math.min(lo, v)), (hi = Math.max(hi, v));
@@ -1167,9 +1101,12 @@ export async function main(argv: readonly string[], io: CliIO = processIO): Prom
 }
 
 if (require.main === module) {
+  // A reader that went away (`iaflow sample model | head`) is a normal end; any other write error
+  // on stdout (a full disk: `> /dev/full`) is a failure, said in one line like every other.
   process.stdout.on('error', (error: NodeJS.ErrnoException) => {
-    if (error.code === 'EPIPE') process.exit(0); // `iaflow sample model | head`
-    throw error;
+    if (error.code === 'EPIPE') process.exit(0);
+    process.stderr.write(`iaflow: cannot write to stdout (${errorMessage(error)})\n`);
+    process.exit(1);
   });
   main(process.argv.slice(2)).then(
     (code) => {

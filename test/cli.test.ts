@@ -1,14 +1,15 @@
 // The command line (src/cli.ts): train, sample, logprob, info and demo run in-process through
 // main(argv, io) with a fake stdout/stderr; a few runs go through a real child process for the
 // exit codes and the absence of stack traces.
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inflateSync } from 'node:zlib';
-import { CliIO, formatCsv, formatFloat32, main, parseCsv } from '../src/cli';
+import { CliIO, main } from '../src/cli';
 import { datasets, loadFlow, readNpy, writeNpy } from '../src';
 import { crc32, PNG_SIGNATURE } from '../src/png';
+import { formatCsv, parseCsv } from '../src/table';
 
 const ROOT = join(__dirname, '..');
 
@@ -51,29 +52,6 @@ beforeAll(async () => {
 
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
-});
-
-describe('CSV', () => {
-  test('skips a header row, blank lines and # lines; reports ragged rows and non-numbers by line', () => {
-    expect(parseCsv('a,b\n1,2\n\n# note\n3, -4e-1\r\n', 'f.csv')).toEqual({ data: Float64Array.of(1, 2, 3, -0.4), rows: 2, cols: 2 });
-    expect(parseCsv('1.5\n2', 'f.csv')).toEqual({ data: Float64Array.of(1.5, 2), rows: 2, cols: 1 });
-    expect(() => parseCsv('1,2\n3\n', 'f.csv')).toThrow('f.csv, line 2: 1 value, but the first row has 2');
-    expect(() => parseCsv('1,2\n3,x\n', 'f.csv')).toThrow('f.csv, line 2, column 2: "x" is not a finite number');
-    expect(() => parseCsv('1,2\n3,\n', 'f.csv')).toThrow('line 2, column 2');
-    expect(() => parseCsv('1,2\n3,1e39\n', 'f.csv')).toThrow('not a finite number');
-    expect(() => parseCsv('x,y\n', 'f.csv')).toThrow('f.csv: no data rows');
-  });
-
-  test('float32 values are written in their shortest form and read back exactly', () => {
-    const values = Float32Array.from({ length: 2000 }, (_, i) => Math.sin(i * 12.9898) * 10 ** ((i % 21) - 10));
-    values[0] = 0.1;
-    values[1] = -0;
-    values[2] = 3.4028234663852886e38;
-    expect(formatFloat32(0.1)).toBe('0.1');
-    expect(formatFloat32(1)).toBe('1');
-    const back = parseCsv(formatCsv(values, 2, ['a', 'b']), 'round trip');
-    expect(Float32Array.from(back.data)).toEqual(values);
-  });
 });
 
 describe('iaflow train', () => {
@@ -214,6 +192,32 @@ describe('errors', () => {
     for (const r of [missing, notModel, mismatch]) expect(r.err).not.toMatch(/\n\s+at /);
   });
 
+  test('a malformed first data row is an error naming its line and field, not a header dropped in silence', async () => {
+    // A header holds no number; a first row with numbers and non-numbers is data gone wrong.
+    const cases: [string, string][] = [
+      ['0x10,2\n1,2\n', 'line 1, column 1: "0x10" is not a number'],
+      ['\u22121,2\n1,2\n', 'line 1, column 1: "\u22121" is not a number'],
+      ['# saved by hand\n\n1,two\n3,4\n', 'line 3, column 2: "two" is not a number'],
+    ];
+    for (const [i, [text, message]] of cases.entries()) {
+      const file = join(dir, `first-row-${i}.csv`);
+      writeFileSync(file, text);
+      for (const argv of [['logprob', model, file], ['train', file, '--epochs', '1', '--out', join(dir, 'never.safetensors')]]) {
+        const { code, out, err } = await run(argv);
+        expect(code).toBe(1);
+        expect(err).toContain(`${file}, ${message}`);
+        expect(out).not.toContain('rows:');
+      }
+    }
+    expect(existsSync(join(dir, 'never.safetensors'))).toBe(false);
+    // A header of names is still skipped: the data rows alone are scored.
+    const named = join(dir, 'named.csv');
+    writeFileSync(named, 'x1,x2\n0.5,0.25\n-1,2\n');
+    const scored = await run(['logprob', model, named]);
+    expect([scored.code, scored.err]).toEqual([0, '']);
+    expect(scored.out).toMatch(/^2 rows: /);
+  });
+
   test('--help for each command, exit code 0', async () => {
     for (const command of ['demo', 'train', 'sample', 'logprob', 'info']) {
       const { code, out } = await run([command, '--help']);
@@ -266,8 +270,9 @@ describe('iaflow demo', () => {
 });
 
 describe('the iaflow executable', () => {
-  const cli = (args: string[]) =>
-    spawnSync(process.execPath, ['--require', 'tsx/cjs', join(ROOT, 'src', 'cli.ts'), ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60000 });
+  const command = (args: string[]) => [process.execPath, ['--require', 'tsx/cjs', join(ROOT, 'src', 'cli.ts'), ...args]] as const;
+  const cli = (args: string[], stdout: 'pipe' | number = 'pipe') =>
+    spawnSync(...command(args), { cwd: ROOT, encoding: 'utf8', timeout: 60000, stdio: ['ignore', stdout, 'pipe'] });
 
   test('package.json names dist/cli.js as the iaflow command, which starts with a shebang', () => {
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
@@ -289,4 +294,32 @@ describe('the iaflow executable', () => {
     expect(failed.status).toBe(1);
     expect(failed.stderr.trim().split('\n')).toHaveLength(1);
   });
+
+  // /dev/full accepts the open and fails every write with ENOSPC: a write error that is not EPIPE.
+  const hasDevFull = existsSync('/dev/full');
+  (hasDevFull ? test : test.skip)(
+    `a write error on stdout (> /dev/full) is one line on stderr and exit code 1${hasDevFull ? '' : ' (skipped: this system has no /dev/full)'}`,
+    () => {
+      for (const args of [['sample', model, '-n', '10', '--seed', '1'], ['sample', model, '-n', '100000', '--seed', '1'], ['info', model, '--json']]) {
+        const full = openSync('/dev/full', 'w');
+        try {
+          const result = cli(args, full);
+          expect(result.stderr).toMatch(/^iaflow: cannot write to stdout \(ENOSPC[^\n]*\)\n$/);
+          expect(result.status).toBe(1);
+        } finally {
+          closeSync(full);
+        }
+      }
+    },
+  );
+
+  test('a reader that goes away (EPIPE: `| head`) ends the run quietly with exit code 0', async () => {
+    const child = spawn(...command(['sample', model, '-n', '2000000', '--seed', '1']), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.stdout.once('data', () => child.stdout.destroy());
+    const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.on('close', (c, s) => resolve([c, s])));
+    expect(stderr).toBe('');
+    expect([code, signal]).toEqual([0, null]);
+  }, 60000);
 });

@@ -6,7 +6,7 @@
  * weight, explicit boolean masks, and the D-pass method for the sequential direction (the
  * library uses the one-pass degree-ordered method, so the two algorithms check each other).
  *
- * Conventions (see /work/shared/DESIGN.md):
+ * Conventions (see docs/DESIGN.md, "The math"):
  * - A flow maps latent z to data x, applying layers[0] first.
  * - Parameters of MADE layer k are dense row-major [out, in] tensors named `layers.{k}.…`;
  *   entries excluded by the MADE mask are ignored whatever they hold (even NaN).
