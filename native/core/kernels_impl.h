@@ -23,7 +23,10 @@ constexpr int kGroup = IAF_COLUMN_GROUP;
 
 inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
-inline vf splat(float s) { return vf{} + s; }
+// A broadcast. s - 0 is s for every s (-0 included), so the compiler drops the
+// subtraction and broadcasts straight from memory (or into an FMA's operand);
+// 0 + s would turn -0 into +0 and costs an add per weight.
+inline vf splat(float s) { return s - vf{}; }
 inline vf select(vi mask, vf yes, vf no) { return (vf)(((vi)yes & mask) | ((vi)no & ~mask)); }
 inline vf vmax(vf a, vf b) { return select(a > b, a, b); }
 inline vf vmin(vf a, vf b) { return select(a < b, a, b); }
@@ -123,15 +126,25 @@ inline void columnBlock(const LinearView& L, const float* xT, float* yT, int j0,
     }
 }
 
+// The register-block widths after kColumns: 6 -> 4 -> 2 -> 1 (3 -> 2 -> 1), so a short
+// range of units (a degree group in the sequential direction) still runs in wide blocks.
+constexpr int narrower(int columns) { return columns > 4 ? 4 : columns > 2 ? 2 : 1; }
+
+// Units [j, hi) in blocks of kColumns, the rest in narrower blocks. Units are sorted by
+// degree, so a block's last unit reads the most inputs; the others' weights past their own
+// prefix are zero and add exact zeros. Zero tiles beyond the last unit's prefix are skipped.
+template <int kColumns, int kAct>
+inline void columnRun(const LinearView& L, const float* xT, float* yT, int j, int hi, const float* residualT,
+                      float* preActT) {
+  for (; j + kColumns <= hi; j += kColumns)
+    columnBlock<kColumns, kAct>(L, xT, yT, j, L.prefix[j + kColumns - 1], residualT, preActT);
+  if (kColumns > 1 && j < hi) columnRun<narrower(kColumns), kAct>(L, xT, yT, j, hi, residualT, preActT);
+}
+
 template <int kAct>
 void linearFor(const LinearView& L, const float* xT, float* yT, int lo, int hi, const float* residualT,
                float* preActT) {
-  int j = lo;
-  // Units are sorted by degree, so a block's last unit reads the most inputs; the
-  // others' weights past their own prefix are zero. Zero tiles beyond are skipped.
-  for (; j + kGroup <= hi; j += kGroup)
-    columnBlock<kGroup, kAct>(L, xT, yT, j, L.prefix[j + kGroup - 1], residualT, preActT);
-  for (; j < hi; ++j) columnBlock<1, kAct>(L, xT, yT, j, L.prefix[j], residualT, preActT);
+  columnRun<kGroup, kAct>(L, xT, yT, lo, hi, residualT, preActT);
 }
 
 void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation,
@@ -231,11 +244,19 @@ inline void affineBlock(const LinearView& head, const float* hT, const float* in
   }
 }
 
+// Positions per register block of the heads: two columns (shift, scale) each.
+constexpr int kHeadPositions = kGroup / 2 > 0 ? kGroup / 2 : 1;
+
+template <int kPositions, int kScale, bool kInverse>
+inline void affineRun(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p,
+                      int p1) {
+  for (; p + kPositions <= p1; p += kPositions) affineBlock<kPositions, kScale, kInverse>(head, hT, inT, outT, logDet, p);
+  if (kPositions > 1 && p < p1) affineRun<(kPositions > 1 ? kPositions - 1 : 1), kScale, kInverse>(head, hT, inT, outT, logDet, p, p1);
+}
+
 template <int kScale, bool kInverse>
 void affineFor(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0, int p1) {
-  int p = p0;
-  for (; p + 2 <= p1; p += 2) affineBlock<2, kScale, kInverse>(head, hT, inT, outT, logDet, p);
-  for (; p < p1; ++p) affineBlock<1, kScale, kInverse>(head, hT, inT, outT, logDet, p);
+  affineRun<kHeadPositions, kScale, kInverse>(head, hT, inT, outT, logDet, p0, p1);
 }
 
 void affineKernel(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
