@@ -270,3 +270,108 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
     default: return affineFor<2, true>(head, hT, inT, outT, logDet, p0, p1);
   }
 }
+
+// ---- the standard-normal stream: normals.h on kLanes Philox blocks per vector ----
+
+#include "normals.h"
+
+typedef double vd __attribute__((vector_size(IAF_VEC * 4)));
+typedef uint64_t vu __attribute__((vector_size(IAF_VEC * 4)));
+constexpr int kLanes = kVec / 2;
+
+struct VectorLanes {
+  using D = vd;
+  using U = vu;
+  static U asBits(D d) { return (U)d; }
+  static D asDouble(U u) { return (D)u; }
+  static D sqrt(D d) {
+#if defined(IAF_SQRT_PD)
+    return IAF_SQRT_PD(d);
+#else
+    for (int i = 0; i < kLanes; ++i) d[i] = __builtin_sqrt(d[i]);
+    return d;
+#endif
+  }
+  static U mulWide(U a, uint64_t k) {
+#if defined(IAF_MUL_EPU32)
+    return IAF_MUL_EPU32(a, k);
+#else
+    return a * k;
+#endif
+  }
+};
+
+// The same templates on one lane, for the blocks left over after the last full vector.
+struct OneLane {
+  using D = double;
+  using U = uint64_t;
+  static U asBits(D d) {
+    U u;
+    __builtin_memcpy(&u, &d, sizeof u);
+    return u;
+  }
+  static D asDouble(U u) {
+    D d;
+    __builtin_memcpy(&d, &u, sizeof d);
+    return d;
+  }
+  static D sqrt(D d) { return __builtin_sqrt(d); }
+  static U mulWide(U a, uint64_t k) { return a * k; }
+};
+
+// Dimensions 4 block .. of one row, the last block cut at dim.
+inline void storeBlock(float* rowOut, int dim, int block, double z0, double z1, double z2, double z3) {
+  float* o = rowOut + 4 * block;
+  const int left = dim - 4 * block;
+  o[0] = static_cast<float>(z0);
+  if (left > 1) o[1] = static_cast<float>(z1);
+  if (left > 2) o[2] = static_cast<float>(z2);
+  if (left > 3) o[3] = static_cast<float>(z3);
+}
+
+// Philox blocks are numbered row by row (block b of row r is r * blocks + b) and
+// handed to the lanes in that order.
+void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out) {
+  const int blocks = (dim + 3) / 4;
+  const long total = static_cast<long>(rows) * blocks;
+  const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
+  int row = 0, block = 0;  // of the next Philox block
+  long done = 0;
+  for (; done + kLanes <= total; done += kLanes) {
+    vu c0, c1, c2, c3;
+    int rowOf[kLanes], blockOf[kLanes];
+    for (int i = 0; i < kLanes; ++i) {
+      const uint64_t r = firstRow + static_cast<uint64_t>(row);
+      c0[i] = static_cast<uint64_t>(block);
+      c1[i] = static_cast<uint32_t>(r);
+      c2[i] = static_cast<uint32_t>(r >> 32);
+      c3[i] = kPhiloxStreamTag;
+      rowOf[i] = row;
+      blockOf[i] = block;
+      if (++block == blocks) {
+        block = 0;
+        ++row;
+      }
+    }
+    philoxLanes<VectorLanes>(c0, c1, c2, c3, key0, key1);
+    vd z0, z1, z2, z3;
+    boxMuller<VectorLanes>(c0, c1, z0, z1);
+    boxMuller<VectorLanes>(c2, c3, z2, z3);
+    for (int i = 0; i < kLanes; ++i)
+      storeBlock(out + static_cast<long>(rowOf[i]) * dim, dim, blockOf[i], z0[i], z1[i], z2[i], z3[i]);
+  }
+  for (; done < total; ++done) {
+    const uint64_t r = firstRow + static_cast<uint64_t>(row);
+    uint64_t c0 = static_cast<uint64_t>(block), c1 = static_cast<uint32_t>(r), c2 = static_cast<uint32_t>(r >> 32),
+             c3 = kPhiloxStreamTag;
+    philoxLanes<OneLane>(c0, c1, c2, c3, key0, key1);
+    double z0, z1, z2, z3;
+    boxMuller<OneLane>(c0, c1, z0, z1);
+    boxMuller<OneLane>(c2, c3, z2, z3);
+    storeBlock(out + static_cast<long>(row) * dim, dim, block, z0, z1, z2, z3);
+    if (++block == blocks) {
+      block = 0;
+      ++row;
+    }
+  }
+}
