@@ -314,14 +314,9 @@ void runPermutation(const std::vector<int>& perm, Scratch& s, int rows, int dim,
     }
 }
 
+// The vector kernels draw the same values as flow_math.h's standardNormals4 on every instruction set.
 void fillNormalRows(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out) {
-  float four[4];
-  for (int r = 0; r < rows; ++r) {
-    for (int block = 0; 4 * block < dim; ++block) {
-      standardNormals4(seed, firstRow + r, static_cast<uint32_t>(block), four);
-      for (int c = 0; c < 4 && 4 * block + c < dim; ++c) out[static_cast<size_t>(r) * dim + 4 * block + c] = four[c];
-    }
-  }
+  activeKernels().normals(seed, firstRow, rows, dim, out);
 }
 
 void sumBaseLogDensity(Scratch& s, int rows, int dim) {

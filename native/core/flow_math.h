@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define IAF_HD __host__ __device__ __forceinline__
@@ -156,48 +157,40 @@ IAF_HD AffineGrad affineGradFromRaw(float rawScale, float rawShift) {
 
 // ---- Philox 4x32-10 (Salmon et al. 2011), the library's one random stream ----
 // A draw is addressed by (seed, row, dimension): results never depend on the
-// thread count, the batch split or the device.
-struct Philox4 {
-  uint32_t v[4];
+// thread count, the batch split, the instruction set or the device.
+// Dimensions 4b .. 4b+3 of a row come from one Philox block: counter (b, row low
+// word, row high word, kPhiloxStreamTag), key (seed low word, seed high word);
+// words (0, 1) and (2, 3) each give two normals by Box-Muller (normals.h),
+// radius from the first word, angle from the second: z = r cos, then r sin.
+#include "normals.h"
+
+// The scalar lane type of normals.h.
+struct ScalarLanes {
+  using D = double;
+  using U = uint64_t;
+  static IAF_HD U asBits(D d) {
+    U u;
+    memcpy(&u, &d, sizeof u);
+    return u;
+  }
+  static IAF_HD D asDouble(U u) {
+    D d;
+    memcpy(&d, &u, sizeof d);
+    return d;
+  }
+  static IAF_HD D sqrt(D d) { return std::sqrt(d); }
+  static IAF_HD U mulWide(U a, uint64_t k) { return a * k; }
 };
 
-IAF_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
-  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
-}
-
-IAF_HD Philox4 philox4x32_10(Philox4 counter, uint32_t key0, uint32_t key1) {
-  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
-  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
-  uint32_t c0 = counter.v[0], c1 = counter.v[1], c2 = counter.v[2], c3 = counter.v[3];
-  for (int round = 0; round < 10; ++round) {
-    const uint32_t hi0 = mulhi32(kMul0, c0), lo0 = kMul0 * c0;
-    const uint32_t hi1 = mulhi32(kMul1, c2), lo1 = kMul1 * c2;
-    c0 = hi1 ^ c1 ^ key0;
-    c1 = lo1;
-    c2 = hi0 ^ c3 ^ key1;
-    c3 = lo0;
-    key0 += kWeyl0;
-    key1 += kWeyl1;
-  }
-  return Philox4{{c0, c1, c2, c3}};
-}
-
-// Four standard normals for dimensions 4*block .. 4*block+3 of `row`, by Box-Muller
-// in double precision (so CPU and GPU round to the same float32 values).
+// Four standard normals for dimensions 4*block .. 4*block+3 of `row` (the vector
+// kernels compute the same values for many blocks at once).
 IAF_HD void standardNormals4(uint64_t seed, uint64_t row, uint32_t block, float out[4]) {
-  const Philox4 bits = philox4x32_10(
-      Philox4{{block, static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32), 0x1AF10Bu}},
-      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  const double kTwoPow32Inv = 2.3283064365386963e-10;  // 2^-32
-  const double kTwoPi = 6.283185307179586;
-  for (int pair = 0; pair < 2; ++pair) {
-    // (k + 0.5) / 2^32 lies strictly inside (0, 1), so log never sees 0.
-    const double u1 = (static_cast<double>(bits.v[2 * pair]) + 0.5) * kTwoPow32Inv;
-    const double u2 = (static_cast<double>(bits.v[2 * pair + 1]) + 0.5) * kTwoPow32Inv;
-    const double radius = sqrt(-2.0 * log(u1));
-    out[2 * pair] = static_cast<float>(radius * cos(kTwoPi * u2));
-    out[2 * pair + 1] = static_cast<float>(radius * sin(kTwoPi * u2));
-  }
+  uint64_t c0 = block, c1 = static_cast<uint32_t>(row), c2 = static_cast<uint32_t>(row >> 32), c3 = kPhiloxStreamTag;
+  philoxLanes<ScalarLanes>(c0, c1, c2, c3, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  double z[4];
+  boxMuller<ScalarLanes>(c0, c1, z[0], z[1]);
+  boxMuller<ScalarLanes>(c2, c3, z[2], z[3]);
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<float>(z[i]);
 }
 
 }  // namespace iaflow

@@ -6,6 +6,8 @@
 // full vector width.
 #pragma once
 
+#include <cstdint>
+
 namespace iaflow {
 
 // A staircase layer as the kernels read it (plan.h's StaircaseLinear, as raw pointers).
@@ -36,6 +38,9 @@ struct KernelTable {
   // Inverse: outT[p] = (inT[p] - shift) / scale, logDet -= log scale.
   void (*affine)(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
                  int p1, int scaleKind, bool inverse);
+  // Rows [firstRow, firstRow + rows) of the seed's standard-normal stream, row-major (rows x dim):
+  // the values of flow_math.h's standardNormals4, bit for bit, many Philox blocks per vector.
+  void (*normals)(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out);
 };
 
 // The best table this CPU runs, unless overridden by selectKernels.

@@ -5,6 +5,10 @@
 #define IAF_VEC 8
 #define IAF_ROW_VECTORS 3
 #define IAF_COLUMN_GROUP 4
+#include <immintrin.h>
+// 32 x 32 -> 64-bit products of the low words (Philox) and vector square roots (Box-Muller).
+#define IAF_MUL_EPU32(a, k) (vu) _mm256_mul_epu32((__m256i)(a), (__m256i)(vu{} + (k)))
+#define IAF_SQRT_PD(d) (vd) _mm256_sqrt_pd((__m256d)(d))
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
@@ -22,7 +26,7 @@ namespace {
 
 namespace iaflow {
 const KernelTable* avx2Kernels() {
-  static const KernelTable table{"avx2", kVec, kTile, linearKernel, linearRowKernel, affineKernel};
+  static const KernelTable table{"avx2", kVec, kTile, linearKernel, linearRowKernel, affineKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow

@@ -1,10 +1,18 @@
-// AVX-512 kernels (x86-64 with GCC or Clang): 16 floats per vector, 32-row tiles.
+// AVX-512 kernels (x86-64 with GCC or Clang): 16 floats per vector, 64-row tiles,
+// register blocks of 6 units x 4 vectors (24 of the 32 registers accumulate, so
+// each FMA's latency hides behind the other 23).
 #include "kernels.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define IAF_VEC 16
-#define IAF_ROW_VECTORS 2
-#define IAF_COLUMN_GROUP 4
+#define IAF_ROW_VECTORS 4
+#define IAF_COLUMN_GROUP 6
+#include <immintrin.h>
+// 32 x 32 -> 64-bit products of the low words (Philox) and vector square roots (Box-Muller).
+// The zero-masked forms: GCC 12's unmasked ones start from a self-initialised "undefined"
+// vector that -Wuninitialized flags once inlined into normals.h's fp-contract=off code.
+#define IAF_MUL_EPU32(a, k) (vu) _mm512_maskz_mul_epu32(0xFF, (__m512i)(a), (__m512i)(vu{} + (k)))
+#define IAF_SQRT_PD(d) (vd) _mm512_maskz_sqrt_pd(0xFF, (__m512d)(d))
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma"))), apply_to = function)
 #else
@@ -22,7 +30,7 @@ namespace {
 
 namespace iaflow {
 const KernelTable* avx512Kernels() {
-  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel};
+  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow

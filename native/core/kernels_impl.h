@@ -23,7 +23,10 @@ constexpr int kGroup = IAF_COLUMN_GROUP;
 
 inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
-inline vf splat(float s) { return vf{} + s; }
+// A broadcast. s - 0 is s for every s (-0 included), so the compiler drops the
+// subtraction and broadcasts straight from memory (or into an FMA's operand);
+// 0 + s would turn -0 into +0 and costs an add per weight.
+inline vf splat(float s) { return s - vf{}; }
 inline vf select(vi mask, vf yes, vf no) { return (vf)(((vi)yes & mask) | ((vi)no & ~mask)); }
 inline vf vmax(vf a, vf b) { return select(a > b, a, b); }
 inline vf vmin(vf a, vf b) { return select(a < b, a, b); }
@@ -123,15 +126,25 @@ inline void columnBlock(const LinearView& L, const float* xT, float* yT, int j0,
     }
 }
 
+// The register-block widths after kColumns: 6 -> 4 -> 2 -> 1 (3 -> 2 -> 1), so a short
+// range of units (a degree group in the sequential direction) still runs in wide blocks.
+constexpr int narrower(int columns) { return columns > 4 ? 4 : columns > 2 ? 2 : 1; }
+
+// Units [j, hi) in blocks of kColumns, the rest in narrower blocks. Units are sorted by
+// degree, so a block's last unit reads the most inputs; the others' weights past their own
+// prefix are zero and add exact zeros. Zero tiles beyond the last unit's prefix are skipped.
+template <int kColumns, int kAct>
+inline void columnRun(const LinearView& L, const float* xT, float* yT, int j, int hi, const float* residualT,
+                      float* preActT) {
+  for (; j + kColumns <= hi; j += kColumns)
+    columnBlock<kColumns, kAct>(L, xT, yT, j, L.prefix[j + kColumns - 1], residualT, preActT);
+  if (kColumns > 1 && j < hi) columnRun<narrower(kColumns), kAct>(L, xT, yT, j, hi, residualT, preActT);
+}
+
 template <int kAct>
 void linearFor(const LinearView& L, const float* xT, float* yT, int lo, int hi, const float* residualT,
                float* preActT) {
-  int j = lo;
-  // Units are sorted by degree, so a block's last unit reads the most inputs; the
-  // others' weights past their own prefix are zero. Zero tiles beyond are skipped.
-  for (; j + kGroup <= hi; j += kGroup)
-    columnBlock<kGroup, kAct>(L, xT, yT, j, L.prefix[j + kGroup - 1], residualT, preActT);
-  for (; j < hi; ++j) columnBlock<1, kAct>(L, xT, yT, j, L.prefix[j], residualT, preActT);
+  columnRun<kGroup, kAct>(L, xT, yT, lo, hi, residualT, preActT);
 }
 
 void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation,
@@ -231,11 +244,19 @@ inline void affineBlock(const LinearView& head, const float* hT, const float* in
   }
 }
 
+// Positions per register block of the heads: two columns (shift, scale) each.
+constexpr int kHeadPositions = kGroup / 2 > 0 ? kGroup / 2 : 1;
+
+template <int kPositions, int kScale, bool kInverse>
+inline void affineRun(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p,
+                      int p1) {
+  for (; p + kPositions <= p1; p += kPositions) affineBlock<kPositions, kScale, kInverse>(head, hT, inT, outT, logDet, p);
+  if (kPositions > 1 && p < p1) affineRun<(kPositions > 1 ? kPositions - 1 : 1), kScale, kInverse>(head, hT, inT, outT, logDet, p, p1);
+}
+
 template <int kScale, bool kInverse>
 void affineFor(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0, int p1) {
-  int p = p0;
-  for (; p + 2 <= p1; p += 2) affineBlock<2, kScale, kInverse>(head, hT, inT, outT, logDet, p);
-  for (; p < p1; ++p) affineBlock<1, kScale, kInverse>(head, hT, inT, outT, logDet, p);
+  affineRun<kHeadPositions, kScale, kInverse>(head, hT, inT, outT, logDet, p0, p1);
 }
 
 void affineKernel(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
@@ -247,5 +268,110 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
     case 3: return affineFor<1, true>(head, hT, inT, outT, logDet, p0, p1);
     case 4: return affineFor<2, false>(head, hT, inT, outT, logDet, p0, p1);
     default: return affineFor<2, true>(head, hT, inT, outT, logDet, p0, p1);
+  }
+}
+
+// ---- the standard-normal stream: normals.h on kLanes Philox blocks per vector ----
+
+#include "normals.h"
+
+typedef double vd __attribute__((vector_size(IAF_VEC * 4)));
+typedef uint64_t vu __attribute__((vector_size(IAF_VEC * 4)));
+constexpr int kLanes = kVec / 2;
+
+struct VectorLanes {
+  using D = vd;
+  using U = vu;
+  static U asBits(D d) { return (U)d; }
+  static D asDouble(U u) { return (D)u; }
+  static D sqrt(D d) {
+#if defined(IAF_SQRT_PD)
+    return IAF_SQRT_PD(d);
+#else
+    for (int i = 0; i < kLanes; ++i) d[i] = __builtin_sqrt(d[i]);
+    return d;
+#endif
+  }
+  static U mulWide(U a, uint64_t k) {
+#if defined(IAF_MUL_EPU32)
+    return IAF_MUL_EPU32(a, k);
+#else
+    return a * k;
+#endif
+  }
+};
+
+// The same templates on one lane, for the blocks left over after the last full vector.
+struct OneLane {
+  using D = double;
+  using U = uint64_t;
+  static U asBits(D d) {
+    U u;
+    __builtin_memcpy(&u, &d, sizeof u);
+    return u;
+  }
+  static D asDouble(U u) {
+    D d;
+    __builtin_memcpy(&d, &u, sizeof d);
+    return d;
+  }
+  static D sqrt(D d) { return __builtin_sqrt(d); }
+  static U mulWide(U a, uint64_t k) { return a * k; }
+};
+
+// Dimensions 4 block .. of one row, the last block cut at dim.
+inline void storeBlock(float* rowOut, int dim, int block, double z0, double z1, double z2, double z3) {
+  float* o = rowOut + 4 * block;
+  const int left = dim - 4 * block;
+  o[0] = static_cast<float>(z0);
+  if (left > 1) o[1] = static_cast<float>(z1);
+  if (left > 2) o[2] = static_cast<float>(z2);
+  if (left > 3) o[3] = static_cast<float>(z3);
+}
+
+// Philox blocks are numbered row by row (block b of row r is r * blocks + b) and
+// handed to the lanes in that order.
+void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out) {
+  const int blocks = (dim + 3) / 4;
+  const long total = static_cast<long>(rows) * blocks;
+  const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
+  int row = 0, block = 0;  // of the next Philox block
+  long done = 0;
+  for (; done + kLanes <= total; done += kLanes) {
+    vu c0, c1, c2, c3;
+    int rowOf[kLanes], blockOf[kLanes];
+    for (int i = 0; i < kLanes; ++i) {
+      const uint64_t r = firstRow + static_cast<uint64_t>(row);
+      c0[i] = static_cast<uint64_t>(block);
+      c1[i] = static_cast<uint32_t>(r);
+      c2[i] = static_cast<uint32_t>(r >> 32);
+      c3[i] = kPhiloxStreamTag;
+      rowOf[i] = row;
+      blockOf[i] = block;
+      if (++block == blocks) {
+        block = 0;
+        ++row;
+      }
+    }
+    philoxLanes<VectorLanes>(c0, c1, c2, c3, key0, key1);
+    vd z0, z1, z2, z3;
+    boxMuller<VectorLanes>(c0, c1, z0, z1);
+    boxMuller<VectorLanes>(c2, c3, z2, z3);
+    for (int i = 0; i < kLanes; ++i)
+      storeBlock(out + static_cast<long>(rowOf[i]) * dim, dim, blockOf[i], z0[i], z1[i], z2[i], z3[i]);
+  }
+  for (; done < total; ++done) {
+    const uint64_t r = firstRow + static_cast<uint64_t>(row);
+    uint64_t c0 = static_cast<uint64_t>(block), c1 = static_cast<uint32_t>(r), c2 = static_cast<uint32_t>(r >> 32),
+             c3 = kPhiloxStreamTag;
+    philoxLanes<OneLane>(c0, c1, c2, c3, key0, key1);
+    double z0, z1, z2, z3;
+    boxMuller<OneLane>(c0, c1, z0, z1);
+    boxMuller<OneLane>(c2, c3, z2, z3);
+    storeBlock(out + static_cast<long>(row) * dim, dim, block, z0, z1, z2, z3);
+    if (++block == blocks) {
+      block = 0;
+      ++row;
+    }
   }
 }

@@ -8,12 +8,18 @@
 #define IAF_VEC 4
 #define IAF_ROW_VECTORS 4
 #define IAF_COLUMN_GROUP 3
+#if defined(__x86_64__)
+#include <emmintrin.h>
+// SSE2 (the x86-64 baseline): 32 x 32 -> 64-bit products (Philox) and square roots (Box-Muller).
+#define IAF_MUL_EPU32(a, k) (vu) _mm_mul_epu32((__m128i)(a), (__m128i)(vu{} + (k)))
+#define IAF_SQRT_PD(d) (vd) _mm_sqrt_pd((__m128d)(d))
+#endif
 namespace {
 #include "kernels_impl.h"
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", kVec, kTile, linearKernel, linearRowKernel, affineKernel};
+  static const KernelTable table{"portable", kVec, kTile, linearKernel, linearRowKernel, affineKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow
@@ -80,10 +86,19 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
     }
   }
 }
+
+void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out) {
+  float four[4];
+  for (int r = 0; r < rows; ++r)
+    for (int block = 0; 4 * block < dim; ++block) {
+      iaflow::standardNormals4(seed, firstRow + r, static_cast<uint32_t>(block), four);
+      for (int c = 0; c < 4 && 4 * block + c < dim; ++c) out[static_cast<size_t>(r) * dim + 4 * block + c] = four[c];
+    }
+}
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", 1, kTile, linearKernel, linearRowKernel, affineKernel};
+  static const KernelTable table{"portable", 1, kTile, linearKernel, linearRowKernel, affineKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow
