@@ -378,7 +378,7 @@ void writeStats(const iaflow::StepStats& s, double* out) {
   out[4] = s.lastGradNorm;
 }
 
-// new NativeTrainer(spec, pass, teacherSpec | null, options: Float64Array(6 or 7), reference, portable)
+// new NativeTrainer(spec, pass, teacherSpec | null, options: Float64Array(6 or 7), reference)
 class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
  public:
   static Napi::Function define(Napi::Env env) {
@@ -415,8 +415,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
         widths_.push_back(std::move(widths));
       }
       trainer_ = std::make_shared<iaflow::Trainer>(spec, static_cast<iaflow::Direction>(pass), teacher.get(),
-                                                   optimizerOptions(env, info[3]), info[4].ToBoolean().Value(),
-                                                   info[5].ToBoolean().Value());
+                                                   optimizerOptions(env, info[3]), info[4].ToBoolean().Value());
     } catch (const Napi::Error&) {
       throw;
     } catch (...) {
