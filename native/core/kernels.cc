@@ -52,6 +52,13 @@ bool selectKernels(const char* isa) {
   return true;
 }
 
+const TrainKernelTable& activeTrainKernels() {
+  const KernelTable* table = &activeKernels();
+  if (table == avx512Kernels()) return *avx512TrainKernels();
+  if (table == avx2Kernels()) return *avx2TrainKernels();
+  return *portableTrainKernels();
+}
+
 const char* availableKernels() {
   static const std::string names = [] {
     std::string list;

@@ -54,4 +54,31 @@ const KernelTable* avx512Kernels();  // null where not compiled in
 const KernelTable* avx2Kernels();
 const KernelTable* portableKernels();
 
+// ---- Training: the same instruction sets, built from train_kernels.h in the same files ----
+
+enum class Direction : int;  // backend.h
+namespace training {
+struct Net;        // train_layout.h
+struct Workspace;  // train_layout.h
+}  // namespace training
+
+struct TrainKernelTable {
+  const char* isa;
+  int vectorFloats;
+  // A tile of rows (ws.points) through every layer of the net along `pass`; ws.logDet gets the
+  // summed log-dets (train_kernels.h's netForward).
+  void (*netForward)(const training::Net& net, training::Workspace& ws, int rows, Direction pass);
+  // Its backward from ws.gpoints = dL/d(output): adds the parameter gradient to G when not null;
+  // with wantInput, ws.gpoints ends as dL/d(input) (train_kernels.h's netBackward).
+  void (*netBackward)(const training::Net& net, training::Workspace& ws, int rows, float gld, float* G,
+                      bool wantInput, Direction pass);
+};
+
+// The training kernels of activeKernels()' instruction set: one switch (selectKernels) drives both.
+const TrainKernelTable& activeTrainKernels();
+
+const TrainKernelTable* avx512TrainKernels();  // null where not compiled in
+const TrainKernelTable* avx2TrainKernels();
+const TrainKernelTable* portableTrainKernels();
+
 }  // namespace iaflow

@@ -1,5 +1,10 @@
 // AVX2 + FMA kernels (x86-64 with GCC or Clang): 8 floats per vector, 24-row tiles.
 #include "kernels.h"
+// The training kernels' layout and intrinsics, declared before any target is selected.
+#include "train_layout.h"
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define IAF_VEC 8
@@ -33,5 +38,40 @@ const KernelTable* avx2Kernels() {
 #else
 namespace iaflow {
 const KernelTable* avx2Kernels() { return nullptr; }
+}  // namespace iaflow
+#endif
+
+// ---- Training kernels (train_kernels.h), the same instruction set: 8 floats per vector ----
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define IAF_TRAIN_VEC 8
+#define IAF_TRAIN_FMA 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace iaflow {
+namespace training {
+namespace {
+#include "train_kernels.h"
+}  // namespace
+}  // namespace training
+}  // namespace iaflow
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+namespace iaflow {
+const TrainKernelTable* avx2TrainKernels() {
+  static const TrainKernelTable table{"avx2", training::kVec, training::netForward, training::netBackward};
+  return &table;
+}
+}  // namespace iaflow
+#else
+namespace iaflow {
+const TrainKernelTable* avx2TrainKernels() { return nullptr; }
 }  // namespace iaflow
 #endif

@@ -2,6 +2,11 @@
 // register blocks of 6 units x 4 vectors (24 of the 32 registers accumulate, so
 // each FMA's latency hides behind the other 23).
 #include "kernels.h"
+// The training kernels' layout and intrinsics, declared before any target is selected.
+#include "train_layout.h"
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define IAF_VEC 16
@@ -37,5 +42,40 @@ const KernelTable* avx512Kernels() {
 #else
 namespace iaflow {
 const KernelTable* avx512Kernels() { return nullptr; }
+}  // namespace iaflow
+#endif
+
+// ---- Training kernels (train_kernels.h), the same instruction set: 16 floats per vector ----
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define IAF_TRAIN_VEC 16
+#define IAF_TRAIN_FMA 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#endif
+namespace iaflow {
+namespace training {
+namespace {
+#include "train_kernels.h"
+}  // namespace
+}  // namespace training
+}  // namespace iaflow
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+namespace iaflow {
+const TrainKernelTable* avx512TrainKernels() {
+  static const TrainKernelTable table{"avx512", training::kVec, training::netForward, training::netBackward};
+  return &table;
+}
+}  // namespace iaflow
+#else
+namespace iaflow {
+const TrainKernelTable* avx512TrainKernels() { return nullptr; }
 }  // namespace iaflow
 #endif

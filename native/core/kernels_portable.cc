@@ -3,6 +3,8 @@
 // compilers without them (MSVC). Correct everywhere; the fallback when no
 // wider instruction set is available.
 #include "kernels.h"
+// The training kernels' layout, declared before the kernels that use it.
+#include "train_layout.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define IAF_VEC 4
@@ -103,3 +105,19 @@ const KernelTable* portableKernels() {
 }
 }  // namespace iaflow
 #endif
+
+// ---- Training kernels (train_kernels.h): four floats per vector (SSE2, NEON), or plain
+// loops of four where GNU vector extensions are missing (MSVC) ----
+#define IAF_TRAIN_VEC 4
+#define IAF_TRAIN_FMA 0
+namespace iaflow {
+namespace training {
+namespace {
+#include "train_kernels.h"
+}  // namespace
+}  // namespace training
+const TrainKernelTable* portableTrainKernels() {
+  static const TrainKernelTable table{"portable", training::kVec, training::netForward, training::netBackward};
+  return &table;
+}
+}  // namespace iaflow

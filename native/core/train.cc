@@ -18,17 +18,15 @@
 #include <string>
 
 #include "flow_math.h"
+#include "kernels.h"
 #include "thread_pool.h"
-
-#if defined(__SSE2__) || defined(_M_X64) || defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "train_layout.h"
 
 namespace iaflow {
 namespace {
 
-constexpr int kBlock = kColumnBlock;
-constexpr int kTile = 32;        // rows one task carries through the whole flow
+using namespace training;  // the layout (train_layout.h)
+
 constexpr int kMaxSlots = 16;    // gradient accumulators per batch (fixed: results independent of threads)
 constexpr int kSlotRows = 128;   // rows per slot at least, so a step wakes the pool once for real work
 constexpr size_t kSerialUpdate = size_t(1) << 20;  // below this many floats (params x slots) reduce and update inline
@@ -38,61 +36,6 @@ constexpr float kScoreClip = 10.0f;  // distillation: teacher scores above 10x t
 constexpr uint64_t kForwardStream = 0x6A09E667F3BCC909ull;  // distillation's teacher samples: latent seed ^ this
 
 int roundUp(int value, int block) { return (value + block - 1) / block * block; }
-
-// A masked linear layer in degree-sorted coordinates (see StaircaseLinear).
-struct TLinear {
-  int in = 0, out = 0, inStride = 0, outStride = 0;
-  size_t w = 0, b = 0;  // offsets in the flat parameters: W [in][outStride], bias [outStride]
-  size_t wt = 0;        // offset in the transposed copy: [out][inStride]
-  std::vector<int> prefix;       // unit j reads inputs [0, prefix[j])
-  std::vector<int> blockDepth;   // per column block: the inputs the block reads
-  std::vector<int> firstReader;  // per input block: the first unit reading any input of it
-};
-
-struct TMade {
-  Activation activation = Activation::ReLU;
-  ScaleKind scale = ScaleKind::Softplus;
-  std::vector<int> dimAtPosition;
-  std::vector<std::vector<int>> unitSource;
-  std::vector<std::vector<int>> unitsUpToDegree;  // [hidden layer][degree 0..dim]
-  std::vector<TLinear> hidden;
-  TLinear output;
-  // Per-row offsets (in floats) of what the backward pass needs, within a tile's cache.
-  size_t cacheInput = 0, cacheOutput = 0;
-  std::vector<size_t> cacheHidden;  // act(...) of each hidden layer
-  // Residual MADE (see LayerSpec::residual): the pre-activation stream h of hidden layers
-  // 0, 2, 4, ... (h_0 = W_0 u + b_0, h_l = W_l act(a_{l-1}) + b_l + h_{l-2}); the heads read h.
-  bool residual = false;
-  std::vector<size_t> cacheStream;  // per hidden layer; used at even l only
-};
-
-struct TLayer {
-  LayerKind kind = LayerKind::IAF;
-  TMade made;
-  std::vector<int> permutation;
-};
-
-struct Net {
-  int dim = 0, dimStride = 0;
-  Direction pass = Direction::ToLatent;
-  bool reference = false;
-  bool portable = false;  // the baseline build of the kernels even where a wider one would run
-  std::vector<TLayer> layers;
-  size_t cachePerRow = 0;
-  int maxHiddenStride = 0, maxOutStride = 0;
-  std::vector<float> params, transposed;
-  std::vector<const TLinear*> linears;
-
-  void refreshTransposed(size_t first, size_t count) {
-    for (size_t i = first; i < first + count; ++i) {
-      const TLinear& L = *linears[i];
-      const float* W = params.data() + L.w;
-      float* T = transposed.data() + L.wt;
-      for (int j = 0; j < L.out; ++j)
-        for (int k = 0; k < L.prefix[j]; ++k) T[static_cast<size_t>(j) * L.inStride + k] = W[static_cast<size_t>(k) * L.outStride + j];
-    }
-  }
-};
 
 TLinear makeLinear(const StaircaseLinear& s, std::vector<float>& params, size_t& transposedSize, bool reference) {
   TLinear L;
@@ -166,31 +109,6 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
   net.refreshTransposed(0, net.linears.size());
 }
 
-// Per-worker buffers for one tile of rows.
-struct Workspace {
-  std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gC, gU;
-  std::vector<float> rowGrad;  // a tile's gradients along a sequential step, laid out as the cache
-  const Net* sizedFor = nullptr;
-
-  void ensure(const Net& net) {
-    if (sizedFor == &net) return;
-    sizedFor = &net;
-    const size_t cells = static_cast<size_t>(kTile) * net.dim;
-    points.assign(cells, 0.0f);
-    gpoints.assign(cells, 0.0f);
-    latent.assign(cells, 0.0f);
-    tmp.assign(cells, 0.0f);
-    logDet.assign(kTile, 0.0f);
-    cache.assign(static_cast<size_t>(kTile) * net.cachePerRow, 0.0f);
-    rowGrad.assign(static_cast<size_t>(kTile) * net.cachePerRow, 0.0f);
-    gOut.assign(static_cast<size_t>(kTile) * std::max(net.maxOutStride, kBlock), 0.0f);
-    gA.assign(static_cast<size_t>(kTile) * std::max(net.maxHiddenStride, kBlock), 0.0f);
-    gB.assign(gA.size(), 0.0f);
-    gC.assign(gA.size(), 0.0f);
-    gU.assign(static_cast<size_t>(kTile) * net.dimStride, 0.0f);
-  }
-};
-
 // Zeroes the gradient of the weights the mask removes (the products above touch
 // some of them: whole blocks, or everything on the reference path).
 void maskGradient(const TLinear& L, float* GW) {
@@ -200,110 +118,16 @@ void maskGradient(const TLinear& L, float* GW) {
   }
 }
 
-}  // namespace
-}  // namespace iaflow
-
-// The kernels, compiled for the baseline ISA and, on x86 with GCC, for AVX2 + FMA too.
-// Each build gets its own V8, eight floats in the widest registers it may use.
-namespace iaflow {
-namespace {
-namespace baseline {
-#if defined(__SSE2__) || defined(_M_X64)
-struct V8 {
-  __m128 lo, hi;
-  static V8 load(const float* p) { return {_mm_loadu_ps(p), _mm_loadu_ps(p + 4)}; }
-  static V8 splat(float v) { return {_mm_set1_ps(v), _mm_set1_ps(v)}; }
-  void store(float* p) const {
-    _mm_storeu_ps(p, lo);
-    _mm_storeu_ps(p + 4, hi);
-  }
-};
-inline V8 madd(V8 acc, V8 x, V8 w) { return {_mm_add_ps(acc.lo, _mm_mul_ps(x.lo, w.lo)), _mm_add_ps(acc.hi, _mm_mul_ps(x.hi, w.hi))}; }
-#else
-struct V8 {
-  float v[8];
-  static V8 load(const float* p) {
-    V8 r;
-    for (int i = 0; i < 8; ++i) r.v[i] = p[i];
-    return r;
-  }
-  static V8 splat(float x) {
-    V8 r;
-    for (int i = 0; i < 8; ++i) r.v[i] = x;
-    return r;
-  }
-  void store(float* p) const {
-    for (int i = 0; i < 8; ++i) p[i] = v[i];
-  }
-};
-inline V8 madd(V8 acc, V8 x, V8 w) {
-  for (int i = 0; i < 8; ++i) acc.v[i] += x.v[i] * w.v[i];
-  return acc;
-}
-#endif
-}  // namespace baseline
-}  // namespace
-}  // namespace iaflow
-
-#define IAF_TRAIN_ISA baseline
-#include "train_kernels.h"
-#undef IAF_TRAIN_ISA
-
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define IAF_TRAIN_HAVE_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace iaflow {
-namespace {
-namespace avx2 {
-struct V8 {
-  __m256 v;
-  static V8 load(const float* p) { return {_mm256_loadu_ps(p)}; }
-  static V8 splat(float x) { return {_mm256_set1_ps(x)}; }
-  void store(float* p) const { _mm256_storeu_ps(p, v); }
-};
-inline V8 madd(V8 acc, V8 x, V8 w) { return {_mm256_fmadd_ps(x.v, w.v, acc.v)}; }
-}  // namespace avx2
-}  // namespace
-}  // namespace iaflow
-#define IAF_TRAIN_ISA avx2
-#include "train_kernels.h"
-#undef IAF_TRAIN_ISA
-#pragma GCC pop_options
-#endif
-
-namespace iaflow {
-namespace {
-
-struct Kernels {
-  void (*forward)(const Net&, Workspace&, int, Direction);
-  void (*backward)(const Net&, Workspace&, int, float, float*, bool, Direction);
-};
-
-Kernels pickKernels() {
-#if defined(IAF_TRAIN_HAVE_AVX2)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {avx2::netForward, avx2::netBackward};
-#endif
-  return {baseline::netForward, baseline::netBackward};
-}
-
-const Kernels& kernels() {
-  static const Kernels chosen = pickKernels();
-  return chosen;
-}
-
 // Along `pass` (by default the net's own): each MADE layer runs its parallel or its
-// sequential direction, whichever goes that way.
+// sequential direction, whichever goes that way. The kernels are those of the
+// instruction set inference runs (kernels.h: selectKernels switches both).
 void netForward(const Net& net, Workspace& ws, int rows, Direction pass) {
-  if (net.portable) baseline::netForward(net, ws, rows, pass);
-  else kernels().forward(net, ws, rows, pass);
+  activeTrainKernels().netForward(net, ws, rows, pass);
 }
 void netForward(const Net& net, Workspace& ws, int rows) { netForward(net, ws, rows, net.pass); }
 
 void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, bool wantInput, Direction pass) {
-  if (net.portable) baseline::netBackward(net, ws, rows, gld, G, wantInput, pass);
-  else kernels().backward(net, ws, rows, gld, G, wantInput, pass);
+  activeTrainKernels().netBackward(net, ws, rows, gld, G, wantInput, pass);
 }
 void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, bool wantInput) {
   netBackward(net, ws, rows, gld, G, wantInput, net.pass);
@@ -626,15 +450,13 @@ struct Trainer::Impl {
 };
 
 Trainer::Trainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher, const OptimizerOptions& options,
-                 bool reference, bool portable)
+                 bool reference)
     : impl_(std::make_unique<Impl>()) {
   buildNet(impl_->net, spec, pass, reference);
-  impl_->net.portable = portable;
   if (impl_->net.linears.empty()) throw std::invalid_argument("the trained flow has no MADE layer: nothing to train");
   if (teacher) {
     impl_->teacher = std::make_unique<Net>();
     buildNet(*impl_->teacher, *teacher, Direction::ToLatent, reference);
-    impl_->teacher->portable = portable;
     if (impl_->teacher->dim != impl_->net.dim) throw std::invalid_argument("the teacher's dim differs from the student's");
     if (pass != Direction::ToData) throw std::invalid_argument("a teacher needs a student trained along z -> x");
   }

@@ -65,11 +65,11 @@ class Trainer {
  public:
   // `teacher` (optional, distillation): any flow of the same dim, scored along x -> z
   // and sampled along z -> x (a MAF teacher: one pass, then sequential). `reference` selects the simple dense
-  // path (every weight multiplied, zeros included): the benchmark's baseline.
-  // `portable` runs the kernels built for the baseline instruction set even where
-  // the AVX2 + FMA build would run (for tests of that build).
+  // path (every weight multiplied, zeros included): the benchmark's baseline. The
+  // instruction set is the one inference runs (kernels.h's activeKernels; selectKernels
+  // switches both).
   Trainer(const FlowSpec& spec, Direction pass, const FlowSpec* teacher, const OptimizerOptions& options,
-          bool reference = false, bool portable = false);
+          bool reference = false);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;

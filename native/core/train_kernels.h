@@ -1,46 +1,98 @@
 // The training kernels: the three staircase products of a masked linear layer,
 // one MADE layer's forward and backward along its parallel direction, and the
-// whole flow's. train.cc includes this file twice: once for the build's
-// baseline instruction set and once under `#pragma GCC target("avx2,fma")`,
-// each inside its own namespace IAF_TRAIN_ISA, and picks one at run time. It
-// relies on the types train.cc defines before including it; include nowhere else.
+// whole flow's. Compiled once per instruction set, as kernels_impl.h is: each
+// kernels_<isa>.cc includes train_layout.h (and <immintrin.h> on x86) first, sets
+// IAF_TRAIN_VEC (floats per vector: 16 AVX-512, 8 AVX2, 4 portable) and
+// IAF_TRAIN_FMA (1: fused multiply-add intrinsics of that width), selects its
+// target, then includes this file inside namespace iaflow::training { namespace { } }
+// and lists netForward / netBackward in its TrainKernelTable. Everything here has
+// internal linkage; what it calls from elsewhere (train_layout.h, flow_math.h, the
+// standard library) was declared before the target was selected, so it is built for
+// the baseline instruction set and is safe to share between the builds.
 // (No include guard, on purpose.)
 
-namespace iaflow {
-namespace {
-namespace IAF_TRAIN_ISA {
+// ---------------------------------------------------------------------------
+// Vectors of kVec floats: GNU vector extensions (GCC, Clang), plain arrays elsewhere (MSVC).
+
+constexpr int kVec = IAF_TRAIN_VEC;
+static_assert(kBlock % kVec == 0, "a column block must be a whole number of vectors");
+constexpr int kBlockVectors = kBlock / kVec;  // vectors per column block
+// Rows per register tile: about eight independent accumulators in flight, enough to hide the
+// multiply-add latency (one 16-float vector per block on AVX-512, two 8-float ones on AVX2).
+constexpr int kRowBlock = kBlockVectors == 1 ? 8 : 4;
+
+#if defined(__GNUC__) || defined(__clang__)
+typedef float Vec __attribute__((vector_size(IAF_TRAIN_VEC * 4)));
+inline Vec vload(const float* p) {  // unaligned
+  Vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void vstore(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof v); }
+inline Vec vsplat(float s) { return Vec{} + s; }
+inline Vec vadd(Vec a, Vec b) { return a + b; }
+#if IAF_TRAIN_FMA && IAF_TRAIN_VEC == 16
+inline Vec madd(Vec acc, Vec x, Vec w) { return _mm512_fmadd_ps(x, w, acc); }
+#elif IAF_TRAIN_FMA && IAF_TRAIN_VEC == 8
+inline Vec madd(Vec acc, Vec x, Vec w) { return _mm256_fmadd_ps(x, w, acc); }
+#else
+inline Vec madd(Vec acc, Vec x, Vec w) { return acc + x * w; }
+#endif
+#else
+struct Vec {
+  float v[kVec];
+};
+inline Vec vload(const float* p) {
+  Vec r;
+  for (int i = 0; i < kVec; ++i) r.v[i] = p[i];
+  return r;
+}
+inline void vstore(float* p, Vec a) {
+  for (int i = 0; i < kVec; ++i) p[i] = a.v[i];
+}
+inline Vec vsplat(float s) {
+  Vec r;
+  for (int i = 0; i < kVec; ++i) r.v[i] = s;
+  return r;
+}
+inline Vec vadd(Vec a, Vec b) {
+  for (int i = 0; i < kVec; ++i) a.v[i] += b.v[i];
+  return a;
+}
+inline Vec madd(Vec acc, Vec x, Vec w) {
+  for (int i = 0; i < kVec; ++i) acc.v[i] += x.v[i] * w.v[i];
+  return acc;
+}
+#endif
 
 // ---------------------------------------------------------------------------
-// Products. Fast path: register tiles of rows x kBlock columns along the staircase.
-
-// V8 (eight floats; defined per instruction set before this file is included):
-// V8::load / store (unaligned), V8::splat, madd(acc, x, w) = acc + x * w.
+// Products. Fast path: register tiles of rows x one column block (kBlockVectors vectors)
+// along the staircase. Each output element sums its terms in index order whatever the
+// tile, so the row blocking never changes a result.
 
 template <int R, bool kAct, Activation A>
 inline void forwardRows(const TLinear& L, const float* W, const float* B, const float* X, int xs, float* Y) {
   const int os = L.outStride;
   for (int jb = 0, blk = 0; jb < L.out; jb += kBlock, ++blk) {
     const int depth = L.blockDepth[blk];
-    V8 acc[R][2];
-    const V8 b0 = V8::load(B + jb), b1 = V8::load(B + jb + 8);
-    for (int r = 0; r < R; ++r) {
-      acc[r][0] = b0;
-      acc[r][1] = b1;
+    Vec acc[R][kBlockVectors];
+    for (int v = 0; v < kBlockVectors; ++v) {
+      const Vec bias = vload(B + jb + v * kVec);
+      for (int r = 0; r < R; ++r) acc[r][v] = bias;
     }
     const float* w = W + jb;
     for (int k = 0; k < depth; ++k) {
       const float* wk = w + static_cast<size_t>(k) * os;
-      const V8 w0 = V8::load(wk), w1 = V8::load(wk + 8);
+      Vec wv[kBlockVectors];
+      for (int v = 0; v < kBlockVectors; ++v) wv[v] = vload(wk + v * kVec);
       for (int r = 0; r < R; ++r) {
-        const V8 x = V8::splat(X[r * xs + k]);
-        acc[r][0] = madd(acc[r][0], x, w0);
-        acc[r][1] = madd(acc[r][1], x, w1);
+        const Vec x = vsplat(X[r * xs + k]);
+        for (int v = 0; v < kBlockVectors; ++v) acc[r][v] = madd(acc[r][v], x, wv[v]);
       }
     }
     for (int r = 0; r < R; ++r) {
       float* y = Y + r * os + jb;
-      acc[r][0].store(y);
-      acc[r][1].store(y + 8);
+      for (int v = 0; v < kBlockVectors; ++v) vstore(y + v * kVec, acc[r][v]);
       if (kAct)
         for (int c = 0; c < kBlock; ++c) y[c] = activate<A>(y[c]);
     }
@@ -51,53 +103,41 @@ template <int R>
 inline void inputGradRows(const TLinear& L, const float* WT, const float* GY, float* GX, int gxs, bool accumulate) {
   const int os = L.outStride, is = L.inStride;
   for (int kb = 0, blk = 0; kb < L.in; kb += kBlock, ++blk) {
-    V8 acc[R][2];
-    for (int r = 0; r < R; ++r) {
-      if (accumulate) {
-        acc[r][0] = V8::load(GX + r * gxs + kb);
-        acc[r][1] = V8::load(GX + r * gxs + kb + 8);
-      } else {
-        acc[r][0] = V8::splat(0.0f);
-        acc[r][1] = V8::splat(0.0f);
-      }
-    }
+    Vec acc[R][kBlockVectors];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < kBlockVectors; ++v) acc[r][v] = accumulate ? vload(GX + r * gxs + kb + v * kVec) : vsplat(0.0f);
     for (int j = L.firstReader[blk]; j < L.out; ++j) {
       const float* wj = WT + static_cast<size_t>(j) * is + kb;
-      const V8 w0 = V8::load(wj), w1 = V8::load(wj + 8);
+      Vec wv[kBlockVectors];
+      for (int v = 0; v < kBlockVectors; ++v) wv[v] = vload(wj + v * kVec);
       for (int r = 0; r < R; ++r) {
-        const V8 g = V8::splat(GY[r * os + j]);
-        acc[r][0] = madd(acc[r][0], g, w0);
-        acc[r][1] = madd(acc[r][1], g, w1);
+        const Vec g = vsplat(GY[r * os + j]);
+        for (int v = 0; v < kBlockVectors; ++v) acc[r][v] = madd(acc[r][v], g, wv[v]);
       }
     }
-    for (int r = 0; r < R; ++r) {
-      acc[r][0].store(GX + r * gxs + kb);
-      acc[r][1].store(GX + r * gxs + kb + 8);
-    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < kBlockVectors; ++v) vstore(GX + r * gxs + kb + v * kVec, acc[r][v]);
   }
 }
 
 // GW[t][c] += sum_r X[r][t] GY[r][c] for K rows t of a column block.
 template <int K>
 inline void weightGradRows(const float* X, int xs, const float* GY, int os, int rows, float* GW) {
-  V8 acc[K][2];
-  for (int t = 0; t < K; ++t) {
-    acc[t][0] = V8::splat(0.0f);
-    acc[t][1] = V8::splat(0.0f);
-  }
+  Vec acc[K][kBlockVectors];
+  for (int t = 0; t < K; ++t)
+    for (int v = 0; v < kBlockVectors; ++v) acc[t][v] = vsplat(0.0f);
   for (int r = 0; r < rows; ++r) {
-    const V8 g0 = V8::load(GY + r * os), g1 = V8::load(GY + r * os + 8);
+    Vec g[kBlockVectors];
+    for (int v = 0; v < kBlockVectors; ++v) g[v] = vload(GY + r * os + v * kVec);
     const float* x = X + r * xs;
     for (int t = 0; t < K; ++t) {
-      const V8 xv = V8::splat(x[t]);
-      acc[t][0] = madd(acc[t][0], xv, g0);
-      acc[t][1] = madd(acc[t][1], xv, g1);
+      const Vec xv = vsplat(x[t]);
+      for (int v = 0; v < kBlockVectors; ++v) acc[t][v] = madd(acc[t][v], xv, g[v]);
     }
   }
   for (int t = 0; t < K; ++t) {
     float* gw = GW + static_cast<size_t>(t) * os;
-    madd(V8::load(gw), V8::splat(1.0f), acc[t][0]).store(gw);
-    madd(V8::load(gw + 8), V8::splat(1.0f), acc[t][1]).store(gw + 8);
+    for (int v = 0; v < kBlockVectors; ++v) vstore(gw + v * kVec, vadd(vload(gw + v * kVec), acc[t][v]));
   }
 }
 
@@ -121,7 +161,8 @@ void linearForward(const TLinear& L, const float* W, const float* B, const float
     return;
   }
   int r = 0;
-  for (; r + 4 <= rows; r += 4) forwardRows<4, kAct, A>(L, W, B, X + r * xs, xs, Y + r * os);
+  for (; r + kRowBlock <= rows; r += kRowBlock) forwardRows<kRowBlock, kAct, A>(L, W, B, X + r * xs, xs, Y + r * os);
+  for (; r + 2 <= rows; r += 2) forwardRows<2, kAct, A>(L, W, B, X + r * xs, xs, Y + r * os);
   for (; r < rows; ++r) forwardRows<1, kAct, A>(L, W, B, X + r * xs, xs, Y + r * os);
 }
 
@@ -144,7 +185,8 @@ void inputGrad(const TLinear& L, const float* W, const float* WT, const float* G
     return;
   }
   int r = 0;
-  for (; r + 4 <= rows; r += 4) inputGradRows<4>(L, WT, GY + r * os, GX + r * gxs, gxs, accumulate);
+  for (; r + kRowBlock <= rows; r += kRowBlock) inputGradRows<kRowBlock>(L, WT, GY + r * os, GX + r * gxs, gxs, accumulate);
+  for (; r + 2 <= rows; r += 2) inputGradRows<2>(L, WT, GY + r * os, GX + r * gxs, gxs, accumulate);
   for (; r < rows; ++r) inputGradRows<1>(L, WT, GY + r * os, GX + r * gxs, gxs, accumulate);
 }
 
@@ -164,8 +206,9 @@ void weightGrad(const TLinear& L, const float* X, int xs, const float* GY, int r
     for (int jb = 0, blk = 0; jb < L.out; jb += kBlock, ++blk) {
       const int depth = L.blockDepth[blk];
       int k = 0;
-      for (; k + 4 <= depth; k += 4)
-        weightGradRows<4>(X + k, xs, GY + jb, os, rows, GW + static_cast<size_t>(k) * os + jb);
+      for (; k + kRowBlock <= depth; k += kRowBlock)
+        weightGradRows<kRowBlock>(X + k, xs, GY + jb, os, rows, GW + static_cast<size_t>(k) * os + jb);
+      for (; k + 2 <= depth; k += 2) weightGradRows<2>(X + k, xs, GY + jb, os, rows, GW + static_cast<size_t>(k) * os + jb);
       for (; k < depth; ++k) weightGradRows<1>(X + k, xs, GY + jb, os, rows, GW + static_cast<size_t>(k) * os + jb);
     }
   }
@@ -323,23 +366,24 @@ void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float
 // degree together, a register block of rows per weight load. The cache ends exactly as
 // madeForward would leave it for the u found, so the conditioner's backward is shared.
 
-// Y[r][a, b) = B[a, b) + sum_{k < depth} X[r][k] W[k][a, b) for R rows: aligned chunks of eight
-// columns (inside outStride), computed whole and stored only inside [a, b).
+// Y[r][a, b) = B[a, b) + sum_{k < depth} X[r][k] W[k][a, b) for R rows: aligned chunks of one
+// vector's columns (inside outStride, a whole number of vectors), computed whole and stored
+// only inside [a, b).
 template <int R>
 inline void groupRows(const float* W, int os, const float* B, const float* X, int xs, int a, int b, int depth,
                       float* Y, int ys) {
-  for (int c = a & ~7; c < b; c += 8) {
-    V8 acc[R];
-    const V8 bias = V8::load(B + c);
+  for (int c = a - a % kVec; c < b; c += kVec) {
+    Vec acc[R];
+    const Vec bias = vload(B + c);
     for (int r = 0; r < R; ++r) acc[r] = bias;
     for (int k = 0; k < depth; ++k) {
-      const V8 w = V8::load(W + static_cast<size_t>(k) * os + c);
-      for (int r = 0; r < R; ++r) acc[r] = madd(acc[r], V8::splat(X[r * xs + k]), w);
+      const Vec w = vload(W + static_cast<size_t>(k) * os + c);
+      for (int r = 0; r < R; ++r) acc[r] = madd(acc[r], vsplat(X[r * xs + k]), w);
     }
-    const int lo = std::max(a, c) - c, hi = std::min(b, c + 8) - c;
-    float tmp[8];
+    const int lo = std::max(a, c) - c, hi = std::min(b, c + kVec) - c;
+    float tmp[kVec];
     for (int r = 0; r < R; ++r) {
-      acc[r].store(tmp);
+      vstore(tmp, acc[r]);
       for (int t = lo; t < hi; ++t) Y[r * ys + c + t] = tmp[t];
     }
   }
@@ -355,23 +399,24 @@ inline void groupForward(const TLinear& L, const float* P, const float* X, int x
 }
 
 // dst[r][0, depth) += sum_{j in [a, b)} D[r][j - a] WT[j][0, depth) for R rows: each transposed
-// weight row is loaded once per R rows. Chunks of eight run into WT's zero padding, which adds nothing.
+// weight row is loaded once per R rows. Whole vectors run into WT's zero padding (inStride, like
+// dst's row stride, is a whole number of column blocks), which adds nothing.
 template <int R>
 inline void pushRows(const float* WT, int is, int a, int b, int depth, const float* D, int dstride, float* dst,
                      int ystride) {
   for (int j = a; j < b; ++j) {
-    V8 d[R];
+    Vec d[R];
     bool any = false;
     for (int r = 0; r < R; ++r) {
       const float v = D[r * dstride + (j - a)];
       any = any || v != 0.0f;
-      d[r] = V8::splat(v);
+      d[r] = vsplat(v);
     }
     if (!any) continue;
     const float* w = WT + static_cast<size_t>(j) * is;
-    for (int k = 0; k < depth; k += 8) {
-      const V8 wk = V8::load(w + k);
-      for (int r = 0; r < R; ++r) madd(V8::load(dst + r * ystride + k), d[r], wk).store(dst + r * ystride + k);
+    for (int k = 0; k < depth; k += kVec) {
+      const Vec wk = vload(w + k);
+      for (int r = 0; r < R; ++r) vstore(dst + r * ystride + k, madd(vload(dst + r * ystride + k), d[r], wk));
     }
   }
 }
@@ -662,7 +707,3 @@ void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, b
       }
   }
 }
-
-}  // namespace IAF_TRAIN_ISA
-}  // namespace
-}  // namespace iaflow

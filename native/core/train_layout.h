@@ -1,0 +1,103 @@
+// The training core's layout (see train.cc), shared by train.cc and the training
+// kernels that train_kernels.h compiles once per instruction set (kernels_<isa>.cc).
+// Every function here is inline and is compiled for the build's baseline instruction
+// set: the per-ISA files include this header before they select their target.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <vector>
+
+#include "backend.h"
+#include "flow_math.h"
+#include "plan.h"
+
+namespace iaflow {
+namespace training {
+
+// Columns per block of the staircase products: plan.h's column block, which every
+// instruction set's vector width divides (16 floats: one AVX-512 vector, two AVX2 ones).
+constexpr int kBlock = kColumnBlock;
+constexpr int kTile = 32;  // rows one task carries through the whole flow
+
+// A masked linear layer in degree-sorted coordinates (see StaircaseLinear).
+struct TLinear {
+  int in = 0, out = 0, inStride = 0, outStride = 0;
+  size_t w = 0, b = 0;  // offsets in the flat parameters: W [in][outStride], bias [outStride]
+  size_t wt = 0;        // offset in the transposed copy: [out][inStride]
+  std::vector<int> prefix;       // unit j reads inputs [0, prefix[j])
+  std::vector<int> blockDepth;   // per column block: the inputs the block reads
+  std::vector<int> firstReader;  // per input block: the first unit reading any input of it
+};
+
+struct TMade {
+  Activation activation = Activation::ReLU;
+  ScaleKind scale = ScaleKind::Softplus;
+  std::vector<int> dimAtPosition;
+  std::vector<std::vector<int>> unitSource;
+  std::vector<std::vector<int>> unitsUpToDegree;  // [hidden layer][degree 0..dim]
+  std::vector<TLinear> hidden;
+  TLinear output;
+  // Per-row offsets (in floats) of what the backward pass needs, within a tile's cache.
+  size_t cacheInput = 0, cacheOutput = 0;
+  std::vector<size_t> cacheHidden;  // act(...) of each hidden layer
+  // Residual MADE (see LayerSpec::residual): the pre-activation stream h of hidden layers
+  // 0, 2, 4, ... (h_0 = W_0 u + b_0, h_l = W_l act(a_{l-1}) + b_l + h_{l-2}); the heads read h.
+  bool residual = false;
+  std::vector<size_t> cacheStream;  // per hidden layer; used at even l only
+};
+
+struct TLayer {
+  LayerKind kind = LayerKind::IAF;
+  TMade made;
+  std::vector<int> permutation;
+};
+
+struct Net {
+  int dim = 0, dimStride = 0;
+  Direction pass = Direction::ToLatent;
+  bool reference = false;
+  std::vector<TLayer> layers;
+  size_t cachePerRow = 0;
+  int maxHiddenStride = 0, maxOutStride = 0;
+  std::vector<float> params, transposed;
+  std::vector<const TLinear*> linears;
+
+  void refreshTransposed(size_t first, size_t count) {
+    for (size_t i = first; i < first + count; ++i) {
+      const TLinear& L = *linears[i];
+      const float* W = params.data() + L.w;
+      float* T = transposed.data() + L.wt;
+      for (int j = 0; j < L.out; ++j)
+        for (int k = 0; k < L.prefix[j]; ++k) T[static_cast<size_t>(j) * L.inStride + k] = W[static_cast<size_t>(k) * L.outStride + j];
+    }
+  }
+};
+
+// Per-worker buffers for one tile of rows.
+struct Workspace {
+  std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gC, gU;
+  std::vector<float> rowGrad;  // a tile's gradients along a sequential step, laid out as the cache
+  const Net* sizedFor = nullptr;
+
+  void ensure(const Net& net) {
+    if (sizedFor == &net) return;
+    sizedFor = &net;
+    const size_t cells = static_cast<size_t>(kTile) * net.dim;
+    points.assign(cells, 0.0f);
+    gpoints.assign(cells, 0.0f);
+    latent.assign(cells, 0.0f);
+    tmp.assign(cells, 0.0f);
+    logDet.assign(kTile, 0.0f);
+    cache.assign(static_cast<size_t>(kTile) * net.cachePerRow, 0.0f);
+    rowGrad.assign(static_cast<size_t>(kTile) * net.cachePerRow, 0.0f);
+    gOut.assign(static_cast<size_t>(kTile) * std::max(net.maxOutStride, kBlock), 0.0f);
+    gA.assign(static_cast<size_t>(kTile) * std::max(net.maxHiddenStride, kBlock), 0.0f);
+    gB.assign(gA.size(), 0.0f);
+    gC.assign(gA.size(), 0.0f);
+    gU.assign(static_cast<size_t>(kTile) * net.dimStride, 0.0f);
+  }
+};
+
+}  // namespace training
+}  // namespace iaflow
