@@ -128,6 +128,12 @@ export function isFloat64Array(value: unknown): value is Float64Array {
   return typedArrayTag.call(value) === 'Float64Array';
 }
 
+const hasOwn = (target: object, key: number): boolean => Object.prototype.hasOwnProperty.call(target, key);
+
+function holeError(name: string, expected: string): TypeError {
+  return new TypeError(`Expected ${expected} for ${name} but received a hole (the array is sparse)`);
+}
+
 /** Batch input: Float32Array / Float64Array (row-major, n*dim) or number[][] of finite numbers. */
 export function toRowMajor(name: string, value: unknown, dim: number): { data: Float32Array; rows: number } {
   const expected = `a Float32Array of n*${dim} values (row-major) or an array of rows of ${dim} numbers`;
@@ -138,21 +144,37 @@ export function toRowMajor(name: string, value: unknown, dim: number): { data: F
     }
     data = isFloat32Array(value) ? value : Float32Array.from(value);
   } else if (Array.isArray(value)) {
-    if (value.length === 0) throw invalidRange(name, `${expected}, with at least one row`, value);
-    if (value.length * dim > MAX_ELEMENTS) throw invalidRange(`${name}.length`, `at most ${Math.floor(MAX_ELEMENTS / dim)} rows`, value.length);
-    data = allocateFloats(value.length * dim, name);
-    value.forEach((row: unknown, r: number) => {
+    // Read once: a Proxy's length may change between reads or not be a number at all.
+    const rowCount: unknown = value.length;
+    if (typeof rowCount !== 'number' || !Number.isSafeInteger(rowCount)) throw invalidType(`${name}.length`, 'an array length', rowCount);
+    if (rowCount === 0) throw invalidRange(name, `${expected}, with at least one row`, value);
+    if (rowCount * dim > MAX_ELEMENTS) throw invalidRange(`${name}.length`, `at most ${Math.floor(MAX_ELEMENTS / dim)} rows`, rowCount);
+    data = allocateFloats(rowCount * dim, name);
+    // A plain loop, not forEach: forEach skips the holes of a sparse array, which would leave
+    // their rows as zeros. Each element is read once, so a getter cannot hand back two values.
+    // A hole that inherits a number (someone set Array.prototype[i]) would read as that number:
+    // checked once per call, so the usual case pays nothing per cell.
+    let inheritsCells = false;
+    for (let i = 0; i < dim && !inheritsCells; i++) inheritsCells = i in Array.prototype;
+    for (let r = 0; r < rowCount; r++) {
+      if (!hasOwn(value, r)) throw holeError(`${name}[${r}]`, `an array of ${dim} numbers`);
+      const row: unknown = value[r];
       if (!Array.isArray(row) && !isFloat32Array(row) && !isFloat64Array(row)) {
         throw invalidType(`${name}[${r}]`, `an array of ${dim} numbers`, row);
       }
       const cells = row as ArrayLike<unknown>;
       if (cells.length !== dim) throw invalidRange(`${name}[${r}].length`, `${dim}`, cells.length);
+      const plain = Array.isArray(row);
       for (let i = 0; i < dim; i++) {
         const v = cells[i];
-        if (typeof v !== 'number') throw invalidType(`${name}[${r}][${i}]`, 'a number', v);
+        if (typeof v !== 'number') {
+          if (plain && !hasOwn(row, i)) throw holeError(`${name}[${r}][${i}]`, 'a number');
+          throw invalidType(`${name}[${r}][${i}]`, 'a number', v);
+        }
+        if (inheritsCells && plain && !hasOwn(row, i)) throw holeError(`${name}[${r}][${i}]`, 'a number');
         data[r * dim + i] = v;
       }
-    });
+    }
   } else {
     throw invalidType(name, expected, value);
   }

@@ -554,6 +554,18 @@ const TRANSFORMS: { name: string; arg: string; sync: TransformCall; async: Async
   },
 ];
 
+/** The issue's case: rows 0 and 1 are holes, which forEach skipped and left as zeros. */
+function sparseRows(): number[][] {
+  const rows = new Array<number[]>(3);
+  rows[2] = [0.5, 0.5, 0.5];
+  return rows;
+}
+
+/** A Proxy of an array that claims a length that is not a number. */
+function lyingLength(): number[][] {
+  return new Proxy([[0, 0, 0]], { get: (target, key) => (key === 'length' ? '3' : Reflect.get(target, key)) });
+}
+
 /** Bad inputs for an argument named `a`, with the error each must give. */
 function badInputs(a: string): [string, unknown, ErrorKind, RegExp][] {
   const A = esc(a);
@@ -569,7 +581,11 @@ function badInputs(a: string): [string, unknown, ErrorKind, RegExp][] {
     ['a row with a string', [[0, 0, 0], [0, '1', 0]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[1\\]\\[1\\] but received the string "1"$`)],
     ['a row with null', [[0, 0, null]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[0\\]\\[2\\] but received null$`)],
     ['a row with undefined', [[0, 0, 0], [undefined, 0, 0]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[1\\]\\[0\\] but received undefined$`)],
-    ['a sparse row', [[0, , 0]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[0\\]\\[1\\] but received undefined$`)],
+    ['a sparse row', [[0, , 0]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[0\\]\\[1\\] but received a hole \\(the array is sparse\\)$`)],
+    ['a sparse array of rows', sparseRows(), 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[0\\] but received a hole \\(the array is sparse\\)$`)],
+    ['a hole between rows', [[0, 0, 0], , [0, 0, 0]], 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[1\\] but received a hole \\(the array is sparse\\)$`)],
+    ['a hole at the end', [[0, 0, 0], ,], 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[1\\] but received a hole \\(the array is sparse\\)$`)],
+    ['an array whose length is not a number', lyingLength(), 'TypeError', new RegExp(`^Expected an array length for ${A}\\.length but received the string "3"$`)],
     ['a row that is a string', [[0, 0, 0], '000'], 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[1\\] but received the string "000"$`)],
     ['a flat number[]', [0, 0, 0], 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[0\\] but received 0$`)],
     ['an empty array', [], 'RangeError', new RegExp(`^Expected ${either}, with at least one row for ${A} but received an array of length 0$`)],
@@ -623,6 +639,58 @@ describe.each(TRANSFORMS)('$name / $name' + 'Sync input', ({ arg, sync, async })
     expect(sync(flow, disguised).map(bits)).toEqual(expected);
     expect((await async(flow, disguised)).map(bits)).toEqual(expected);
     sync(flow, PROBE_F32).forEach((out) => expect(allFinite(out)).toBe(true));
+  });
+});
+
+describe('array-likes with getters and inherited entries', () => {
+  const flow = smallFlow();
+  const expected = flow.logProbSync(PROBE_F32);
+
+  afterEach(() => {
+    delete (Array.prototype as unknown as Record<number, unknown>)[1];
+  });
+
+  it('refuses a hole even where Array.prototype lends it a number', () => {
+    (Array.prototype as unknown as Record<number, unknown>)[1] = 0.5;
+    const rows = [[0, 0, 0], [0.5, , 0.5]] as number[][];
+    expect(rows[1][1]).toBe(0.5); // what forEach / indexing would have read
+    expectError(() => flow.logProbSync(rows), 'TypeError', /^Expected a number for x\[1\]\[1\] but received a hole/);
+    const outer = [PROBE_ROWS[0], , PROBE_ROWS[2]] as number[][];
+    (Array.prototype as unknown as Record<number, unknown>)[1] = PROBE_ROWS[1];
+    expectError(() => flow.logProbSync(outer), 'TypeError', /^Expected an array of 3 numbers for x\[1\] but received a hole/);
+  });
+
+  it('reads each element once through getters, and passes on what a getter throws', () => {
+    let reads = 0;
+    const rows = PROBE_ROWS.map((r) => [...r]);
+    Object.defineProperty(rows[1], 0, {
+      get: () => (reads++ === 0 ? PROBE_ROWS[1][0] : NaN),
+      enumerable: true,
+    });
+    expect(bits(flow.logProbSync(rows))).toEqual(bits(expected));
+    expect(reads).toBe(1);
+    const throwing = PROBE_ROWS.map((r) => [...r]);
+    Object.defineProperty(throwing, 2, {
+      get: () => {
+        throw new Error('getter says no');
+      },
+    });
+    const before = { ...nativeCalls };
+    expect(() => flow.logProbSync(throwing)).toThrow(/^getter says no$/);
+    expect(nativeCalls).toEqual(before);
+  });
+
+  it('refuses a Proxy whose rows change under it, and reads a well-behaved Proxy like the array', () => {
+    const shrinking = new Proxy(PROBE_ROWS.map((r) => [...r]), {
+      get(target, key, receiver) {
+        const value: unknown = Reflect.get(target, key, receiver);
+        if (key === '1') target.length = 2; // reading row 1 removes rows 2 and 3
+        return value;
+      },
+    });
+    expectError(() => flow.logProbSync(shrinking), 'TypeError', /^Expected an array of 3 numbers for x\[2\] but received a hole/);
+    const plain = new Proxy(PROBE_ROWS, {});
+    expect(bits(flow.logProbSync(plain))).toEqual(bits(expected));
   });
 });
 
