@@ -61,16 +61,20 @@ export function checkEnum<T extends string>(name: string, value: unknown, allowe
 export function checkPermutation(name: string, value: unknown, count: number, first = 0): number[] {
   const expected = `a permutation of ${first}..${first + count - 1}`;
   if (!Array.isArray(value) && !ArrayBuffer.isView(value)) throw invalidType(name, expected, value);
-  const values = Array.from(value as ArrayLike<unknown>);
-  if (values.length !== count) throw invalidRange(name, `${expected} (length ${count})`, value);
+  const given = value as ArrayLike<unknown>;
+  if (given.length !== count) throw invalidRange(name, `${expected} (length ${count})`, value);
+  // A plain loop that names the element only for an error: model files hold millions of these.
+  const values = new Array<number>(count);
   const seen = new Uint8Array(count);
-  values.forEach((v, i) => {
+  for (let i = 0; i < count; i++) {
+    const v: unknown = given[i];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < first || v >= first + count || seen[v - first]) {
       throw invalidRange(`${name}[${i}]`, `${expected} (each value once)`, v);
     }
     seen[v - first] = 1;
-  });
-  return values as number[];
+    values[i] = v;
+  }
+  return values;
 }
 
 /** Seeds are non-negative safe integers; the native stream takes them as two 32-bit words. */

@@ -19,6 +19,7 @@ import type { FlowOptions, LayerDescriptor, MadeOptions, Rows, SampleOptions } f
 import { native } from '../src/native';
 import type { NativeBinding, NativeFlowInstance } from '../src/native';
 import { MAX_ELEMENTS } from '../src/validation';
+import { checkFlowConfig } from '../src/layers';
 
 // ---------------------------------------------------------------------------------------
 // Spies on the addon: every bad call below must leave these counters untouched.
@@ -862,6 +863,61 @@ describe('limits and copies', () => {
   test('a flow too large to hold is refused before anything is allocated', () => {
     expect(() => createFlow({ dim: 65536, layers: [iaf({ hidden: [65536] })], seed: 1 })).toThrow(
       /^Expected a flow of at most 268435456 parameters \(these layers have \d+\) for config\.layers/,
+    );
+  });
+
+  test('permutations count toward the size: 4096 reversals of dim 65536 are refused in milliseconds', () => {
+    const heapBefore = process.memoryUsage().heapUsed;
+    const started = performance.now();
+    const reversals = Array.from({ length: 4096 }, () => reverse());
+    expect(() => createFlow({ dim: 65536, layers: reversals, seed: 1 })).toThrow(
+      /^Expected a flow whose config holds at most 1048576 integers \(.*these layers have 268435456\) for config\.layers/,
+    );
+    // The same for MADE layers, whose degrees are not built for a flow that is refused.
+    expect(() => createFlow({ dim: 65536, layers: Array.from({ length: 4096 }, () => iaf({ hidden: [1] })), seed: 1 })).toThrow(
+      /^Expected a flow of at most 268435456 parameters/,
+    );
+    expect(performance.now() - started).toBeLessThan(1500); // 32 s and an out-of-memory abort before
+    expect(process.memoryUsage().heapUsed - heapBefore).toBeLessThan(64 * 2 ** 20);
+  });
+
+  test('the config bound is exact: 64 permutations of dim 16384 (2^20 entries) fit the bound, 65 do not', () => {
+    // checkFlowConfig is what createFlow and loadFlow both call; a Flow of 2^20 entries takes seconds to build.
+    const layers = (count: number, last = reverse()) =>
+      Array.from({ length: count }, (_, k) => (k === count - 1 ? last : k % 2 ? reverse() : permute({ seed: k })).resolve(16384, `layers[${k}]`));
+    const config = (list: unknown[]) => ({ formatVersion: 1, dim: 16384, contextDim: 0, layers: list });
+    expect(checkFlowConfig(config(layers(64)), 'config').layers).toHaveLength(64);
+    expect(() => checkFlowConfig(config(layers(65)), 'config')).toThrow(/these layers have 1064960\) for config\.layers/);
+    // A MADE layer counts dim + its hidden widths.
+    expect(() => checkFlowConfig(config(layers(64, maf({ hidden: [1] }))), 'config')).toThrow(/these layers have 1048577\)/);
+    expect(createFlow({ dim: 16384, layers: [maf({ hidden: [1] }), reverse()], seed: 1 }).config.layers).toHaveLength(2);
+  });
+
+  test('a model file config over the bound is refused before its arrays are read', () => {
+    const bogus = { type: 'permutation', permutation: 'not even an array' };
+    const config = { formatVersion: 1, dim: 65536, contextDim: 0, layers: Array.from({ length: 17 }, () => bogus) };
+    expect(() => checkFlowConfig(config, 'config')).toThrow(/at most 1048576 integers .*these layers have 1114112\)/);
+    expect(() => checkFlowConfig({ ...config, layers: config.layers.slice(0, 2) }, 'config')).toThrow(
+      /^Expected a permutation of 0\.\.65535 for config\.layers\[0\]\.permutation/,
+    );
+  });
+
+  test('a reversal is held as a flag until the config is built, then as the permutation every reader knows', () => {
+    const descriptor = reverse();
+    const resolved = descriptor.resolve(5, 'layers[0]');
+    expect(Object.getOwnPropertyDescriptor(resolved, 'permutation')?.get).toBeDefined();
+    const flow = createFlow({ dim: 5, layers: [maf({ hidden: [4] }), descriptor], seed: 1 });
+    const layer = flow.config.layers[1];
+    expect(Object.getOwnPropertyDescriptor(layer, 'permutation')?.value).toEqual([4, 3, 2, 1, 0]);
+    expect(JSON.parse(JSON.stringify(flow.config)).layers[1]).toEqual({ type: 'permutation', permutation: [4, 3, 2, 1, 0] });
+    // The config as it was before: a file saved by an earlier version builds the same flow.
+    expect(checkFlowConfig(JSON.parse(JSON.stringify(flow.config)), 'config')).toEqual(flow.config);
+  });
+
+  test('a sparse list of layers is refused, naming the hole', () => {
+    // eslint-disable-next-line no-sparse-arrays
+    expect(() => createFlow({ dim: 2, layers: [, iaf()] as LayerDescriptor[], seed: 1 })).toThrow(
+      /^Expected a layer object for config\.layers\[0\] but received undefined$/,
     );
   });
 
