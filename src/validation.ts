@@ -105,6 +105,33 @@ export function checkRowCount(name: string, value: unknown, dim: number): number
   return value;
 }
 
+/**
+ * Weights beyond this magnitude overflow float32 products in practice: two layers of them reach
+ * 1e36, near float32's 3.4e38, and then samples and log-densities are NaN. Trained flows keep
+ * their weights far below (a few units to hundreds).
+ */
+export const HUGE_WEIGHT = 1e18;
+let hugeWeightsWarned = false;
+
+/**
+ * The warning path for finite weights too large for float32 arithmetic (setParameters: give it the
+ * largest |value| it copied). Such weights are accepted, since they are valid float32 values and
+ * a caller may mean them, but the first time in the process a warning (code IAFLOW_HUGE_WEIGHTS)
+ * says what they will do; later calls stay quiet, so a loop of setParameters does not spam.
+ * Returns whether `maxAbs` is over HUGE_WEIGHT.
+ */
+export function warnOnHugeWeights(where: string, maxAbs: number): boolean {
+  if (!(maxAbs > HUGE_WEIGHT)) return false;
+  if (!hugeWeightsWarned) {
+    hugeWeightsWarned = true;
+    process.emitWarning(
+      `${where}: a weight of magnitude ${maxAbs.toPrecision(3)} (over ${HUGE_WEIGHT}) makes float32 products overflow, so samples and log-densities will be NaN or infinite. This warning is given once per process.`,
+      { code: 'IAFLOW_HUGE_WEIGHTS' },
+    );
+  }
+  return true;
+}
+
 /** Allocates a result, turning an allocation failure into a RangeError that says what was asked. */
 export function allocateFloats(count: number, what: string): Float32Array {
   try {

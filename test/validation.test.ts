@@ -18,7 +18,7 @@ import {
 import type { FlowOptions, LayerDescriptor, MadeOptions, Rows, SampleOptions } from '../src/index';
 import { native } from '../src/native';
 import type { NativeBinding, NativeFlowInstance } from '../src/native';
-import { MAX_ELEMENTS } from '../src/validation';
+import { HUGE_WEIGHT, MAX_ELEMENTS, warnOnHugeWeights } from '../src/validation';
 import { checkFlowConfig } from '../src/layers';
 
 // ---------------------------------------------------------------------------------------
@@ -813,6 +813,30 @@ describe('setParameters', () => {
 
 // ---------------------------------------------------------------------------------------
 // setThreads
+
+describe('huge weights', () => {
+  it('warn once per process, and only past the bound', () => {
+    const emitted: unknown[][] = [];
+    const spy = jest.spyOn(process, 'emitWarning').mockImplementation((...args: unknown[]) => void emitted.push(args));
+    try {
+      expect(warnOnHugeWeights('setParameters', 1e3)).toBe(false);
+      expect(warnOnHugeWeights('setParameters', HUGE_WEIGHT)).toBe(false);
+      expect(warnOnHugeWeights('setParameters', NaN)).toBe(false);
+      expect(emitted).toHaveLength(0);
+      expect(warnOnHugeWeights('setParameters', 3e38)).toBe(true);
+      expect(warnOnHugeWeights('setParameters', 1e30)).toBe(true);
+      expect(emitted).toEqual([[expect.stringMatching(/^setParameters: a weight of magnitude 3\.00e\+38 .* overflow/), { code: 'IAFLOW_HUGE_WEIGHTS' }]]);
+    } finally {
+      spy.mockRestore();
+    }
+    // What the warning is about: weights like these give NaN samples.
+    const flow = smallFlow();
+    const params = flow.getParameters();
+    for (const value of Object.values(params)) value.forEach((_, i) => (value[i] = i % 2 ? -3e38 : 3e38));
+    flow.setParameters(params);
+    expect(flow.sampleSync(4, { seed: 1 }).some((v) => !Number.isFinite(v))).toBe(true);
+  });
+});
 
 describe('setThreads', () => {
   it.each<[string, unknown, ErrorKind]>([
