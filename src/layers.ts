@@ -23,6 +23,16 @@ export const MAX_HIDDEN_LAYERS = 64;
 export const MAX_LAYERS = 4096;
 /** 2^28 float32 parameters: 1 GiB of weights. */
 export const MAX_PARAMETERS = 2 ** 28;
+/**
+ * Integers the config itself holds: input degrees, hidden degrees and permutation entries (dim per
+ * permutation, a reversal included). The config is JSON in the model file's header and number[]s
+ * in memory, so it needs its own bound: 2^20 integers are at most 7.4 MB of header JSON (values
+ * up to 65536: at most 6 bytes each with the comma) and take a few seconds to create, save and
+ * load. Every flow the parameter bound leaves room for at dim 65536 fits (with 15 permutations
+ * beside a MADE layer), as do 1000 layers of dim 1024. Before this bound permutations counted
+ * toward nothing, and 4096 reversals of dim 65536 (2^28 entries) ran out of heap.
+ */
+export const MAX_CONFIG_INTEGERS = 2 ** 20;
 
 /** A MADE layer as stored in the model file. Degrees say which inputs each unit sees. */
 export interface MadeLayerConfig {
@@ -104,17 +114,29 @@ function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor 
   return {
     kind: type,
     options: Object.freeze({ ...opts }),
+    // The degrees are built when checkFlowConfig reads them, after it has checked the flow's size:
+    // an oversized flow is refused before anything of its size is allocated.
     resolve(dim: number, position: string): MadeLayerConfig {
-      const inputDegrees =
-        opts.order === undefined || opts.order === 'natural'
-          ? naturalDegrees(dim)
-          : checkPermutation(`${position}.order`, opts.order, dim).map((rank) => rank + 1);
-      const hiddenDegrees =
-        opts.hiddenDegrees === undefined
-          ? hidden.map((width) => defaultHiddenDegrees(dim, width))
-          : checkHiddenDegrees(`${position}.hiddenDegrees`, opts.hiddenDegrees, hidden, dim);
-      if (residual) checkResidualDegrees(`${position}.hiddenDegrees`, hiddenDegrees);
-      return { type, hidden: [...hidden], activation, scale, inputDegrees, hiddenDegrees, residual };
+      return {
+        type,
+        hidden: [...hidden],
+        activation,
+        scale,
+        get inputDegrees() {
+          return opts.order === undefined || opts.order === 'natural'
+            ? naturalDegrees(dim)
+            : checkPermutation(`${position}.order`, opts.order, dim).map((rank) => rank + 1);
+        },
+        get hiddenDegrees() {
+          const degrees =
+            opts.hiddenDegrees === undefined
+              ? hidden.map((width) => defaultHiddenDegrees(dim, width))
+              : checkHiddenDegrees(`${position}.hiddenDegrees`, opts.hiddenDegrees, hidden, dim);
+          if (residual) checkResidualDegrees(`${position}.hiddenDegrees`, degrees);
+          return degrees;
+        },
+        residual,
+      };
     },
   };
 }
@@ -129,13 +151,28 @@ export function maf(options?: MadeOptions): LayerDescriptor {
   return madeDescriptor('maf', options);
 }
 
-/** Reverses the order of the dimensions (log-det 0). */
+/**
+ * Reverses the order of the dimensions (log-det 0). Until checkFlowConfig reads it, a reversal is
+ * only its flag (the getter); the config and the model file then hold it as the permutation
+ * [dim-1, ..., 0], the form every reader of the format knows.
+ */
 export function reverse(): LayerDescriptor {
   return {
     kind: 'reverse',
     options: Object.freeze({}),
-    resolve: (dim) => ({ type: 'permutation', permutation: Array.from({ length: dim }, (_, i) => dim - 1 - i) }),
+    resolve: (dim) => ({
+      type: 'permutation',
+      get permutation() {
+        return reversal(dim);
+      },
+    }),
   };
+}
+
+export function reversal(dim: number): number[] {
+  const perm = new Array<number>(dim);
+  for (let i = 0; i < dim; i++) perm[i] = dim - 1 - i;
+  return perm;
 }
 
 /** A fixed permutation: an explicit one (data-side b[i] = a[perm[i]]) or a random one from `{ seed }`. */
@@ -146,7 +183,12 @@ export function permute(permutation: number[] | { seed: number }): LayerDescript
     return {
       kind: 'permute',
       options: Object.freeze({ seed }),
-      resolve: (dim) => ({ type: 'permutation', permutation: randomPermutation(dim, new Random(seed)) }),
+      resolve: (dim) => ({
+        type: 'permutation',
+        get permutation() {
+          return randomPermutation(dim, new Random(seed));
+        },
+      }),
     };
   }
   if (!Array.isArray(permutation)) {
@@ -156,7 +198,12 @@ export function permute(permutation: number[] | { seed: number }): LayerDescript
   return {
     kind: 'permute',
     options: Object.freeze({ permutation: given }),
-    resolve: (dim, position) => ({ type: 'permutation', permutation: checkPermutation(position, given, dim) }),
+    resolve: (dim, position) => ({
+      type: 'permutation',
+      get permutation() {
+        return checkPermutation(position, given, dim);
+      },
+    }),
   };
 }
 
@@ -187,7 +234,15 @@ function checkHiddenDegrees(name: string, value: unknown, hidden: number[], dim:
     if (!Array.isArray(layer) || layer.length !== hidden[l]) {
       throw invalidType(`${name}[${l}]`, `an array of ${hidden[l]} integers`, layer);
     }
-    return layer.map((d: unknown, j: number) => checkInteger(`${name}[${l}][${j}]`, d, 0, dim));
+    // A plain loop that builds the element's name only for an error: a legal big flow has
+    // millions of degrees, and a template string per element cost more than the check.
+    const degrees = new Array<number>(layer.length);
+    for (let j = 0; j < layer.length; j++) {
+      const d: unknown = layer[j];
+      if (typeof d !== 'number' || !Number.isInteger(d) || d < 0 || d > dim) checkInteger(`${name}[${l}][${j}]`, d, 0, dim);
+      degrees[j] = d as number;
+    }
+    return degrees;
   });
 }
 
@@ -219,14 +274,24 @@ export function checkFlowConfig(value: unknown, source: string): FlowConfig {
   if (!Array.isArray(value.layers) || value.layers.length > MAX_LAYERS) {
     throw invalidType(`${source}.layers`, `an array of at most ${MAX_LAYERS} layers`, value.layers);
   }
-  const layers = value.layers.map((layer: unknown, k: number): LayerConfig => {
+  const layerList = value.layers as unknown[];
+  // First the size, from each layer's type and widths alone: nothing of the flow's size (degrees,
+  // permutations) is read or built for a flow that is refused.
+  // A plain loop, not map: map would skip (and keep) the holes of a sparse array.
+  const kinds: { layer: Record<string, unknown>; type: 'iaf' | 'maf' | 'permutation'; hidden: number[] | null }[] = [];
+  for (let k = 0; k < layerList.length; k++) {
     const at = `${source}.layers[${k}]`;
+    const layer = layerList[k];
     if (!isPlainObject(layer)) throw invalidType(at, 'a layer object', layer);
     const type = checkEnum(`${at}.type`, layer.type, ['iaf', 'maf', 'permutation'] as const);
-    if (type === 'permutation') {
-      return { type, permutation: checkPermutation(`${at}.permutation`, layer.permutation, dim) };
+    kinds.push({ layer, type, hidden: type === 'permutation' ? null : checkHidden(`${at}.hidden`, layer.hidden) });
+  }
+  checkFlowSize(source, value.layers, dim, kinds.map((k) => k.hidden));
+  const layers = kinds.map(({ layer, type, hidden }, k: number): LayerConfig => {
+    const at = `${source}.layers[${k}]`;
+    if (type === 'permutation' || hidden === null) {
+      return { type: 'permutation', permutation: checkPermutation(`${at}.permutation`, layer.permutation, dim) };
     }
-    const hidden = checkHidden(`${at}.hidden`, layer.hidden);
     const residual = layer.residual === undefined ? false : checkBoolean(`${at}.residual`, layer.residual);
     const hiddenDegrees = checkHiddenDegrees(`${at}.hiddenDegrees`, layer.hiddenDegrees, hidden, dim);
     if (residual) {
@@ -243,20 +308,37 @@ export function checkFlowConfig(value: unknown, source: string): FlowConfig {
       residual,
     };
   });
-  let total = 0;
-  for (const layer of layers) {
-    if (layer.type === 'permutation') continue;
+  return { formatVersion: version, dim, contextDim, layers };
+}
+
+/**
+ * The flow's two size bounds: its parameters (MAX_PARAMETERS) and the integers its config holds
+ * (MAX_CONFIG_INTEGERS: degrees, and dim per permutation). `hidden` is null for a permutation.
+ */
+function checkFlowSize(source: string, layers: unknown, dim: number, hiddenOfLayers: (number[] | null)[]): void {
+  let parameters = 0;
+  let integers = 0;
+  for (const hidden of hiddenOfLayers) {
+    integers += dim;
+    if (hidden === null) continue;
     let fanIn = dim;
-    for (const width of layer.hidden) {
-      total += width * (fanIn + 1);
+    for (const width of hidden) {
+      parameters += width * (fanIn + 1);
+      integers += width;
       fanIn = width;
     }
-    total += 2 * dim * (fanIn + 1);
+    parameters += 2 * dim * (fanIn + 1);
   }
-  if (total > MAX_PARAMETERS) {
-    throw invalidRange(`${source}.layers`, `a flow of at most ${MAX_PARAMETERS} parameters (these layers have ${total})`, value.layers);
+  if (parameters > MAX_PARAMETERS) {
+    throw invalidRange(`${source}.layers`, `a flow of at most ${MAX_PARAMETERS} parameters (these layers have ${parameters})`, layers);
   }
-  return { formatVersion: version, dim, contextDim, layers };
+  if (integers > MAX_CONFIG_INTEGERS) {
+    throw invalidRange(
+      `${source}.layers`,
+      `a flow whose config holds at most ${MAX_CONFIG_INTEGERS} integers (dim per permutation, dim + hidden widths per MADE layer; these layers have ${integers})`,
+      layers,
+    );
+  }
 }
 
 /** Parameter names and [out, in] / [out] shapes, in a stable order. */
@@ -330,10 +412,13 @@ export function initialParameters(config: FlowConfig, seed: number): Map<string,
 }
 
 export function randomPermutation(dim: number, random: Random): number[] {
-  const perm = Array.from({ length: dim }, (_, i) => i);
+  const perm = new Array<number>(dim);
+  for (let i = 0; i < dim; i++) perm[i] = i;
   for (let i = dim - 1; i > 0; i--) {
     const j = Math.floor(random.next() * (i + 1));
-    [perm[i], perm[j]] = [perm[j], perm[i]];
+    const t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
   }
   return perm;
 }

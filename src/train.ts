@@ -114,6 +114,16 @@ export interface FitReport {
   seconds: number;
   /** Training rows per second (validation excluded). */
   samplesPerSec: number;
+  /**
+   * Whether the weights training reached gave non-finite results (log-densities of training rows
+   * or samples: finite weights whose products overflow float32, as after a far too large
+   * `learningRate`). The flow then keeps the last weights that gave finite results instead (the
+   * best epoch's, a snapshot taken during the run, or its weights from before the call), and
+   * `warnings` says which.
+   */
+  diverged: boolean;
+  /** What went wrong that did not stop the call (divergence); empty when nothing did. */
+  warnings: string[];
 }
 
 export interface ReverseKLProgress {
@@ -197,8 +207,15 @@ export interface DistillOptions extends ReverseKLOptions {
 }
 
 export interface ReverseKLReport {
-  /** Per step: the batch mean of log q(x) - log p~(x) (an estimate of -ELBO); NaN where it was not finite. */
+  /**
+   * The loss history: per step, the batch mean of log q(x) - log p~(x) (an estimate of -ELBO),
+   * NaN where it was not finite. Runs longer than 65536 steps keep it summarised, so a long run
+   * costs no memory per step: entry j is then the mean of the finite losses of steps
+   * [j * lossStride, (j + 1) * lossStride) (NaN if none was finite), at most 65536 entries.
+   */
   loss: Float64Array;
+  /** Steps per entry of `loss`: 1 up to 65536 steps, else ceil(steps / 65536). */
+  lossStride: number;
   /** Mean of `loss` over the last min(100, steps) finite steps. */
   finalLoss: number;
   /** -finalLoss. */
@@ -210,6 +227,15 @@ export interface ReverseKLReport {
   skippedSteps: number;
   seconds: number;
   samplesPerSec: number;
+  /**
+   * Whether the weights reached gave non-finite samples or log-densities (finite weights whose
+   * products overflow float32, e.g. after a far too large `learningRate`). The flow then keeps the
+   * last weights that gave finite results instead (a snapshot taken during the run, or its
+   * weights from before the call), and `warnings` says which.
+   */
+  diverged: boolean;
+  /** What went wrong that did not stop the call (divergence); empty when nothing did. */
+  warnings: string[];
 }
 
 const TO_DATA = 0;
@@ -217,6 +243,13 @@ const TO_LATENT = 1;
 const CHUNK_SECONDS = 0.2;
 const MAX_BATCH = 1 << 22;
 const MAX_STEPS = 1e9;
+/** Per-step loss entries a reverse-KL report keeps; longer runs keep means of groups of steps. */
+const LOSS_HISTORY = 65536;
+let lossHistoryLimit = LOSS_HISTORY;
+/** Rows of the finite-results probe run on the weights a training call hands back. */
+const PROBE_ROWS = 32;
+/** Seconds of training between snapshots of weights known to give finite losses. */
+const SNAPSHOT_SECONDS = 1;
 const training = new WeakSet<Flow>();
 
 function checkFlow(name: string, value: unknown): Flow {
@@ -337,6 +370,127 @@ function nextChunk(previous: number, seconds: number): number {
 }
 
 /**
+ * Keeps training from handing back weights that give non-finite results. Weights stay finite
+ * (a step with a non-finite loss or gradient is never applied), but finite weights can still be
+ * so large that their products overflow float32, and then samples and log-densities are NaN.
+ * `settle` probes the weights the flow ended with and, if they give non-finite results, falls
+ * back to the newest snapshot (taken in the trainer's best-weights slot, at most every
+ * SNAPSHOT_SECONDS, after chunks whose every step had a finite loss) or to the flow's weights from
+ * before the call.
+ */
+class FiniteResultsGuard {
+  private readonly before: ReadonlyMap<string, Float32Array>;
+  private snapshotStep = -1;
+  private lastSnapshot = -Infinity;
+
+  constructor(
+    private readonly flow: Flow,
+    private readonly trainer: NativeTrainerInstance,
+    private readonly what: string,
+    /** Rows of training data to score, or null (reverse KL: samples only). */
+    private readonly data: Float32Array | null,
+    /** Whether the trainer's best-weights slot is free for snapshots (fit with restoreBest uses it). */
+    private readonly snapshots: boolean,
+  ) {
+    // pushParameters swaps in a fresh map, so this one is never written again.
+    this.before = flow.currentParameters();
+  }
+
+  /** After a chunk: `healthy` when every step of it had a finite loss. */
+  afterChunk(healthy: boolean, step: number): void {
+    if (!this.snapshots || !healthy || now() - this.lastSnapshot < SNAPSHOT_SECONDS) return;
+    this.trainer.saveBest();
+    this.snapshotStep = step;
+    this.lastSnapshot = now();
+  }
+
+  /** The flow holds the weights reached; keeps them if they give finite results, else falls back. */
+  settle(): { diverged: boolean; warnings: string[] } {
+    if (this.finiteResults()) return { diverged: false, warnings: [] };
+    const problem = `${this.what}: the weights reached give non-finite samples or log-densities (finite weights whose products overflow float32; a smaller learningRate or clipGradNorm may help)`;
+    if (this.snapshotStep >= 0) {
+      this.trainer.restoreBest();
+      pushParameters(this.flow, this.trainer);
+      if (this.finiteResults()) return { diverged: true, warnings: [`${problem}; the flow keeps the weights of step ${this.snapshotStep} instead`] };
+    }
+    this.flow.adoptParameters(new Map(this.before));
+    return { diverged: true, warnings: [`${problem}; the flow keeps its weights from before the call`] };
+  }
+
+  private finiteResults(): boolean {
+    const allFinite = (a: Float32Array) => {
+      for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
+      return true;
+    };
+    const { x, logProb } = this.flow.sampleWithLogProbSync(PROBE_ROWS, { seed: 0 });
+    if (!allFinite(x) || !allFinite(logProb)) return false;
+    return this.data === null || allFinite(this.flow.logProbSync(this.data));
+  }
+}
+
+/**
+ * The loss history of a reverse-KL run without a per-step array: the first `limit` steps' losses
+ * as they are when the run is no longer (stride 1), else means of `stride` consecutive steps; the
+ * last 100 finite losses (for finalLoss) and the finite losses since the last progress report.
+ */
+class LossHistory {
+  readonly stride: number;
+  readonly entries: Float64Array;
+  private readonly steps: number;
+  private groupSum = 0;
+  private groupCount = 0;
+  private readonly recent = new Float64Array(100);
+  private recentCount = 0;
+  private reportSum = 0;
+  private reportCount = 0;
+
+  constructor(steps: number, limit: number) {
+    this.steps = steps;
+    this.stride = Math.ceil(steps / limit);
+    this.entries = new Float64Array(Math.ceil(steps / this.stride)).fill(NaN);
+  }
+
+  /** The losses of steps [firstStep, firstStep + losses.length), in order. */
+  add(firstStep: number, losses: Float64Array): void {
+    for (let i = 0; i < losses.length; i++) {
+      const step = firstStep + i;
+      const v = losses[i];
+      if (Number.isFinite(v)) {
+        this.groupSum += v;
+        this.groupCount++;
+        this.recent[this.recentCount++ % 100] = v;
+        this.reportSum += v;
+        this.reportCount++;
+      }
+      if ((step + 1) % this.stride === 0 || step + 1 === this.steps) this.closeGroup(step);
+    }
+  }
+
+  /** Mean of the finite losses since the last call (NaN if none). */
+  takeSinceReport(): number {
+    const mean = this.reportCount > 0 ? this.reportSum / this.reportCount : NaN;
+    this.reportSum = 0;
+    this.reportCount = 0;
+    return mean;
+  }
+
+  /** Mean of the last min(100, finite steps) finite losses. */
+  finalLoss(): number {
+    const n = Math.min(this.recentCount, 100);
+    let sum = 0;
+    for (let i = 0; i < n; i++) sum += this.recent[i];
+    return n > 0 ? sum / n : NaN;
+  }
+
+  /** Closes the group that `step` ends; a run cut short (abort) leaves later entries NaN. */
+  private closeGroup(step: number): void {
+    this.entries[Math.floor(step / this.stride)] = this.groupCount > 0 ? this.groupSum / this.groupCount : NaN;
+    this.groupSum = 0;
+    this.groupCount = 0;
+  }
+}
+
+/**
  * Maximum likelihood: minimises the mean negative log-likelihood of `data` with Adam, by
  * minibatches in an order reproducible from `seed`. Gradients flow along data -> latent: in one
  * parallel pass through MAF layers, and through IAF layers by their one-pass sequential direction
@@ -411,7 +565,12 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       stoppedEarly: false,
       seconds: 0,
       samplesPerSec: 0,
+      diverged: false,
+      warnings: [],
     };
+    const keepBest = valid !== null && restoreBest;
+    const probeRows = Math.min(PROBE_ROWS, trainRows);
+    const guard = new FiniteResultsGuard(flow, trainer, 'fit', train.slice(0, probeRows * dim), !keepBest);
     const started = now();
     let trainSeconds = 0;
     let rowsSeen = 0;
@@ -419,14 +578,14 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     let best = Infinity;
     let bestEpoch = -1;
     let lastValid = NaN;
-    const keepBest = valid !== null && restoreBest;
     let finished = false;
     const finish = () => {
       if (finished) return;
       finished = true;
       if (keepBest && bestEpoch >= 0) trainer.restoreBest();
       pushParameters(flow, trainer);
-      report.bestEpoch = keepBest && bestEpoch >= 0 ? bestEpoch : null;
+      Object.assign(report, guard.settle());
+      report.bestEpoch = keepBest && bestEpoch >= 0 && !report.diverged ? bestEpoch : null;
       report.seconds = now() - started;
       report.samplesPerSec = trainSeconds > 0 ? rowsSeen / trainSeconds : 0;
     };
@@ -458,6 +617,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
           rowsSeen += Math.min(trainRows, (batch + count) * batchSize) - batch * batchSize;
           report.steps += stats[2];
           report.skippedSteps += stats[3];
+          guard.afterChunk(stats[3] === 0 && Number.isFinite(stats[0]), report.steps + report.skippedSteps);
           batch += count;
           if (batch < batchesPerEpoch) await progress(epoch, lossSum / lossRows);
         }
@@ -609,7 +769,11 @@ function annealLine(setup: ReverseSetup, firstStep: number): [number, number] {
   return [setup.annealFrom - slope * firstStep, slope];
 }
 
-/** Runs chunks of reverse-KL steps, with progress, cancellation and the report. */
+/**
+ * Runs chunks of reverse-KL steps, with progress, cancellation and the report. Memory does not
+ * grow with `steps`: each chunk's per-step losses go to a buffer of the chunk's size, then into
+ * the summarised history.
+ */
 async function runReverse(
   flow: Flow,
   trainer: NativeTrainerInstance,
@@ -619,45 +783,55 @@ async function runReverse(
   runChunk: (firstStep: number, count: number, stepLoss: Float64Array, stats: Float64Array) => Promise<void>,
 ): Promise<ReverseKLReport> {
   const { steps, batchSize, optimizer, onProgress } = setup;
-  const loss = new Float64Array(steps).fill(NaN);
+  const history = new LossHistory(steps, lossHistoryLimit);
+  const guard = new FiniteResultsGuard(flow, trainer, what, null, true);
+  let chunkLoss = new Float64Array(0);
   const stats = new Float64Array(5);
   let skipped = 0;
   let chunk = 1;
   let seconds = 0;
   let lastReport = 0;
   const started = now();
-  let reportedStep = 0;
   try {
     for (let step = 0; step < steps; ) {
       if (optimizer.signal?.aborted) throw abortError(what, 'the weights reached so far');
       const count = Math.min(chunk, steps - step);
+      if (chunkLoss.length < count) chunkLoss = new Float64Array(Math.max(count, 2 * chunkLoss.length));
+      // Steps a chunk does not run (it stops early on abort) stay NaN.
+      const stepLoss = chunkLoss.subarray(0, count).fill(NaN);
       const t0 = now();
-      await runChunk(step, count, loss.subarray(step, step + count), stats);
+      await runChunk(step, count, stepLoss, stats);
       const elapsed = now() - t0;
       seconds += elapsed;
       chunk = nextChunk(count, elapsed);
       skipped += stats[3];
+      history.add(step, stepLoss);
+      guard.afterChunk(stats[3] === 0 && stepLoss.every(Number.isFinite), step + count);
       step += count;
       if (onProgress && (step === steps || now() - started - lastReport >= CHUNK_SECONDS)) {
         lastReport = now() - started;
-        let sum = 0;
-        let n = 0;
-        for (let s = reportedStep; s < step; s++) if (Number.isFinite(loss[s])) (sum += loss[s]), n++;
-        reportedStep = step;
         pushParameters(flow, trainer);
-        await onProgress({ step, loss: n > 0 ? sum / n : NaN, skippedSteps: skipped, samplesPerSec: seconds > 0 ? (step * batchSize) / seconds : 0 });
+        await onProgress({ step, loss: history.takeSinceReport(), skippedSteps: skipped, samplesPerSec: seconds > 0 ? (step * batchSize) / seconds : 0 });
       }
     }
-  } finally {
-    // Done, aborted, or failed (a throwing target or onProgress): the flow gets the weights reached.
-    pushParameters(flow, trainer);
+  } catch (error) {
+    // Aborted, or failed (a throwing target or onProgress): the flow still gets the weights
+    // reached (unless they give non-finite results), and the first error is what the caller sees.
+    try {
+      pushParameters(flow, trainer);
+      guard.settle();
+    } catch {
+      // keep the first error
+    }
+    throw error;
   }
-  let sum = 0;
-  let n = 0;
-  for (let s = steps - 1; s >= 0 && n < 100; s--) if (Number.isFinite(loss[s])) (sum += loss[s]), n++;
-  const finalLoss = n > 0 ? sum / n : NaN;
+  // Done: the flow gets the weights reached, unless they give non-finite results.
+  pushParameters(flow, trainer);
+  const outcome = guard.settle();
+  const finalLoss = history.finalLoss();
   return {
-    loss,
+    loss: history.entries,
+    lossStride: history.stride,
     finalLoss,
     elbo: -finalLoss,
     kl: logZ === null ? null : logZ + finalLoss,
@@ -665,6 +839,7 @@ async function runReverse(
     skippedSteps: skipped,
     seconds: now() - started,
     samplesPerSec: seconds > 0 ? (steps * batchSize) / seconds : 0,
+    ...outcome,
   };
 }
 
@@ -820,6 +995,13 @@ function mapMatcher(teacher: Flow, dim: number, batch: number, seedLo: number, s
  * shaped as the flow's parameters (masked entries zero).
  */
 export const __trainingInternals = {
+  /** Sets how many per-step losses a reverse-KL report keeps before it summarises; returns the previous bound. */
+  setLossHistoryLimit(limit: number): number {
+    const previous = lossHistoryLimit;
+    lossHistoryLimit = checkInteger('limit', limit, 1, LOSS_HISTORY);
+    return previous;
+  },
+
   /** Mean negative log-likelihood of x and its gradient wrt every parameter (MAF flows). */
   likelihoodGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { loss: number; grads: Record<string, Float32Array> } {
     const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);

@@ -61,16 +61,20 @@ export function checkEnum<T extends string>(name: string, value: unknown, allowe
 export function checkPermutation(name: string, value: unknown, count: number, first = 0): number[] {
   const expected = `a permutation of ${first}..${first + count - 1}`;
   if (!Array.isArray(value) && !ArrayBuffer.isView(value)) throw invalidType(name, expected, value);
-  const values = Array.from(value as ArrayLike<unknown>);
-  if (values.length !== count) throw invalidRange(name, `${expected} (length ${count})`, value);
+  const given = value as ArrayLike<unknown>;
+  if (given.length !== count) throw invalidRange(name, `${expected} (length ${count})`, value);
+  // A plain loop that names the element only for an error: model files hold millions of these.
+  const values = new Array<number>(count);
   const seen = new Uint8Array(count);
-  values.forEach((v, i) => {
+  for (let i = 0; i < count; i++) {
+    const v: unknown = given[i];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < first || v >= first + count || seen[v - first]) {
       throw invalidRange(`${name}[${i}]`, `${expected} (each value once)`, v);
     }
     seen[v - first] = 1;
-  });
-  return values as number[];
+    values[i] = v;
+  }
+  return values;
 }
 
 /** Seeds are non-negative safe integers; the native stream takes them as two 32-bit words. */
@@ -101,6 +105,33 @@ export function checkRowCount(name: string, value: unknown, dim: number): number
   return value;
 }
 
+/**
+ * Weights beyond this magnitude overflow float32 products in practice: two layers of them reach
+ * 1e36, near float32's 3.4e38, and then samples and log-densities are NaN. Trained flows keep
+ * their weights far below (a few units to hundreds).
+ */
+export const HUGE_WEIGHT = 1e18;
+let hugeWeightsWarned = false;
+
+/**
+ * The warning path for finite weights too large for float32 arithmetic (setParameters: give it the
+ * largest |value| it copied). Such weights are accepted, since they are valid float32 values and
+ * a caller may mean them, but the first time in the process a warning (code IAFLOW_HUGE_WEIGHTS)
+ * says what they will do; later calls stay quiet, so a loop of setParameters does not spam.
+ * Returns whether `maxAbs` is over HUGE_WEIGHT.
+ */
+export function warnOnHugeWeights(where: string, maxAbs: number): boolean {
+  if (!(maxAbs > HUGE_WEIGHT)) return false;
+  if (!hugeWeightsWarned) {
+    hugeWeightsWarned = true;
+    process.emitWarning(
+      `${where}: a weight of magnitude ${maxAbs.toPrecision(3)} (over ${HUGE_WEIGHT}) makes float32 products overflow, so samples and log-densities will be NaN or infinite. This warning is given once per process.`,
+      { code: 'IAFLOW_HUGE_WEIGHTS' },
+    );
+  }
+  return true;
+}
+
 /** Allocates a result, turning an allocation failure into a RangeError that says what was asked. */
 export function allocateFloats(count: number, what: string): Float32Array {
   try {
@@ -128,6 +159,12 @@ export function isFloat64Array(value: unknown): value is Float64Array {
   return typedArrayTag.call(value) === 'Float64Array';
 }
 
+const hasOwn = (target: object, key: number): boolean => Object.prototype.hasOwnProperty.call(target, key);
+
+function holeError(name: string, expected: string): TypeError {
+  return new TypeError(`Expected ${expected} for ${name} but received a hole (the array is sparse)`);
+}
+
 /** Batch input: Float32Array / Float64Array (row-major, n*dim) or number[][] of finite numbers. */
 export function toRowMajor(name: string, value: unknown, dim: number): { data: Float32Array; rows: number } {
   const expected = `a Float32Array of n*${dim} values (row-major) or an array of rows of ${dim} numbers`;
@@ -138,21 +175,37 @@ export function toRowMajor(name: string, value: unknown, dim: number): { data: F
     }
     data = isFloat32Array(value) ? value : Float32Array.from(value);
   } else if (Array.isArray(value)) {
-    if (value.length === 0) throw invalidRange(name, `${expected}, with at least one row`, value);
-    if (value.length * dim > MAX_ELEMENTS) throw invalidRange(`${name}.length`, `at most ${Math.floor(MAX_ELEMENTS / dim)} rows`, value.length);
-    data = allocateFloats(value.length * dim, name);
-    value.forEach((row: unknown, r: number) => {
+    // Read once: a Proxy's length may change between reads or not be a number at all.
+    const rowCount: unknown = value.length;
+    if (typeof rowCount !== 'number' || !Number.isSafeInteger(rowCount)) throw invalidType(`${name}.length`, 'an array length', rowCount);
+    if (rowCount === 0) throw invalidRange(name, `${expected}, with at least one row`, value);
+    if (rowCount * dim > MAX_ELEMENTS) throw invalidRange(`${name}.length`, `at most ${Math.floor(MAX_ELEMENTS / dim)} rows`, rowCount);
+    data = allocateFloats(rowCount * dim, name);
+    // A plain loop, not forEach: forEach skips the holes of a sparse array, which would leave
+    // their rows as zeros. Each element is read once, so a getter cannot hand back two values.
+    // A hole that inherits a number (someone set Array.prototype[i]) would read as that number:
+    // checked once per call, so the usual case pays nothing per cell.
+    let inheritsCells = false;
+    for (let i = 0; i < dim && !inheritsCells; i++) inheritsCells = i in Array.prototype;
+    for (let r = 0; r < rowCount; r++) {
+      if (!hasOwn(value, r)) throw holeError(`${name}[${r}]`, `an array of ${dim} numbers`);
+      const row: unknown = value[r];
       if (!Array.isArray(row) && !isFloat32Array(row) && !isFloat64Array(row)) {
         throw invalidType(`${name}[${r}]`, `an array of ${dim} numbers`, row);
       }
       const cells = row as ArrayLike<unknown>;
       if (cells.length !== dim) throw invalidRange(`${name}[${r}].length`, `${dim}`, cells.length);
+      const plain = Array.isArray(row);
       for (let i = 0; i < dim; i++) {
         const v = cells[i];
-        if (typeof v !== 'number') throw invalidType(`${name}[${r}][${i}]`, 'a number', v);
+        if (typeof v !== 'number') {
+          if (plain && !hasOwn(row, i)) throw holeError(`${name}[${r}][${i}]`, 'a number');
+          throw invalidType(`${name}[${r}][${i}]`, 'a number', v);
+        }
+        if (inheritsCells && plain && !hasOwn(row, i)) throw holeError(`${name}[${r}][${i}]`, 'a number');
         data[r * dim + i] = v;
       }
-    });
+    }
   } else {
     throw invalidType(name, expected, value);
   }

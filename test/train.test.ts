@@ -997,3 +997,86 @@ test('distill with map matching: the matching phase pulls the student onto the t
   expect(report.kl!).toBeLessThan(0.2);
   await expect(distill(student, teacher, { match: -0.1 })).rejects.toThrow(/\[0, 1\] for options\.match/);
 });
+
+describe('long runs and runs that diverge', () => {
+  const gaussian: Target = {
+    dim: 2,
+    logDensity: (x) => ({ value: Float32Array.from({ length: x.length / 2 }, (_, r) => -0.5 * (x[2 * r] ** 2 + x[2 * r + 1] ** 2)), grad: x.map((v) => -v) }),
+  };
+
+  test.each(['fitReverseKL', 'distill'])('%s: a billion steps allocate no per-step history, and abort stops them promptly', async (which) => {
+    const flow = createIAF({ dim: 2, layers: 2, hidden: [8], seed: 1 });
+    const teacher = createMAF({ dim: 2, layers: 1, hidden: [8], seed: 2 });
+    const controller = new AbortController();
+    const before = process.memoryUsage().arrayBuffers;
+    const started = performance.now();
+    const options = { steps: 1e9, batchSize: 16, seed: 0, signal: controller.signal };
+    const run = which === 'fitReverseKL' ? fitReverseKL(flow, gaussian, options) : distill(flow, teacher, { ...options, match: 0 });
+    // Everything the call allocates up front exists once it has returned its promise.
+    const grown = process.memoryUsage().arrayBuffers - before;
+    expect(performance.now() - started).toBeLessThan(500);
+    setTimeout(() => controller.abort(), 150);
+    await expect(run).rejects.toMatchObject({ name: 'AbortError' });
+    expect(performance.now() - started).toBeLessThan(2000);
+    expect(grown).toBeLessThan(16 * 2 ** 20); // an 8 GB Float64Array before
+    expect(flow.sampleSync(4, { seed: 1 }).every(Number.isFinite)).toBe(true);
+  });
+
+  test('a history past the bound keeps the mean of each group of steps', async () => {
+    const run = async (which: 'fitReverseKL' | 'distill', limit: number) => {
+      const previous = internals.setLossHistoryLimit(limit);
+      try {
+        const flow = createIAF({ dim: 2, layers: 2, hidden: [8], seed: 1 });
+        const options = { steps: 50, batchSize: 16, seed: 3 };
+        return which === 'fitReverseKL'
+          ? await fitReverseKL(flow, gaussian, options)
+          : await distill(flow, createMAF({ dim: 2, layers: 1, hidden: [8], seed: 2 }), { ...options, match: 0.2 });
+      } finally {
+        internals.setLossHistoryLimit(previous);
+      }
+    };
+    for (const which of ['fitReverseKL', 'distill'] as const) {
+      const full = await run(which, 65536);
+      const summary = await run(which, 8);
+      expect(full.loss).toHaveLength(50);
+      expect(full.lossStride).toBe(1);
+      expect(summary.lossStride).toBe(7); // ceil(50 / 8)
+      expect(summary.loss).toHaveLength(8); // ceil(50 / 7)
+      summary.loss.forEach((mean, j) => {
+        const group = Array.from(full.loss.subarray(7 * j, 7 * j + 7)).filter(Number.isFinite);
+        expect(group.length).toBeGreaterThan(0);
+        expect(mean).toBeCloseTo(group.reduce((a, b) => a + b, 0) / group.length, 10);
+      });
+      expect(summary.finalLoss).toBe(full.finalLoss);
+      expect(full.diverged).toBe(false);
+      expect(full.warnings).toEqual([]);
+    }
+  });
+
+  test('fit, fitReverseKL and distill never hand back weights that give non-finite results', async () => {
+    const teacher = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 1 });
+    const data = teacher.sampleSync(512, { seed: 2 });
+    const runs: [string, Flow, () => Promise<{ diverged: boolean; warnings: string[] }>][] = [];
+    const maf1 = createMAF({ dim: 2, layers: 2, hidden: [16], seed: 3 });
+    runs.push(['fit', maf1, () => fit(maf1, data, { epochs: 3, learningRate: 1e30, seed: 1 })]);
+    const iaf1 = createIAF({ dim: 2, layers: 2, hidden: [16], seed: 4 });
+    runs.push(['fitReverseKL', iaf1, () => fitReverseKL(iaf1, gaussian, { steps: 50, batchSize: 32, learningRate: 1e30, seed: 1 })]);
+    const iaf2 = createIAF({ dim: 2, layers: 2, hidden: [16], seed: 5 });
+    runs.push(['distill', iaf2, () => distill(iaf2, teacher, { steps: 50, batchSize: 32, learningRate: 1e30, seed: 1 })]);
+    for (const [what, flow, train] of runs) {
+      const before = flow.getParameters();
+      const report = await train();
+      expect(report.diverged).toBe(true);
+      expect(report.warnings).toEqual([expect.stringMatching(new RegExp(`^${what}: the weights reached give non-finite samples or log-densities .*; the flow keeps`))]);
+      // The first step already overflows, so the only finite weights are those from before the call.
+      expect(flow.getParameters()).toEqual(before);
+      const { x, logProb } = flow.sampleWithLogProbSync(256, { seed: 9 });
+      expect(x.every(Number.isFinite) && logProb.every(Number.isFinite)).toBe(true);
+      expect(flow.logProbSync(data).every(Number.isFinite)).toBe(true);
+    }
+    // A sane run reports nothing.
+    const sane = await fit(maf1, data, { epochs: 2, learningRate: 1e-3, seed: 1 });
+    expect(sane.diverged).toBe(false);
+    expect(sane.warnings).toEqual([]);
+  });
+});

@@ -18,7 +18,8 @@ import {
 import type { FlowOptions, LayerDescriptor, MadeOptions, Rows, SampleOptions } from '../src/index';
 import { native } from '../src/native';
 import type { NativeBinding, NativeFlowInstance } from '../src/native';
-import { MAX_ELEMENTS } from '../src/validation';
+import { HUGE_WEIGHT, MAX_ELEMENTS, warnOnHugeWeights } from '../src/validation';
+import { checkFlowConfig } from '../src/layers';
 
 // ---------------------------------------------------------------------------------------
 // Spies on the addon: every bad call below must leave these counters untouched.
@@ -561,6 +562,18 @@ const TRANSFORMS: { name: string; arg: string; sync: TransformCall; async: Async
   },
 ];
 
+/** The issue's case: rows 0 and 1 are holes, which forEach skipped and left as zeros. */
+function sparseRows(): number[][] {
+  const rows = new Array<number[]>(3);
+  rows[2] = [0.5, 0.5, 0.5];
+  return rows;
+}
+
+/** A Proxy of an array that claims a length that is not a number. */
+function lyingLength(): number[][] {
+  return new Proxy([[0, 0, 0]], { get: (target, key) => (key === 'length' ? '3' : Reflect.get(target, key)) });
+}
+
 /** Bad inputs for an argument named `a`, with the error each must give. */
 function badInputs(a: string): [string, unknown, ErrorKind, RegExp][] {
   const A = esc(a);
@@ -576,7 +589,11 @@ function badInputs(a: string): [string, unknown, ErrorKind, RegExp][] {
     ['a row with a string', [[0, 0, 0], [0, '1', 0]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[1\\]\\[1\\] but received the string "1"$`)],
     ['a row with null', [[0, 0, null]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[0\\]\\[2\\] but received null$`)],
     ['a row with undefined', [[0, 0, 0], [undefined, 0, 0]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[1\\]\\[0\\] but received undefined$`)],
-    ['a sparse row', [[0, , 0]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[0\\]\\[1\\] but received undefined$`)],
+    ['a sparse row', [[0, , 0]], 'TypeError', new RegExp(`^Expected a number for ${A}\\[0\\]\\[1\\] but received a hole \\(the array is sparse\\)$`)],
+    ['a sparse array of rows', sparseRows(), 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[0\\] but received a hole \\(the array is sparse\\)$`)],
+    ['a hole between rows', [[0, 0, 0], , [0, 0, 0]], 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[1\\] but received a hole \\(the array is sparse\\)$`)],
+    ['a hole at the end', [[0, 0, 0], ,], 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[1\\] but received a hole \\(the array is sparse\\)$`)],
+    ['an array whose length is not a number', lyingLength(), 'TypeError', new RegExp(`^Expected an array length for ${A}\\.length but received the string "3"$`)],
     ['a row that is a string', [[0, 0, 0], '000'], 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[1\\] but received the string "000"$`)],
     ['a flat number[]', [0, 0, 0], 'TypeError', new RegExp(`^Expected an array of 3 numbers for ${A}\\[0\\] but received 0$`)],
     ['an empty array', [], 'RangeError', new RegExp(`^Expected ${either}, with at least one row for ${A} but received an array of length 0$`)],
@@ -634,6 +651,58 @@ describe.each(TRANSFORMS)('$name / $name' + 'Sync input', ({ arg, sync, async })
     expect(sync(flow, disguised).map(bits)).toEqual(expected);
     expect((await async(flow, disguised)).map(bits)).toEqual(expected);
     sync(flow, PROBE_F32).forEach((out) => expect(allFinite(out)).toBe(true));
+  });
+});
+
+describe('array-likes with getters and inherited entries', () => {
+  const flow = smallFlow();
+  const expected = flow.logProbSync(PROBE_F32);
+
+  afterEach(() => {
+    delete (Array.prototype as unknown as Record<number, unknown>)[1];
+  });
+
+  it('refuses a hole even where Array.prototype lends it a number', () => {
+    (Array.prototype as unknown as Record<number, unknown>)[1] = 0.5;
+    const rows = [[0, 0, 0], [0.5, , 0.5]] as number[][];
+    expect(rows[1][1]).toBe(0.5); // what forEach / indexing would have read
+    expectError(() => flow.logProbSync(rows), 'TypeError', /^Expected a number for x\[1\]\[1\] but received a hole/);
+    const outer = [PROBE_ROWS[0], , PROBE_ROWS[2]] as number[][];
+    (Array.prototype as unknown as Record<number, unknown>)[1] = PROBE_ROWS[1];
+    expectError(() => flow.logProbSync(outer), 'TypeError', /^Expected an array of 3 numbers for x\[1\] but received a hole/);
+  });
+
+  it('reads each element once through getters, and passes on what a getter throws', () => {
+    let reads = 0;
+    const rows = PROBE_ROWS.map((r) => [...r]);
+    Object.defineProperty(rows[1], 0, {
+      get: () => (reads++ === 0 ? PROBE_ROWS[1][0] : NaN),
+      enumerable: true,
+    });
+    expect(bits(flow.logProbSync(rows))).toEqual(bits(expected));
+    expect(reads).toBe(1);
+    const throwing = PROBE_ROWS.map((r) => [...r]);
+    Object.defineProperty(throwing, 2, {
+      get: () => {
+        throw new Error('getter says no');
+      },
+    });
+    const before = { ...nativeCalls };
+    expect(() => flow.logProbSync(throwing)).toThrow(/^getter says no$/);
+    expect(nativeCalls).toEqual(before);
+  });
+
+  it('refuses a Proxy whose rows change under it, and reads a well-behaved Proxy like the array', () => {
+    const shrinking = new Proxy(PROBE_ROWS.map((r) => [...r]), {
+      get(target, key, receiver) {
+        const value: unknown = Reflect.get(target, key, receiver);
+        if (key === '1') target.length = 2; // reading row 1 removes rows 2 and 3
+        return value;
+      },
+    });
+    expectError(() => flow.logProbSync(shrinking), 'TypeError', /^Expected an array of 3 numbers for x\[2\] but received a hole/);
+    const plain = new Proxy(PROBE_ROWS, {});
+    expect(bits(flow.logProbSync(plain))).toEqual(bits(expected));
   });
 });
 
@@ -756,6 +825,30 @@ describe('setParameters', () => {
 // ---------------------------------------------------------------------------------------
 // setThreads
 
+describe('huge weights', () => {
+  it('warn once per process, and only past the bound', () => {
+    const emitted: unknown[][] = [];
+    const spy = jest.spyOn(process, 'emitWarning').mockImplementation((...args: unknown[]) => void emitted.push(args));
+    try {
+      expect(warnOnHugeWeights('setParameters', 1e3)).toBe(false);
+      expect(warnOnHugeWeights('setParameters', HUGE_WEIGHT)).toBe(false);
+      expect(warnOnHugeWeights('setParameters', NaN)).toBe(false);
+      expect(emitted).toHaveLength(0);
+      expect(warnOnHugeWeights('setParameters', 3e38)).toBe(true);
+      expect(warnOnHugeWeights('setParameters', 1e30)).toBe(true);
+      expect(emitted).toEqual([[expect.stringMatching(/^setParameters: a weight of magnitude 3\.00e\+38 .* overflow/), { code: 'IAFLOW_HUGE_WEIGHTS' }]]);
+    } finally {
+      spy.mockRestore();
+    }
+    // What the warning is about: weights like these give NaN samples.
+    const flow = smallFlow();
+    const params = flow.getParameters();
+    for (const value of Object.values(params)) value.forEach((_, i) => (value[i] = i % 2 ? -3e38 : 3e38));
+    flow.setParameters(params);
+    expect(flow.sampleSync(4, { seed: 1 }).some((v) => !Number.isFinite(v))).toBe(true);
+  });
+});
+
 describe('setThreads', () => {
   it.each<[string, unknown, ErrorKind]>([
     ['0', 0, 'RangeError'],
@@ -805,6 +898,61 @@ describe('limits and copies', () => {
   test('a flow too large to hold is refused before anything is allocated', () => {
     expect(() => createFlow({ dim: 65536, layers: [iaf({ hidden: [65536] })], seed: 1 })).toThrow(
       /^Expected a flow of at most 268435456 parameters \(these layers have \d+\) for config\.layers/,
+    );
+  });
+
+  test('permutations count toward the size: 4096 reversals of dim 65536 are refused in milliseconds', () => {
+    const heapBefore = process.memoryUsage().heapUsed;
+    const started = performance.now();
+    const reversals = Array.from({ length: 4096 }, () => reverse());
+    expect(() => createFlow({ dim: 65536, layers: reversals, seed: 1 })).toThrow(
+      /^Expected a flow whose config holds at most 1048576 integers \(.*these layers have 268435456\) for config\.layers/,
+    );
+    // The same for MADE layers, whose degrees are not built for a flow that is refused.
+    expect(() => createFlow({ dim: 65536, layers: Array.from({ length: 4096 }, () => iaf({ hidden: [1] })), seed: 1 })).toThrow(
+      /^Expected a flow of at most 268435456 parameters/,
+    );
+    expect(performance.now() - started).toBeLessThan(1500); // 32 s and an out-of-memory abort before
+    expect(process.memoryUsage().heapUsed - heapBefore).toBeLessThan(64 * 2 ** 20);
+  });
+
+  test('the config bound is exact: 64 permutations of dim 16384 (2^20 entries) fit the bound, 65 do not', () => {
+    // checkFlowConfig is what createFlow and loadFlow both call; a Flow of 2^20 entries takes seconds to build.
+    const layers = (count: number, last = reverse()) =>
+      Array.from({ length: count }, (_, k) => (k === count - 1 ? last : k % 2 ? reverse() : permute({ seed: k })).resolve(16384, `layers[${k}]`));
+    const config = (list: unknown[]) => ({ formatVersion: 1, dim: 16384, contextDim: 0, layers: list });
+    expect(checkFlowConfig(config(layers(64)), 'config').layers).toHaveLength(64);
+    expect(() => checkFlowConfig(config(layers(65)), 'config')).toThrow(/these layers have 1064960\) for config\.layers/);
+    // A MADE layer counts dim + its hidden widths.
+    expect(() => checkFlowConfig(config(layers(64, maf({ hidden: [1] }))), 'config')).toThrow(/these layers have 1048577\)/);
+    expect(createFlow({ dim: 16384, layers: [maf({ hidden: [1] }), reverse()], seed: 1 }).config.layers).toHaveLength(2);
+  });
+
+  test('a model file config over the bound is refused before its arrays are read', () => {
+    const bogus = { type: 'permutation', permutation: 'not even an array' };
+    const config = { formatVersion: 1, dim: 65536, contextDim: 0, layers: Array.from({ length: 17 }, () => bogus) };
+    expect(() => checkFlowConfig(config, 'config')).toThrow(/at most 1048576 integers .*these layers have 1114112\)/);
+    expect(() => checkFlowConfig({ ...config, layers: config.layers.slice(0, 2) }, 'config')).toThrow(
+      /^Expected a permutation of 0\.\.65535 for config\.layers\[0\]\.permutation/,
+    );
+  });
+
+  test('a reversal is held as a flag until the config is built, then as the permutation every reader knows', () => {
+    const descriptor = reverse();
+    const resolved = descriptor.resolve(5, 'layers[0]');
+    expect(Object.getOwnPropertyDescriptor(resolved, 'permutation')?.get).toBeDefined();
+    const flow = createFlow({ dim: 5, layers: [maf({ hidden: [4] }), descriptor], seed: 1 });
+    const layer = flow.config.layers[1];
+    expect(Object.getOwnPropertyDescriptor(layer, 'permutation')?.value).toEqual([4, 3, 2, 1, 0]);
+    expect(JSON.parse(JSON.stringify(flow.config)).layers[1]).toEqual({ type: 'permutation', permutation: [4, 3, 2, 1, 0] });
+    // The config as it was before: a file saved by an earlier version builds the same flow.
+    expect(checkFlowConfig(JSON.parse(JSON.stringify(flow.config)), 'config')).toEqual(flow.config);
+  });
+
+  test('a sparse list of layers is refused, naming the hole', () => {
+    // eslint-disable-next-line no-sparse-arrays
+    expect(() => createFlow({ dim: 2, layers: [, iaf()] as LayerDescriptor[], seed: 1 })).toThrow(
+      /^Expected a layer object for config\.layers\[0\] but received undefined$/,
     );
   });
 
