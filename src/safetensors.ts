@@ -560,6 +560,7 @@ export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SO
   const fail: (problem: string) => never = (problem) => {
     throw new ModelFileError(source, problem);
   };
+  const maxTensors = limits.maxTensors ?? DEFAULT_MAX_TENSORS;
   const headerLength = checkSafetensorsHeader(bytes, source, limits);
   const dataLength = bytes.length - 8 - headerLength;
 
@@ -599,6 +600,8 @@ export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SO
     if (name === METADATA_KEY) metadata = parseMetadata(value, fail);
     else entries.push(parseEntry(name, value, dataLength, fail));
   }
+  // The pre-scan allowed one more top-level key for __metadata__; without it, recheck.
+  if (entries.length > maxTensors) fail(`header has more than ${maxTensors} tensor entries (the limit for this kind of model file)`);
   checkNoOverlap(entries, fail);
 
   // Only now, with every entry validated, is any tensor data touched.
