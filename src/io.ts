@@ -2,8 +2,30 @@
 // `layers.{k}.{param}` as getParameters() names them, the config as JSON in
 // `__metadata__` (key "iaflow"). Python's safetensors package reads it as is.
 import { Flow } from './flow';
-import { ACTIVATIONS, Activation, checkFlowConfig, FlowConfig, FORMAT_VERSION, LayerConfig, parameterShapes } from './layers';
-import { encodeSafetensors, ModelFileError, readSafetensors, Tensor, writeFileAtomic } from './safetensors';
+import {
+  ACTIVATIONS,
+  Activation,
+  checkFlowConfig,
+  FlowConfig,
+  FORMAT_VERSION,
+  LayerConfig,
+  MAX_HIDDEN_LAYERS,
+  MAX_LAYERS,
+  MAX_PARAMETERS,
+  parameterShapes,
+} from './layers';
+import {
+  checkSafetensorsHeader,
+  encodeSafetensors,
+  MAX_HEADER_BYTES,
+  ModelFileError,
+  readSafetensors,
+  ReadLimits,
+  scanJson,
+  shorten,
+  Tensor,
+  writeFileAtomic,
+} from './safetensors';
 import { checkEnum, checkOptions, invalidType } from './validation';
 
 export { ModelFileError };
@@ -11,11 +33,54 @@ export { ModelFileError };
 export const METADATA_FORMAT = 'iaflow';
 const CONFIG_KEY = 'iaflow';
 
+// What the largest model each reader accepts can need; a file past these is refused before it
+// is read (size) or parsed (tensor count, which also bounds the header: see safetensors.ts).
+/** A flow file: every layer a MADE with the most hidden layers, 2 tensors per hidden layer + 4 heads. */
+const MODEL_LIMITS: Required<ReadLimits> = {
+  maxTensors: MAX_LAYERS * (2 * MAX_HIDDEN_LAYERS + 4),
+  // The length field, the largest header, and MAX_PARAMETERS float32 weights.
+  maxFileBytes: 8 + MAX_HEADER_BYTES + 4 * MAX_PARAMETERS,
+};
+/** A PyTorch state dict: per layer, weight, bias, mask and (nflows) degrees for each linear, and a
+ * permutation or order; the masks (F32 in nflows) and I64 degrees at most double the weights' bytes. */
+const TORCH_LIMITS: Required<ReadLimits> = {
+  maxTensors: MAX_LAYERS * (4 * (MAX_HIDDEN_LAYERS + 1) + 1) + 2,
+  maxFileBytes: 8 + MAX_HEADER_BYTES + 3 * 4 * MAX_PARAMETERS,
+};
+
+/**
+ * The config is JSON inside a __metadata__ string, parsed a second time: it gets the same kind
+ * of pre-scan as the header. A valid config nests 5 levels (config, layers, layer,
+ * hiddenDegrees, one layer's degrees) and holds at most 4 containers per layer plus one per
+ * hidden layer; its size is already bounded by the header's.
+ */
+const CONFIG_SCAN_LIMITS = {
+  maxDepth: 8,
+  maxKeysPerObject: 64,
+  maxTopLevelKeys: 64,
+  maxContainers: 2 + MAX_LAYERS * (MAX_HIDDEN_LAYERS + 4),
+  valuesBase: Infinity,
+  valuesPerTopLevelKey: 0,
+  bytesBase: Infinity,
+  bytesPerTopLevelKey: 0,
+};
+
+/** Longest message text taken over from a config check (its values come from the file). */
+const MAX_QUOTED_PROBLEM = 500;
+
 /** Writes the flow atomically (temp file + rename): a failed save leaves any previous file intact. */
 export async function saveFlow(flow: Flow, path: string): Promise<void> {
   if (!(flow instanceof Flow)) throw invalidType('flow', 'a Flow', flow);
   if (typeof path !== 'string' || path.length === 0) throw invalidType('path', 'a file path string', path);
-  await writeFileAtomic(path, encodeFlow(flow));
+  const bytes = encodeFlow(flow);
+  // Never write a file that loadFlow would refuse (a config of many dim-65536 permutations can
+  // outgrow the header bound).
+  try {
+    checkSafetensorsHeader(bytes, path, MODEL_LIMITS);
+  } catch (error) {
+    throw new RangeError(`saveFlow: this flow's model file would be refused by loadFlow: ${(error as ModelFileError).problem}`);
+  }
+  await writeFileAtomic(path, bytes);
 }
 
 /** The bytes saveFlow writes. */
@@ -28,22 +93,43 @@ export function encodeFlow(flow: Flow): Buffer {
   return encodeSafetensors(tensors, { format: METADATA_FORMAT, [CONFIG_KEY]: JSON.stringify(flow.config) });
 }
 
+/** Index of the first NaN or infinity in `data`, or -1. */
+function firstNonFinite(data: Float32Array): number {
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) return i;
+  }
+  return -1;
+}
+
+/** Elements checked between turns of the event loop while validating a big file's weights. */
+const ELEMENTS_PER_TURN = 1 << 22;
+
 /** Reads a model file written by saveFlow (or by anyone following the format), validating all of it. */
 export async function loadFlow(path: string): Promise<Flow> {
   if (typeof path !== 'string' || path.length === 0) throw invalidType('path', 'a file path string', path);
-  const file = await readSafetensors(path);
+  const file = await readSafetensors(path, MODEL_LIMITS);
   const configText = file.metadata[CONFIG_KEY];
   if (configText === undefined) {
     throw new ModelFileError(path, `not an iaflow model file: __metadata__ has no "${CONFIG_KEY}" config`);
+  }
+  const configBytes = Buffer.from(configText, 'utf8');
+  const found = scanJson(configBytes, 0, configBytes.length, CONFIG_SCAN_LIMITS);
+  if (found !== undefined) {
+    const what = found.limit === 'depth' ? 'nests deeper than' : found.limit === 'containers' ? 'holds more arrays and objects than' : `passes the ${found.limit} limit of`;
+    throw new ModelFileError(path, `bad config in __metadata__.${CONFIG_KEY}: it ${what} ${found.bound} (a valid config cannot)`);
   }
   let config: FlowConfig;
   try {
     config = checkFlowConfig(JSON.parse(configText), 'config');
   } catch (error) {
-    throw new ModelFileError(path, `bad config in __metadata__.${CONFIG_KEY}: ${(error as Error).message}`);
+    throw new ModelFileError(path, `bad config in __metadata__.${CONFIG_KEY}: ${shorten((error as Error).message, MAX_QUOTED_PROBLEM)}`);
   }
   const shapes = parameterShapes(config);
+  for (const name of file.tensors.keys()) {
+    if (!shapes.has(name)) throw new ModelFileError(path, `unexpected tensor ${shorten(name)}: the config has no such parameter`);
+  }
   const params = new Map<string, Float32Array>();
+  let sinceTurn = 0;
   for (const [name, shape] of shapes) {
     const tensor = file.tensors.get(name);
     if (!tensor) throw new ModelFileError(path, `missing tensor ${name} (shape [${shape.join(', ')}])`);
@@ -52,12 +138,15 @@ export async function loadFlow(path: string): Promise<Flow> {
       throw new ModelFileError(path, `tensor ${name} has shape [${tensor.shape.join(', ')}], expected [${shape.join(', ')}]`);
     }
     const data = tensor.data as Float32Array;
-    const bad = data.findIndex((v) => !Number.isFinite(v));
+    const bad = firstNonFinite(data);
     if (bad >= 0) throw new ModelFileError(path, `tensor ${name} holds a non-finite value (${data[bad]}) at index ${bad}`);
     params.set(name, data);
-  }
-  for (const name of file.tensors.keys()) {
-    if (!shapes.has(name)) throw new ModelFileError(path, `unexpected tensor ${name}: the config has no such parameter`);
+    // Let other work run between tensors of a big file rather than after all of them.
+    sinceTurn += data.length;
+    if (sinceTurn >= ELEMENTS_PER_TURN) {
+      sinceTurn = 0;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
   }
   return new Flow(config, params);
 }
@@ -85,7 +174,7 @@ export async function importTorch(path: string, options: ImportTorchOptions): Pr
   const opts = checkOptions('importTorch options', options, ['from', 'activation']);
   const from = checkEnum('options.from', opts.from, ['zuko-maf', 'nflows-maf'] as const);
   const activation = checkEnum('options.activation', opts.activation ?? 'relu', ACTIVATIONS);
-  const file = await readSafetensors(path);
+  const file = await readSafetensors(path, TORCH_LIMITS);
   const reader = new StateDict(file.tensors, path);
   const { config, params } = from === 'zuko-maf' ? mapZuko(reader, activation) : mapNflows(reader, activation);
   reader.checkAllUsed();
@@ -93,7 +182,7 @@ export async function importTorch(path: string, options: ImportTorchOptions): Pr
   try {
     checked = checkFlowConfig(config, 'config');
   } catch (error) {
-    throw new ModelFileError(path, `the state dict maps to an invalid flow: ${(error as Error).message}`);
+    throw new ModelFileError(path, `the state dict maps to an invalid flow: ${shorten((error as Error).message, MAX_QUOTED_PROBLEM)}`);
   }
   return new Flow(checked, params);
 }
@@ -128,7 +217,7 @@ class StateDict {
     const tensor = this.get(name, shape);
     if (tensor.dtype !== 'F32') this.fail(`tensor ${name} has dtype ${tensor.dtype}, expected F32`);
     const data = tensor.data as Float32Array;
-    const bad = data.findIndex((v) => !Number.isFinite(v));
+    const bad = firstNonFinite(data);
     if (bad >= 0) this.fail(`tensor ${name} holds a non-finite value (${data[bad]}) at index ${bad}`);
     return data;
   }
@@ -166,7 +255,7 @@ class StateDict {
 
   checkAllUsed(): void {
     for (const name of this.tensors.keys()) {
-      if (!this.used.has(name)) this.fail(`unexpected tensor ${name}: not part of the model this importer maps`);
+      if (!this.used.has(name)) this.fail(`unexpected tensor ${shorten(name)}: not part of the model this importer maps`);
     }
   }
 }

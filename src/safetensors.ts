@@ -12,9 +12,12 @@
  * it validates the whole header before touching the data and reports any problem as a
  * ModelFileError that names the file, never as a crash or a generic exception.
  */
-import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { constants as bufferConstants } from 'node:buffer';
+import { createHash, randomBytes } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import { open, opendir, rename, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 
 export type DType = 'F32' | 'F64' | 'I64' | 'I32' | 'BOOL' | 'U8';
@@ -69,8 +72,37 @@ const DTYPES: Readonly<Record<DType, DTypeInfo>> = {
 
 const SUPPORTED_DTYPES = Object.keys(DTYPES).join(', ');
 
-/** Same bound as the reference implementation, so we reject exactly the headers it rejects. */
+/** Same bound as the reference implementation: no header longer than this is ever read. */
 export const MAX_HEADER_BYTES = 100_000_000;
+
+// Bounds on the header that are checked by one linear scan of its bytes (scanJson) before
+// JSON.parse sees them, so that a hostile header is refused in milliseconds instead of costing
+// seconds of event-loop time and gigabytes of heap (JSON.parse of 20 MB of nested arrays took
+// 15 s and 1.45 GB; 2M keys in one object, 14 s). What a valid file can need decides each bound:
+//
+// - Nesting: a valid header nests 3 levels (the object, a tensor entry, its shape or
+//   data_offsets array); __metadata__ values are strings. 8 leaves room for a malformed but
+//   shallow entry to reach the precise per-field messages.
+// - Keys: an entry has 3 keys; __metadata__ holds a handful (4096 costs ~30 ms to parse).
+// - Tensor entries: the caller's limit (what the largest model it accepts can need, see io.ts).
+// - Values (every scalar, array and object): an entry holds 6 plus its rank; 16 per entry plus
+//   16384 for __metadata__ admits any real file, yet keeps a hostile header from packing far more
+//   parse work per byte than a real one (a flat `[0,0,0,...]` costs ~400 ns per value).
+// - Bytes: 4 MiB for __metadata__ (the iaflow config: a few hundred bytes per layer plus its
+//   degree lists), plus 256 bytes per entry (saveFlow writes ~100), plus one byte per byte of the
+//   data section (a config's degree lists are at most ~0.75 bytes per stored weight byte, since
+//   every degree entry comes with at least 2 float32 weights). A header is checked against
+//   this as it is scanned, so a 98 MB header with few entries is refused after ~4 MiB.
+/** Deepest nesting a header may have. */
+export const MAX_HEADER_DEPTH = 8;
+/** Keys allowed in one object below the top level (__metadata__, a tensor entry). */
+export const MAX_HEADER_OBJECT_KEYS = 4096;
+const HEADER_BASE_VALUES = 16384;
+const HEADER_VALUES_PER_ENTRY = 16;
+const HEADER_BASE_BYTES = 4 * 1024 * 1024;
+const HEADER_BYTES_PER_ENTRY = 256;
+/** Tensor entries decodeSafetensors accepts when its caller gives no tighter limit. */
+export const DEFAULT_MAX_TENSORS = 2 ** 21;
 
 /** Far beyond any flow we build; it keeps shape products well inside safe-integer range. */
 const MAX_ELEMENTS = 2 ** 32;
@@ -97,10 +129,20 @@ function describeJsonValue(value: unknown): string {
   return `${typeof value} ${String(value)}`;
 }
 
-/** JSON-quotes a name for messages, shortened so a hostile 50 MB name cannot flood a log. */
+/** Shortens text from a file for messages, so a hostile 50 MB name cannot flood a log. */
+export function shorten(text: string, limit = 120): string {
+  return text.length > limit ? `${text.slice(0, limit)}... (${text.length} characters)` : text;
+}
+
+/** JSON-quotes a name for messages, shortened (see shorten). */
 function quote(text: string): string {
-  const limit = 120;
-  return JSON.stringify(text.length > limit ? `${text.slice(0, limit)}...` : text);
+  return JSON.stringify(shorten(text));
+}
+
+/** A shape for messages; a hostile header may give thousands of dims. */
+function formatShape(shape: readonly number[]): string {
+  const shown = shape.length > 8 ? [...shape.slice(0, 8), `... (${shape.length} dims)`] : shape;
+  return `[${shown.join(', ')}]`;
 }
 
 function isNonNegativeSafeInteger(value: unknown): value is number {
@@ -128,6 +170,132 @@ function swapByteOrder(bytes: Uint8Array, elementSize: number): void {
       bytes[high] = byte;
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bounding JSON before it is parsed
+
+/** Limits for scanJson; a per-top-level-key allowance grows with each key of the top-level object. */
+export interface JsonScanLimits {
+  maxDepth: number;
+  /** Keys allowed in one object below the top level. */
+  maxKeysPerObject: number;
+  /** Keys allowed in the top-level object. */
+  maxTopLevelKeys: number;
+  /** Objects and arrays allowed in all. */
+  maxContainers: number;
+  /** JSON values (scalars, arrays, objects) allowed: base + perTopLevelKey * top-level keys so far. */
+  valuesBase: number;
+  valuesPerTopLevelKey: number;
+  /** Bytes allowed, of the same form, checked as the scan goes. */
+  bytesBase: number;
+  bytesPerTopLevelKey: number;
+}
+
+export type JsonScanLimit = 'depth' | 'keys' | 'topLevelKeys' | 'containers' | 'values' | 'bytes';
+
+export interface JsonScanProblem {
+  limit: JsonScanLimit;
+  /** Byte offset (from the start of the scan) where the limit was passed. */
+  at: number;
+  /** Top-level keys seen when it was passed. */
+  topLevelKeys: number;
+  /** The limit's value at that point (for 'values' and 'bytes' it grows with topLevelKeys). */
+  bound: number;
+  /** The top-level key under which it was passed, if any. */
+  topLevelKey: string | undefined;
+}
+
+const NO_TOP_LEVEL_KEY = -1;
+
+/**
+ * One linear pass over JSON bytes that counts nesting, keys, containers and values and stops at
+ * the first limit passed, so hostile JSON is refused before JSON.parse spends time and memory on
+ * it. It tracks only structure: strings are skipped (respecting backslash escapes, so `"\""` and
+ * `"\\"` end where JSON says). It needs no error handling for malformed JSON: it never reads past
+ * `end`, and whatever it lets through is still parsed (and refused) by JSON.parse. Bytes at or
+ * above 0x80 only occur inside strings in valid JSON, so scanning UTF-8 bytes is exact.
+ */
+export function scanJson(bytes: Uint8Array, start: number, end: number, limits: JsonScanLimits): JsonScanProblem | undefined {
+  const { maxDepth, maxKeysPerObject, maxTopLevelKeys, maxContainers, valuesBase, valuesPerTopLevelKey, bytesBase, bytesPerTopLevelKey } = limits;
+  const isObject = new Uint8Array(maxDepth + 1);
+  const keyCounts = new Float64Array(maxDepth + 1);
+  let depth = 0;
+  let containers = 0;
+  let values = 0;
+  let topLevelKeys = 0;
+  let valueLimit = valuesBase;
+  let byteLimit = start + bytesBase; // absolute index: bytes at or past it are over the limit
+  let expectingKey = false; // right after `{` or after `,` inside an object
+  let expectingValue = true; // right after `[`, `:` or `,`: the next token starts a value
+  let topKeyStart = NO_TOP_LEVEL_KEY;
+  let topKeyEnd = NO_TOP_LEVEL_KEY;
+  const problem = (limit: JsonScanLimit, at: number, bound: number): JsonScanProblem => {
+    let topLevelKey: string | undefined;
+    if (topKeyStart !== NO_TOP_LEVEL_KEY) {
+      // Raw (still escaped) bytes, enough of them for a shortened message.
+      topLevelKey = Buffer.from(bytes.buffer, bytes.byteOffset + topKeyStart, Math.min(topKeyEnd - topKeyStart, 4096)).toString('utf8');
+    }
+    return { limit, at: at - start, topLevelKeys, bound, topLevelKey };
+  };
+
+  for (let i = start; i < end; i++) {
+    if (i >= byteLimit) return problem('bytes', i, byteLimit - start);
+    const c = bytes[i];
+    if (c === 0x22 /* " */) {
+      const stop = end < byteLimit ? end : byteLimit;
+      let j = i + 1;
+      while (j < stop) {
+        const d = bytes[j];
+        if (d === 0x22) break;
+        j += d === 0x5c /* \ */ ? 2 : 1;
+      }
+      if (j >= stop && stop < end) return problem('bytes', stop, byteLimit - start);
+      if (expectingKey && isObject[depth] === 1) {
+        if (depth === 1) {
+          topLevelKeys++;
+          topKeyStart = i + 1;
+          topKeyEnd = j;
+          if (topLevelKeys > maxTopLevelKeys) return problem('topLevelKeys', i, maxTopLevelKeys);
+          valueLimit = valuesBase + valuesPerTopLevelKey * topLevelKeys;
+          byteLimit = start + bytesBase + bytesPerTopLevelKey * topLevelKeys;
+        } else if (++keyCounts[depth] > maxKeysPerObject) {
+          return problem('keys', i, maxKeysPerObject);
+        }
+        expectingKey = false;
+      } else if (++values > valueLimit) {
+        return problem('values', i, valueLimit);
+      }
+      expectingValue = false;
+      i = j;
+    } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
+      if (depth === maxDepth) return problem('depth', i, maxDepth);
+      if (++containers > maxContainers) return problem('containers', i, maxContainers);
+      if (++values > valueLimit) return problem('values', i, valueLimit);
+      depth++;
+      isObject[depth] = c === 0x7b ? 1 : 0;
+      keyCounts[depth] = 0;
+      expectingKey = c === 0x7b;
+      expectingValue = true;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      if (depth > 0) depth--;
+      expectingKey = false;
+      expectingValue = false;
+    } else if (c === 0x2c /* , */) {
+      expectingKey = isObject[depth] === 1;
+      expectingValue = true;
+    } else if (c === 0x3a /* : */) {
+      expectingKey = false;
+      expectingValue = true;
+    } else if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) {
+      // whitespace between tokens
+    } else if (expectingValue) {
+      // The first byte of a number or of true/false/null.
+      if (++values > valueLimit) return problem('values', i, valueLimit);
+      expectingValue = false;
+    }
+  }
+  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -246,7 +414,7 @@ function parseEntry(
   });
   const count = elementCount(dims);
   if (count === undefined) {
-    fail(`${what}: shape [${dims.join(', ')}] has more than 2^32 elements`);
+    fail(`${what}: shape ${formatShape(dims)} has more than 2^32 elements`);
   }
 
   if (!Array.isArray(offsets) || offsets.length !== 2) {
@@ -262,7 +430,7 @@ function parseEntry(
   if (end - begin !== expectedBytes) {
     fail(
       `${what}: data_offsets [${begin}, ${end}] span ${end - begin} bytes, but dtype ${dtype} ` +
-        `with shape [${dims.join(', ')}] needs ${expectedBytes} bytes`,
+        `with shape ${formatShape(dims)} needs ${expectedBytes} bytes`,
     );
   }
   if (end > dataLength) {
@@ -286,22 +454,78 @@ function checkNoOverlap(entries: readonly TensorEntry[], fail: (problem: string)
   }
 }
 
+export interface DecodeLimits {
+  /** Most tensors the file may hold (default DEFAULT_MAX_TENSORS): what the largest model the
+   * caller accepts can need, which also bounds the header's size and parse time. */
+  maxTensors?: number;
+}
+
+/** Refuses a header that passes one of the bounds above (MAX_HEADER_DEPTH and the rest). */
+function checkHeaderBounds(
+  bytes: Uint8Array,
+  headerLength: number,
+  dataLength: number,
+  maxTensors: number,
+  fail: (problem: string) => never,
+): void {
+  // The top level holds the tensors and __metadata__.
+  const maxEntries = maxTensors + 1;
+  const bytesBase = HEADER_BASE_BYTES + dataLength;
+  const byteRule = `${HEADER_BASE_BYTES} bytes + ${HEADER_BYTES_PER_ENTRY} per entry + the ${dataLength}-byte data section`;
+  // Refused before scanning when even the most entries allowed cannot pay for this length.
+  if (headerLength > bytesBase + HEADER_BYTES_PER_ENTRY * maxEntries) {
+    fail(`header length ${headerLength} exceeds the limit for at most ${maxTensors} tensors (${byteRule})`);
+  }
+  const found = scanJson(bytes, 8, Math.min(8 + headerLength, bytes.length), {
+    maxDepth: MAX_HEADER_DEPTH,
+    maxKeysPerObject: MAX_HEADER_OBJECT_KEYS,
+    maxTopLevelKeys: maxEntries,
+    maxContainers: Infinity,
+    valuesBase: HEADER_BASE_VALUES,
+    valuesPerTopLevelKey: HEADER_VALUES_PER_ENTRY,
+    bytesBase,
+    bytesPerTopLevelKey: HEADER_BYTES_PER_ENTRY,
+  });
+  if (found === undefined) return;
+  const under = found.topLevelKey === undefined ? '' : ` (under ${quote(found.topLevelKey)})`;
+  switch (found.limit) {
+    case 'depth':
+      return fail(`header nests deeper than ${MAX_HEADER_DEPTH} levels${under}; a safetensors header nests 3 (the object, an entry, its shape)`);
+    case 'keys':
+      return fail(`header entry ${quote(found.topLevelKey ?? '')} has more than ${MAX_HEADER_OBJECT_KEYS} keys (the limit per object)`);
+    case 'topLevelKeys':
+      return fail(`header has more than ${maxTensors} tensor entries (the limit for this kind of model file)`);
+    case 'values':
+      return fail(
+        `header holds more than ${found.bound} JSON values in its first ${found.topLevelKeys} entries` +
+          ` (limit: ${HEADER_BASE_VALUES} + ${HEADER_VALUES_PER_ENTRY} per entry)${under}`,
+      );
+    case 'bytes':
+      return fail(
+        `header of ${headerLength} bytes passes its size limit at byte ${found.at}, with ${found.topLevelKeys} entries so far` +
+          ` (limit: ${byteRule})${under}`,
+      );
+    default:
+      return fail(`header passes the ${found.limit} limit`);
+  }
+}
+
 /**
- * Parses a safetensors file held in memory. Every tensor gets its own freshly allocated,
- * aligned typed array (never a view of `bytes`, whose offsets need not be aligned), in host
- * byte order. Unreferenced bytes between or after tensors are allowed, as the format permits.
+ * The checks decodeSafetensors makes before it decodes or parses anything: the length field,
+ * and the header's size, nesting, keys and values (checkHeaderBounds). Linear in the header,
+ * with a small constant. Returns the header length.
  *
- * @param source names the file in error messages.
- * @throws ModelFileError for anything that is not a valid file.
+ * `bytes` may be only the start of a file of `fileSize` bytes: then the part of the header it
+ * holds is checked (every bound holds for a whole header only if it holds for each start of
+ * it), which lets a reader refuse a hostile header before reading the rest of the file.
+ * @throws ModelFileError naming `source`.
  */
-export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SOURCE): SafetensorsFile {
-  // The explicit type annotation is what lets TypeScript narrow after `fail(...)` calls.
+export function checkSafetensorsHeader(bytes: Uint8Array, source: string = DEFAULT_SOURCE, limits: DecodeLimits = {}, fileSize = bytes.length): number {
   const fail: (problem: string) => never = (problem) => {
     throw new ModelFileError(source, problem);
   };
-
-  if (bytes.length < 8) {
-    fail(`file is ${bytes.length} bytes long; a safetensors file needs at least 8 (the header length)`);
+  if (fileSize < 8) {
+    fail(`file is ${fileSize} bytes long; a safetensors file needs at least 8 (the header length)`);
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   // Compared as a bigint: a hostile u64 can exceed Number's exact range.
@@ -313,12 +537,32 @@ export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SO
     fail(`header length ${declaredHeaderLength} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   }
   const headerLength = Number(declaredHeaderLength);
-  if (headerLength > bytes.length - 8) {
+  if (headerLength > fileSize - 8) {
     fail(
-      `header length ${headerLength} is larger than the ${bytes.length - 8} bytes after the length field ` +
+      `header length ${headerLength} is larger than the ${fileSize - 8} bytes after the length field ` +
         '(truncated or not a safetensors file)',
     );
   }
+  checkHeaderBounds(bytes, headerLength, fileSize - 8 - headerLength, limits.maxTensors ?? DEFAULT_MAX_TENSORS, fail);
+  return headerLength;
+}
+
+/**
+ * Parses a safetensors file held in memory. Every tensor gets its own freshly allocated,
+ * aligned typed array (never a view of `bytes`, whose offsets need not be aligned), in host
+ * byte order. Unreferenced bytes between or after tensors are allowed, as the format permits.
+ *
+ * @param source names the file in error messages.
+ * @throws ModelFileError for anything that is not a valid file.
+ */
+export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SOURCE, limits: DecodeLimits = {}): SafetensorsFile {
+  // The explicit type annotation is what lets TypeScript narrow after `fail(...)` calls.
+  const fail: (problem: string) => never = (problem) => {
+    throw new ModelFileError(source, problem);
+  };
+  const maxTensors = limits.maxTensors ?? DEFAULT_MAX_TENSORS;
+  const headerLength = checkSafetensorsHeader(bytes, source, limits);
+  const dataLength = bytes.length - 8 - headerLength;
 
   let headerText: string;
   try {
@@ -350,13 +594,14 @@ export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SO
   }
 
   const dataStart = 8 + headerLength;
-  const dataLength = bytes.length - dataStart;
   let metadata: Record<string, string> = {};
   const entries: TensorEntry[] = [];
   for (const [name, value] of Object.entries(header)) {
     if (name === METADATA_KEY) metadata = parseMetadata(value, fail);
     else entries.push(parseEntry(name, value, dataLength, fail));
   }
+  // The pre-scan allowed one more top-level key for __metadata__; without it, recheck.
+  if (entries.length > maxTensors) fail(`header has more than ${maxTensors} tensor entries (the limit for this kind of model file)`);
   checkNoOverlap(entries, fail);
 
   // Only now, with every entry validated, is any tensor data touched.
@@ -379,19 +624,98 @@ export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SO
   return { tensors, metadata };
 }
 
+export interface ReadLimits extends DecodeLimits {
+  /** Largest file accepted, in bytes (default: the largest Buffer this Node can hold). */
+  maxFileBytes?: number;
+}
+
+/** Reads are issued in pieces of this size so that one huge read does not hold a thread-pool thread. */
+const READ_CHUNK_BYTES = 64 * 1024 * 1024;
+
+/** What a file that is not a regular file is, for messages. */
+function describeFileKind(stats: { isDirectory(): boolean; isFIFO(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean; isSocket(): boolean }): string {
+  if (stats.isDirectory()) return 'a directory';
+  if (stats.isFIFO()) return 'a FIFO (named pipe)';
+  if (stats.isCharacterDevice()) return 'a character device';
+  if (stats.isBlockDevice()) return 'a block device';
+  if (stats.isSocket()) return 'a socket';
+  return 'not a regular file';
+}
+
+function reasonOf(error: unknown): string {
+  return typeof error === 'object' && error !== null && typeof (error as Error).message === 'string' ? (error as Error).message : String(error);
+}
+
 /**
- * Reads and decodes a safetensors file.
- * @throws ModelFileError naming `path` if it cannot be read or is not a valid file.
+ * Opens a regular file of at most `maxBytes` bytes for reading. The checks use fstat on the
+ * opened descriptor, so the file checked is the file read (no stat-then-open race): a device
+ * such as /dev/zero, a FIFO or a directory is refused instead of read forever. O_NONBLOCK makes
+ * opening a FIFO that has no writer return at once instead of waiting for one (on a regular
+ * file it changes nothing); O_NOCTTY keeps a terminal from becoming ours.
+ * @throws ModelFileError naming `path`.
  */
-export async function readSafetensors(path: string): Promise<SafetensorsFile> {
+async function openRegularFile(path: string, maxBytes: number): Promise<{ handle: FileHandle; size: number }> {
+  const flags = fsConstants.O_RDONLY | (fsConstants.O_NONBLOCK ?? 0) | (fsConstants.O_NOCTTY ?? 0);
+  let handle: FileHandle;
+  try {
+    handle = await open(path, flags);
+  } catch (error) {
+    throw new ModelFileError(path, `cannot read the file (${reasonOf(error)})`, { cause: error });
+  }
+  try {
+    const stats = await handle.stat();
+    if (!stats.isFile()) throw new ModelFileError(path, `is ${describeFileKind(stats)}; a model file must be a regular file`);
+    if (stats.size > maxBytes) throw new ModelFileError(path, `file is ${stats.size} bytes, more than the ${maxBytes}-byte limit for this kind of model file`);
+    return { handle, size: stats.size };
+  } catch (error) {
+    await handle.close().catch(() => undefined);
+    throw asReadError(path, error);
+  }
+}
+
+function asReadError(path: string, error: unknown): unknown {
+  if (typeof error === 'object' && error !== null && (error as Error).name === 'ModelFileError') return error;
+  return new ModelFileError(path, `cannot read the file (${reasonOf(error)})`, { cause: error });
+}
+
+/** Fills bytes[from, to) from the same offsets of the file; exactly those bytes, never more. */
+async function readRange(path: string, handle: FileHandle, bytes: Buffer, from: number, to: number): Promise<void> {
+  let filled = from;
+  while (filled < to) {
+    const { bytesRead } = await handle.read(bytes, filled, Math.min(READ_CHUNK_BYTES, to - filled), filled);
+    if (bytesRead === 0) throw new ModelFileError(path, `file shrank while being read (to ${filled} of the ${bytes.length} bytes it had when opened)`);
+    filled += bytesRead;
+  }
+}
+
+/** How much of a header is read and checked before the rest of the file (see readSafetensors). */
+const EARLY_CHECK_BYTES = HEADER_BASE_BYTES + 64 * 1024;
+
+/**
+ * Reads and decodes a safetensors file: a regular file (see openRegularFile) of at most
+ * `limits.maxFileBytes`, of which exactly the size fstat reported is read. The start of the
+ * file is read and its header checked first, so a hostile header (a 98 MB one, say) is refused
+ * after reading a few MB rather than the whole file.
+ * @throws ModelFileError naming `path` if it cannot be read, is not a regular file, passes a
+ * limit or is not a valid file.
+ */
+export async function readSafetensors(path: string, limits: ReadLimits = {}): Promise<SafetensorsFile> {
+  const { handle, size } = await openRegularFile(path, limits.maxFileBytes ?? bufferConstants.MAX_LENGTH);
   let bytes: Buffer;
   try {
-    bytes = await readFile(path);
+    bytes = Buffer.allocUnsafe(size);
+    const early = Math.min(size, 8 + EARLY_CHECK_BYTES);
+    await readRange(path, handle, bytes, 0, early);
+    if (early < size) {
+      checkSafetensorsHeader(bytes.subarray(0, early), path, limits, size);
+      await readRange(path, handle, bytes, early, size);
+    }
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw new ModelFileError(path, `cannot read the file (${reason})`, { cause: error });
+    throw asReadError(path, error);
+  } finally {
+    await handle.close().catch(() => undefined);
   }
-  return decodeSafetensors(bytes, path);
+  return decodeSafetensors(bytes, path, limits);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -501,16 +825,91 @@ interface WriteFileAtomicHooks {
 
 const writeHooks: WriteFileAtomicHooks = {};
 
+// Temp files are named `.iaflow-<target>-<host>-<pid>-<random>.tmp`, whatever the target's name:
+// <target> is a hash of the target's file name, so the name has a fixed length of at most ~50
+// bytes (a 255-byte target name would not fit with a suffix) and still tells which target a temp
+// file belongs to; <host> and <pid> tell whether the save that made it can still be running.
+const TEMP_PREFIX = '.iaflow-';
+const HOST_TAG = shortHash(hostname(), 4);
+
+function shortHash(text: string, length: number): string {
+  return createHash('sha256').update(text).digest('hex').slice(0, length);
+}
+
+function targetTag(path: string): string {
+  return shortHash(basename(path), 12);
+}
+
+function tempPathFor(path: string, pid: number = process.pid, host: string = HOST_TAG): string {
+  return join(dirname(path), `${TEMP_PREFIX}${targetTag(path)}-${host}-${pid}-${randomBytes(4).toString('hex')}.tmp`);
+}
+
+function isProcessAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0); // signal 0: only asks whether the process exists
+    return true;
+  } catch (error) {
+    // EPERM: it exists but belongs to another user.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes temp files that earlier saves of the same target left when they were killed
+ * mid-write. A temp file is removed only if its name matches this target's pattern, it was
+ * made on this host and its process is gone. That never touches a save still in progress:
+ * not in this process (its pid is alive, which also covers other worker threads, whose saves
+ * the module state of this thread cannot see), nor in another live process on this host, nor
+ * on another host sharing the directory (whose pids mean nothing here). A reused pid only
+ * delays the cleanup. Best effort: an unreadable directory or a failed unlink is ignored.
+ */
+async function removeStaleTempFiles(path: string): Promise<void> {
+  const pattern = new RegExp(`^${TEMP_PREFIX.replace('.', '\\.')}${targetTag(path)}-${HOST_TAG}-([1-9][0-9]{0,9})-[0-9a-f]{8}\\.tmp$`);
+  const directory = dirname(path);
+  try {
+    for await (const entry of await opendir(directory)) {
+      const match = pattern.exec(entry.name);
+      if (match === null || isProcessAlive(Number(match[1]))) continue;
+      await unlink(join(directory, entry.name)).catch(() => undefined);
+    }
+  } catch {
+    // Cleanup is a courtesy; the save itself must not fail because of it.
+  }
+}
+
+/**
+ * An error from a step on the temp file, reworded to name the user's path instead of the hidden
+ * temp file (`ENOENT: no such file or directory, open '/dir/.iaflow-...tmp'` means the target's
+ * directory is missing). The code, errno and syscall are kept; the original is the cause.
+ */
+function errorNamingTarget(error: unknown, path: string, tempPath: string): unknown {
+  if (typeof error !== 'object' || error === null) return error;
+  const { message, code, errno, syscall } = error as NodeJS.ErrnoException;
+  if (typeof message !== 'string' || !message.includes(tempPath)) return error;
+  // Node's system errors read `CODE: description, syscall 'path'[ -> 'dest']`.
+  const parts = /^([A-Z0-9_]+): ([^,]*), /.exec(message);
+  const text = parts !== null ? `${parts[1]}: ${parts[2]}, while saving '${path}'` : message.split(tempPath).join(path);
+  const reworded = new Error(text, { cause: error }) as NodeJS.ErrnoException;
+  if (code !== undefined) reworded.code = code;
+  if (errno !== undefined) reworded.errno = errno;
+  if (syscall !== undefined) reworded.syscall = syscall;
+  reworded.path = path;
+  return reworded;
+}
+
 /**
  * Replaces `path` with `bytes` so that readers (and a crash or power loss) see either the
  * old file or the complete new one, never a partial file: the bytes go to a temp file in the
  * same directory (rename is only atomic within one file system), which is fsynced and then
  * renamed over `path`. On any failure the temp file is removed, the previous file is left
- * untouched and the error is rethrown. An existing file's permission bits are kept.
+ * untouched and the error is rethrown, naming `path` (never the temp file). An existing file's
+ * permission bits are kept. Temp files left by earlier saves of `path` that were killed are
+ * removed first (see removeStaleTempFiles).
  */
 export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
   const directory = dirname(path);
-  const tempPath = join(directory, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  const tempPath = tempPathFor(path);
+  await removeStaleTempFiles(path);
   const previousMode = await stat(path).then(
     (stats) => stats.mode & 0o777, // permission bits only; never carry setuid/setgid over
     () => undefined,
@@ -533,7 +932,7 @@ export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<
   } catch (error) {
     await handle?.close().catch(() => undefined);
     if (createdTemp) await unlink(tempPath).catch(() => undefined);
-    throw error;
+    throw errorNamingTarget(error, path, tempPath);
   }
   await syncDirectory(directory);
 }
@@ -557,4 +956,7 @@ export const __testing = {
   hooks: writeHooks,
   swapByteOrder,
   findDuplicateKey,
+  /** A temp-file name as writeFileAtomic makes them, for the given pid (and host tag). */
+  tempPathFor,
+  HOST_TAG,
 };

@@ -1,10 +1,11 @@
 // saveFlow / loadFlow: bit-exact round trips, clear refusals of bad files, atomic saves.
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createFlow, iaf, importTorch, loadFlow, maf, permute, reverse, saveFlow } from '../src/index';
 import { encodeFlow } from '../src/io';
-import { fuzzModelFiles } from './fuzz';
+import { fuzzModelFiles, HOSTILE_CASES, loadHostileCases } from './fuzz';
 import { decodeSafetensors, encodeSafetensors, __testing } from '../src/safetensors';
 
 let dir: string;
@@ -250,4 +251,96 @@ test('fuzz: mutated model files load and run, or are refused with ModelFileError
   expect(report.failures).toEqual([]);
   expect(report.refused).toBeGreaterThan(report.runs / 2);
   expect(report.runs).toBeGreaterThan(200);
+});
+
+describe('hostile model files (issue 11) are refused quickly with a ModelFileError naming the limit', () => {
+  // The files are generated here, into a temp dir; none is stored in the repository.
+  const expected: Record<string, RegExp> = {
+    '20 MB of nested arrays in __metadata__': /deep\.safetensors: header nests deeper than 8 levels \(under "__metadata__"\)/,
+    '98 MB header of nested arrays': /deep98\.safetensors: header nests deeper than 8 levels/,
+    '2M keys in __metadata__': /keys\.safetensors: header entry "__metadata__" has more than 4096 keys/,
+    '98 MB header: one long __metadata__ string': /long-string\.safetensors: header of 98000101 bytes passes its size limit at byte 4194560, with 1 entries so far \(limit: 4194304 bytes \+ 256 per entry \+ the 0-byte data section\)/,
+    '50 MB tensor name': /huge-name\.safetensors: header of \d+ bytes passes its size limit/,
+    '1 MB tensor name, otherwise valid (unexpected tensor)': /long-name\.safetensors: unexpected tensor n{120}\.\.\. \(1000000 characters\): the config has no such parameter$/,
+    'a shape of 5M dims': /rank\.safetensors: header holds more than 16400 JSON values in its first 1 entries/,
+    '1M empty arrays side by side': /arrays\.safetensors: header holds more than 16400 JSON values/,
+    '1M tensor entries (more than any flow has)': /entries\.safetensors: header has more than 540672 tensor entries/,
+    'config JSON nested 1M deep': /config-deep\.safetensors: bad config in __metadata__\.iaflow: it nests deeper than 8/,
+    'config JSON of 1M empty arrays': /config-arrays\.safetensors: bad config in __metadata__\.iaflow: it holds more arrays and objects than 278530/,
+    'a sparse 2 GiB file (past the size limit)': /sparse\.safetensors: file is 2147483648 bytes, more than the 1173741832-byte limit/,
+    '/dev/zero': /^\/dev\/zero: is a character device; a model file must be a regular file$/,
+    '/dev/urandom': /^\/dev\/urandom: is a character device/,
+    'a FIFO with no writer': /model\.fifo: is a FIFO \(named pipe\); a model file must be a regular file/,
+    'a directory': /folder\.safetensors: is a directory; a model file must be a regular file|folder\.safetensors: cannot read the file \(EISDIR/,
+  };
+
+  test('every targeted case has an expected refusal', () => {
+    expect(HOSTILE_CASES.map((c) => c.name).sort()).toEqual(Object.keys(expected).sort());
+  });
+
+  for (const hostile of HOSTILE_CASES) {
+    // Cases this platform cannot make (no /dev/zero, no mkfifo) are skipped, saying why.
+    const platformLacks =
+      (hostile.name.startsWith('/dev/') && !existsSync(hostile.name) && `no ${hostile.name} on this platform`) ||
+      (hostile.name.includes('FIFO') && (process.platform === 'win32' || spawnSync('mkfifo', ['--version']).error !== undefined) && 'no mkfifo on this platform');
+    (platformLacks ? test.skip : test)(`${hostile.name}${platformLacks ? ` (skipped: ${platformLacks})` : ''}`, async () => {
+      const [outcome] = await loadHostileCases(dir, [hostile]);
+      expect(outcome.message).toMatch(/^ModelFileError: /);
+      expect(outcome.message.replace(/^ModelFileError: /, '')).toMatch(expected[hostile.name]);
+      expect(outcome.message.length).toBeLessThan(600);
+      // Generous for a loaded machine: before the fix these took 15 s to forever.
+      expect(outcome.ms).toBeLessThan(2000);
+    });
+  }
+
+  test('importTorch reads through the same checks', async () => {
+    if (existsSync('/dev/zero')) await expect(importTorch('/dev/zero', { from: 'zuko-maf' })).rejects.toThrow(/^\/dev\/zero: is a character device/);
+    await expect(importTorch(dir, { from: 'zuko-maf' })).rejects.toThrow(/is a directory|EISDIR/);
+  });
+
+  test('tensor names from the file are shortened in messages (loadFlow and importTorch)', async () => {
+    const name = `layers.0.${'x'.repeat(1_000_000)}`;
+    const decoded = decodeSafetensors(encodeFlow(sampleFlow()));
+    decoded.tensors.set(name, { dtype: 'F32', shape: [1], data: new Float32Array(1) });
+    const file = join(dir, 'long-extra.safetensors');
+    writeFileSync(file, encodeSafetensors(decoded.tensors, decoded.metadata));
+    const error = (await loadFlow(file).catch((e: Error) => e)) as Error;
+    expect(error.message).toMatch(/long-extra\.safetensors: unexpected tensor layers\.0\.x{111}\.\.\. \(1000009 characters\): the config has no such parameter/);
+    expect(error.message.length).toBeLessThan(400);
+
+    const torch = decodeSafetensors(readFileSync(join(__dirname, 'fixtures/torch/zuko-maf-d3.safetensors')));
+    torch.tensors.set(`transform.${'y'.repeat(1_000_000)}`, { dtype: 'F32', shape: [1], data: new Float32Array(1) });
+    const torchFile = join(dir, 'torch-long.safetensors');
+    writeFileSync(torchFile, encodeSafetensors(torch.tensors, torch.metadata));
+    const torchError = (await importTorch(torchFile, { from: 'zuko-maf' }).catch((e: Error) => e)) as Error;
+    expect(torchError.message).toMatch(/unexpected tensor transform\.y+\.\.\. \(1000010 characters\): not part of the model/);
+    expect(torchError.message.length).toBeLessThan(400);
+  });
+});
+
+describe('saving (issue 11)', () => {
+  test('names of 250 and 255 bytes save and load', async () => {
+    const flow = sampleFlow();
+    for (const length of [250, 255]) {
+      const name = `${'f'.repeat(length - '.safetensors'.length)}.safetensors`;
+      const file = join(dir, name);
+      await saveFlow(flow, file);
+      expect((await loadFlow(file)).config).toEqual(flow.config);
+    }
+    expect(readdirSync(dir).filter((name) => name.startsWith('.iaflow-'))).toEqual([]);
+  });
+
+  test('errors name the user\'s path, not the temp file', async () => {
+    const file = join(dir, 'missing-dir', 'model.safetensors');
+    const error = (await saveFlow(sampleFlow(), file).catch((e: Error) => e)) as Error;
+    expect(error.message).toBe(`ENOENT: no such file or directory, while saving '${file}'`);
+  });
+
+  test('saveFlow refuses (RangeError) a flow whose file loadFlow would refuse, writing nothing', async () => {
+    // 16 permutations of dim 65536 make a ~6.5 MB config next to ~1.3 MB of weights.
+    const flow = createFlow({ dim: 65536, seed: 1, layers: [maf({ hidden: [1] }), ...Array.from({ length: 16 }, (_, i) => permute({ seed: i }))] });
+    const file = join(dir, 'too-big-config.safetensors');
+    await expect(saveFlow(flow, file)).rejects.toThrow(/^saveFlow: this flow's model file would be refused by loadFlow: header of \d+ bytes passes its size limit/);
+    expect(existsSync(file)).toBe(false);
+  });
 });

@@ -1,9 +1,10 @@
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
-import { __testing, decodeSafetensors, encodeSafetensors, readSafetensors, writeFileAtomic } from '../src/safetensors';
-import type { DType, SafetensorsFile, Tensor } from '../src/safetensors';
+import { __testing, checkSafetensorsHeader, decodeSafetensors, encodeSafetensors, readSafetensors, scanJson, writeFileAtomic } from '../src/safetensors';
+import type { DType, ReadLimits, SafetensorsFile, Tensor } from '../src/safetensors';
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -595,5 +596,287 @@ describe('writeFileAtomic', () => {
   test('a missing directory fails without creating anything', async () => {
     await expect(writeFileAtomic(join(dir, 'no', 'such', 'model.safetensors'), Buffer.from('x'))).rejects.toThrow(/ENOENT/);
     expect(readdirSync(dir)).toEqual([]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// Hostile headers, files and temp files (issue 11)
+
+describe('scanJson (the pre-scan that bounds JSON before JSON.parse)', () => {
+  const open = { maxDepth: Infinity, maxKeysPerObject: Infinity, maxTopLevelKeys: Infinity, maxContainers: Infinity, valuesBase: Infinity, valuesPerTopLevelKey: 0, bytesBase: Infinity, bytesPerTopLevelKey: 0 };
+  const scan = (text: string, limits: Partial<typeof open>) => {
+    const bytes = Buffer.from(text, 'utf8');
+    return scanJson(bytes, 0, bytes.length, { ...open, ...limits, maxDepth: limits.maxDepth ?? 64 });
+  };
+
+  test('counts nesting, and nothing inside strings (escaped quotes and backslashes included)', () => {
+    expect(scan('[[[1]]]', { maxDepth: 3 })).toBeUndefined();
+    expect(scan('[[[[1]]]]', { maxDepth: 3 })).toMatchObject({ limit: 'depth', at: 3, bound: 3 });
+    expect(scan('{"a\\"[[[[":"]]\\\\","b":"[[[["}', { maxDepth: 1 })).toBeUndefined();
+    // After `"\\"` the string has ended: the brackets that follow are structure again.
+    expect(scan('["\\\\",[[1]]]', { maxDepth: 2 })).toMatchObject({ limit: 'depth' });
+  });
+
+  test('counts keys per object, top-level keys, containers and values', () => {
+    expect(scan('{"m":{"a":1,"b":2,"c":3}}', { maxKeysPerObject: 3 })).toBeUndefined();
+    expect(scan('{"m":{"a":1,"b":2,"c":3,"d":4}}', { maxKeysPerObject: 3 })).toMatchObject({ limit: 'keys', topLevelKey: 'm' });
+    // String values are not keys: only strings right after `{` or `,` in an object are.
+    expect(scan('{"m":{"a":"x","b":["y","z"]}}', { maxKeysPerObject: 2 })).toBeUndefined();
+    expect(scan('{"a":1,"b":2}', { maxTopLevelKeys: 1 })).toMatchObject({ limit: 'topLevelKeys', topLevelKeys: 2 });
+    expect(scan('[[],[],[]]', { maxContainers: 3 })).toMatchObject({ limit: 'containers' });
+    // 1 array + 3 numbers + 1 string + 2 literals = 7 values.
+    expect(scan('[1,-2.5e3,0,"s",true,null]', { valuesBase: 7 })).toBeUndefined();
+    expect(scan('[1,-2.5e3,0,"s",true,null]', { valuesBase: 6 })).toMatchObject({ limit: 'values' });
+    // The values allowance grows with each top-level key.
+    expect(scan('{"a":[1,2],"b":[3,4]}', { valuesBase: 1, valuesPerTopLevelKey: 3 })).toBeUndefined();
+    expect(scan('{"a":[1,2,3],"b":[3]}', { valuesBase: 1, valuesPerTopLevelKey: 3 })).toMatchObject({ limit: 'values', topLevelKey: 'a' });
+  });
+
+  test('the byte allowance is checked as the scan goes, inside strings too', () => {
+    const text = `{"a":"${'x'.repeat(1000)}"}`;
+    expect(scan(text, { bytesBase: text.length })).toBeUndefined();
+    expect(scan(text, { bytesBase: 100 })).toMatchObject({ limit: 'bytes', at: 100 });
+    // Each top-level key pays for 5 more bytes once it is seen (it must fit in what came before).
+    expect(scan('{"a":1,"b":2,"c":333}', { bytesBase: 6, bytesPerTopLevelKey: 5 })).toBeUndefined();
+    expect(scan('{"a":1,"b":2,"c":3333}', { bytesBase: 6, bytesPerTopLevelKey: 5 })).toMatchObject({ limit: 'bytes', at: 21, topLevelKeys: 3 });
+    expect(scan('{"a":1,"b":2,"cc":3}', { bytesBase: 6, bytesPerTopLevelKey: 5 })).toMatchObject({ limit: 'bytes', topLevelKeys: 2 });
+  });
+
+  test('malformed JSON ends the scan without a problem or an out-of-bounds read (JSON.parse refuses it later)', () => {
+    for (const text of ['"unterminated', '{"a":"\\', ']]]]', '}{', '{"a" "b"}', '\\', '']) {
+      expect(scan(text, {})).toBeUndefined();
+    }
+  });
+});
+
+describe('hostile headers are refused before JSON.parse, naming the limit', () => {
+  const entry = '"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}';
+  // The file is built before the returned function runs, so timing it times the decoder alone.
+  const decode = (header: string | Buffer, data: Uint8Array = new Uint8Array(4), limits = {}) => {
+    const file = buildFile(header, data);
+    return () => decodeSafetensors(file, 'hostile.safetensors', limits);
+  };
+  const timed = (run: () => unknown) => {
+    const start = performance.now();
+    let message = '';
+    try {
+      run();
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    return { message, ms: performance.now() - start };
+  };
+
+  test('nesting: 8 levels reach the per-field checks, 9 are refused by the pre-scan, 20 MB of it in milliseconds', () => {
+    const nested = (depth: number) => `{"t":{"dtype":"F32","shape":${'['.repeat(depth - 2)}1${']'.repeat(depth - 2)},"data_offsets":[0,4]}}`;
+    expect(decode(nested(8))).toThrow(/hostile\.safetensors: tensor "t": shape\[0\] must be a non-negative safe integer, got an array/);
+    expect(decode(nested(9))).toThrow(/hostile\.safetensors: header nests deeper than 8 levels \(under "t"\)/);
+    const deep = Buffer.alloc(20e6, '[');
+    deep.write('{"__metadata__":{"a":');
+    const { message, ms } = timed(decode(deep));
+    expect(message).toMatch(/nests deeper than 8 levels \(under "__metadata__"\)/);
+    expect(ms).toBeLessThan(2000);
+  });
+
+  test('keys: __metadata__ may hold 4096 keys, not 4097; 2M keys are refused in milliseconds', () => {
+    const meta = (count: number) => `{"__metadata__":{${Array.from({ length: count }, (_, i) => `"k${i}":"v"`).join(',')}},${entry}}`;
+    expect(Object.keys(decodeSafetensors(buildFile(meta(4096), new Uint8Array(4))).metadata)).toHaveLength(4096);
+    expect(decode(meta(4097))).toThrow(/header entry "__metadata__" has more than 4096 keys/);
+    const { message, ms } = timed(decode(meta(2e6)));
+    expect(message).toMatch(/more than 4096 keys/);
+    expect(ms).toBeLessThan(2000);
+  });
+
+  test('values: a huge shape (or a flood of empty arrays) is refused by the values allowance', () => {
+    expect(decode(`{"t":{"dtype":"F32","shape":[${'1,'.repeat(5e6)}1],"data_offsets":[0,4]}}`)).toThrow(/more than 16400 JSON values in its first 1 entries \(limit: 16384 \+ 16 per entry\)/);
+    expect(decode(`{"t":[${'[],'.repeat(1e6)}[]]}`)).toThrow(/JSON values/);
+  });
+
+  test('size: 4 MiB plus 256 bytes per entry plus the data section; a 98 MB header is refused after ~4 MiB', () => {
+    const padded = (bytes: number) => `{"__metadata__":{"pad":"${'x'.repeat(bytes)}"},${entry}}`;
+    expect(decodeSafetensors(buildFile(padded(4_000_000), new Uint8Array(4))).metadata.pad).toHaveLength(4_000_000);
+    expect(decode(padded(4_300_000))).toThrow(/header of \d+ bytes passes its size limit at byte \d+, with 1 entries so far \(limit: 4194304 bytes \+ 256 per entry \+ the 4-byte data section\)/);
+    // A bigger data section pays for a bigger header (a big flow's config grows with its weights).
+    expect(decodeSafetensors(buildFile(padded(4_300_000), new Uint8Array(200_004))).metadata.pad).toHaveLength(4_300_000);
+    const { message, ms } = timed(decode(padded(98e6)));
+    expect(message).toMatch(/passes its size limit at byte 4194564/);
+    expect(ms).toBeLessThan(2000);
+  });
+
+  test('tensor count: the caller limit is enforced before parsing', () => {
+    const three = `{${['a', 'b', 'c'].map((name, i) => `"${name}":{"dtype":"U8","shape":[1],"data_offsets":[${i},${i + 1}]}`).join(',')}}`;
+    expect(decodeSafetensors(buildFile(three, new Uint8Array(3)), 'x', { maxTensors: 3 }).tensors.size).toBe(3);
+    // __metadata__ does not count as a tensor.
+    expect(decode(`{"__metadata__":{},${three.slice(1)}`, new Uint8Array(3), { maxTensors: 3 })).not.toThrow();
+    expect(decode(three, new Uint8Array(3), { maxTensors: 2 })).toThrow(/header has more than 2 tensor entries/);
+  });
+
+  test('messages quote names and shapes shortened', () => {
+    const name = 'n'.repeat(100_000);
+    const { message } = timed(decode(`{"${name}":{"dtype":"F32","shape":[${'2,'.repeat(1000)}0],"data_offsets":[0,4]}}`));
+    expect(message).toMatch(/tensor "n{120}\.\.\. \(100000 characters\)": data_offsets \[0, 4\] span 4 bytes, but dtype F32 with shape \[2, 2, 2, 2, 2, 2, 2, 2, \.\.\. \(1001 dims\)\] needs 0 bytes/);
+    expect(message.length).toBeLessThan(400);
+  });
+
+  test('saveFlow-sized headers pass: the check is a pure function of the bytes, shared by reader and writer', () => {
+    const file = encodeSafetensors(sampleTensors(), SAMPLE_METADATA);
+    expect(checkSafetensorsHeader(file)).toBe(headerOf(file).length);
+    // A start of the file checks the same header against the whole file's size.
+    expect(() => checkSafetensorsHeader(file.subarray(0, 20), 'x', {}, file.length)).not.toThrow();
+  });
+});
+
+describe('readSafetensors reads only regular files of bounded size', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'iaflow-read-'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  const refusedQuickly = async (path: string, limits: ReadLimits, pattern: RegExp) => {
+    const start = performance.now();
+    await expect(readSafetensors(path, limits)).rejects.toThrow(pattern);
+    expect(performance.now() - start).toBeLessThan(2000);
+  };
+
+  const hasDevZero = existsSync('/dev/zero');
+  (hasDevZero ? test : test.skip)(`/dev/zero is refused at once, not read forever${hasDevZero ? '' : ' (skipped: no /dev/zero on this platform)'}`, async () => {
+    await refusedQuickly('/dev/zero', {}, /^\/dev\/zero: is a character device; a model file must be a regular file$/);
+  });
+
+  const hasMkfifo = process.platform !== 'win32' && spawnSync('mkfifo', ['--version']).error === undefined;
+  (hasMkfifo ? test : test.skip)(`a FIFO with no writer is refused at once, not waited on${hasMkfifo ? '' : ' (skipped: no mkfifo on this platform)'}`, async () => {
+    const fifo = join(dir, 'pipe.safetensors');
+    spawnSync('mkfifo', [fifo]);
+    await refusedQuickly(fifo, {}, /pipe\.safetensors: is a FIFO \(named pipe\); a model file must be a regular file/);
+  });
+
+  test('a directory is refused', async () => {
+    await refusedQuickly(dir, {}, /: is a directory; a model file must be a regular file|cannot read the file \(EISDIR/);
+  });
+
+  test('a file over the size limit is refused before it is read', async () => {
+    const file = join(dir, 'big.safetensors');
+    const bytes = encodeSafetensors(sampleTensors());
+    writeFileSync(file, bytes);
+    await expect(readSafetensors(file, { maxFileBytes: bytes.length })).resolves.toBeDefined();
+    await refusedQuickly(file, { maxFileBytes: bytes.length - 1 }, new RegExp(`big\\.safetensors: file is ${bytes.length} bytes, more than the ${bytes.length - 1}-byte limit`));
+  });
+
+  test('a file whose header is hostile is refused after reading its start only', async () => {
+    // 60 MB of nesting: refused by the early check of the first ~4 MiB.
+    const file = join(dir, 'deep.safetensors');
+    const header = Buffer.alloc(60e6, '[');
+    header.write('{"__metadata__":{"a":');
+    writeFileSync(file, buildFile(header));
+    await refusedQuickly(file, {}, /nests deeper than 8 levels/);
+  });
+});
+
+describe('writeFileAtomic: temp names, stale temp files, errors', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'iaflow-temp-'));
+  });
+  afterEach(() => {
+    __testing.hooks.afterTempWrite = undefined;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('names of 250 and 255 bytes save (the temp name does not grow with the target name)', async () => {
+    for (const length of [250, 255]) {
+      const name = `${'m'.repeat(length - '.safetensors'.length)}.safetensors`;
+      expect(Buffer.byteLength(name)).toBe(length);
+      const target = join(dir, name);
+      let tempName = '';
+      __testing.hooks.afterTempWrite = (tempPath) => {
+        tempName = tempPath.slice(dir.length + 1);
+      };
+      const bytes = encodeSafetensors(sampleTensors());
+      await writeFileAtomic(target, bytes);
+      expect(readFileSync(target).equals(bytes)).toBe(true);
+      expect(Buffer.byteLength(tempName)).toBeLessThan(64);
+      expect((await readSafetensors(target)).tensors.size).toBe(Object.keys(sampleTensors()).length);
+    }
+    expect(readdirSync(dir)).toHaveLength(2);
+  });
+
+  test('a save killed mid-write leaves a temp file that the next save of the same target removes', async () => {
+    const target = join(dir, 'model.safetensors');
+    writeFileSync(target, 'old');
+    // A real save, SIGKILLed after writing its temp file and before renaming it.
+    const child = join(dir, 'killed-save.ts');
+    writeFileSync(
+      child,
+      `import { __testing, writeFileAtomic } from ${JSON.stringify(resolve(__dirname, '../src/safetensors'))};\n` +
+        `__testing.hooks.afterTempWrite = () => { process.kill(process.pid, 'SIGKILL'); };\n` +
+        `void writeFileAtomic(process.argv[2], Buffer.alloc(1 << 20, 7));\n`,
+    );
+    const run = spawnSync(process.execPath, ['--import', 'tsx', child, target], { cwd: resolve(__dirname, '..'), encoding: 'utf8' });
+    expect(run.signal).toBe('SIGKILL');
+    rmSync(child);
+    const orphans = readdirSync(dir).filter((name) => name.startsWith('.iaflow-') && name.endsWith('.tmp'));
+    expect(orphans).toHaveLength(1);
+    expect(statSync(join(dir, orphans[0])).size).toBe(1 << 20);
+    expect(readFileSync(target, 'utf8')).toBe('old');
+
+    // The dead child's pid marks more stale temps; other files must survive the cleanup.
+    const deadPid = run.pid as number;
+    const staleMore = [1, 2, 3].map(() => __testing.tempPathFor(target, deadPid));
+    const liveOwn = __testing.tempPathFor(target); // a save still running in this process
+    const otherTarget = __testing.tempPathFor(join(dir, 'other.safetensors'), deadPid);
+    const otherHost = __testing.tempPathFor(target, deadPid, __testing.HOST_TAG === 'ffff' ? 'eeee' : 'ffff');
+    const userFiles = [join(dir, '.model.safetensors.tmp'), join(dir, '.iaflow-notes.tmp')];
+    for (const path of [...staleMore, liveOwn, otherTarget, otherHost, ...userFiles]) writeFileSync(path, 'x');
+
+    await writeFileAtomic(target, Buffer.from('new'));
+    expect(readFileSync(target, 'utf8')).toBe('new');
+    const left = new Set(readdirSync(dir));
+    for (const name of orphans) expect(left.has(name)).toBe(false);
+    for (const path of staleMore) expect(existsSync(path)).toBe(false);
+    for (const path of [liveOwn, otherTarget, otherHost, ...userFiles]) expect(existsSync(path)).toBe(true);
+    expect(left.size).toBe(1 + 1 + 1 + 1 + userFiles.length);
+  });
+
+  test('concurrent saves of one target in this process do not remove each other\'s temp files', async () => {
+    const target = join(dir, 'model.safetensors');
+    let releaseFirst: () => void = () => undefined;
+    const firstMayGoOn = new Promise<void>((resolve) => (releaseFirst = resolve));
+    let firstReached: () => void = () => undefined;
+    const firstHasTemp = new Promise<void>((resolve) => (firstReached = resolve));
+    let calls = 0;
+    __testing.hooks.afterTempWrite = async () => {
+      // The first save waits, temp file written, until the second has cleaned up and finished.
+      if (++calls === 1) {
+        firstReached();
+        await firstMayGoOn;
+      }
+    };
+    const first = writeFileAtomic(target, Buffer.from('first'));
+    await firstHasTemp;
+    expect(readdirSync(dir).filter((name) => name.endsWith('.tmp'))).toHaveLength(1);
+    await writeFileAtomic(target, Buffer.from('second'));
+    expect(readFileSync(target, 'utf8')).toBe('second');
+    releaseFirst();
+    await expect(first).resolves.toBeUndefined();
+    expect(readFileSync(target, 'utf8')).toBe('first');
+    expect(readdirSync(dir)).toEqual(['model.safetensors']);
+  });
+
+  test('errors name the user\'s path, never the hidden temp file', async () => {
+    const missing = join(dir, 'no', 'such', 'model.safetensors');
+    const error = await writeFileAtomic(missing, Buffer.from('x')).catch((e: NodeJS.ErrnoException) => e);
+    expect(error).toBeDefined();
+    expect((error as Error).message).toBe(`ENOENT: no such file or directory, while saving '${missing}'`);
+    expect((error as NodeJS.ErrnoException).code).toBe('ENOENT');
+    expect((error as NodeJS.ErrnoException).path).toBe(missing);
+
+    const occupied = join(dir, 'occupied');
+    mkdirSync(occupied);
+    writeFileSync(join(occupied, 'keep.txt'), 'keep');
+    const renameError = (await writeFileAtomic(occupied, Buffer.from('x')).catch((e: Error) => e)) as Error;
+    expect(renameError.message).toMatch(new RegExp(`^(EISDIR|ENOTEMPTY|EEXIST|EPERM): .*, while saving '${escapeRegExp(occupied)}'$`));
+    expect(renameError.message).not.toMatch(/\.iaflow-|\.tmp/);
+    expect(readdirSync(dir)).toEqual(['occupied']);
   });
 });
