@@ -11,11 +11,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Interface } from 'node:readline';
+import { addChildCpuSeconds, processCpuSeconds } from './machine';
 import { BENCH_DIR } from './peers';
 import type { OnnxProtoModule, OrtModule, OrtSession } from './peers';
 
+/** The sgemm's size (n x n times n x n); --quick uses QUICK_SGEMM_SIZE, an eighth of the work. */
 export const SGEMM_SIZE = 4096;
-const SGEMM_FLOPS = 2 * SGEMM_SIZE ** 3;
+export const QUICK_SGEMM_SIZE = 2048;
 
 export interface FmaReading {
   isa: string;
@@ -54,6 +56,7 @@ export class FmaProbe {
   /** Runs the probe for `seconds` on `threads` threads (asynchronously: the event loop stays free). */
   run(threads: number, seconds: number): Promise<FmaReading> {
     return new Promise((resolve, reject) => {
+      const t0 = performance.now();
       const child = spawn(this.binary, [String(threads), String(seconds)], { stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       let err = '';
@@ -61,6 +64,7 @@ export class FmaProbe {
       child.stderr.on('data', (d: Buffer) => (err += d.toString()));
       child.on('error', reject);
       child.on('close', (code) => {
+        addChildCpuSeconds((threads * (performance.now() - t0)) / 1e3); // it spins every thread throughout
         if (code !== 0) reject(new Error(`fma_probe exited with ${code}: ${err.trim()}`));
         else {
           try {
@@ -83,10 +87,10 @@ export class OrtSgemm {
   private constructor(
     private readonly session: OrtSession,
     private readonly feed: Record<string, unknown>,
+    readonly size: number,
   ) {}
 
-  static async create(ort: OrtModule, onnx: OnnxProtoModule, options: object): Promise<OrtSgemm> {
-    const n = SGEMM_SIZE;
+  static async create(ort: OrtModule, onnx: OnnxProtoModule, options: object, n: number): Promise<OrtSgemm> {
     const b = randomMatrix(n, 2);
     const model = {
       irVersion: 8,
@@ -103,14 +107,14 @@ export class OrtSgemm {
     const session = await ort.InferenceSession.create(onnx.onnx.ModelProto.encode(model).finish(), options as never);
     const feed = { a: new ort.Tensor('float32', randomMatrix(n, 1), [n, n]) };
     await session.run(feed); // warm-up: thread pool, packing of B
-    return new OrtSgemm(session, feed);
+    return new OrtSgemm(session, feed, n);
   }
 
   /** GFLOP/s of one product. */
   async gflops(): Promise<number> {
     const t0 = performance.now();
     await this.session.run(this.feed as never);
-    return SGEMM_FLOPS / ((performance.now() - t0) / 1e3) / 1e9;
+    return (2 * this.size ** 3) / ((performance.now() - t0) / 1e3) / 1e9;
   }
 
   release(): Promise<void> {
@@ -153,11 +157,11 @@ export class NumpySgemm {
     lines.on('line', (line) => this.pending.shift()?.(line));
   }
 
-  static async start(threads: number): Promise<{ sgemm: NumpySgemm | null; reason: string }> {
+  static async start(threads: number, size: number): Promise<{ sgemm: NumpySgemm | null; reason: string }> {
     const check = spawnSync('python3', ['-c', 'import numpy'], { encoding: 'utf8' });
     if (check.error || check.status !== 0) return { sgemm: null, reason: `python3 has no numpy (${check.error ? check.error.message : (check.stderr || '').trim().split('\n').pop()})` };
     const env = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) };
-    const child = spawn('python3', ['-c', NUMPY_SCRIPT, String(SGEMM_SIZE)], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('python3', ['-c', NUMPY_SCRIPT, String(size)], { env, stdio: ['pipe', 'pipe', 'pipe'] });
     const lines = createInterface({ input: child.stdout });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -185,6 +189,7 @@ export class NumpySgemm {
   }
 
   dispose(): void {
+    if (this.child.pid) addChildCpuSeconds(processCpuSeconds(this.child.pid));
     this.lines.close();
     this.child.stdin.end();
     this.child.kill();
