@@ -97,8 +97,24 @@ const SPIN = (iterations: number) =>
   `const t0=performance.now();let x=1;for(let i=0;i<${iterations};i++){x=(x*1664525+1013904223)%4294967296;}` +
   `const u=process.cpuUsage();process.stdout.write(JSON.stringify({s:(performance.now()-t0)/1e3,cpu:(u.user+u.system)/1e6,x}));`;
 
-/** CPU seconds the spin children used (so the neighbour monitor can leave them out). */
+/** CPU seconds the bench's own children used (so the neighbour monitor can leave them out). */
 let childCpuSeconds = 0;
+
+/** Counts CPU time of a child process the bench started (the FMA probe, the numpy sgemm) as the bench's own. */
+export function addChildCpuSeconds(seconds: number): void {
+  if (Number.isFinite(seconds) && seconds > 0) childCpuSeconds += seconds;
+}
+
+/** user + system CPU seconds of a running process, from /proc (0 where there is no /proc). */
+export function processCpuSeconds(pid: number): number {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+    // After "pid (comm) ": state is field 0, utime field 11, stime field 12 (man 5 proc), in clock ticks.
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
 
 function runSpin(iterations: number): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -10,8 +10,12 @@ export interface DenseLinear {
   out: number;
 }
 
+export type GraphScale = 'softplus' | 'exp';
+
 export interface MadeNet {
   kind: 'iaf' | 'maf';
+  /** softplus: scale = softplus(a) + 1e-3; exp: scale = exp(a / (1 + |a| / ln 1e3)) (flow_math.h). */
+  scale: GraphScale;
   hidden: DenseLinear[];
   /** Both heads in one [H, 2D] product: columns 0..D-1 the shift, D..2D-1 the raw scale. */
   head: DenseLinear;
@@ -28,6 +32,8 @@ export type Direction = 'toData' | 'toLatent';
 
 /** Softplus scale floor of DESIGN.md: scale = softplus(a) + 1e-3. */
 export const SOFTPLUS_FLOOR = 1e-3;
+/** iaflow's 'exp' scale soft-clips a before exp: a' = a / (1 + |a| / EXP_SOFT_CLIP) (zuko's). */
+export const EXP_SOFT_CLIP = Math.log(1e3);
 export const HALF_LOG_2PI = 0.5 * Math.log(2 * Math.PI);
 /** Head weights are uniform in +-HEAD_GAIN/sqrt(width): small enough that the sequential direction stays bounded. */
 export const HEAD_GAIN = 0.2;
@@ -89,6 +95,7 @@ export function randomParameters(flow: Flow, seed: number): Record<string, Float
   const next = rng(seed);
   const uniform = (bound: number) => (2 * next() - 1) * bound;
   const shapes = flow.parameterShapes();
+  const layers = flow.config.layers;
   const out: Record<string, Float32Array> = {};
   const softplusInverseOfOne = Math.log(Math.E - 1);
   for (const [name, shape] of Object.entries(shapes)) {
@@ -102,7 +109,10 @@ export function randomParameters(flow: Flow, seed: number): Record<string, Float
       const bound = HEAD_GAIN / Math.sqrt(fanIn);
       for (let i = 0; i < size; i++) value[i] = uniform(bound);
     } else if (name.endsWith('.scale.bias')) {
-      for (let i = 0; i < size; i++) value[i] = softplusInverseOfOne + uniform(0.2);
+      // Raw scale 0 is scale 1 for 'exp' (the soft clip keeps 0), softplus^-1(1) for 'softplus'.
+      const layer = layers[Number(name.split('.')[1])];
+      const centre = layer && layer.type !== 'permutation' && layer.scale === 'exp' ? 0 : softplusInverseOfOne;
+      for (let i = 0; i < size; i++) value[i] = centre + uniform(0.2);
     } else {
       for (let i = 0; i < size; i++) value[i] = uniform(0.1);
     }
@@ -123,8 +133,8 @@ export function flowNet(flow: Flow): FlowNet {
   };
   const layers: NetLayer[] = config.layers.map((layer, k): NetLayer => {
     if (layer.type === 'permutation') return { type: 'perm', perm: [...layer.permutation] };
-    if (layer.activation !== 'relu' || layer.scale !== 'softplus') {
-      throw new Error('bench: the peers implement relu + softplus MADE layers only');
+    if (layer.activation !== 'relu' || (layer.scale !== 'softplus' && layer.scale !== 'exp') || layer.residual) {
+      throw new Error('bench: the peers implement plain relu MADE layers with the softplus or exp scale only');
     }
     const hidden: DenseLinear[] = [];
     let prevDeg: readonly number[] = layer.inputDegrees;
@@ -151,7 +161,7 @@ export function flowNet(flow: Flow): FlowNet {
     const bias = new Float32Array(2 * dim);
     bias.set(take(`layers.${k}.shift.bias`), 0);
     bias.set(take(`layers.${k}.scale.bias`), dim);
-    return { type: 'made', net: { kind: layer.type, hidden, head: { wT, bias, in: H, out: 2 * dim } } };
+    return { type: 'made', net: { kind: layer.type, scale: layer.scale, hidden, head: { wT, bias, in: H, out: 2 * dim } } };
   });
   return { dim, layers };
 }

@@ -81,9 +81,25 @@ export const loadOrt = () => load<OrtModule>('onnxruntime-node');
 
 // ---- onnx-proto (protobufjs-generated ONNX messages) ----
 
+export interface DecodedTensor {
+  name: string;
+  dataType: number;
+  dims: unknown[];
+  rawData?: Uint8Array;
+}
+
+export interface DecodedModel {
+  graph: {
+    node: { opType: string }[];
+    initializer: DecodedTensor[];
+    input: { name: string }[];
+    output: { name: string }[];
+  };
+}
+
 export interface OnnxProtoModule {
   onnx: {
-    ModelProto: { encode(model: object): { finish(): Uint8Array } };
+    ModelProto: { encode(model: object): { finish(): Uint8Array }; decode(bytes: Uint8Array): DecodedModel };
   };
 }
 
@@ -111,6 +127,9 @@ export interface TfModule {
   relu(a: TfTensor): TfTensor;
   softplus(a: TfTensor): TfTensor;
   log(a: TfTensor): TfTensor;
+  exp(a: TfTensor): TfTensor;
+  abs(a: TfTensor): TfTensor;
+  div(a: TfTensor, b: TfTensor): TfTensor;
   square(a: TfTensor): TfTensor;
   sum(a: TfTensor, axis?: number): TfTensor;
   gather(a: TfTensor, indices: TfTensor, axis?: number): TfTensor;

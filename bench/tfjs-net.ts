@@ -1,7 +1,7 @@
 // The flow's parallel direction in TensorFlow.js (tf.matMul etc.), on whichever backend is set:
 // the same masked dense weights as the ONNX graph, uploaded once.
 import type { TfModule, TfTensor } from './peers';
-import { Direction, FlowNet, HALF_LOG_2PI, SOFTPLUS_FLOOR, travel } from './network';
+import { Direction, EXP_SOFT_CLIP, FlowNet, HALF_LOG_2PI, SOFTPLUS_FLOOR, travel } from './network';
 
 export interface TfRunner {
   run(input: Float32Array, rows: number): { x: Float32Array | null; logProb: Float32Array };
@@ -18,11 +18,14 @@ export function tfParallelRunner(tf: TfModule, net: FlowNet, direction: Directio
     if (!step.parallel) throw new Error('bench: the TF.js peer runs the parallel direction only');
     return {
       type: 'made' as const,
+      scale: step.net.scale,
       hidden: step.net.hidden.map((h) => ({ w: held(tf.tensor2d(h.wT, [h.in, h.out])), b: held(tf.tensor1d(h.bias)) })),
       head: { w: held(tf.tensor2d(step.net.head.wT, [step.net.head.in, step.net.head.out])), b: held(tf.tensor1d(step.net.head.bias)) },
     };
   });
   const floor = held(tf.scalar(SOFTPLUS_FLOOR));
+  const one = held(tf.scalar(1));
+  const inverseClip = held(tf.scalar(1 / EXP_SOFT_CLIP));
   const negHalf = held(tf.scalar(-0.5));
   const baseConst = held(tf.scalar(D * HALF_LOG_2PI));
   const baseLogDensity = (z: TfTensor) => tf.sub(tf.mul(tf.sum(tf.square(z), 1), negHalf), baseConst);
@@ -42,8 +45,17 @@ export function tfParallelRunner(tf: TfModule, net: FlowNet, direction: Directio
           for (const layer of step.hidden) h = tf.relu(tf.add(tf.matMul(h, layer.w), layer.b));
           const head = tf.add(tf.matMul(h, step.head.w), step.head.b);
           const shift = tf.slice(head, [0, 0], [rows, D]);
-          const scale = tf.add(tf.softplus(tf.slice(head, [0, D], [rows, D])), floor);
-          const ls = tf.sum(tf.log(scale), 1);
+          const raw = tf.slice(head, [0, D], [rows, D]);
+          let scale: TfTensor;
+          let ls: TfTensor;
+          if (step.scale === 'exp') {
+            const clipped = tf.div(raw, tf.add(one, tf.mul(tf.abs(raw), inverseClip)));
+            scale = tf.exp(clipped);
+            ls = tf.sum(clipped, 1);
+          } else {
+            scale = tf.add(tf.softplus(raw), floor);
+            ls = tf.sum(tf.log(scale), 1);
+          }
           logDet = logDet ? tf.add(logDet, ls) : ls;
           point = tf.add(tf.mul(point, scale), shift);
         }

@@ -91,8 +91,8 @@ export async function prepare(make: (rows: number) => Call | Promise<Call>, nomi
 export type Slot =
   /** A timed call over `rows` rows: its rate is rows / (median call time in the slice). */
   | { name: string; rows: number; call: Call; before?: () => unknown }
-  /** Something that measures its own rate (the matmul ceiling's GFLOP/s). */
-  | { name: string; rate: () => number; before?: () => unknown };
+  /** Something that measures its own rate (a ceiling's GFLOP/s, a training step's rows/s). */
+  | { name: string; rate: () => number | Promise<number>; before?: () => unknown };
 
 export interface Interleaved {
   names: string[];
@@ -114,7 +114,7 @@ export async function interleave(slots: Slot[], options: { rounds: number; slice
       const slot = slots[s];
       await slot.before?.();
       if ('rate' in slot) {
-        rates[s].push(slot.rate());
+        rates[s].push(await slot.rate());
         calls[s]++;
         continue;
       }
@@ -138,6 +138,13 @@ export function slotIndex(result: Interleaved, name: string): number {
 /** Median over rounds of slot `name`'s rate. */
 export function rateOf(result: Interleaved, name: string): number {
   return median(result.rates[slotIndex(result, name)]);
+}
+
+/** Median over rounds of rate(a) / (the largest of the `others`' rates in that round): a against the best of several. */
+export function ratioToBestOf(result: Interleaved, a: string, others: string[], scaleA = 1): number {
+  const ra = result.rates[slotIndex(result, a)];
+  const ro = others.map((name) => result.rates[slotIndex(result, name)]);
+  return median(ra.map((v, r) => (v * scaleA) / Math.max(...ro.map((rates) => rates[r]))));
 }
 
 /** Median over rounds of rate(a) / rate(b) within the round. */

@@ -53,7 +53,7 @@ function referenceRow(seedLo: number, seedHi: number, row: number, dim: number):
 
 function draw(seedLo: number, seedHi: number, firstRow: number, rows: number, dim: number): Float32Array {
   const out = new Float32Array(rows * dim);
-  native.standardNormal(seedLo, seedHi, firstRow, rows, dim, out);
+  native.standardNormal({ seed: [seedLo, seedHi], firstRow, rows, dim, out });
   return out;
 }
 
