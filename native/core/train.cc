@@ -6,7 +6,10 @@
 //  - input gradient GX = GY W^T: input block kb reads only the units that see it;
 //  - weight gradient GW += X^T GY: only the rows k < blockDepth of each column block
 //    (the few masked entries inside a block are zeroed afterwards),
-// so the all-zero tiles are never loaded or multiplied.
+// so the all-zero tiles are never loaded or multiplied. Those products and the
+// passes built on them (train_kernels.h) are compiled once per instruction set in
+// kernels_<isa>.cc, next to the inference kernels, and run through the table of the
+// instruction set inference runs (kernels.h); this file holds no ISA-specific code.
 #include "train.h"
 
 #include <algorithm>

@@ -29,7 +29,9 @@ inline Vec vload(const float* p) {  // unaligned
   return v;
 }
 inline void vstore(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof v); }
-inline Vec vsplat(float s) { return Vec{} + s; }
+// s - 0 is s for every s, so the subtraction folds away and this is one broadcast
+// (Vec{} + s would keep an add: -0 + 0 is +0).
+inline Vec vsplat(float s) { return s - Vec{}; }
 inline Vec vadd(Vec a, Vec b) { return a + b; }
 #if IAF_TRAIN_FMA && IAF_TRAIN_VEC == 16
 inline Vec madd(Vec acc, Vec x, Vec w) { return _mm512_fmadd_ps(x, w, acc); }
