@@ -18,7 +18,7 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fvisibility=hidden"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fvisibility=hidden", "-ffp-contract=off"],
       "conditions": [
         ["OS=='win'", {
           "defines!": ["_HAS_EXCEPTIONS=0"],
@@ -34,7 +34,7 @@
             "CLANG_CXX_LIBRARY": "libc++",
             "MACOSX_DEPLOYMENT_TARGET": "11.0",
             "GCC_SYMBOLS_PRIVATE_EXTERN": "YES",
-            "OTHER_CPLUSPLUSFLAGS": ["-O3"]
+            "OTHER_CPLUSPLUSFLAGS": ["-O3", "-ffp-contract=off"]
           }
         }]
       ]

@@ -3,8 +3,8 @@
 //   npx tsx bench/train_speed.ts [--steps 40] [--threads 1,2]
 //
 // Rows per second of maximum-likelihood training steps (forward, backward, Adam; batch 512)
-// on the staircase kernels (zero blocks skipped, register tiles, AVX2 + FMA where the CPU has
-// it) against the simple dense path (every weight multiplied, zeros included, plain loops).
+// on the staircase kernels (zero blocks skipped, register tiles, the best of AVX-512, AVX2 + FMA
+// and portable: the instruction set inference uses) against the simple dense path (every weight multiplied, zeros included, plain loops).
 // The same flows, data and thread counts, in one run. Last column: the same shape as an IAF,
 // whose likelihood gradient runs the sequential direction (one-pass inverse and adjoint sweep).
 import * as os from 'node:os';

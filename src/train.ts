@@ -311,16 +311,19 @@ function requireTrainable(flow: Flow, what: string): void {
   if (!layers.some((l) => l.type !== 'permutation')) throw new TypeError(`${what}: the flow has no MADE layer, so nothing to train`);
 }
 
-/** Kernel choices for tests and benchmarks: the dense reference path, the baseline-ISA build. */
+/**
+ * For tests and benchmarks: train on 'cpu-reference' (the dense path) whatever the flow's backend.
+ * (The instruction set is native.selectKernels', shared with inference.)
+ */
 interface KernelChoice {
   reference?: boolean;
-  portable?: boolean;
 }
 
 function newTrainer(flow: Flow, pass: 0 | 1, teacher: Flow | null, options: Float64Array, kernels: KernelChoice = {}): NativeTrainerInstance {
   const spec = nativeSpec(flow.config as FlowConfig, flow.currentParameters() as Map<string, Float32Array>);
   const teacherSpec = teacher ? nativeSpec(teacher.config as FlowConfig, teacher.currentParameters() as Map<string, Float32Array>) : null;
-  return new native.NativeTrainer({ spec, pass, teacher: teacherSpec, optimizer: options, backend: kernels.reference ? 'cpu-reference' : 'cpu' });
+  // Training runs on the flow's own backend (its trainer shares the backend's kernels).
+  return new native.NativeTrainer({ spec, pass, teacher: teacherSpec, optimizer: options, backend: kernels.reference ? 'cpu-reference' : flow.backend });
 }
 
 /** Dense arrays for every parameter of `flow`, as views for the native export. */

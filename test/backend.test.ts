@@ -116,7 +116,18 @@ describe('training and inference share one forward', () => {
 describe('firstRow', () => {
   const flow = createFlow({ dim: 3, layers: [iaf({ hidden: [16] }), reverse(), maf({ hidden: [16] })], seed: 2 });
 
-  it('a sample taken in pieces equals one call, bit for bit', async () => {
+  // Pieces of 1 and 7 rows run the one-row path, the others whole and partial tiles: all round alike.
+  it.each(native.kernelInfo().available.split(','))('a sample taken in pieces equals one call, bit for bit (%s kernels)', async (isa) => {
+    const best = native.kernelInfo().isa;
+    expect(native.selectKernels(isa)).toBe(true);
+    try {
+      await samplePiecewise();
+    } finally {
+      native.selectKernels(best);
+    }
+  });
+
+  async function samplePiecewise() {
     const whole = await flow.sampleWithLogProb(1000, { seed: 77 });
     const pieces = [
       [0, 1],
@@ -131,7 +142,7 @@ describe('firstRow', () => {
       const sync = flow.sampleSync(rows, { seed: 77, firstRow });
       expect(Buffer.from(sync.buffer).equals(Buffer.from(whole.x.buffer, firstRow * 3 * 4, rows * 3 * 4))).toBe(true);
     }
-  });
+  }
 
   it('needs a seed and a non-negative integer', () => {
     expect(() => flow.sampleSync(2, { firstRow: 5 })).toThrow(/firstRow needs options.seed/);
@@ -191,7 +202,7 @@ describe('event loop', () => {
     // Validation of a typed array is O(1) in JavaScript; the finiteness scan, the float64 ->
     // float32 conversion and the run happen on a worker thread. What is left on the event loop is
     // one memcpy of the input, a small part of the synchronous call's time.
-    const flow = createFlow({ dim: 2, layers: [maf({ hidden: [32, 32] })], seed: 1 });
+    const flow = createFlow({ dim: 2, layers: [maf({ hidden: [64, 64] })], seed: 1 });
     const rows = 10_000_000;
     const x = new Float64Array(rows * 2).fill(0.25);
     let started = process.hrtime.bigint();
@@ -205,7 +216,7 @@ describe('event loop', () => {
     const logProb = await pending;
     histogram.disable();
     expect(Buffer.from(logProb.buffer).equals(Buffer.from(expected.buffer))).toBe(true);
-    expect(callMs).toBeLessThan(syncMs / 3);
+    expect(callMs).toBeLessThan(syncMs / 4);
     expect(histogram.max / 1e6).toBeLessThan(syncMs / 2);
   }, 120_000);
 });

@@ -164,11 +164,9 @@ void madeParallelRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r)
   }
   float* raw = s.output.data();
   K.linearRow(view(m.output), headInput(m, s), raw, 0, 2 * m.dim, kActNone, nullptr, nullptr);
-  for (int p = 0; p < m.dim; ++p) {
-    const Affine a = affineFromRaw(m.scale, raw[2 * p + 1], raw[2 * p]);
-    point[m.dimAtPosition[p]] = u[p] * a.scale + a.shift;
-    s.logDet[r] += a.logScale;
-  }
+  float* v = s.sortedOut.data();
+  K.affineRow(raw, u, v, &s.logDet[r], 0, m.dim, static_cast<int>(m.scale), false);
+  for (int p = 0; p < m.dim; ++p) point[m.dimAtPosition[p]] = v[p];
 }
 
 void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r) {
@@ -180,9 +178,7 @@ void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int 
   for (int p = 0; p < m.dim; ++p) {
     unitsOfDegree(K.linearRow, m, s, u, p);
     K.linearRow(view(m.output), headInput(m, s), raw, 2 * p, 2 * p + 2, kActNone, nullptr, nullptr);
-    const Affine a = affineFromRaw(m.scale, raw[2 * p + 1], raw[2 * p]);
-    u[p] = (v[p] - a.shift) / a.scale;
-    s.logDet[r] -= a.logScale;
+    K.affineRow(raw, v, u, &s.logDet[r], p, p + 1, static_cast<int>(m.scale), true);
   }
   for (int p = 0; p < m.dim; ++p) point[m.dimAtPosition[p]] = u[p];
 }

@@ -38,6 +38,12 @@ struct KernelTable {
   // Inverse: outT[p] = (inT[p] - shift) / scale, logDet -= log scale.
   void (*affine)(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
                  int p1, int scaleKind, bool inverse);
+  // The affine step of ONE row for positions [p0, p1) (the one-row path), from the head's raw
+  // outputs raw[2p] (shift) and raw[2p + 1] (scale), with `affine`'s per-element operations, so a
+  // row gives the same bits whichever path (tile or row) runs it: a sample split in pieces of
+  // any size equals one call. logDet accumulates in position order, as `affine` does per row.
+  void (*affineRow)(const float* raw, const float* in, float* out, float* logDet, int p0, int p1, int scaleKind,
+                    bool inverse);
   // Rows [firstRow, firstRow + rows) of the seed's standard-normal stream, row-major (rows x dim):
   // the values of flow_math.h's standardNormals4, bit for bit, many Philox blocks per vector.
   void (*normals)(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out);

@@ -14,6 +14,9 @@
 // 32 x 32 -> 64-bit products of the low words (Philox) and vector square roots (Box-Muller).
 #define IAF_MUL_EPU32(a, k) (vu) _mm256_mul_epu32((__m256i)(a), (__m256i)(vu{} + (k)))
 #define IAF_SQRT_PD(d) (vd) _mm256_sqrt_pd((__m256d)(d))
+// Fused multiply-adds are explicit (the build never contracts a * b + c).
+#define IAF_FMADD(a, b, c) (vf) _mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c))
+#define IAF_FMADD1(a, b, c) __builtin_fmaf(a, b, c)
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
@@ -31,7 +34,7 @@ namespace {
 
 namespace iaflow {
 const KernelTable* avx2Kernels() {
-  static const KernelTable table{"avx2", kVec, kTile, linearKernel, linearRowKernel, affineKernel, normalsKernel};
+  static const KernelTable table{"avx2", kVec, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow

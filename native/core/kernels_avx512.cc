@@ -18,6 +18,10 @@
 // vector that -Wuninitialized flags once inlined into normals.h's fp-contract=off code.
 #define IAF_MUL_EPU32(a, k) (vu) _mm512_maskz_mul_epu32(0xFF, (__m512i)(a), (__m512i)(vu{} + (k)))
 #define IAF_SQRT_PD(d) (vd) _mm512_maskz_sqrt_pd(0xFF, (__m512d)(d))
+// Fused multiply-adds are explicit (the build never contracts a * b + c): the tile and the
+// one-row paths then round every product alike.
+#define IAF_FMADD(a, b, c) (vf) _mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c))
+#define IAF_FMADD1(a, b, c) __builtin_fmaf(a, b, c)
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma"))), apply_to = function)
 #else
@@ -35,7 +39,7 @@ namespace {
 
 namespace iaflow {
 const KernelTable* avx512Kernels() {
-  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel, normalsKernel};
+  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow

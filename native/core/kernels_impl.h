@@ -16,6 +16,13 @@ using iaflow::kActTanh;
 typedef float vf __attribute__((vector_size(IAF_VEC * 4), aligned(4)));
 typedef int vi __attribute__((vector_size(IAF_VEC * 4), aligned(4)));
 
+// a * b + c: one fused multiply-add where the instruction set has it, else a multiply and an add
+// (the build passes -ffp-contract=off, so nothing is fused behind the code's back).
+#ifndef IAF_FMADD
+#define IAF_FMADD(a, b, c) ((a) * (b) + (c))
+#define IAF_FMADD1(a, b, c) ((a) * (b) + (c))
+#endif
+
 constexpr int kVec = IAF_VEC;
 constexpr int kRowVectors = IAF_ROW_VECTORS;
 constexpr int kTile = kVec * kRowVectors;
@@ -101,7 +108,7 @@ inline void accumulate(const LinearView& L, const float* xT, int j0, int depth, 
     const float* wk = w + static_cast<long>(k) * L.outStride;
     for (int c = 0; c < kColumns; ++c) {
       const vf b = splat(wk[c]);
-      for (int v = 0; v < kRowVectors; ++v) acc[c][v] += b * x[v];
+      for (int v = 0; v < kRowVectors; ++v) acc[c][v] = IAF_FMADD(b, x[v], acc[c][v]);
     }
   }
 }
@@ -168,7 +175,7 @@ inline void rowBlock(const LinearView& L, const float* x, float* y, int j0, int 
   for (int k = 0; k < depth; ++k) {
     const vf xk = splat(x[k]);
     const float* wk = w + static_cast<long>(k) * L.outStride;
-    for (int b = 0; b < kVectors; ++b) acc[b] += xk * load(wk + b * kVec);
+    for (int b = 0; b < kVectors; ++b) acc[b] = IAF_FMADD(xk, load(wk + b * kVec), acc[b]);
   }
   for (int b = 0; b < kVectors; ++b) {
     const long at = j0 + b * kVec;
@@ -186,7 +193,7 @@ void linearRowFor(const LinearView& L, const float* x, float* y, int lo, int hi,
   for (; j + kVec <= hi; j += kVec) rowBlock<1, kAct>(L, x, y, j, L.prefix[j + kVec - 1], residual, preAct);
   for (; j < hi; ++j) {  // tail: one unit at a time
     float sum = L.bias[j];
-    for (int k = 0; k < L.prefix[j]; ++k) sum += x[k] * L.weightKM[static_cast<long>(k) * L.outStride + j];
+    for (int k = 0; k < L.prefix[j]; ++k) sum = IAF_FMADD1(x[k], L.weightKM[static_cast<long>(k) * L.outStride + j], sum);
     if (residual) sum += residual[j];
     if (preAct) preAct[j] = sum;
     y[j] = activate<kAct>(splat(sum))[0];
@@ -268,6 +275,47 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
     case 3: return affineFor<1, true>(head, hT, inT, outT, logDet, p0, p1);
     case 4: return affineFor<2, false>(head, hT, inT, outT, logDet, p0, p1);
     default: return affineFor<2, true>(head, hT, inT, outT, logDet, p0, p1);
+  }
+}
+
+// The one-row affine step: up to kVec positions per vector, the same scaleOf and the same
+// expressions as affineBlock, so each element is computed by the same operations.
+template <int kScale, bool kInverse>
+void affineRowFor(const float* raw, const float* in, float* out, float* logDet, int p0, int p1) {
+  alignas(64) float rawScale[kVec], rawShift[kVec], value[kVec], result[kVec], logScales[kVec];
+  for (int p = p0; p < p1; p += kVec) {
+    const int n = p1 - p < kVec ? p1 - p : kVec;
+    for (int q = 0; q < kVec; ++q) {
+      rawShift[q] = q < n ? raw[2 * (p + q)] : 0.0f;
+      rawScale[q] = q < n ? raw[2 * (p + q) + 1] : 0.0f;
+      value[q] = q < n ? in[p + q] : 0.0f;
+    }
+    vf scale, logScale;
+    scaleOf<kScale>(load(rawScale), scale, logScale);
+    vf shift = load(rawShift);
+    if (kScale == 2) shift = (1.0f - scale) * shift;
+    const vf x = load(value);
+    store(result, kInverse ? (x - shift) / scale : x * scale + shift);
+    store(logScales, logScale);
+    float ld = *logDet;
+    for (int q = 0; q < n; ++q) {
+      out[p + q] = result[q];
+      if (kInverse) ld -= logScales[q];
+      else ld += logScales[q];
+    }
+    *logDet = ld;
+  }
+}
+
+void affineRowKernel(const float* raw, const float* in, float* out, float* logDet, int p0, int p1, int scaleKind,
+                     bool inverse) {
+  switch (scaleKind * 2 + (inverse ? 1 : 0)) {
+    case 0: return affineRowFor<0, false>(raw, in, out, logDet, p0, p1);
+    case 1: return affineRowFor<0, true>(raw, in, out, logDet, p0, p1);
+    case 2: return affineRowFor<1, false>(raw, in, out, logDet, p0, p1);
+    case 3: return affineRowFor<1, true>(raw, in, out, logDet, p0, p1);
+    case 4: return affineRowFor<2, false>(raw, in, out, logDet, p0, p1);
+    default: return affineRowFor<2, true>(raw, in, out, logDet, p0, p1);
   }
 }
 

@@ -21,7 +21,7 @@ namespace {
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", kVec, kTile, linearKernel, linearRowKernel, affineKernel, normalsKernel};
+  static const KernelTable table{"portable", kVec, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow
@@ -89,6 +89,15 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
   }
 }
 
+void affineRowKernel(const float* raw, const float* in, float* out, float* logDet, int p0, int p1, int scaleKind,
+                     bool inverse) {
+  for (int p = p0; p < p1; ++p) {
+    const iaflow::Affine a = iaflow::affineFromRaw(static_cast<iaflow::ScaleKind>(scaleKind), raw[2 * p + 1], raw[2 * p]);
+    out[p] = inverse ? (in[p] - a.shift) / a.scale : in[p] * a.scale + a.shift;
+    *logDet += inverse ? -a.logScale : a.logScale;
+  }
+}
+
 void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out) {
   float four[4];
   for (int r = 0; r < rows; ++r)
@@ -100,7 +109,7 @@ void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* o
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", 1, kTile, linearKernel, linearRowKernel, affineKernel, normalsKernel};
+  static const KernelTable table{"portable", 1, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow
