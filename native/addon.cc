@@ -578,7 +578,8 @@ Napi::Value listBackends(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// layout(): the native enum codes the spec uses, for the test that pins them to src/native.ts.
+// layout(spec?): the native enum codes the spec uses and, given a spec, the [out, in] shape of
+// every tensor as parseSpec read it: for the test that pins src/native.ts and src/layers.ts to them.
 Napi::Value layout(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto codes = [&](std::initializer_list<std::pair<const char*, int>> entries) {
@@ -598,6 +599,31 @@ Napi::Value layout(const Napi::CallbackInfo& info) {
                           {"gated", static_cast<int>(ScaleKind::Gated)}}));
   out.Set("direction", codes({{"toData", static_cast<int>(iaflow::Direction::ToData)},
                               {"toLatent", static_cast<int>(iaflow::Direction::ToLatent)}}));
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    const iaflow::FlowSpec spec = parseSpec(env, info[0]);
+    auto shape = [&](const iaflow::DenseLinear& d) {
+      Napi::Array a = Napi::Array::New(env, 2);
+      a.Set(0u, d.out);
+      a.Set(1u, d.in);
+      return a;
+    };
+    Napi::Array layers = Napi::Array::New(env, spec.layers.size());
+    for (size_t k = 0; k < spec.layers.size(); ++k) {
+      const iaflow::LayerSpec& l = spec.layers[k];
+      if (l.kind == LayerKind::Permutation) {
+        layers.Set(static_cast<uint32_t>(k), env.Null());
+        continue;
+      }
+      Napi::Object o = Napi::Object::New(env);
+      Napi::Array hidden = Napi::Array::New(env, l.hidden.size());
+      for (size_t h = 0; h < l.hidden.size(); ++h) hidden.Set(static_cast<uint32_t>(h), shape(l.hidden[h]));
+      o.Set("hidden", hidden);
+      o.Set("shift", shape(l.shift));
+      o.Set("rawScale", shape(l.rawScale));
+      layers.Set(static_cast<uint32_t>(k), o);
+    }
+    out.Set("layers", layers);
+  }
   return out;
 }
 

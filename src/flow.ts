@@ -4,12 +4,14 @@ import {
   FlowConfig,
   FORMAT_VERSION,
   LayerDescriptor,
+  LinearNames,
   MadeOptions,
   MAX_DIM,
   MAX_LAYERS,
   checkFlowConfig,
   iaf as iafLayer,
   initialParameters,
+  madeTensorNames,
   maf as mafLayer,
   parameterShapes,
   reverse,
@@ -374,9 +376,10 @@ export function nativeSpec(config: FlowConfig, params: Map<string, Float32Array>
     if (!value) throw new Error(`iaflow internal: parameter ${name} is missing`);
     return value;
   };
-  const linear = (prefix: string) => ({ weight: take(`${prefix}.weight`), bias: take(`${prefix}.bias`) });
+  const linear = (names: LinearNames) => ({ weight: take(names.weight), bias: take(names.bias) });
   const layers: NativeLayerSpec[] = config.layers.map((layer, k) => {
-    if (layer.type === 'permutation') return { kind: 2, permutation: Int32Array.from(layer.permutation) };
+    if (layer.type === 'permutation') return { kind: LAYOUT_CODES.kind.permutation, permutation: Int32Array.from(layer.permutation) };
+    const names = madeTensorNames(k, layer.hidden.length);
     return {
       kind: LAYOUT_CODES.kind[layer.type],
       activation: ACTIVATION_CODE[layer.activation],
@@ -384,9 +387,9 @@ export function nativeSpec(config: FlowConfig, params: Map<string, Float32Array>
       inputDegrees: Int32Array.from(layer.inputDegrees),
       residual: layer.residual === true,
       hiddenDegrees: layer.hiddenDegrees.map((d) => Int32Array.from(d)),
-      hidden: layer.hidden.map((_, l) => linear(`layers.${k}.hidden.${l}`)),
-      shift: linear(`layers.${k}.shift`),
-      rawScale: linear(`layers.${k}.scale`),
+      hidden: names.hidden.map(linear),
+      shift: linear(names.shift),
+      rawScale: linear(names.scale),
     };
   });
   return { dim: config.dim, layers };

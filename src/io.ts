@@ -12,6 +12,7 @@ import {
   MAX_HIDDEN_LAYERS,
   MAX_LAYERS,
   MAX_PARAMETERS,
+  madeTensorNames,
   parameterShapes,
 } from './layers';
 import {
@@ -296,9 +297,10 @@ function degreesFromMasks(dict: StateDict, where: string, inputDegrees: number[]
 }
 
 function madeParameters(k: number, made: MadeWeights, dim: number, params: Map<string, Float32Array>): void {
+  const names = madeTensorNames(k, made.hidden.length);
   made.hidden.forEach(({ weight, bias }, l) => {
-    params.set(`layers.${k}.hidden.${l}.weight`, weight.slice());
-    params.set(`layers.${k}.hidden.${l}.bias`, bias.slice());
+    params.set(names.hidden[l].weight, weight.slice());
+    params.set(names.hidden[l].bias, bias.slice());
   });
   const width = made.out.weight.length / made.out.bias.length;
   for (const [head, rowOf] of [['shift', made.shiftRow], ['scale', made.scaleRow]] as const) {
@@ -308,8 +310,8 @@ function madeParameters(k: number, made: MadeWeights, dim: number, params: Map<s
       weight.set(made.out.weight.subarray(rowOf(i) * width, (rowOf(i) + 1) * width), i * width);
       bias[i] = made.out.bias[rowOf(i)];
     }
-    params.set(`layers.${k}.${head}.weight`, weight);
-    params.set(`layers.${k}.${head}.bias`, bias);
+    params.set(names[head].weight, weight);
+    params.set(names[head].bias, bias);
   }
 }
 

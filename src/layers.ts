@@ -341,20 +341,41 @@ function checkFlowSize(source: string, layers: unknown, dim: number, hiddenOfLay
   }
 }
 
+/** The names of one Linear's tensors. */
+export interface LinearNames {
+  weight: string;
+  bias: string;
+}
+
+/**
+ * The model file's tensor names of MADE layer k (k counts permutations too): the one place they
+ * are spelled. Hidden layer l is [width_l, width_{l-1}] (width_{-1} = dim); the shift and scale
+ * heads are [dim, width_last], rows by original dimension.
+ */
+export function madeTensorNames(k: number, hiddenLayers: number): { hidden: LinearNames[]; shift: LinearNames; scale: LinearNames } {
+  const linear = (prefix: string): LinearNames => ({ weight: `${prefix}.weight`, bias: `${prefix}.bias` });
+  return {
+    hidden: Array.from({ length: hiddenLayers }, (_, l) => linear(`layers.${k}.hidden.${l}`)),
+    shift: linear(`layers.${k}.shift`),
+    scale: linear(`layers.${k}.scale`),
+  };
+}
+
 /** Parameter names and [out, in] / [out] shapes, in a stable order. */
 export function parameterShapes(config: FlowConfig): Map<string, number[]> {
   const shapes = new Map<string, number[]>();
   config.layers.forEach((layer, k) => {
     if (layer.type === 'permutation') return;
+    const names = madeTensorNames(k, layer.hidden.length);
     let fanIn = config.dim;
     layer.hidden.forEach((width, l) => {
-      shapes.set(`layers.${k}.hidden.${l}.weight`, [width, fanIn]);
-      shapes.set(`layers.${k}.hidden.${l}.bias`, [width]);
+      shapes.set(names.hidden[l].weight, [width, fanIn]);
+      shapes.set(names.hidden[l].bias, [width]);
       fanIn = width;
     });
-    for (const head of ['shift', 'scale']) {
-      shapes.set(`layers.${k}.${head}.weight`, [config.dim, fanIn]);
-      shapes.set(`layers.${k}.${head}.bias`, [config.dim]);
+    for (const head of [names.shift, names.scale]) {
+      shapes.set(head.weight, [config.dim, fanIn]);
+      shapes.set(head.bias, [config.dim]);
     }
   });
   return shapes;
@@ -382,6 +403,7 @@ export function initialParameters(config: FlowConfig, seed: number): Map<string,
   const params = new Map<string, Float32Array>();
   config.layers.forEach((layer, k) => {
     if (layer.type === 'permutation') return;
+    const names = madeTensorNames(k, layer.hidden.length);
     let inDegrees = layer.inputDegrees;
     layer.hidden.forEach((width, l) => {
       const degrees = layer.hiddenDegrees[l];
@@ -392,8 +414,8 @@ export function initialParameters(config: FlowConfig, seed: number): Map<string,
       for (let j = 0; j < width; j++) {
         for (let i = 0; i < fanIn; i++) if (inDegrees[i] <= degrees[j]) weight[j * fanIn + i] = uniform(bound);
       }
-      params.set(`layers.${k}.hidden.${l}.weight`, weight);
-      params.set(`layers.${k}.hidden.${l}.bias`, Float32Array.from({ length: width }, () => uniform(bound)));
+      params.set(names.hidden[l].weight, weight);
+      params.set(names.hidden[l].bias, Float32Array.from({ length: width }, () => uniform(bound)));
       inDegrees = degrees;
     });
     const fanIn = inDegrees.length;
@@ -404,8 +426,8 @@ export function initialParameters(config: FlowConfig, seed: number): Map<string,
         for (let m = 0; m < fanIn; m++) if (inDegrees[m] < layer.inputDegrees[i]) weight[i * fanIn + m] = uniform(bound);
       }
       const offset = head === 'scale' ? identityScaleBias(layer.scale) : 0;
-      params.set(`layers.${k}.${head}.weight`, weight);
-      params.set(`layers.${k}.${head}.bias`, Float32Array.from({ length: config.dim }, () => offset + uniform(bound)));
+      params.set(names[head].weight, weight);
+      params.set(names[head].bias, Float32Array.from({ length: config.dim }, () => offset + uniform(bound)));
     }
   });
   return params;

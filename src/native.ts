@@ -103,7 +103,8 @@ export interface NativeBinding {
   NativeTrainer: new (options: { spec: NativeFlowSpec; pass: 0 | 1; teacher?: NativeFlowSpec | null; optimizer: Float64Array; backend: string }) => NativeTrainerInstance;
   /** The registered backends, fastest first. */
   backends(): NativeBackendInfo[];
-  layout(): typeof LAYOUT_CODES;
+  /** The native enum codes and, given a spec, the [out, in] shape of each tensor as the addon read it. */
+  layout(spec?: NativeFlowSpec): typeof LAYOUT_CODES & { layers?: ({ hidden: [number, number][]; shift: [number, number]; rawScale: [number, number] } | null)[] };
   /** Process-wide: the pool serves every worker_thread of the process. */
   setThreads(threads: number): void;
   getThreads(): number;

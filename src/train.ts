@@ -3,7 +3,7 @@
 // passes, Adam and clipping on the core's thread pool, a run of steps per native call. This file
 // validates, schedules the chunks, reports progress and handles cancellation.
 import { Flow, Rows, nativeSpec } from './flow';
-import { FlowConfig } from './layers';
+import { FlowConfig, LinearNames, madeTensorNames } from './layers';
 import { native, NativeLayerView, NativeTrainerInstance } from './native';
 import {
   checkInteger,
@@ -331,12 +331,12 @@ function denseViews(flow: Flow, fill: 'copy' | 'zero'): { map: Map<string, Float
   const map = new Map<string, Float32Array>();
   for (const [name, value] of flow.currentParameters()) map.set(name, fill === 'copy' ? value.slice() : new Float32Array(value.length));
   const get = (name: string) => map.get(name)!;
-  const linear = (prefix: string) => ({ weight: get(`${prefix}.weight`), bias: get(`${prefix}.bias`) });
-  const views = flow.config.layers.map((layer, k): NativeLayerView =>
-    layer.type === 'permutation'
-      ? null
-      : { hidden: layer.hidden.map((_, l) => linear(`layers.${k}.hidden.${l}`)), shift: linear(`layers.${k}.shift`), rawScale: linear(`layers.${k}.scale`) },
-  );
+  const linear = (names: LinearNames) => ({ weight: get(names.weight), bias: get(names.bias) });
+  const views = flow.config.layers.map((layer, k): NativeLayerView => {
+    if (layer.type === 'permutation') return null;
+    const names = madeTensorNames(k, layer.hidden.length);
+    return { hidden: names.hidden.map(linear), shift: linear(names.shift), rawScale: linear(names.scale) };
+  });
   return { map, views };
 }
 

@@ -5,7 +5,9 @@
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { Flow, LayerDescriptor, backends, createFlow, iaf, maf, permute, reverse } from '../src/index';
+import { nativeSpec } from '../src/flow';
+import { Flow, FlowConfig, LayerDescriptor, backends, createFlow, iaf, maf, permute, reverse } from '../src/index';
+import { madeTensorNames } from '../src/layers';
 import { LAYOUT_CODES, native } from '../src/native';
 import { __trainingInternals } from '../src/train';
 
@@ -61,6 +63,28 @@ describe('the registry', () => {
 
   it('pins the enum codes of src/native.ts to the native ones', () => {
     expect(native.layout()).toEqual(LAYOUT_CODES);
+  });
+
+  it.each(STACKS)('pins the tensor layout: %s, as the addon reads it, has the shapes of the model file', (_name, layers) => {
+    const flow = createFlow({ dim: DIM, layers: layers(), seed: 1 });
+    const config = flow.config as FlowConfig;
+    const read = native.layout(nativeSpec(config, flow.currentParameters() as Map<string, Float32Array>)).layers!;
+    const shapes = flow.parameterShapes();
+    const fromNative: Record<string, number[]> = {};
+    config.layers.forEach((layer, k) => {
+      if (layer.type === 'permutation') return expect(read[k]).toBeNull();
+      const names = madeTensorNames(k, layer.hidden.length);
+      const native = read[k]!;
+      native.hidden.forEach(([out, inputs], l) => {
+        fromNative[names.hidden[l].weight] = [out, inputs];
+        fromNative[names.hidden[l].bias] = [out];
+      });
+      for (const [head, [out, inputs]] of [[names.shift, native.shift], [names.scale, native.rawScale]] as const) {
+        fromNative[head.weight] = [out, inputs];
+        fromNative[head.bias] = [out];
+      }
+    });
+    expect(fromNative).toEqual(shapes);
   });
 });
 
