@@ -180,8 +180,7 @@ void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int 
     unitsOfDegree(K.linearRow, m, s, u, p);
     K.linearRow(view(m.output), headInput(m, s), raw, 2 * p, 2 * p + 2, kActNone, nullptr, nullptr);
     const Affine a = affineFromRaw(m.scale, raw[2 * p + 1], raw[2 * p]);
-    u[p] = (v[p] - a.shift) / a.scale;
-    s.logDet[r] -= a.logScale;
+    u[p] = solveAffine(v[p], a, s.logDet[r]);
   }
   for (int p = 0; p < m.dim; ++p) point[m.dimAtPosition[p]] = u[p];
 }
@@ -270,8 +269,8 @@ void madeSequentialByPasses(const MadePlan& m, Scratch& s, int rows) {
     for (int r = 0; r < rows; ++r)
       for (int p = 0; p < dim; ++p) {
         const Affine a = affineFromRaw<S>(s.output[r * os + 2 * p + 1], s.output[r * os + 2 * p]);
-        u[r * dim + p] = (v[r * dim + p] - a.shift) / a.scale;
-        if (last) s.logDet[r] -= a.logScale;
+        float passLogDet = 0.0f;  // only the last pass's scales count
+        u[r * dim + p] = solveAffine(v[r * dim + p], a, last ? s.logDet[r] : passLogDet);
       }
   }
   for (int r = 0; r < rows; ++r)
@@ -369,8 +368,13 @@ void runTile(const KernelTable& K, const FlowPlan& plan, const RunRequest& req, 
   if (req.outLogDet) std::copy_n(s.logDet.data(), rows, req.outLogDet + firstRow);
   if (req.outLogProb) {
     // sampling: log q(x) = log N(z) - log|det dx/dz|; scoring: log N(z) + log|det dz/dx|
-    for (int r = 0; r < rows; ++r)
+    for (int r = 0; r < rows; ++r) {
       req.outLogProb[firstRow + r] = toData ? s.baseLogDensity[r] - s.logDet[r] : s.baseLogDensity[r] + s.logDet[r];
+      // A sample whose sequential solve left float32 (solveAffine) has no log-density to give.
+      if (toData)
+        for (int i = 0; i < dim; ++i)
+          if (!std::isfinite(s.point[r * dim + i])) req.outLogProb[firstRow + r] = NAN;
+    }
   }
 }
 

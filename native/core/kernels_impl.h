@@ -219,9 +219,11 @@ inline void affineBlock(const LinearView& head, const float* hT, const float* in
       vf shift = acc[2 * q][v];
       if (kScale == 2) shift = (1.0f - scale) * shift;
       const vf in = load(inT + p * kTile + v * kVec);
-      if (kInverse) {
-        store(outT + p * kTile + v * kVec, (in - shift) / scale);
-        ld -= logScale;
+      if (kInverse) {  // as flow_math.h's solveAffine: a solution past float32 is +-infinity
+        const vf u = (in - shift) / scale;
+        const vi finite = vabs(u) <= 3.402823466e38f;
+        store(outT + p * kTile + v * kVec, select(finite, u, select(u < 0.0f, splat(-__builtin_huge_valf()), splat(__builtin_huge_valf()))));
+        ld -= select(finite, logScale, splat(0.0f));
       } else {
         store(outT + p * kTile + v * kVec, in * scale + shift);
         ld += logScale;

@@ -75,8 +75,12 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
       }
       const iaflow::Affine a = iaflow::affineFromRaw(static_cast<iaflow::ScaleKind>(scaleKind), rawScale, rawShift);
       const float in = inT[p * kTile + r];
-      outT[p * kTile + r] = inverse ? (in - a.shift) / a.scale : in * a.scale + a.shift;
-      logDet[r] += inverse ? -a.logScale : a.logScale;
+      if (inverse) {
+        outT[p * kTile + r] = iaflow::solveAffine(in, a, logDet[r]);
+      } else {
+        outT[p * kTile + r] = in * a.scale + a.shift;
+        logDet[r] += a.logScale;
+      }
     }
   }
 }
