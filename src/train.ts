@@ -136,7 +136,11 @@ export interface ReverseKLProgress {
 }
 
 export interface ReverseKLOptions extends OptimizerOptions {
-  /** Optimizer steps. Default 5000. */
+  /**
+   * Optimizer steps, up to 1e9. Default 5000. Memory does not grow with them: the report's `loss`
+   * keeps every step's loss up to 65536 steps and, for longer runs, the mean of each run of
+   * `lossStride` steps (at most 65536 entries).
+   */
   steps?: number;
   /** Latent draws per step. Default 256. */
   batchSize?: number;
@@ -506,7 +510,9 @@ class LossHistory {
  * aborts, training stops at the next chunk boundary, the best weights so far (with validation;
  * else the current ones) are applied to the flow, and the promise rejects with an AbortError. A
  * step whose loss or gradient is not finite is skipped (never written into the weights) and
- * counted in `skippedSteps`.
+ * counted in `skippedSteps`. The weights the flow ends with always give finite samples and
+ * log-densities: where those reached do not (finite weights whose products overflow), the flow
+ * keeps the last ones that did and the report says so (`diverged`, `warnings`).
  */
 export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise<FitReport> {
   checkFlow('flow', flow);
@@ -856,7 +862,8 @@ async function runReverse(
  * returns the log-density (unnormalized is fine) and its gradient wrt x. The flow's parameters are
  * updated before each `onProgress` call and at the end; an aborted `signal` stops at the next step
  * and rejects with an AbortError, the flow keeping the weights reached so far. A step whose loss
- * or gradient is not finite is skipped (never written into the weights) and counted.
+ * or gradient is not finite is skipped (never written into the weights) and counted. As in `fit`,
+ * weights that give non-finite samples or log-densities are never handed back (`diverged`).
  */
 export async function fitReverseKL(flow: Flow, target: Target, options?: ReverseKLOptions): Promise<ReverseKLReport> {
   checkFlow('flow', flow);

@@ -161,6 +161,16 @@ export function isFloat64Array(value: unknown): value is Float64Array {
 
 const hasOwn = (target: object, key: number): boolean => Object.prototype.hasOwnProperty.call(target, key);
 
+/**
+ * Whether an array's prototype chain has an index property (Array.prototype[1] = 0.5), which a
+ * hole would read. for-in sees only enumerable keys, which an assignment makes and the built-ins
+ * are not, so it costs next to nothing when, as usual, there are none.
+ */
+function prototypesHaveIndices(): boolean {
+  for (const key in Array.prototype) if (/^(0|[1-9][0-9]*)$/.test(key)) return true;
+  return false;
+}
+
 function holeError(name: string, expected: string): TypeError {
   return new TypeError(`Expected ${expected} for ${name} but received a hole (the array is sparse)`);
 }
@@ -183,13 +193,12 @@ export function toRowMajor(name: string, value: unknown, dim: number): { data: F
     data = allocateFloats(rowCount * dim, name);
     // A plain loop, not forEach: forEach skips the holes of a sparse array, which would leave
     // their rows as zeros. Each element is read once, so a getter cannot hand back two values.
-    // A hole that inherits a number (someone set Array.prototype[i]) would read as that number:
-    // checked once per call, so the usual case pays nothing per cell.
-    let inheritsCells = false;
-    for (let i = 0; i < dim && !inheritsCells; i++) inheritsCells = i in Array.prototype;
+    // A hole reads as undefined, unless a prototype lends it a value (someone set
+    // Array.prototype[i]): checked once per call, so the usual case pays only for undefined.
+    const inherits = prototypesHaveIndices();
     for (let r = 0; r < rowCount; r++) {
-      if (!hasOwn(value, r)) throw holeError(`${name}[${r}]`, `an array of ${dim} numbers`);
       const row: unknown = value[r];
+      if ((row === undefined || inherits) && !hasOwn(value, r)) throw holeError(`${name}[${r}]`, `an array of ${dim} numbers`);
       if (!Array.isArray(row) && !isFloat32Array(row) && !isFloat64Array(row)) {
         throw invalidType(`${name}[${r}]`, `an array of ${dim} numbers`, row);
       }
@@ -202,7 +211,7 @@ export function toRowMajor(name: string, value: unknown, dim: number): { data: F
           if (plain && !hasOwn(row, i)) throw holeError(`${name}[${r}][${i}]`, 'a number');
           throw invalidType(`${name}[${r}][${i}]`, 'a number', v);
         }
-        if (inheritsCells && plain && !hasOwn(row, i)) throw holeError(`${name}[${r}][${i}]`, 'a number');
+        if (inherits && plain && !hasOwn(row, i)) throw holeError(`${name}[${r}][${i}]`, 'a number');
         data[r * dim + i] = v;
       }
     }

@@ -354,3 +354,85 @@ describe('reference MADE layer details', () => {
     expect(() => refForward(cfg, randomParams(cfg, 1), [0, 0, 0], 1)).toThrow(/length 3, expected 2/);
   });
 });
+
+// ---------------------------------------------------------------------------------------
+// The library where its float32 sequential inverse overflows: a point the model gives no mass.
+
+describe('a sequential inverse past float32 (gated scale)', () => {
+  // Imported here so the oracle's self-checks above stay independent of the library.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const lib = require('../src/index') as typeof import('../src/index');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { native } = require('../src/native') as typeof import('../src/native');
+
+  /** A gated IAF whose last layer's scales are sigmoid(bias + 2): 0 in float32 below about -90. */
+  function gatedFlow(bias: number) {
+    const flow = lib.createFlow({ dim: 4, layers: [lib.iaf({ hidden: [8], scale: 'gated' }), lib.reverse(), lib.iaf({ hidden: [8], scale: 'gated' })], seed: 3 });
+    const params = flow.getParameters();
+    params['layers.2.scale.bias'].fill(bias);
+    flow.setParameters(params);
+    const ref: Record<string, Float64Array> = {};
+    for (const [name, value] of Object.entries(flow.getParameters())) ref[name] = Float64Array.from(value);
+    return { flow, ref, config: flow.config as unknown as RefConfig };
+  }
+
+  it('gives logProb -Infinity (not NaN) where the float64 oracle is below -3.4e38, on every path', async () => {
+    const { flow, ref, config } = gatedFlow(-100);
+    const batch = Float32Array.from(randomBatch(16, 4, 4));
+    for (const rows of [1, 16]) {
+      const x = rows === 16 ? batch : batch.slice(4 * 8, 4 * 9); // row 8: one the oracle can score
+      // Where the oracle has a number it is below -3.4e38, -Infinity once rounded to float32. On
+      // some rows float64 overflows too (the oracle's own NaN): the answer there is no different.
+      const expected = Array.from(refLogProb(config, ref, Float64Array.from(x), rows)).filter((v) => !Number.isNaN(v));
+      expect(expected.length).toBeGreaterThanOrEqual(rows / 2);
+      expected.forEach((v) => expect(v).toBeLessThan(-3.5e38));
+      const paths: [string, Float32Array][] = [
+        ['sync', flow.logProbSync(x)],
+        ['async', await flow.logProb(x)],
+        ['reference path', flow.referenceRun('toLatent', x, rows).logProb],
+      ];
+      const isa = native.kernelInfo().isa;
+      try {
+        native.selectKernels('portable');
+        paths.push(['portable kernels', flow.logProbSync(x)]);
+      } finally {
+        native.selectKernels(isa);
+      }
+      for (const [path, logProb] of paths) expect({ path, rows, logProb: Array.from(logProb) }).toEqual({ path, rows, logProb: Array(rows).fill(-Infinity) });
+      const { z, logDet } = flow.inverseSync(x);
+      expect(z.every((v) => !Number.isNaN(v)) && z.some((v) => v === Infinity || v === -Infinity)).toBe(true);
+      expect(logDet.every(Number.isFinite)).toBe(true);
+    }
+  });
+
+  it('still matches the oracle where the inverse is large but inside float32', () => {
+    const { flow, ref, config } = gatedFlow(-40);
+    const x = Float32Array.from(randomBatch(16, 4, 6));
+    const expected = refLogProb(config, ref, Float64Array.from(x), 16);
+    const got = flow.logProbSync(x);
+    let compared = 0;
+    expected.forEach((v, r) => {
+      if (Number.isNaN(v)) {
+        expect(got[r]).toBe(-Infinity); // the oracle's float64 overflowed as well
+        return;
+      }
+      expect(v < -1e20 && v > -3.4e38).toBe(true); // far in the tail, but a float32 number
+      expect(Math.abs(got[r] - v) / Math.abs(v)).toBeLessThan(1e-4);
+      compared++;
+    });
+    expect(compared).toBeGreaterThanOrEqual(8);
+  });
+
+  it('a sample whose sequential solve overflows has no log-density (NaN), not a finite one', () => {
+    const flow = lib.createFlow({ dim: 3, layers: [lib.maf({ hidden: [8], scale: 'gated' })], seed: 1 });
+    const params = flow.getParameters();
+    params['layers.0.scale.bias'].fill(-100);
+    flow.setParameters(params);
+    const { x, logProb } = flow.sampleWithLogProbSync(16, { seed: 2 });
+    for (let r = 0; r < 16; r++) {
+      if (x.subarray(3 * r, 3 * r + 3).every(Number.isFinite)) expect(Number.isFinite(logProb[r])).toBe(true);
+      else expect(logProb[r]).toBeNaN();
+    }
+    expect(x.some((v) => !Number.isFinite(v))).toBe(true);
+  });
+});

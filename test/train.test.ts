@@ -695,6 +695,11 @@ describe('fit', () => {
     await expect(fit(flow, new Float32Array(3))).rejects.toThrow(/multiple of 2/);
     await expect(fit(flow, data, { validation: [[1, 2, 3]] })).rejects.toThrow(/options.validation\[0\].length/);
     await expect(fit(flow, data, { signal: {} as AbortSignal })).rejects.toThrow(/AbortSignal/);
+    // Holes are refused, not trained on as zeros.
+    const sparse = new Array<number[]>(3);
+    sparse[2] = [0.5, 0.5];
+    await expect(fit(flow, sparse)).rejects.toThrow(/^Expected an array of 2 numbers for data\[0\] but received a hole/);
+    await expect(fit(flow, [[0, 0], [0, 0]], { validation: [[0, 0], [1, , ] as number[]] })).rejects.toThrow(/options\.validation\[1\]\[1\] but received a hole/);
     await expect(fit({} as Flow, data)).rejects.toThrow(/Expected a Flow/);
   });
 

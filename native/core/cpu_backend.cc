@@ -267,8 +267,8 @@ void madeSequentialByPasses(const MadePlan& m, Scratch& s, int rows) {
     for (int r = 0; r < rows; ++r)
       for (int p = 0; p < dim; ++p) {
         const Affine a = affineFromRaw<S>(s.output[r * os + 2 * p + 1], s.output[r * os + 2 * p]);
-        u[r * dim + p] = (v[r * dim + p] - a.shift) / a.scale;
-        if (last) s.logDet[r] -= a.logScale;
+        float passLogDet = 0.0f;  // only the last pass's scales count
+        u[r * dim + p] = solveAffine(v[r * dim + p], a, last ? s.logDet[r] : passLogDet);
       }
   }
   for (int r = 0; r < rows; ++r)
@@ -361,8 +361,13 @@ void runTile(const KernelTable& K, bool reference, const FlowPlan& plan, const R
   if (req.outLogDet) std::copy_n(s.logDet.data(), rows, req.outLogDet + firstRow);
   if (req.outLogProb) {
     // sampling: log q(x) = log N(z) - log|det dx/dz|; scoring: log N(z) + log|det dz/dx|
-    for (int r = 0; r < rows; ++r)
+    for (int r = 0; r < rows; ++r) {
       req.outLogProb[firstRow + r] = toData ? s.baseLogDensity[r] - s.logDet[r] : s.baseLogDensity[r] + s.logDet[r];
+      // A sample whose sequential solve left float32 (solveAffine) has no log-density to give.
+      if (toData)
+        for (int i = 0; i < dim; ++i)
+          if (!std::isfinite(s.point[r * dim + i])) req.outLogProb[firstRow + r] = NAN;
+    }
   }
 }
 

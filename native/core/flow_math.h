@@ -82,6 +82,21 @@ IAF_HD Affine affineFromRaw(ScaleKind s, float rawScale, float rawShift) {
   }
 }
 
+// The sequential direction's solve of v = u * scale + shift for u, one dimension, with its
+// log-scale taken off logDet. A solution beyond float32 (a scale that underflows to 0, as the gated
+// sigmoid does for a raw scale below about -88, or a quotient past 3.4e38) is +-infinity, and its
+// log-scale is left out: the row's later dimensions read that infinity and get NaN from their
+// conditioner, which is taken as infinity too (+infinity, the sign being unknown). The latent
+// point then lies at infinity, so its log-density is base(z) + logDet = -infinity, not NaN.
+IAF_HD float solveAffine(float v, const Affine& a, float& logDet) {
+  const float u = (v - a.shift) / a.scale;
+  if (fabsf(u) <= 3.402823466e38f) {  // false for +-infinity and NaN
+    logDet -= a.logScale;
+    return u;
+  }
+  return u < 0.0f ? -HUGE_VALF : HUGE_VALF;
+}
+
 IAF_HD float standardNormalLogDensity(float z) { return -0.5f * z * z - kHalfLog2Pi; }
 
 // ---- Derivatives, for training (shared by the CPU core and the CUDA kernels) ----

@@ -239,9 +239,11 @@ inline void affineBlock(const LinearView& head, const float* hT, const float* in
       vf shift = acc[2 * q][v];
       if (kScale == 2) shift = (1.0f - scale) * shift;
       const vf in = load(inT + p * kTile + v * kVec);
-      if (kInverse) {
-        store(outT + p * kTile + v * kVec, (in - shift) / scale);
-        ld -= logScale;
+      if (kInverse) {  // as flow_math.h's solveAffine: a solution past float32 is +-infinity
+        const vf u = (in - shift) / scale;
+        const vi finite = vabs(u) <= 3.402823466e38f;
+        store(outT + p * kTile + v * kVec, select(finite, u, select(u < 0.0f, splat(-__builtin_huge_valf()), splat(__builtin_huge_valf()))));
+        ld -= select(finite, logScale, splat(0.0f));
       } else {
         store(outT + p * kTile + v * kVec, in * scale + shift);
         ld += logScale;
@@ -295,8 +297,15 @@ void affineRowFor(const float* raw, const float* in, float* out, float* logDet, 
     vf shift = load(rawShift);
     if (kScale == 2) shift = (1.0f - scale) * shift;
     const vf x = load(value);
-    store(result, kInverse ? (x - shift) / scale : x * scale + shift);
-    store(logScales, logScale);
+    if (kInverse) {  // as affineBlock: a solution past float32 is +-infinity, its log-scale left out
+      const vf u = (x - shift) / scale;
+      const vi finite = vabs(u) <= 3.402823466e38f;
+      store(result, select(finite, u, select(u < 0.0f, splat(-__builtin_huge_valf()), splat(__builtin_huge_valf()))));
+      store(logScales, select(finite, logScale, splat(0.0f)));
+    } else {
+      store(result, x * scale + shift);
+      store(logScales, logScale);
+    }
     float ld = *logDet;
     for (int q = 0; q < n; ++q) {
       out[p + q] = result[q];

@@ -83,8 +83,12 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
       }
       const iaflow::Affine a = iaflow::affineFromRaw(static_cast<iaflow::ScaleKind>(scaleKind), rawScale, rawShift);
       const float in = inT[p * kTile + r];
-      outT[p * kTile + r] = inverse ? (in - a.shift) / a.scale : in * a.scale + a.shift;
-      logDet[r] += inverse ? -a.logScale : a.logScale;
+      if (inverse) {
+        outT[p * kTile + r] = iaflow::solveAffine(in, a, logDet[r]);
+      } else {
+        outT[p * kTile + r] = in * a.scale + a.shift;
+        logDet[r] += a.logScale;
+      }
     }
   }
 }
@@ -93,8 +97,12 @@ void affineRowKernel(const float* raw, const float* in, float* out, float* logDe
                      bool inverse) {
   for (int p = p0; p < p1; ++p) {
     const iaflow::Affine a = iaflow::affineFromRaw(static_cast<iaflow::ScaleKind>(scaleKind), raw[2 * p + 1], raw[2 * p]);
-    out[p] = inverse ? (in[p] - a.shift) / a.scale : in[p] * a.scale + a.shift;
-    *logDet += inverse ? -a.logScale : a.logScale;
+    if (inverse) {
+      out[p] = iaflow::solveAffine(in[p], a, *logDet);
+    } else {
+      out[p] = in[p] * a.scale + a.shift;
+      *logDet += a.logScale;
+    }
   }
 }
 
