@@ -916,16 +916,19 @@ async function removeStaleTempFiles(path: string): Promise<void> {
 }
 
 /**
- * An error from a step on the temp file, reworded to name the user's path instead of the hidden
- * temp file (`ENOENT: no such file or directory, open '/dir/.iaflow-...tmp'` means the target's
- * directory is missing). The code, errno and syscall are kept; the original is the cause.
+ * A file-system error from a step of the save, reworded to name the user's path instead of the
+ * hidden temp file (`ENOENT: no such file or directory, open '/dir/.iaflow-...tmp'` means the
+ * target's directory is missing) or no path at all (`ENOSPC: ..., write`). The code, errno and
+ * syscall are kept; the original is the cause. Other errors (from a data source, say) pass as
+ * they are, unless they quote the temp path.
  */
 function errorNamingTarget(error: unknown, path: string, tempPath: string): unknown {
   if (typeof error !== 'object' || error === null) return error;
   const { message, code, errno, syscall } = error as NodeJS.ErrnoException;
-  if (typeof message !== 'string' || !message.includes(tempPath)) return error;
-  // Node's system errors read `CODE: description, syscall 'path'[ -> 'dest']`.
-  const parts = /^([A-Z0-9_]+): ([^,]*), /.exec(message);
+  if (typeof message !== 'string') return error;
+  // Node's system errors read `CODE: description, syscall['path'[ -> 'dest']]`.
+  const parts = typeof code === 'string' ? /^([A-Z0-9_]+): ([^,]*), \w+/.exec(message) : null;
+  if (parts === null && !message.includes(tempPath)) return error;
   const text = parts !== null ? `${parts[1]}: ${parts[2]}, while saving '${path}'` : message.split(tempPath).join(path);
   const reworded = new Error(text, { cause: error }) as NodeJS.ErrnoException;
   if (code !== undefined) reworded.code = code;
