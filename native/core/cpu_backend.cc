@@ -369,6 +369,13 @@ void runTile(const KernelTable& K, const FlowPlan& plan, const RunRequest& req, 
   }
 }
 
+// Each thread's tile workspace, kept across calls: a call allocates nothing once a thread has
+// run a flow of the same shape (the pool's threads live as long as the pool).
+Scratch& threadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
@@ -380,16 +387,14 @@ class CpuBackend final : public Backend {
     const int64_t tiles = (req.rows + tileRows - 1) / tileRows;
     if (tiles == 1) {
       // Small batches skip the pool: no wake-up latency.
-      thread_local Scratch local;
-      runTile(K, plan, req, local, 0, static_cast<int>(req.rows));
+      runTile(K, plan, req, threadScratch(), 0, static_cast<int>(req.rows));
       return;
     }
     std::shared_ptr<ThreadPool> pool = currentPool();
-    std::vector<Scratch> scratch(pool->size());
-    pool->parallelFor(tiles, [&](int64_t tile, int worker) {
+    pool->parallelFor(tiles, [&](int64_t tile, int) {
       const int64_t first = tile * tileRows;
       const int rows = static_cast<int>(std::min<int64_t>(tileRows, req.rows - first));
-      runTile(K, plan, req, scratch[worker], first, rows);
+      runTile(K, plan, req, threadScratch(), first, rows);
     });
   }
 };
