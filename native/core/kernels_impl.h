@@ -126,25 +126,32 @@ inline void columnBlock(const LinearView& L, const float* xT, float* yT, int j0,
     }
 }
 
-// The register-block widths after kColumns: 6 -> 4 -> 2 -> 1 (3 -> 2 -> 1), so a short
-// range of units (a degree group in the sequential direction) still runs in wide blocks.
-constexpr int narrower(int columns) { return columns > 4 ? 4 : columns > 2 ? 2 : 1; }
-
-// Units [j, hi) in blocks of kColumns, the rest in narrower blocks. Units are sorted by
-// degree, so a block's last unit reads the most inputs; the others' weights past their own
+// One block of `width` units (1 <= width <= kColumns) starting at unit j. Units are sorted
+// by degree, so a block's last unit reads the most inputs; the others' weights past their own
 // prefix are zero and add exact zeros. Zero tiles beyond the last unit's prefix are skipped.
 template <int kColumns, int kAct>
-inline void columnRun(const LinearView& L, const float* xT, float* yT, int j, int hi, const float* residualT,
-                      float* preActT) {
-  for (; j + kColumns <= hi; j += kColumns)
-    columnBlock<kColumns, kAct>(L, xT, yT, j, L.prefix[j + kColumns - 1], residualT, preActT);
-  if (kColumns > 1 && j < hi) columnRun<narrower(kColumns), kAct>(L, xT, yT, j, hi, residualT, preActT);
+inline void columnBlockOfWidth(int width, const LinearView& L, const float* xT, float* yT, int j,
+                               const float* residualT, float* preActT) {
+  if (width == kColumns) columnBlock<kColumns, kAct>(L, xT, yT, j, L.prefix[j + kColumns - 1], residualT, preActT);
+  else if (kColumns > 1) columnBlockOfWidth<(kColumns > 1 ? kColumns - 1 : 1), kAct>(width, L, xT, yT, j, residualT, preActT);
 }
 
+// Units [lo, hi) in the fewest blocks of at most kGroup units, their widths as even as possible:
+// a degree group of 8 units in the sequential direction runs as 4 + 4 (16 accumulators each)
+// rather than 6 + 2, whose second block has too few independent sums to hide the FMA latency.
 template <int kAct>
 void linearFor(const LinearView& L, const float* xT, float* yT, int lo, int hi, const float* residualT,
                float* preActT) {
-  columnRun<kGroup, kAct>(L, xT, yT, lo, hi, residualT, preActT);
+  const int units = hi - lo;
+  if (units <= 0) return;
+  const int blocks = (units + kGroup - 1) / kGroup;
+  const int narrow = units / blocks;  // each block has narrow or narrow + 1 units
+  const int wide = units % blocks;    // the first `wide` blocks have narrow + 1
+  for (int b = 0, j = lo; b < blocks; ++b) {
+    const int width = narrow + (b < wide ? 1 : 0);
+    columnBlockOfWidth<kGroup, kAct>(width, L, xT, yT, j, residualT, preActT);
+    j += width;
+  }
 }
 
 void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation,
