@@ -340,10 +340,10 @@ inline void storeBlock(float* rowOut, int dim, int block, double z0, double z1, 
 // handed to the lanes in that order.
 void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out) {
   const int blocks = (dim + 3) / 4;
-  const long total = static_cast<long>(rows) * blocks;
+  const int64_t total = static_cast<int64_t>(rows) * blocks;
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
   int row = 0, block = 0;  // of the next Philox block
-  long done = 0;
+  int64_t done = 0;
   for (; done + kLanes <= total; done += kLanes) {
     vu c0, c1, c2, c3;
     int rowOf[kLanes], blockOf[kLanes];
@@ -365,7 +365,7 @@ void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* o
     boxMuller<VectorLanes>(c0, c1, z0, z1);
     boxMuller<VectorLanes>(c2, c3, z2, z3);
     for (int i = 0; i < kLanes; ++i)
-      storeBlock(out + static_cast<long>(rowOf[i]) * dim, dim, blockOf[i], z0[i], z1[i], z2[i], z3[i]);
+      storeBlock(out + static_cast<int64_t>(rowOf[i]) * dim, dim, blockOf[i], z0[i], z1[i], z2[i], z3[i]);
   }
   for (; done < total; ++done) {
     const uint64_t r = firstRow + static_cast<uint64_t>(row);
@@ -375,7 +375,7 @@ void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* o
     double z0, z1, z2, z3;
     boxMuller<OneLane>(c0, c1, z0, z1);
     boxMuller<OneLane>(c2, c3, z2, z3);
-    storeBlock(out + static_cast<long>(row) * dim, dim, block, z0, z1, z2, z3);
+    storeBlock(out + static_cast<int64_t>(row) * dim, dim, block, z0, z1, z2, z3);
     if (++block == blocks) {
       block = 0;
       ++row;
