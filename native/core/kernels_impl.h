@@ -1,7 +1,9 @@
 // Kernel bodies, compiled once per instruction set: each kernels_<isa>.cc sets
 // IAF_VEC (floats per vector), IAF_ROW_VECTORS (vectors per tile column) and
-// IAF_COLUMN_GROUP (units per register block), selects its target, then
-// includes this file inside an anonymous namespace. Everything here has
+// IAF_COLUMN_GROUP (units in the widest register block), optionally
+// IAF_MUL_EPU32 and IAF_SQRT_PD (the normals' 32 x 32 -> 64-bit products and
+// square roots as intrinsics), selects its target, then includes this file
+// inside an anonymous namespace. Everything here has
 // internal linkage and calls nothing inline from elsewhere, so code built for
 // one instruction set can never be linked into another's callers.
 //
