@@ -43,7 +43,8 @@ const MODEL_LIMITS: Required<ReadLimits> = {
   maxFileBytes: 8 + MAX_HEADER_BYTES + 4 * MAX_PARAMETERS,
 };
 /** A PyTorch state dict: per layer, weight, bias, mask and (nflows) degrees for each linear, and a
- * permutation or order; the masks (F32 in nflows) and I64 degrees at most double the weights' bytes. */
+ * permutation or order. The masks (F32 in nflows) take as many bytes as the weights and the I64
+ * degrees (one per unit, each unit having at least 2 weights) at most as many again: 3x in all. */
 const TORCH_LIMITS: Required<ReadLimits> = {
   maxTensors: MAX_LAYERS * (4 * (MAX_HIDDEN_LAYERS + 1) + 1) + 2,
   maxFileBytes: 8 + MAX_HEADER_BYTES + 3 * 4 * MAX_PARAMETERS,
@@ -69,7 +70,11 @@ const CONFIG_SCAN_LIMITS = {
 /** Longest message text taken over from a config check (its values come from the file). */
 const MAX_QUOTED_PROBLEM = 500;
 
-/** Writes the flow atomically (temp file + rename): a failed save leaves any previous file intact. */
+/**
+ * Writes the flow atomically (temp file + rename): a failed save leaves any previous file intact.
+ * @throws RangeError, writing nothing, if loadFlow would refuse the file (a config too big for
+ * the header bound); errors from the file system name `path`.
+ */
 export async function saveFlow(flow: Flow, path: string): Promise<void> {
   if (!(flow instanceof Flow)) throw invalidType('flow', 'a Flow', flow);
   if (typeof path !== 'string' || path.length === 0) throw invalidType('path', 'a file path string', path);

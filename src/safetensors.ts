@@ -91,8 +91,11 @@ export const MAX_HEADER_BYTES = 100_000_000;
 // - Bytes: 4 MiB for __metadata__ (the iaflow config: a few hundred bytes per layer plus its
 //   degree lists), plus 256 bytes per entry (saveFlow writes ~100), plus one byte per byte of the
 //   data section (a config's degree lists are at most ~0.75 bytes per stored weight byte, since
-//   every degree entry comes with at least 2 float32 weights). A header is checked against
-//   this as it is scanned, so a 98 MB header with few entries is refused after ~4 MiB.
+//   every degree entry comes with at least 2 float32 weights). Permutation layers have no
+//   weights, so they draw on the 4 MiB alone: ~700k entries, e.g. 10 permutations of dim 65536
+//   (saveFlow refuses to write a flow past this rather than write a file it cannot load).
+//   MAX_HEADER_BYTES caps it all. A header is checked against this as it is scanned, so a 98 MB
+//   header with few entries is refused after ~4 MiB.
 /** Deepest nesting a header may have. */
 export const MAX_HEADER_DEPTH = 8;
 /** Keys allowed in one object below the top level (__metadata__, a tensor entry). */
@@ -556,6 +559,18 @@ export function checkSafetensorsHeader(bytes: Uint8Array, source: string = DEFAU
  * @throws ModelFileError for anything that is not a valid file.
  */
 export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SOURCE, limits: DecodeLimits = {}): SafetensorsFile {
+  const steps = decodeSteps(bytes, source, limits);
+  for (;;) {
+    const step = steps.next();
+    if (step.done === true) return step.value;
+  }
+}
+
+/**
+ * decodeSafetensors as a generator that yields after each tensor it copies (the bytes copied),
+ * so that readSafetensors can let the event loop turn while copying a big file's tensors.
+ */
+function* decodeSteps(bytes: Uint8Array, source: string, limits: DecodeLimits): Generator<number, SafetensorsFile, void> {
   // The explicit type annotation is what lets TypeScript narrow after `fail(...)` calls.
   const fail: (problem: string) => never = (problem) => {
     throw new ModelFileError(source, problem);
@@ -606,12 +621,19 @@ export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SO
 
   // Only now, with every entry validated, is any tensor data touched.
   const tensors = new Map<string, Tensor>();
+  // ArrayBuffer#slice copies in one pass, where allocating (zero-filled) and then set() takes two.
+  const ownBuffer = Object.prototype.toString.call(bytes.buffer) === '[object ArrayBuffer]' ? (bytes.buffer as ArrayBuffer) : undefined;
   for (const { name, dtype, shape, begin, end } of entries) {
     const { elementSize, fromBuffer } = DTYPES[dtype];
     // A fresh buffer at offset 0 is aligned for any element size. (Buffer#slice would alias
-    // the input instead of copying, hence no slice() here.)
-    const copy = new Uint8Array(end - begin);
-    copy.set(bytes.subarray(dataStart + begin, dataStart + end));
+    // the input instead of copying, hence ArrayBuffer#slice or set() here.)
+    let copy: Uint8Array;
+    if (ownBuffer !== undefined) {
+      copy = new Uint8Array(ownBuffer.slice(bytes.byteOffset + dataStart + begin, bytes.byteOffset + dataStart + end));
+    } else {
+      copy = new Uint8Array(end - begin);
+      copy.set(bytes.subarray(dataStart + begin, dataStart + end));
+    }
     if (dtype === 'BOOL') {
       const invalidIndex = copy.findIndex((byte) => byte > 1);
       if (invalidIndex >= 0) {
@@ -619,7 +641,8 @@ export function decodeSafetensors(bytes: Uint8Array, source: string = DEFAULT_SO
       }
     }
     if (!HOST_IS_LITTLE_ENDIAN && elementSize > 1) swapByteOrder(copy, elementSize);
-    tensors.set(name, { dtype, shape, data: fromBuffer(copy.buffer) });
+    tensors.set(name, { dtype, shape, data: fromBuffer(copy.buffer as ArrayBuffer) });
+    yield end - begin;
   }
   return { tensors, metadata };
 }
@@ -715,8 +738,23 @@ export async function readSafetensors(path: string, limits: ReadLimits = {}): Pr
   } finally {
     await handle.close().catch(() => undefined);
   }
-  return decodeSafetensors(bytes, path, limits);
+  // Let other work run between tensors once a few MB have been copied, rather than only
+  // after the whole file (copying 1 GiB takes a noticeable fraction of a second).
+  const steps = decodeSteps(bytes, path, limits);
+  let sinceTurn = 0;
+  for (;;) {
+    const step = steps.next();
+    if (step.done === true) return step.value;
+    sinceTurn += step.value;
+    if (sinceTurn >= BYTES_PER_TURN) {
+      sinceTurn = 0;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+  }
 }
+
+/** Tensor bytes copied between turns of the event loop in readSafetensors. */
+const BYTES_PER_TURN = 16 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Encoding
@@ -878,16 +916,19 @@ async function removeStaleTempFiles(path: string): Promise<void> {
 }
 
 /**
- * An error from a step on the temp file, reworded to name the user's path instead of the hidden
- * temp file (`ENOENT: no such file or directory, open '/dir/.iaflow-...tmp'` means the target's
- * directory is missing). The code, errno and syscall are kept; the original is the cause.
+ * A file-system error from a step of the save, reworded to name the user's path instead of the
+ * hidden temp file (`ENOENT: no such file or directory, open '/dir/.iaflow-...tmp'` means the
+ * target's directory is missing) or no path at all (`ENOSPC: ..., write`). The code, errno and
+ * syscall are kept; the original is the cause. Other errors (from a data source, say) pass as
+ * they are, unless they quote the temp path.
  */
 function errorNamingTarget(error: unknown, path: string, tempPath: string): unknown {
   if (typeof error !== 'object' || error === null) return error;
   const { message, code, errno, syscall } = error as NodeJS.ErrnoException;
-  if (typeof message !== 'string' || !message.includes(tempPath)) return error;
-  // Node's system errors read `CODE: description, syscall 'path'[ -> 'dest']`.
-  const parts = /^([A-Z0-9_]+): ([^,]*), /.exec(message);
+  if (typeof message !== 'string') return error;
+  // Node's system errors read `CODE: description, syscall['path'[ -> 'dest']]`.
+  const parts = typeof code === 'string' ? /^([A-Z0-9_]+): ([^,]*), \w+/.exec(message) : null;
+  if (parts === null && !message.includes(tempPath)) return error;
   const text = parts !== null ? `${parts[1]}: ${parts[2]}, while saving '${path}'` : message.split(tempPath).join(path);
   const reworded = new Error(text, { cause: error }) as NodeJS.ErrnoException;
   if (code !== undefined) reworded.code = code;

@@ -878,5 +878,20 @@ describe('writeFileAtomic: temp names, stale temp files, errors', () => {
     expect(renameError.message).toMatch(new RegExp(`^(EISDIR|ENOTEMPTY|EEXIST|EPERM): .*, while saving '${escapeRegExp(occupied)}'$`));
     expect(renameError.message).not.toMatch(/\.iaflow-|\.tmp/);
     expect(readdirSync(dir)).toEqual(['occupied']);
+
+    // A write error names no path at all; the save names the user's.
+    const target = join(dir, 'model.safetensors');
+    __testing.hooks.afterTempWrite = () => {
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' });
+    };
+    const writeError = (await writeFileAtomic(target, Buffer.from('x')).catch((e: Error) => e)) as NodeJS.ErrnoException;
+    expect(writeError.message).toBe(`ENOSPC: no space left on device, while saving '${target}'`);
+    expect([writeError.code, writeError.syscall, writeError.path]).toEqual(['ENOSPC', 'write', target]);
+    // An error that is not the file system's passes unchanged.
+    __testing.hooks.afterTempWrite = () => {
+      throw new Error('source failed');
+    };
+    await expect(writeFileAtomic(target, Buffer.from('x'))).rejects.toThrow(/^source failed$/);
+    expect(readdirSync(dir)).toEqual(['occupied']);
   });
 });

@@ -371,6 +371,13 @@ void runTile(const KernelTable& K, bool reference, const FlowPlan& plan, const R
   }
 }
 
+// Each thread's tile workspace, kept across calls: a call allocates nothing once a thread has
+// run a flow of the same shape (the pool's threads live as long as the pool).
+Scratch& threadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
 bool cancelled(const RunRequest& req) { return req.cancel && req.cancel->load(std::memory_order_relaxed); }
 
 class CpuRunner final : public Runner {
@@ -387,17 +394,15 @@ class CpuRunner final : public Runner {
     const int64_t tiles = (req.rows + tileRows - 1) / tileRows;
     if (tiles == 1) {
       // Small batches skip the pool: no wake-up latency.
-      thread_local Scratch local;
-      runTile(K, reference_, *plan_, req, local, 0, static_cast<int>(req.rows));
+      runTile(K, reference_, *plan_, req, threadScratch(), 0, static_cast<int>(req.rows));
       return;
     }
     std::shared_ptr<ThreadPool> pool = currentPool();
-    std::vector<Scratch> scratch(pool->size());
-    pool->parallelFor(tiles, [&](int64_t tile, int worker) {
+    pool->parallelFor(tiles, [&](int64_t tile, int) {
       if (cancelled(req)) return;  // the remaining tiles are skipped
       const int64_t first = tile * tileRows;
       const int rows = static_cast<int>(std::min<int64_t>(tileRows, req.rows - first));
-      runTile(K, reference_, *plan_, req, scratch[worker], first, rows);
+      runTile(K, reference_, *plan_, req, threadScratch(), first, rows);
     });
     if (cancelled(req)) throw Cancelled();
   }

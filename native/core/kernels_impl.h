@@ -1,7 +1,9 @@
 // Kernel bodies, compiled once per instruction set: each kernels_<isa>.cc sets
 // IAF_VEC (floats per vector), IAF_ROW_VECTORS (vectors per tile column) and
-// IAF_COLUMN_GROUP (units per register block), selects its target, then
-// includes this file inside an anonymous namespace. Everything here has
+// IAF_COLUMN_GROUP (units in the widest register block), optionally
+// IAF_MUL_EPU32 and IAF_SQRT_PD (the normals' 32 x 32 -> 64-bit products and
+// square roots as intrinsics), selects its target, then includes this file
+// inside an anonymous namespace. Everything here has
 // internal linkage and calls nothing inline from elsewhere, so code built for
 // one instruction set can never be linked into another's callers.
 //
@@ -133,25 +135,32 @@ inline void columnBlock(const LinearView& L, const float* xT, float* yT, int j0,
     }
 }
 
-// The register-block widths after kColumns: 6 -> 4 -> 2 -> 1 (3 -> 2 -> 1), so a short
-// range of units (a degree group in the sequential direction) still runs in wide blocks.
-constexpr int narrower(int columns) { return columns > 4 ? 4 : columns > 2 ? 2 : 1; }
-
-// Units [j, hi) in blocks of kColumns, the rest in narrower blocks. Units are sorted by
-// degree, so a block's last unit reads the most inputs; the others' weights past their own
+// One block of `width` units (1 <= width <= kColumns) starting at unit j. Units are sorted
+// by degree, so a block's last unit reads the most inputs; the others' weights past their own
 // prefix are zero and add exact zeros. Zero tiles beyond the last unit's prefix are skipped.
 template <int kColumns, int kAct>
-inline void columnRun(const LinearView& L, const float* xT, float* yT, int j, int hi, const float* residualT,
-                      float* preActT) {
-  for (; j + kColumns <= hi; j += kColumns)
-    columnBlock<kColumns, kAct>(L, xT, yT, j, L.prefix[j + kColumns - 1], residualT, preActT);
-  if (kColumns > 1 && j < hi) columnRun<narrower(kColumns), kAct>(L, xT, yT, j, hi, residualT, preActT);
+inline void columnBlockOfWidth(int width, const LinearView& L, const float* xT, float* yT, int j,
+                               const float* residualT, float* preActT) {
+  if (width == kColumns) columnBlock<kColumns, kAct>(L, xT, yT, j, L.prefix[j + kColumns - 1], residualT, preActT);
+  else if (kColumns > 1) columnBlockOfWidth<(kColumns > 1 ? kColumns - 1 : 1), kAct>(width, L, xT, yT, j, residualT, preActT);
 }
 
+// Units [lo, hi) in the fewest blocks of at most kGroup units, their widths as even as possible:
+// a degree group of 8 units in the sequential direction runs as 4 + 4 (16 accumulators each)
+// rather than 6 + 2, whose second block has too few independent sums to hide the FMA latency.
 template <int kAct>
 void linearFor(const LinearView& L, const float* xT, float* yT, int lo, int hi, const float* residualT,
                float* preActT) {
-  columnRun<kGroup, kAct>(L, xT, yT, lo, hi, residualT, preActT);
+  const int units = hi - lo;
+  if (units <= 0) return;
+  const int blocks = (units + kGroup - 1) / kGroup;
+  const int narrow = units / blocks;  // each block has narrow or narrow + 1 units
+  const int wide = units % blocks;    // the first `wide` blocks have narrow + 1
+  for (int b = 0, j = lo; b < blocks; ++b) {
+    const int width = narrow + (b < wide ? 1 : 0);
+    columnBlockOfWidth<kGroup, kAct>(width, L, xT, yT, j, residualT, preActT);
+    j += width;
+  }
 }
 
 void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation,
@@ -390,10 +399,10 @@ inline void storeBlock(float* rowOut, int dim, int block, double z0, double z1, 
 // handed to the lanes in that order.
 void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out) {
   const int blocks = (dim + 3) / 4;
-  const long total = static_cast<long>(rows) * blocks;
+  const int64_t total = static_cast<int64_t>(rows) * blocks;
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
   int row = 0, block = 0;  // of the next Philox block
-  long done = 0;
+  int64_t done = 0;
   for (; done + kLanes <= total; done += kLanes) {
     vu c0, c1, c2, c3;
     int rowOf[kLanes], blockOf[kLanes];
@@ -415,7 +424,7 @@ void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* o
     boxMuller<VectorLanes>(c0, c1, z0, z1);
     boxMuller<VectorLanes>(c2, c3, z2, z3);
     for (int i = 0; i < kLanes; ++i)
-      storeBlock(out + static_cast<long>(rowOf[i]) * dim, dim, blockOf[i], z0[i], z1[i], z2[i], z3[i]);
+      storeBlock(out + static_cast<int64_t>(rowOf[i]) * dim, dim, blockOf[i], z0[i], z1[i], z2[i], z3[i]);
   }
   for (; done < total; ++done) {
     const uint64_t r = firstRow + static_cast<uint64_t>(row);
@@ -425,7 +434,7 @@ void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* o
     double z0, z1, z2, z3;
     boxMuller<OneLane>(c0, c1, z0, z1);
     boxMuller<OneLane>(c2, c3, z2, z3);
-    storeBlock(out + static_cast<long>(row) * dim, dim, block, z0, z1, z2, z3);
+    storeBlock(out + static_cast<int64_t>(row) * dim, dim, block, z0, z1, z2, z3);
     if (++block == blocks) {
       block = 0;
       ++row;
