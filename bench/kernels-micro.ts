@@ -6,7 +6,8 @@
 // Rates are per CPU second of the process (all threads), which a busy machine disturbs far less than
 // wall time; KERNELS_MICRO_WALL=1 times wall seconds instead (for a quiet machine).
 //
-// With --old, a second build of the addon (e.g. the previous commit's, copied aside) is loaded into
+// With --old, a second build of the addon (e.g. the previous commit's, copied aside; it must speak the
+// same binding API, named options, as this one) is loaded into
 // the same process and both are timed interleaved, call by call, so a machine shared with other work
 // affects both alike; each ratio is the median over rounds of new/old rows/s within the round. It
 // also checks that both builds map the same latent rows to bit-identical outputs (expected whenever
@@ -137,12 +138,12 @@ async function main(): Promise<void> {
   const out = new Float32Array(normalRows * normalDim);
   for (let round = 0; round < args.rounds; round++) {
     let start = clock();
-    native.standardNormal(3, 0, 0, normalRows, normalDim, out);
+    native.standardNormal({ seed: [3, 0], rows: normalRows, dim: normalDim, out });
     const a = (normalRows * normalDim) / (clock() - start);
     fresh.push(a);
     if (old) {
       start = clock();
-      old.standardNormal(3, 0, 0, normalRows, normalDim, out);
+      old.standardNormal({ seed: [3, 0], rows: normalRows, dim: normalDim, out });
       ratios.push(a / ((normalRows * normalDim) / (clock() - start)));
     }
   }
