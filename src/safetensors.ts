@@ -19,6 +19,7 @@ import { open, opendir, rename, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
+import { MAX_CONFIG_INTEGERS } from './layers';
 
 export type DType = 'F32' | 'F64' | 'I64' | 'I32' | 'BOOL' | 'U8';
 
@@ -88,12 +89,12 @@ export const MAX_HEADER_BYTES = 100_000_000;
 // - Values (every scalar, array and object): an entry holds 6 plus its rank; 16 per entry plus
 //   16384 for __metadata__ admits any real file, yet keeps a hostile header from packing far more
 //   parse work per byte than a real one (a flat `[0,0,0,...]` costs ~400 ns per value).
-// - Bytes: 4 MiB for __metadata__ (the iaflow config: a few hundred bytes per layer plus its
-//   degree lists), plus 256 bytes per entry (saveFlow writes ~100), plus one byte per byte of the
+// - Bytes: 4 MiB + 8 MiB for __metadata__ (the iaflow config: a few hundred bytes per layer plus
+//   its degree lists and permutations, at most layers.ts's MAX_CONFIG_INTEGERS), plus 256 bytes per entry (saveFlow writes ~100), plus one byte per byte of the
 //   data section (a config's degree lists are at most ~0.75 bytes per stored weight byte, since
 //   every degree entry comes with at least 2 float32 weights). Permutation layers have no
-//   weights, so they draw on the 4 MiB alone: ~700k entries, e.g. 10 permutations of dim 65536
-//   (saveFlow refuses to write a flow past this rather than write a file it cannot load).
+//   weights, so they draw on the base alone, which holds the largest config createFlow accepts
+//   (saveFlow still refuses to write a file that loadFlow would refuse).
 //   MAX_HEADER_BYTES caps it all. A header is checked against this as it is scanned, so a 98 MB
 //   header with few entries is refused after ~4 MiB.
 /** Deepest nesting a header may have. */
@@ -102,7 +103,9 @@ export const MAX_HEADER_DEPTH = 8;
 export const MAX_HEADER_OBJECT_KEYS = 4096;
 const HEADER_BASE_VALUES = 16384;
 const HEADER_VALUES_PER_ENTRY = 16;
-const HEADER_BASE_BYTES = 4 * 1024 * 1024;
+// 4 MiB, plus room for the largest config createFlow accepts: MAX_CONFIG_INTEGERS integers of at
+// most 7 characters and a separator each (a flow that saves must load).
+const HEADER_BASE_BYTES = 4 * 1024 * 1024 + 8 * MAX_CONFIG_INTEGERS;
 const HEADER_BYTES_PER_ENTRY = 256;
 /** Tensor entries decodeSafetensors accepts when its caller gives no tighter limit. */
 export const DEFAULT_MAX_TENSORS = 2 ** 21;

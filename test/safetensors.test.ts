@@ -692,14 +692,14 @@ describe('hostile headers are refused before JSON.parse, naming the limit', () =
     expect(decode(`{"t":[${'[],'.repeat(1e6)}[]]}`)).toThrow(/JSON values/);
   });
 
-  test('size: 4 MiB plus 256 bytes per entry plus the data section; a 98 MB header is refused after ~4 MiB', () => {
+  test('size: 12 MiB (4 MiB + room for the largest config) plus 256 bytes per entry plus the data section; a 98 MB header is refused after ~12 MiB', () => {
     const padded = (bytes: number) => `{"__metadata__":{"pad":"${'x'.repeat(bytes)}"},${entry}}`;
-    expect(decodeSafetensors(buildFile(padded(4_000_000), new Uint8Array(4))).metadata.pad).toHaveLength(4_000_000);
-    expect(decode(padded(4_300_000))).toThrow(/header of \d+ bytes passes its size limit at byte \d+, with 1 entries so far \(limit: 4194304 bytes \+ 256 per entry \+ the 4-byte data section\)/);
+    expect(decodeSafetensors(buildFile(padded(12_500_000), new Uint8Array(4))).metadata.pad).toHaveLength(12_500_000);
+    expect(decode(padded(12_700_000))).toThrow(/header of \d+ bytes passes its size limit at byte \d+, with 1 entries so far \(limit: 12582912 bytes \+ 256 per entry \+ the 4-byte data section\)/);
     // A bigger data section pays for a bigger header (a big flow's config grows with its weights).
-    expect(decodeSafetensors(buildFile(padded(4_300_000), new Uint8Array(200_004))).metadata.pad).toHaveLength(4_300_000);
+    expect(decodeSafetensors(buildFile(padded(12_700_000), new Uint8Array(200_004))).metadata.pad).toHaveLength(12_700_000);
     const { message, ms } = timed(decode(padded(98e6)));
-    expect(message).toMatch(/passes its size limit at byte 4194564/);
+    expect(message).toMatch(/passes its size limit at byte 12583172/);
     expect(ms).toBeLessThan(2000);
   });
 
