@@ -456,7 +456,10 @@ export async function runDemo(options: DemoOptions = {}, io: CliIO = processIO):
   distillBar.end();
   // The mean over steps can be dominated by a rare student sample far outside the teacher's
   // support, where a MAF's log-density is astronomically negative; the median says what is typical.
-  const lastLosses = Array.from(distillReport.loss.subarray(Math.max(0, distillReport.loss.length - 100))).filter(Number.isFinite).sort((a, b) => a - b);
+  // report.loss holds every step up to 65536 steps, then means of lossStride steps: take the
+  // entries that cover the last 100 steps.
+  const tail = Math.max(1, Math.ceil(100 / distillReport.lossStride));
+  const lastLosses = Array.from(distillReport.loss.subarray(Math.max(0, distillReport.loss.length - tail))).filter(Number.isFinite).sort((a, b) => a - b);
   const medianKl = lastLosses.length > 0 ? lastLosses[lastLosses.length >> 1] : NaN;
   const meanKl = distillReport.kl ?? NaN;
   const klText =
@@ -468,6 +471,7 @@ export async function runDemo(options: DemoOptions = {}, io: CliIO = processIO):
       (distillReport.skippedSteps > 0 ? `; ${distillReport.skippedSteps} non-finite steps skipped` : '') +
       '\n',
   );
+  for (const warning of distillReport.warnings) out.write(`    warning: ${warning}\n`);
 
   // 3. Measurements.
   out.write(`3/3 Scoring the ${fmtInt(testSize)} test points and timing ${fmtInt(benchRows)}-row calls of each direction\n\n`);

@@ -32,6 +32,7 @@ import {
   randomSeed,
   rowsForNative,
   seedWords,
+  warnOnHugeWeights,
 } from './validation';
 
 export type Rows = Float32Array | Float64Array | number[][];
@@ -204,6 +205,7 @@ export class Flow {
   setParameters(values: Record<string, Float32Array | Float64Array | number[]>): void {
     if (!isPlainObject(values)) throw invalidType('parameters', 'an object of named Float32Arrays', values);
     const next = new Map(this.params);
+    let maxAbs = 0;
     for (const [name, value] of Object.entries(values)) {
       const shape = this.shapes.get(name);
       if (!shape) {
@@ -224,9 +226,12 @@ export class Flow {
           throw invalidRange(`parameters[${JSON.stringify(name)}][${i}]`, 'a finite float32 value', v);
         }
         copy[i] = v;
+        if (Math.abs(v) > maxAbs) maxAbs = Math.abs(v);
       }
       next.set(name, copy);
     }
+    // Finite but huge weights overflow float32 products: said once per process, not refused.
+    warnOnHugeWeights('setParameters', maxAbs);
     this.replaceNative(buildNative(this.config, next, this.backendChoice));
     this.params = next;
   }
