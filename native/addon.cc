@@ -4,9 +4,14 @@
 // crashing the process.
 #include <napi.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -199,8 +204,36 @@ int64_t planBytes(const FlowPlan& plan) {
 // caller may reuse or transfer its buffer as soon as the call returns; a
 // Float64Array is narrowed to float32 in the same pass, which writes half the
 // bytes a copy of the doubles would), then checked for finiteness in the worker.
+// A large buffer for input rows: on Linux, 2 MiB aligned and marked for transparent huge pages.
+// Writing fresh 4 KiB pages costs a page fault each, which made the copy of a large input (the
+// one part of an async call that runs on the event loop) several times slower than memory
+// bandwidth allows; huge pages take 512 times fewer faults.
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using RowBuffer = std::unique_ptr<float, FreeDeleter>;
+
+RowBuffer allocateRows(size_t count) {
+  const size_t bytes = count * sizeof(float);
+  constexpr size_t kHugePage = size_t{2} << 20;
+  void* p = nullptr;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes >= 4 * kHugePage) {
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    if (posix_memalign(&p, kHugePage, rounded) == 0) {
+      madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without it the buffer still works
+      return RowBuffer(static_cast<float*>(p));
+    }
+    p = nullptr;
+  }
+#endif
+  p = std::malloc(bytes > 0 ? bytes : 1);
+  if (!p) throw std::bad_alloc();
+  return RowBuffer(static_cast<float*>(p));
+}
+
 struct InputRows {
-  std::unique_ptr<float[]> owned;   // not zero-filled first: every value is written once
+  RowBuffer owned;  // not zero-filled first: every value is written once
   const float* borrowed = nullptr;  // sync calls read the caller's Float32Array in place
   bool present = false;
 };
@@ -469,14 +502,14 @@ class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
       if (typed.TypedArrayType() == napi_float32_array) {
         const float* p = inputValue.As<Napi::Float32Array>().Data();
         if (async) {
-          input->owned.reset(new float[cells]);
+          input->owned = allocateRows(cells);
           std::memcpy(input->owned.get(), p, cells * sizeof(float));
         } else {
           input->borrowed = p;
         }
       } else if (typed.TypedArrayType() == napi_float64_array) {
         const double* p = inputValue.As<Napi::Float64Array>().Data();
-        input->owned.reset(new float[cells]);
+        input->owned = allocateRows(cells);
         float* narrowed = input->owned.get();
         for (size_t i = 0; i < cells; ++i) narrowed[i] = static_cast<float>(p[i]);
       } else {
@@ -637,29 +670,18 @@ double* float64Output(Napi::Env env, const Napi::Value& v, size_t expected, cons
   return a.Data();
 }
 
-double numberArg(Napi::Env env, const Napi::Value& v, const char* what) {
-  if (!v.IsNumber()) internalError(env, std::string(what) + " must be a number");
-  return v.As<Napi::Number>().DoubleValue();
-}
-
-int64_t countArg(Napi::Env env, const Napi::Value& v, const char* what, int64_t min) {
-  const double d = numberArg(env, v, what);
-  if (!(d >= static_cast<double>(min) && d <= 9.0e15) || d != static_cast<double>(static_cast<int64_t>(d)))
-    internalError(env, std::string(what) + " is out of range");
-  return static_cast<int64_t>(d);
-}
-
-// [learningRate, beta1, beta2, eps, weightDecay, clipGradNorm, ema?] (ema: 0 when left out)
+// { learningRate, beta1, beta2, eps, weightDecay, clipGradNorm, ema? } (ema: 0 when left out)
 iaflow::OptimizerOptions optimizerOptions(Napi::Env env, const Napi::Value& v) {
-  const double* o = float64Output(env, v, 6, "optimizer options");
+  if (!v.IsObject()) internalError(env, "optimizer must be an object");
+  const Napi::Object o = v.As<Napi::Object>();
   iaflow::OptimizerOptions opt;
-  opt.learningRate = o[0];
-  opt.beta1 = o[1];
-  opt.beta2 = o[2];
-  opt.eps = o[3];
-  opt.weightDecay = o[4];
-  opt.clipGradNorm = o[5];
-  if (v.As<Napi::Float64Array>().ElementLength() >= 7) opt.ema = o[6];
+  opt.learningRate = numberField(env, o, "learningRate", 0, true);
+  opt.beta1 = numberField(env, o, "beta1", 0, true);
+  opt.beta2 = numberField(env, o, "beta2", 0, true);
+  opt.eps = numberField(env, o, "eps", 0, true);
+  opt.weightDecay = numberField(env, o, "weightDecay", 0, true);
+  opt.clipGradNorm = numberField(env, o, "clipGradNorm", 0, true);
+  opt.ema = numberField(env, o, "ema", 0, false);
   if (!(opt.ema >= 0.0 && opt.ema < 1.0)) internalError(env, "ema must be in [0, 1)");
   return opt;
 }
@@ -672,7 +694,7 @@ void writeStats(const iaflow::StepStats& s, double* out) {
   out[4] = s.lastGradNorm;
 }
 
-// new NativeTrainer({ spec, pass: 0 | 1, teacher?: spec, optimizer: Float64Array(6 or 7), backend: name })
+// new NativeTrainer({ spec, pass: 0 | 1, teacher?: spec, optimizer: { learningRate, ... }, backend: name })
 class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
  public:
   static Napi::Function define(Napi::Env env) {
@@ -783,14 +805,15 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     return info.Env().Undefined();
   }
 
-  // setData(train, trainRows, valid | null, validRows)
+  // setData({ train, trainRows, valid?, validRows? })
   Napi::Value setData(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     claim(env);
-    const int64_t trainRows = countArg(env, info[1], "trainRows", 1);
-    const int64_t validRows = countArg(env, info[3], "validRows", 0);
-    const float* train = optionalFloatOutput(env, info[0], static_cast<size_t>(trainRows) * dim_, "train");
-    const float* valid = optionalFloatOutput(env, info[2], static_cast<size_t>(validRows) * dim_, "valid");
+    const Napi::Object o = optionsArg(info, 0, "setData");
+    const int64_t trainRows = countField(env, o, "trainRows", 1, 0, true);
+    const int64_t validRows = countField(env, o, "validRows", 0, 0, false);
+    const float* train = optionalFloatOutput(env, o.Get("train"), static_cast<size_t>(trainRows) * dim_, "train");
+    const float* valid = optionalFloatOutput(env, o.Get("valid"), static_cast<size_t>(validRows) * dim_, "valid");
     if (!train) internalError(env, "train is required");
     try {
       trainer_->setData(train, trainRows, valid, valid ? validRows : 0);
@@ -800,97 +823,105 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     return env.Undefined();
   }
 
-  // fitBatches(seedLo, seedHi, epoch, firstBatch, batches, batchSize, stats: Float64Array(5), async)
+  // fitBatches({ seed, epoch, firstBatch, batches, batchSize, stats: Float64Array(5), async })
   Napi::Value fitBatches(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const uint64_t seed = seedFrom(env, info[0], info[1]);
-    const int64_t epoch = countArg(env, info[2], "epoch", 0);
-    const int64_t firstBatch = countArg(env, info[3], "firstBatch", 0);
-    const int64_t batches = countArg(env, info[4], "batches", 1);
-    const int64_t batchSize = countArg(env, info[5], "batchSize", 1);
-    double* stats = float64Output(env, info[6], 5, "stats");
+    const Napi::Object o = optionsArg(info, 0, "fitBatches");
+    const uint64_t seed = seedField(env, o);
+    const int64_t epoch = countField(env, o, "epoch", 0, 0, true);
+    const int64_t firstBatch = countField(env, o, "firstBatch", 0, 0, true);
+    const int64_t batches = countField(env, o, "batches", 1, 0, true);
+    const int64_t batchSize = countField(env, o, "batchSize", 1, 0, true);
+    double* stats = float64Output(env, o.Get("stats"), 5, "stats");
     auto trainer = trainer_;
-    return launch(env, info[7].ToBoolean().Value(), [=] {
+    return launch(env, o.Get("async").ToBoolean().Value(), [=] {
       iaflow::StepStats s;
       trainer->fitBatches(seed, epoch, firstBatch, batches, batchSize, s);
       writeStats(s, stats);
-    }, nullptr, {info[6]});
+    }, nullptr, {o.Get("stats")});
   }
 
-  // validationLoss(async) -> number | Promise<number>
+  // validationLoss({ async }) -> number | Promise<number>
   Napi::Value validationLoss(const Napi::CallbackInfo& info) {
+    const Napi::Object o = optionsArg(info, 0, "validationLoss");
     auto trainer = trainer_;
     auto value = std::make_shared<double>(0.0);
-    return launch(info.Env(), info[0].ToBoolean().Value(), [=] { *value = trainer->validationLoss(); },
+    return launch(info.Env(), o.Get("async").ToBoolean().Value(), [=] { *value = trainer->validationLoss(); },
                   [value](Napi::Env env) { return Napi::Number::New(env, *value); }, {});
   }
 
-  // reverseForward(seedLo, seedHi, step, batch, z | null, xOut, logqOut, async)
+  // reverseForward({ seed, step, batch, z?, x, logq, async })
   Napi::Value reverseForward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const uint64_t seed = seedFrom(env, info[0], info[1]);
-    const int64_t step = countArg(env, info[2], "step", 0);
-    const int64_t batch = countArg(env, info[3], "batch", 1);
+    const Napi::Object o = optionsArg(info, 0, "reverseForward");
+    const uint64_t seed = seedField(env, o);
+    const int64_t step = countField(env, o, "step", 0, 0, true);
+    const int64_t batch = countField(env, o, "batch", 1, 0, true);
     const size_t cells = static_cast<size_t>(batch) * dim_;
-    const float* zIn = optionalFloatOutput(env, info[4], cells, "z");
-    float* x = optionalFloatOutput(env, info[5], cells, "x");
-    float* logq = optionalFloatOutput(env, info[6], static_cast<size_t>(batch), "logq");
+    const float* zIn = optionalFloatOutput(env, o.Get("z"), cells, "z");
+    float* x = optionalFloatOutput(env, o.Get("x"), cells, "x");
+    float* logq = optionalFloatOutput(env, o.Get("logq"), static_cast<size_t>(batch), "logq");
     if (!x || !logq) internalError(env, "x and logq are required");
     auto z = std::make_shared<std::vector<float>>();
     if (zIn) z->assign(zIn, zIn + cells);
     auto trainer = trainer_;
-    return launch(env, info[7].ToBoolean().Value(), [=] {
+    return launch(env, o.Get("async").ToBoolean().Value(), [=] {
       trainer->reverseForward(seed, step, batch, z->empty() ? nullptr : z->data(), x, logq);
-    }, nullptr, {info[5], info[6]});
+    }, nullptr, {o.Get("x"), o.Get("logq")});
   }
 
-  // reverseBackward(targetValue: Float32Array(batch), targetGrad: Float32Array(batch*dim), update, stats, stepLoss: Float64Array(1), async)
+  // reverseBackward({ targetValue: Float32Array(batch), targetGrad: Float32Array(batch*dim), update, stats,
+  //                   stepLoss: Float64Array(1), async })
   Napi::Value reverseBackward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!info[0].IsTypedArray()) internalError(env, "targetValue must be a Float32Array");
-    const size_t batch = info[0].As<Napi::TypedArray>().ElementLength();
-    const float* valueIn = optionalFloatOutput(env, info[0], batch, "targetValue");
-    const float* gradIn = optionalFloatOutput(env, info[1], batch * dim_, "targetGrad");
+    const Napi::Object o = optionsArg(info, 0, "reverseBackward");
+    Napi::Value valueArray = o.Get("targetValue");
+    if (!valueArray.IsTypedArray()) internalError(env, "targetValue must be a Float32Array");
+    const size_t batch = valueArray.As<Napi::TypedArray>().ElementLength();
+    const float* valueIn = optionalFloatOutput(env, valueArray, batch, "targetValue");
+    const float* gradIn = optionalFloatOutput(env, o.Get("targetGrad"), batch * dim_, "targetGrad");
     if (!valueIn || !gradIn) internalError(env, "targetValue and targetGrad are required");
-    const bool update = info[2].ToBoolean().Value();
-    double* stats = float64Output(env, info[3], 5, "stats");
-    double* stepLoss = float64Output(env, info[4], 1, "stepLoss");
+    const bool update = o.Get("update").ToBoolean().Value();
+    double* stats = float64Output(env, o.Get("stats"), 5, "stats");
+    double* stepLoss = float64Output(env, o.Get("stepLoss"), 1, "stepLoss");
     auto value = std::make_shared<std::vector<float>>(valueIn, valueIn + batch);
     auto grad = std::make_shared<std::vector<float>>(gradIn, gradIn + batch * dim_);
     auto trainer = trainer_;
-    return launch(env, info[5].ToBoolean().Value(), [=] {
+    return launch(env, o.Get("async").ToBoolean().Value(), [=] {
       iaflow::StepStats s;
       trainer->reverseBackward(value->data(), grad->data(), update, s, stepLoss);
       writeStats(s, stats);
-    }, nullptr, {info[3], info[4]});
+    }, nullptr, {o.Get("stats"), o.Get("stepLoss")});
   }
 
-  // distillSteps(seedLo, seedHi, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, stats,
-  //              stepLoss: Float64Array(steps), async)
+  // distillSteps({ seed, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, stats,
+  //                stepLoss: Float64Array(steps), async })
   Napi::Value distillSteps(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const uint64_t seed = seedFrom(env, info[0], info[1]);
-    const int64_t firstStep = countArg(env, info[2], "firstStep", 0);
-    const int64_t steps = countArg(env, info[3], "steps", 1);
-    const int64_t batch = countArg(env, info[4], "batch", 1);
-    const double betaStart = numberArg(env, info[5], "betaStart");
-    const double betaSlope = numberArg(env, info[6], "betaSlope");
-    const double forwardWeight = numberArg(env, info[7], "forwardWeight");
-    double* stats = float64Output(env, info[8], 5, "stats");
-    double* stepLoss = float64Output(env, info[9], static_cast<size_t>(steps), "stepLoss");
+    const Napi::Object o = optionsArg(info, 0, "distillSteps");
+    const uint64_t seed = seedField(env, o);
+    const int64_t firstStep = countField(env, o, "firstStep", 0, 0, true);
+    const int64_t steps = countField(env, o, "steps", 1, 0, true);
+    const int64_t batch = countField(env, o, "batch", 1, 0, true);
+    const double betaStart = numberField(env, o, "betaStart", 0, true);
+    const double betaSlope = numberField(env, o, "betaSlope", 0, true);
+    const double forwardWeight = numberField(env, o, "forwardWeight", 0, true);
+    double* stats = float64Output(env, o.Get("stats"), 5, "stats");
+    double* stepLoss = float64Output(env, o.Get("stepLoss"), static_cast<size_t>(steps), "stepLoss");
     auto trainer = trainer_;
-    return launch(env, info[10].ToBoolean().Value(), [=] {
+    return launch(env, o.Get("async").ToBoolean().Value(), [=] {
       iaflow::StepStats s;
       trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, s, stepLoss);
       writeStats(s, stats);
-    }, nullptr, {info[8], info[9]});
+    }, nullptr, {o.Get("stats"), o.Get("stepLoss")});
   }
 
-  // likelihoodGradient(x, rows) -> mean NLL; the gradient stays for gradientTo
+  // likelihoodGradient({ x, rows }) -> mean NLL; the gradient stays for gradientTo
   Napi::Value likelihoodGradient(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const int64_t rows = countArg(env, info[1], "rows", 1);
-    const float* x = optionalFloatOutput(env, info[0], static_cast<size_t>(rows) * dim_, "x");
+    const Napi::Object o = optionsArg(info, 0, "likelihoodGradient");
+    const int64_t rows = countField(env, o, "rows", 1, 0, true);
+    const float* x = optionalFloatOutput(env, o.Get("x"), static_cast<size_t>(rows) * dim_, "x");
     if (!x) internalError(env, "x is required");
     auto trainer = trainer_;
     auto value = std::make_shared<double>(0.0);
@@ -898,14 +929,15 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
                   [value](Napi::Env e) { return Napi::Number::New(e, *value); }, {});
   }
 
-  // logProbGradient(x, rows, logProbOut, gradOut)
+  // logProbGradient({ x, rows, logProb, grad })
   Napi::Value logProbGradient(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const int64_t rows = countArg(env, info[1], "rows", 1);
+    const Napi::Object o = optionsArg(info, 0, "logProbGradient");
+    const int64_t rows = countField(env, o, "rows", 1, 0, true);
     const size_t cells = static_cast<size_t>(rows) * dim_;
-    const float* x = optionalFloatOutput(env, info[0], cells, "x");
-    float* logProb = optionalFloatOutput(env, info[2], static_cast<size_t>(rows), "logProb");
-    float* grad = optionalFloatOutput(env, info[3], cells, "grad");
+    const float* x = optionalFloatOutput(env, o.Get("x"), cells, "x");
+    float* logProb = optionalFloatOutput(env, o.Get("logProb"), static_cast<size_t>(rows), "logProb");
+    float* grad = optionalFloatOutput(env, o.Get("grad"), cells, "grad");
     if (!x || !logProb || !grad) internalError(env, "x, logProb and grad are required");
     auto trainer = trainer_;
     return launch(env, false, [=] { trainer->logProbGradient(x, rows, logProb, grad); }, nullptr, {});

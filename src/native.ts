@@ -74,18 +74,42 @@ export interface NativeFlowSpec {
 /** Where export writes one MADE layer's dense tensors (null for a permutation). */
 export type NativeLayerView = { hidden: NativeLinear[]; shift: NativeLinear; rawScale: NativeLinear } | null;
 
+/** Adam with decoupled weight decay, clipping (0: off) and Polyak averaging (ema; 0: off). */
+export interface NativeOptimizerOptions {
+  learningRate: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  clipGradNorm: number;
+  ema?: number;
+}
+
+type Seed = [number, number];
+
 /** The training core (native/core/train.h). Stats arrays: [lossSum, rows, steps, skipped, lastGradNorm]. */
 export interface NativeTrainerInstance {
-  setOptions(options: Float64Array): void;
+  setOptions(options: NativeOptimizerOptions): void;
   setStickingTheLanding(on: boolean): void;
-  setData(train: Float32Array, trainRows: number, valid: Float32Array | null, validRows: number): void;
-  fitBatches(seedLo: number, seedHi: number, epoch: number, firstBatch: number, batches: number, batchSize: number, stats: Float64Array, async: boolean): Promise<void> | undefined;
-  validationLoss(async: boolean): Promise<number> | number;
-  reverseForward(seedLo: number, seedHi: number, step: number, batch: number, z: Float32Array | null, x: Float32Array, logq: Float32Array, async: boolean): Promise<void> | undefined;
-  reverseBackward(value: Float32Array, grad: Float32Array, update: boolean, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
-  distillSteps(seedLo: number, seedHi: number, firstStep: number, steps: number, batch: number, betaStart: number, betaSlope: number, forwardWeight: number, stats: Float64Array, stepLoss: Float64Array, async: boolean): Promise<void> | undefined;
-  likelihoodGradient(x: Float32Array, rows: number): number;
-  logProbGradient(x: Float32Array, rows: number, logProb: Float32Array, grad: Float32Array): void;
+  setData(options: { train: Float32Array; trainRows: number; valid?: Float32Array | null; validRows?: number }): void;
+  fitBatches(options: { seed: Seed; epoch: number; firstBatch: number; batches: number; batchSize: number; stats: Float64Array; async: boolean }): Promise<void> | undefined;
+  validationLoss(options: { async: boolean }): Promise<number> | number;
+  reverseForward(options: { seed: Seed; step: number; batch: number; z?: Float32Array | null; x: Float32Array; logq: Float32Array; async: boolean }): Promise<void> | undefined;
+  reverseBackward(options: { targetValue: Float32Array; targetGrad: Float32Array; update: boolean; stats: Float64Array; stepLoss: Float64Array; async: boolean }): Promise<void> | undefined;
+  distillSteps(options: {
+    seed: Seed;
+    firstStep: number;
+    steps: number;
+    batch: number;
+    betaStart: number;
+    betaSlope: number;
+    forwardWeight: number;
+    stats: Float64Array;
+    stepLoss: Float64Array;
+    async: boolean;
+  }): Promise<void> | undefined;
+  likelihoodGradient(options: { x: Float32Array; rows: number }): number;
+  logProbGradient(options: { x: Float32Array; rows: number; logProb: Float32Array; grad: Float32Array }): void;
   parametersTo(views: NativeLayerView[]): void;
   gradientTo(views: NativeLayerView[]): void;
   saveBest(): void;
@@ -96,11 +120,8 @@ export interface NativeBinding {
   /** backend: a registered name or 'auto' (the first usable backend that runs the flow). */
   NativeFlow: new (spec: NativeFlowSpec, options: { backend: string }) => NativeFlowInstance;
   CancelToken: new () => NativeCancelToken;
-  /**
-   * pass: 0 (z -> x, reverse KL) or 1 (x -> z, maximum likelihood); optimizer: [lr, beta1, beta2, eps, weightDecay, clipGradNorm, ema?] (ema, fit only: 0 when left out);
-   * backend: 'cpu' or 'cpu-reference' (the simple dense path).
-   */
-  NativeTrainer: new (options: { spec: NativeFlowSpec; pass: 0 | 1; teacher?: NativeFlowSpec | null; optimizer: Float64Array; backend: string }) => NativeTrainerInstance;
+  /** pass: 0 (z -> x, reverse KL) or 1 (x -> z, maximum likelihood); backend: a registered name. */
+  NativeTrainer: new (options: { spec: NativeFlowSpec; pass: 0 | 1; teacher?: NativeFlowSpec | null; optimizer: NativeOptimizerOptions; backend: string }) => NativeTrainerInstance;
   /** The registered backends, fastest first. */
   backends(): NativeBackendInfo[];
   /** The native enum codes and, given a spec, the [out, in] shape of each tensor as the addon read it. */

@@ -4,11 +4,12 @@
 // validates, schedules the chunks, reports progress and handles cancellation.
 import { Flow, Rows, nativeSpec } from './flow';
 import { FlowConfig, LinearNames, madeTensorNames } from './layers';
-import { native, NativeLayerView, NativeTrainerInstance } from './native';
+import { native, NativeLayerView, NativeOptimizerOptions, NativeTrainerInstance } from './native';
 import {
   checkInteger,
   checkOptions,
   checkSeed,
+  checkSignal,
   invalidRange,
   invalidType,
   isFloat32Array,
@@ -273,19 +274,10 @@ function checkFunction<T>(name: string, value: unknown): T | undefined {
   return value as T;
 }
 
-function checkSignal(name: string, value: unknown): AbortSignal | undefined {
-  if (value === undefined) return undefined;
-  const s = value as AbortSignal;
-  if (typeof value !== 'object' || value === null || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function') {
-    throw invalidType(name, 'an AbortSignal', value);
-  }
-  return s;
-}
-
 const OPTIMIZER_KEYS = ['learningRate', 'weightDecay', 'clipGradNorm', 'betas', 'eps', 'seed', 'signal'] as const;
 
 interface Optimizer {
-  options: Float64Array;
+  options: NativeOptimizerOptions;
   seed: number;
   signal?: AbortSignal;
 }
@@ -302,7 +294,11 @@ function checkOptimizer(where: string, opts: Record<string, unknown>): Optimizer
   const [b1, b2] = betas.map((b: unknown, i: number) => checkNumber(`${where}.betas[${i}]`, b, 'a number in [0, 1)', (v) => v >= 0 && v < 1));
   const eps = checkNumber(`${where}.eps`, opts.eps ?? 1e-8, 'a positive finite number', (v) => v > 0 && Number.isFinite(v));
   const seed = opts.seed === undefined ? randomSeed() : checkSeed(`${where}.seed`, opts.seed);
-  return { options: Float64Array.of(lr, b1, b2, eps, wd, clip), seed, signal: checkSignal(`${where}.signal`, opts.signal) };
+  return {
+    options: { learningRate: lr, beta1: b1, beta2: b2, eps, weightDecay: wd, clipGradNorm: clip },
+    seed,
+    signal: checkSignal(`${where}.signal`, opts.signal),
+  };
 }
 
 /**
@@ -323,7 +319,7 @@ interface KernelChoice {
   reference?: boolean;
 }
 
-function newTrainer(flow: Flow, pass: 0 | 1, teacher: Flow | null, options: Float64Array, kernels: KernelChoice = {}): NativeTrainerInstance {
+function newTrainer(flow: Flow, pass: 0 | 1, teacher: Flow | null, options: NativeOptimizerOptions, kernels: KernelChoice = {}): NativeTrainerInstance {
   const spec = nativeSpec(flow.config as FlowConfig, flow.currentParameters() as Map<string, Float32Array>);
   const teacherSpec = teacher ? nativeSpec(teacher.config as FlowConfig, teacher.currentParameters() as Map<string, Float32Array>) : null;
   // Training runs on the flow's own backend (its trainer shares the backend's kernels).
@@ -559,8 +555,8 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
 
   claim(flow, 'fit');
   try {
-    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(...optimizer.options, ema));
-    trainer.setData(train, trainRows, valid, validRows);
+    const trainer = newTrainer(flow, TO_LATENT, null, { ...optimizer.options, ema });
+    trainer.setData({ train, trainRows, valid, validRows });
     const [lo, hi] = seedWords(optimizer.seed);
     const batchesPerEpoch = Math.ceil(trainRows / batchSize);
     const stats = new Float64Array(5);
@@ -617,7 +613,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
           stopIfAborted();
           const count = Math.min(chunk, batchesPerEpoch - batch);
           const t0 = now();
-          await trainer.fitBatches(lo, hi, epoch, batch, count, batchSize, stats, true);
+          await trainer.fitBatches({ seed: [lo, hi], epoch, firstBatch: batch, batches: count, batchSize, stats, async: true });
           const seconds = now() - t0;
           trainSeconds += seconds;
           chunk = nextChunk(count, seconds);
@@ -633,7 +629,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
         report.trainLoss.push(lossRows > 0 ? lossSum / lossRows : NaN);
         report.epochs = epoch + 1;
         if (valid) {
-          lastValid = (await trainer.validationLoss(true)) as number;
+          lastValid = (await trainer.validationLoss({ async: true })) as number;
           report.validLoss.push(lastValid);
           if (lastValid < best) {
             best = lastValid;
@@ -721,8 +717,8 @@ interface ReverseSetup {
   optimizer: Optimizer;
   onProgress?: ReverseKLOptions['onProgress'];
   stickingTheLanding: boolean;
-  /** The optimizer options for the native trainer, ema last. */
-  nativeOptions: Float64Array;
+  /** The optimizer options for the native trainer, ema included. */
+  nativeOptions: NativeOptimizerOptions;
   anneal: number;
   annealFrom: number;
 }
@@ -757,7 +753,7 @@ function checkReverseOptions(
   return {
     opts,
     stickingTheLanding: stl,
-    nativeOptions: Float64Array.of(...optimizer.options, ema),
+    nativeOptions: { ...optimizer.options, ema },
     anneal: checkNumber('options.anneal', opts.anneal ?? defaults.anneal, 'a number in [0, 1]', (v) => v >= 0 && v <= 1),
     annealFrom: checkNumber('options.annealFrom', opts.annealFrom ?? 0.2, 'a number in (0, 1]', (v) => v > 0 && v <= 1),
     steps: checkInteger('options.steps', opts.steps ?? 5000, 1, MAX_STEPS),
@@ -885,11 +881,18 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
       for (let s = 0; s < count; s++) {
         if (s > 0 && setup.optimizer.signal?.aborted) break;
         const x = new Float32Array(batchSize * dim);
-        await trainer.reverseForward(lo, hi, firstStep + s, batchSize, null, x, logq, true);
+        await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, x, logq, async: true });
         const { value, grad } = checkEvaluation(await t.logDensity(x), batchSize, dim);
         // Annealed steps weight the target's gradient by beta; the reported loss stays at beta = 1.
         const beta = Math.min(1, betaStart + betaSlope * (firstStep + s));
-        await trainer.reverseBackward(value, beta === 1 ? grad : grad.map((g) => g * beta), true, stats, stepLoss.subarray(s, s + 1), true);
+        await trainer.reverseBackward({
+          targetValue: value,
+          targetGrad: beta === 1 ? grad : grad.map((g) => g * beta),
+          update: true,
+          stats,
+          stepLoss: stepLoss.subarray(s, s + 1),
+          async: true,
+        });
         if (!Number.isFinite(stepLoss[s])) stepLoss[s] = NaN;
         skipped += stats[3];
       }
@@ -942,13 +945,24 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
       for (; s < count && firstStep + s < matchSteps; s++) {
         if (s > 0 && setup.optimizer.signal?.aborted) break;
         const { z, value, grad, x, logq } = await matcher!.begin(firstStep + s);
-        await trainer.reverseForward(lo, hi, firstStep + s, batchSize, z, x, logq, true);
+        await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, z, x, logq, async: true });
         matcher!.finish(value, grad);
-        await trainer.reverseBackward(value, grad, true, stats, stepLoss.subarray(s, s + 1), true);
+        await trainer.reverseBackward({ targetValue: value, targetGrad: grad, update: true, stats, stepLoss: stepLoss.subarray(s, s + 1), async: true });
         skipped += stats[3];
       }
       if (s < count) {
-        await trainer.distillSteps(lo, hi, firstStep + s, count - s, batchSize, betaStart, betaSlope, forwardKL, stats, stepLoss.subarray(s), true);
+        await trainer.distillSteps({
+          seed: [lo, hi],
+          firstStep: firstStep + s,
+          steps: count - s,
+          batch: batchSize,
+          betaStart,
+          betaSlope,
+          forwardWeight: forwardKL,
+          stats,
+          stepLoss: stepLoss.subarray(s),
+          async: true,
+        });
         skipped += stats[3];
       }
       stats[3] = skipped;
@@ -1004,6 +1018,9 @@ function mapMatcher(teacher: Flow, dim: number, batch: number, seedLo: number, s
  * @internal Test and benchmark hooks; not exported from index.ts. Gradients come back named and
  * shaped as the flow's parameters (masked entries zero).
  */
+/** Adam's defaults, for the test hooks below. */
+const TEST_OPTIMIZER: NativeOptimizerOptions = { learningRate: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, clipGradNorm: 0 };
+
 export const __trainingInternals = {
   /** Sets how many per-step losses a reverse-KL report keeps before it summarises; returns the previous bound. */
   setLossHistoryLimit(limit: number): number {
@@ -1014,18 +1031,18 @@ export const __trainingInternals = {
 
   /** Mean negative log-likelihood of x and its gradient wrt every parameter (MAF flows). */
   likelihoodGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { loss: number; grads: Record<string, Float32Array> } {
-    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
-    const loss = trainer.likelihoodGradient(x, x.length / flow.dim);
+    const trainer = newTrainer(flow, TO_LATENT, null, TEST_OPTIMIZER, kernels);
+    const loss = trainer.likelihoodGradient({ x, rows: x.length / flow.dim });
     return { loss, grads: gradientRecord(flow, trainer) };
   },
 
   /** log p(x) and d log p / dx (MAF flows): what distillation uses of its teacher. */
   logProbGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { logProb: Float32Array; grad: Float32Array } {
-    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
+    const trainer = newTrainer(flow, TO_LATENT, null, TEST_OPTIMIZER, kernels);
     const rows = x.length / flow.dim;
     const logProb = new Float32Array(rows);
     const grad = new Float32Array(x.length);
-    trainer.logProbGradient(x, rows, logProb, grad);
+    trainer.logProbGradient({ x, rows, logProb, grad });
     return { logProb, grad };
   },
 
@@ -1037,14 +1054,14 @@ export const __trainingInternals = {
     kernels: KernelChoice = {},
     stickingTheLanding = false,
   ): Promise<{ loss: number; x: Float32Array; grads: Record<string, Float32Array> }> {
-    const trainer = newTrainer(flow, TO_DATA, null, Float64Array.of(1e-3, 0.9, 0.999, 1e-8, 0, 0), kernels);
+    const trainer = newTrainer(flow, TO_DATA, null, TEST_OPTIMIZER, kernels);
     trainer.setStickingTheLanding(stickingTheLanding);
     const rows = z.length / flow.dim;
     const x = new Float32Array(z.length);
-    trainer.reverseForward(0, 0, 0, rows, z, x, new Float32Array(rows), false);
+    trainer.reverseForward({ seed: [0, 0], step: 0, batch: rows, z, x, logq: new Float32Array(rows), async: false });
     const { value, grad } = checkEvaluation(await target.logDensity(x), rows, flow.dim);
     const stepLoss = new Float64Array(1);
-    trainer.reverseBackward(value, grad, false, new Float64Array(5), stepLoss, false);
+    trainer.reverseBackward({ targetValue: value, targetGrad: grad, update: false, stats: new Float64Array(5), stepLoss, async: false });
     return { loss: stepLoss[0], x, grads: gradientRecord(flow, trainer) };
   },
 
@@ -1053,16 +1070,16 @@ export const __trainingInternals = {
    * staircase path or (kernels.reference) the simple dense one. Leaves the flow unchanged; returns rows/s.
    */
   likelihoodThroughput(flow: Flow, data: Float32Array, batchSize: number, steps: number, kernels: KernelChoice = {}): number {
-    const trainer = newTrainer(flow, TO_LATENT, null, Float64Array.of(1e-4, 0.9, 0.999, 1e-8, 0, 0), kernels);
+    const trainer = newTrainer(flow, TO_LATENT, null, { ...TEST_OPTIMIZER, learningRate: 1e-4 }, kernels);
     const rows = data.length / flow.dim;
-    trainer.setData(data, rows, null, 0);
+    trainer.setData({ train: data, trainRows: rows });
     const stats = new Float64Array(5);
     const perEpoch = Math.ceil(rows / batchSize);
-    trainer.fitBatches(1, 0, 0, 0, 1, batchSize, stats, false); // warm-up
+    trainer.fitBatches({ seed: [1, 0], epoch: 0, firstBatch: 0, batches: 1, batchSize, stats, async: false }); // warm-up
     const t0 = now();
     let done = 0;
     for (let s = 0; s < steps; s++) {
-      trainer.fitBatches(1, 0, 1 + Math.floor(s / perEpoch), s % perEpoch, 1, batchSize, stats, false);
+      trainer.fitBatches({ seed: [1, 0], epoch: 1 + Math.floor(s / perEpoch), firstBatch: s % perEpoch, batches: 1, batchSize, stats, async: false });
       done += stats[1];
     }
     return done / (now() - t0);
