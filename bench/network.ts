@@ -30,7 +30,7 @@ export interface FlowNet {
 
 export type Direction = 'toData' | 'toLatent';
 
-/** Softplus scale floor of DESIGN.md: scale = softplus(a) + 1e-3. */
+/** Softplus scale floor of docs/DESIGN.md: scale = softplus(a) + 1e-3. */
 export const SOFTPLUS_FLOOR = 1e-3;
 /** iaflow's 'exp' scale soft-clips a before exp: a' = a / (1 + |a| / EXP_SOFT_CLIP) (zuko's). */
 export const EXP_SOFT_CLIP = Math.log(1e3);

@@ -73,7 +73,7 @@ export interface MadeOptions {
   hidden?: number | number[];
   /** Hidden-layer nonlinearity. Default 'relu'. */
   activation?: Activation;
-  /** Scale parameterization (DESIGN.md). Default 'softplus'. */
+  /** Scale parameterization (docs/DESIGN.md). Default 'softplus'. */
   scale?: ScaleKind;
   /**
    * Autoregressive order: 'natural' (dimension 0 first) or `order[i]` = the rank (0-based) of

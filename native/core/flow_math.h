@@ -1,5 +1,5 @@
 // Per-element math of iaflow, shared by the CPU core and the CUDA kernels.
-// Everything here is the contract of DESIGN.md: activations, the three scale
+// Everything here is the contract of docs/DESIGN.md: activations, the three scale
 // parameterizations, the standard-normal log-density and the Philox stream.
 #pragma once
 

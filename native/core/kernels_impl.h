@@ -219,7 +219,7 @@ void linearRowKernel(const LinearView& L, const float* x, float* y, int lo, int 
   }
 }
 
-// scale and log scale from the raw output a (DESIGN.md's three parameterizations).
+// scale and log scale from the raw output a (docs/DESIGN.md's three parameterizations).
 template <int kScale>
 inline void scaleOf(vf a, vf& scale, vf& logScale) {
   if (kScale == 0) {  // softplus(a) + 1e-3

@@ -55,7 +55,7 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-// Constants of the stream (DESIGN.md): the Philox counter's fourth word and the rounds' multipliers.
+// Constants of the stream (docs/DESIGN.md): the Philox counter's fourth word and the rounds' multipliers.
 constexpr uint32_t kPhiloxStreamTag = 0x1AF10Bu;
 constexpr uint64_t kPhiloxMul0 = 0xD2511F53u, kPhiloxMul1 = 0xCD9E8D57u;
 constexpr uint32_t kPhiloxWeyl0 = 0x9E3779B9u, kPhiloxWeyl1 = 0xBB67AE85u;
