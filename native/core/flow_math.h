@@ -25,6 +25,8 @@ constexpr float kExpSoftClip = 6.907755278982137f;
 // gated parameterization: sigma = sigmoid(a + kGateBias) (Kingma et al. 2016, Pyro's stable variant).
 constexpr float kGateBias = 2.0f;
 constexpr float kHalfLog2Pi = 0.91893853320467274178f;
+// The largest finite float32: a solution beyond it is taken as +-infinity (solveAffine).
+constexpr float kFloatMax = 3.402823466e38f;
 
 IAF_HD float softplus(float x) {
   // Stable for large |x|: log(1 + e^x) = max(x, 0) + log1p(e^-|x|).
@@ -90,7 +92,7 @@ IAF_HD Affine affineFromRaw(ScaleKind s, float rawScale, float rawShift) {
 // point then lies at infinity, so its log-density is base(z) + logDet = -infinity, not NaN.
 IAF_HD float solveAffine(float v, const Affine& a, float& logDet) {
   const float u = (v - a.shift) / a.scale;
-  if (fabsf(u) <= 3.402823466e38f) {  // false for +-infinity and NaN
+  if (fabsf(u) <= kFloatMax) {  // false for +-infinity and NaN
     logDet -= a.logScale;
     return u;
   }

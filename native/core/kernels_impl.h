@@ -223,13 +223,13 @@ void linearRowKernel(const LinearView& L, const float* x, float* y, int lo, int 
 template <int kScale>
 inline void scaleOf(vf a, vf& scale, vf& logScale) {
   if (kScale == 0) {  // softplus(a) + 1e-3
-    scale = vsoftplus(a) + 1e-3f;
+    scale = vsoftplus(a) + iaflow::kSoftplusFloor;
     logScale = vlog(scale);
   } else if (kScale == 1) {  // exp of the soft-clipped a
-    logScale = a / (1.0f + vabs(a) * (1.0f / 6.907755278982137f));
+    logScale = a / (1.0f + vabs(a) * (1.0f / iaflow::kExpSoftClip));
     scale = vexp(logScale);
   } else {  // gated: sigmoid(a + 2)
-    const vf g = a + 2.0f;
+    const vf g = a + iaflow::kGateBias;
     scale = 1.0f / (1.0f + vexp(-g));
     logScale = -vsoftplus(-g);
   }
@@ -250,7 +250,7 @@ inline void affineBlock(const LinearView& head, const float* hT, const float* in
       const vf in = load(inT + p * kTile + v * kVec);
       if (kInverse) {  // as flow_math.h's solveAffine: a solution past float32 is +-infinity
         const vf u = (in - shift) / scale;
-        const vi finite = vabs(u) <= 3.402823466e38f;
+        const vi finite = vabs(u) <= iaflow::kFloatMax;
         store(outT + p * kTile + v * kVec, select(finite, u, select(u < 0.0f, splat(-__builtin_huge_valf()), splat(__builtin_huge_valf()))));
         ld -= select(finite, logScale, splat(0.0f));
       } else {
@@ -308,7 +308,7 @@ void affineRowFor(const float* raw, const float* in, float* out, float* logDet, 
     const vf x = load(value);
     if (kInverse) {  // as affineBlock: a solution past float32 is +-infinity, its log-scale left out
       const vf u = (x - shift) / scale;
-      const vi finite = vabs(u) <= 3.402823466e38f;
+      const vi finite = vabs(u) <= iaflow::kFloatMax;
       store(result, select(finite, u, select(u < 0.0f, splat(-__builtin_huge_valf()), splat(__builtin_huge_valf()))));
       store(logScales, select(finite, logScale, splat(0.0f)));
     } else {
