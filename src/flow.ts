@@ -141,6 +141,7 @@ export class Flow {
   private nativeFlow: NativeFlowInstance;
   private backendChoice: string;
   private referenceFlow: NativeFlowInstance | null = null;
+  private disposed = false;
 
   /** @internal Use createFlow or loadFlow. */
   constructor(config: FlowConfig, params: Map<string, Float32Array>, backend = 'auto') {
@@ -162,10 +163,27 @@ export class Flow {
    * prepared for it once, here. Calls in flight finish where they started. Returns the flow.
    */
   to(backend: string): this {
+    this.checkUsable();
     const choice = checkBackend('backend', backend);
     this.replaceNative(buildNative(this.config, this.params, choice));
     this.backendChoice = choice;
     return this;
+  }
+
+  /**
+   * Frees the flow's native memory now, instead of when the garbage collector's finalizers run
+   * (after the event loop turns: a synchronous loop creating flows holds them all until then).
+   * Calls in flight finish; the flow refuses every later call.
+   */
+  dispose(): void {
+    this.nativeFlow.release();
+    this.referenceFlow?.release();
+    this.referenceFlow = null;
+    this.disposed = true;
+  }
+
+  private checkUsable(): void {
+    if (this.disposed) throw new Error('This flow was disposed (flow.dispose()); load or create it again to use it');
   }
 
   private replaceNative(next: NativeFlowInstance): void {
@@ -203,6 +221,7 @@ export class Flow {
    * Entries that the MADE masks exclude are stored but never used.
    */
   setParameters(values: Record<string, Float32Array | Float64Array | number[]>): void {
+    this.checkUsable();
     if (!isPlainObject(values)) throw invalidType('parameters', 'an object of named Float32Arrays', values);
     const next = new Map(this.params);
     let maxAbs = 0;
@@ -247,6 +266,7 @@ export class Flow {
 
   /** @internal See currentParameters. */
   adoptParameters(next: Map<string, Float32Array>): void {
+    this.checkUsable();
     this.replaceNative(buildNative(this.config, next, this.backendChoice));
     this.params = next;
   }
@@ -342,6 +362,7 @@ export class Flow {
   }
 
   private sampleJob(what: 'sample', n: number, options: SampleOptions | undefined, withLogProb: boolean, async: boolean) {
+    this.checkUsable();
     const rows = checkRowCount('n', n, this.dim);
     const opts = checkOptions(`${what} options`, options, async ? ['seed', 'firstRow', 'signal'] : ['seed', 'firstRow']);
     if (opts.firstRow !== undefined && opts.seed === undefined) {
@@ -357,6 +378,7 @@ export class Flow {
   }
 
   private transformJob(name: string, input: Rows, direction: 0 | 1, want: 'logDet' | 'logProb') {
+    this.checkUsable();
     const { data, rows } = rowsForNative(name, input, this.dim);
     const points = want === 'logDet' ? allocateFloats(rows * this.dim, 'the result') : null;
     const logDet = want === 'logDet' ? allocateFloats(rows, 'log-determinants') : null;

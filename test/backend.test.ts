@@ -221,6 +221,39 @@ describe('AbortSignal', () => {
   });
 });
 
+describe('native memory in tight synchronous loops', () => {
+  // Each plan of this flow holds about 200 KB of native memory, freed by the garbage collector's
+  // finalizers, which Node runs only once the event loop turns: a synchronous loop that made 3000
+  // of them held them all. setParameters frees the plan it replaces at once; dispose() frees a
+  // flow's (the addon also reports the plans' size to V8, so collection comes sooner).
+  const layers = () => [maf({ hidden: [128, 128] }), reverse(), maf({ hidden: [128, 128] })];
+  const rssGrowthMb = (loop: () => void) => {
+    const before = process.memoryUsage().rss;
+    loop();
+    return (process.memoryUsage().rss - before) / 2 ** 20;
+  };
+
+  it('setParameters frees the replaced plan at once', () => {
+    const flow = createFlow({ dim: 16, layers: layers(), seed: 1 });
+    const bias = flow.getParameters()['layers.0.shift.bias'];
+    expect(rssGrowthMb(() => {
+      for (let i = 0; i < 3000; i++) flow.setParameters({ 'layers.0.shift.bias': bias });
+    })).toBeLessThan(200);
+  });
+
+  it('dispose() frees a flow\'s plan at once; the flow refuses calls afterwards', async () => {
+    // 1000 flows held about 180 MB without dispose() (measured), about 30 MB with it; 500 here.
+    expect(rssGrowthMb(() => {
+      for (let i = 0; i < 500; i++) createFlow({ dim: 16, layers: layers(), seed: 1 }).dispose();
+    })).toBeLessThan(60);
+    const flow = createFlow({ dim: 16, layers: layers(), seed: 1 });
+    flow.dispose();
+    expect(() => flow.sampleSync(2)).toThrow(/This flow was disposed/);
+    await expect(flow.logProb(new Float32Array(16))).rejects.toThrow(/This flow was disposed/);
+    expect(() => flow.setParameters({})).toThrow(/This flow was disposed/);
+  });
+});
+
 describe('event loop', () => {
   it('an async logProb of 10^7 rows holds the event loop for its input copy only', async () => {
     // Validation of a typed array is O(1) in JavaScript; the finiteness scan and the run happen on

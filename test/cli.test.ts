@@ -313,6 +313,16 @@ describe('the iaflow executable', () => {
     },
   );
 
+  // A character device that never ends: the loader must refuse it, not read it forever.
+  const hasDevZero = existsSync('/dev/zero');
+  (hasDevZero ? test : test.skip)(`info /dev/zero is refused at once with exit code 1${hasDevZero ? '' : ' (skipped: this system has no /dev/zero)'}`, () => {
+    const started = Date.now();
+    const result = cli(['info', '/dev/zero'], 'pipe');
+    expect(result.stderr).toMatch(/^iaflow info: \/dev\/zero: is a character device; a model file must be a regular file\n$/);
+    expect(result.status).toBe(1);
+    expect(Date.now() - started).toBeLessThan(20000);
+  });
+
   test('a reader that goes away (EPIPE: `| head`) ends the run quietly with exit code 0', async () => {
     const child = spawn(...command(['sample', model, '-n', '2000000', '--seed', '1']), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
