@@ -748,15 +748,28 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     if (*busy_) throw Napi::Error::New(env, "iaflow internal: the trainer is busy with another call");
   }
 
-  // Runs now (sync) or as a Job (async: returns a promise); one call at a time per trainer.
+  // Runs now (sync) or as a Job (async: returns a promise); one call at a time per trainer. The
+  // job's cancel flag (an AbortSignal's, or the environment closing) reaches the trainer's
+  // multi-step calls, which stop before their next step.
   Napi::Value launch(Napi::Env env, bool async, std::function<void()> work,
-                     std::function<Napi::Value(Napi::Env)> result, const std::vector<Napi::Value>& pinned) {
+                     std::function<Napi::Value(Napi::Env)> result, const std::vector<Napi::Value>& pinned,
+                     std::shared_ptr<iaflow::CancelFlag> cancel = nullptr) {
     claim(env);
     if (async) *busy_ = true;
     std::vector<Napi::Value> pins = pinned;
     pins.push_back(Value());
-    return Job::launch(env, async, [work = std::move(work)](const iaflow::CancelFlag&) { work(); }, std::move(result),
-                       pins, nullptr, async ? busy_ : nullptr);
+    auto trainer = trainer_;
+    auto run = [trainer, work = std::move(work)](const iaflow::CancelFlag& flag) {
+      trainer->setCancel(&flag);
+      try {
+        work();
+      } catch (...) {
+        trainer->setCancel(nullptr);
+        throw;
+      }
+      trainer->setCancel(nullptr);
+    };
+    return Job::launch(env, async, std::move(run), std::move(result), pins, std::move(cancel), async ? busy_ : nullptr);
   }
 
   std::vector<iaflow::DenseMadeView> views(Napi::Env env, const Napi::Value& v) {
@@ -823,7 +836,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     return env.Undefined();
   }
 
-  // fitBatches({ seed, epoch, firstBatch, batches, batchSize, stats: Float64Array(5), async })
+  // fitBatches({ seed, epoch, firstBatch, batches, batchSize, stats: Float64Array(5), async, cancel? })
   Napi::Value fitBatches(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     const Napi::Object o = optionsArg(info, 0, "fitBatches");
@@ -838,7 +851,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
       iaflow::StepStats s;
       trainer->fitBatches(seed, epoch, firstBatch, batches, batchSize, s);
       writeStats(s, stats);
-    }, nullptr, {o.Get("stats")});
+    }, nullptr, {o.Get("stats")}, cancelFrom(env, o));
   }
 
   // validationLoss({ async }) -> number | Promise<number>
@@ -895,7 +908,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
   }
 
   // distillSteps({ seed, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, stats,
-  //                stepLoss: Float64Array(steps), async })
+  //                stepLoss: Float64Array(steps), async, cancel? })
   Napi::Value distillSteps(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     const Napi::Object o = optionsArg(info, 0, "distillSteps");
@@ -913,7 +926,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
       iaflow::StepStats s;
       trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, s, stepLoss);
       writeStats(s, stats);
-    }, nullptr, {o.Get("stats"), o.Get("stepLoss")});
+    }, nullptr, {o.Get("stats"), o.Get("stepLoss")}, cancelFrom(env, o));
   }
 
   // likelihoodGradient({ x, rows }) -> mean NLL; the gradient stays for gradientTo

@@ -92,7 +92,8 @@ export interface NativeTrainerInstance {
   setOptions(options: NativeOptimizerOptions): void;
   setStickingTheLanding(on: boolean): void;
   setData(options: { train: Float32Array; trainRows: number; valid?: Float32Array | null; validRows?: number }): void;
-  fitBatches(options: { seed: Seed; epoch: number; firstBatch: number; batches: number; batchSize: number; stats: Float64Array; async: boolean }): Promise<void> | undefined;
+  /** Stops before its next batch once `cancel` is raised (stats count the batches done). */
+  fitBatches(options: { seed: Seed; epoch: number; firstBatch: number; batches: number; batchSize: number; stats: Float64Array; async: boolean; cancel?: NativeCancelToken }): Promise<void> | undefined;
   validationLoss(options: { async: boolean }): Promise<number> | number;
   reverseForward(options: { seed: Seed; step: number; batch: number; z?: Float32Array | null; x: Float32Array; logq: Float32Array; async: boolean }): Promise<void> | undefined;
   reverseBackward(options: { targetValue: Float32Array; targetGrad: Float32Array; update: boolean; stats: Float64Array; stepLoss: Float64Array; async: boolean }): Promise<void> | undefined;
@@ -107,6 +108,8 @@ export interface NativeTrainerInstance {
     stats: Float64Array;
     stepLoss: Float64Array;
     async: boolean;
+    /** Stops before its next step once raised (stats count the steps done). */
+    cancel?: NativeCancelToken;
   }): Promise<void> | undefined;
   likelihoodGradient(options: { x: Float32Array; rows: number }): number;
   logProbGradient(options: { x: Float32Array; rows: number; logProb: Float32Array; grad: Float32Array }): void;

@@ -4,7 +4,7 @@
 // validates, schedules the chunks, reports progress and handles cancellation.
 import { Flow, Rows, nativeSpec } from './flow';
 import { FlowConfig, LinearNames, madeTensorNames } from './layers';
-import { native, NativeLayerView, NativeOptimizerOptions, NativeTrainerInstance } from './native';
+import { native, NativeCancelToken, NativeLayerView, NativeOptimizerOptions, NativeTrainerInstance } from './native';
 import {
   checkInteger,
   checkOptions,
@@ -51,7 +51,7 @@ export interface OptimizerOptions {
   eps?: number;
   /** Seed: minibatch order (fit) or latent draws (reverse KL, distill); the same seed gives the same run at any thread count. Default: random. */
   seed?: number;
-  /** Stops at the next chunk boundary; the call then rejects with an AbortError. */
+  /** Stops before the next step (native chunks poll it); the call then rejects with an AbortError. */
   signal?: AbortSignal;
 }
 
@@ -503,7 +503,7 @@ class LossHistory {
  * and at the end. With validation data, the flow ends with the weights of the best validation
  * epoch (unless `restoreBest: false`). With `ema`, "the weights" here (validated, kept as the
  * best, handed to the flow) are the moving average of the raw Adam iterates. When `signal`
- * aborts, training stops at the next chunk boundary, the best weights so far (with validation;
+ * aborts, training stops before its next step, the best weights so far (with validation;
  * else the current ones) are applied to the flow, and the promise rejects with an AbortError. A
  * step whose loss or gradient is not finite is skipped (never written into the weights) and
  * counted in `skippedSteps`. The weights the flow ends with always give finite samples and
@@ -605,6 +605,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       throw abortError('fit', keepBest && bestEpoch >= 0 ? `the weights of its best epoch so far (${bestEpoch})` : 'the weights reached so far');
     };
 
+    const cancel = cancelTokenFor(optimizer.signal);
     try {
       for (let epoch = 0; epoch < epochs; epoch++) {
         let lossSum = 0;
@@ -613,7 +614,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
           stopIfAborted();
           const count = Math.min(chunk, batchesPerEpoch - batch);
           const t0 = now();
-          await trainer.fitBatches({ seed: [lo, hi], epoch, firstBatch: batch, batches: count, batchSize, stats, async: true });
+          await trainer.fitBatches({ seed: [lo, hi], epoch, firstBatch: batch, batches: count, batchSize, stats, async: true, cancel });
           const seconds = now() - t0;
           trainSeconds += seconds;
           chunk = nextChunk(count, seconds);
@@ -939,6 +940,7 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
     const { batchSize } = setup;
     const dim = student.dim;
     const matcher = matchSteps > 0 ? mapMatcher(teacher, dim, batchSize, lo, hi) : null;
+    const cancel = cancelTokenFor(setup.optimizer.signal);
     return await runReverse(student, trainer, setup, 'distill', 0, async (firstStep, count, stepLoss, stats) => {
       let s = 0;
       let skipped = 0;
@@ -962,6 +964,7 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
           stats,
           stepLoss: stepLoss.subarray(s),
           async: true,
+          cancel,
         });
         skipped += stats[3];
       }
@@ -1018,6 +1021,17 @@ function mapMatcher(teacher: Flow, dim: number, batch: number, seedLo: number, s
  * @internal Test and benchmark hooks; not exported from index.ts. Gradients come back named and
  * shaped as the flow's parameters (masked entries zero).
  */
+/**
+ * A native cancel token raised when `signal` fires, so a chunk of training steps in flight stops
+ * before its next step (the chunk's caller then rejects with an AbortError). Undefined without a signal.
+ */
+function cancelTokenFor(signal: AbortSignal | undefined): NativeCancelToken | undefined {
+  if (!signal) return undefined;
+  const token = new native.CancelToken();
+  signal.addEventListener('abort', () => token.cancel(), { once: true });
+  return token;
+}
+
 /** Adam's defaults, for the test hooks below. */
 const TEST_OPTIMIZER: NativeOptimizerOptions = { learningRate: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, clipGradNorm: 0 };
 

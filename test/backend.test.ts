@@ -254,6 +254,45 @@ describe('native memory in tight synchronous loops', () => {
   });
 });
 
+describe('training chunks and cancellation', () => {
+  it('a chunk of training steps stops before its next step once its cancel token is raised', async () => {
+    const student = createFlow({ dim: 2, layers: [iaf({ hidden: [8] }), reverse(), iaf({ hidden: [8] })], seed: 1 });
+    const teacher = createFlow({ dim: 2, layers: [maf({ hidden: [8] })], seed: 2 });
+    const specOf = (f: Flow) => nativeSpec(f.config as FlowConfig, f.currentParameters() as Map<string, Float32Array>);
+    const trainer = new native.NativeTrainer({
+      spec: specOf(student),
+      pass: 0,
+      teacher: specOf(teacher),
+      optimizer: { learningRate: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, clipGradNorm: 0 },
+      backend: 'cpu',
+    });
+    // A million small steps take tens of seconds; the token is raised after 50 ms.
+    const steps = 1_000_000;
+    const stats = new Float64Array(5);
+    const cancel = new native.CancelToken();
+    const started = performance.now();
+    const pending = trainer.distillSteps({
+      seed: [1, 0],
+      firstStep: 0,
+      steps,
+      batch: 16,
+      betaStart: 1,
+      betaSlope: 0,
+      forwardWeight: 0,
+      stats,
+      stepLoss: new Float64Array(steps),
+      async: true,
+      cancel,
+    });
+    setTimeout(() => cancel.cancel(), 50);
+    await pending;
+    expect(performance.now() - started).toBeLessThan(3000);
+    const done = stats[2] + stats[3];
+    expect(done).toBeGreaterThan(0);
+    expect(done).toBeLessThan(steps);
+  });
+});
+
 describe('event loop', () => {
   it('an async logProb of 10^7 rows holds the event loop for its input copy only', async () => {
     // Validation of a typed array is O(1) in JavaScript; the finiteness scan and the run happen on

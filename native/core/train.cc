@@ -224,6 +224,8 @@ void exportFlat(const Net& net, const float* flat, const std::vector<DenseMadeVi
 // ---------------------------------------------------------------------------
 
 struct Trainer::Impl {
+  const CancelFlag* cancel = nullptr;
+  bool cancelled() const { return cancel && cancel->load(std::memory_order_relaxed); }
   Net net;
   std::unique_ptr<Net> teacher;
   OptimizerOptions options;
@@ -476,6 +478,8 @@ void Trainer::setOptions(const OptimizerOptions& options) {
 }
 void Trainer::setStickingTheLanding(bool on) { impl_->stickingTheLanding = on; }
 
+void Trainer::setCancel(const CancelFlag* flag) { impl_->cancel = flag; }
+
 void Trainer::setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows) {
   const int dim = impl_->net.dim;
   impl_->train.assign(train, train + trainRows * dim);
@@ -494,7 +498,7 @@ void Trainer::fitBatches(uint64_t seed, int64_t epoch, int64_t firstBatch, int64
   std::shared_ptr<ThreadPool> p = I.pool();
   I.ensureOrder(seed, epoch);
   const int dim = I.net.dim;
-  for (int64_t b = firstBatch; b < firstBatch + batches; ++b) {
+  for (int64_t b = firstBatch; b < firstBatch + batches && !I.cancelled(); ++b) {
     const int64_t start = b * batchSize;
     const int64_t rows = std::min(batchSize, I.trainRows - start);
     if (rows <= 0) break;
@@ -636,7 +640,7 @@ void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int6
   const int dim = I.net.dim;
   const int S = I.slotCount(batchRows);
   const float scale = 1.0f / static_cast<float>(batchRows);
-  for (int64_t s = 0; s < steps; ++s) {
+  for (int64_t s = 0; s < steps && !I.cancelled(); ++s) {
     const uint64_t firstRow = static_cast<uint64_t>(firstStep + s) * static_cast<uint64_t>(batchRows);
     const double beta = std::min(1.0, betaStart + betaSlope * static_cast<double>(firstStep + s));
     const float gradScale = static_cast<float>(beta) * scale;

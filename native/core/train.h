@@ -83,6 +83,10 @@ class Trainer {
   // remains, (d log q(x)/dx - d log p(x)/dx) dx/dparams; its variance vanishes as q reaches p.
   // d log q / dx runs the flow's x -> z direction backward (sequential for IAF layers).
   void setStickingTheLanding(bool on);
+  // A flag the multi-step calls (fitBatches, distillSteps) poll before each step: once raised,
+  // they return after the step in progress (stats count the steps done). Null: none. Set by the
+  // caller around a call; one call at a time per trainer.
+  void setCancel(const CancelFlag* flag);
 
   // Maximum likelihood. Copies the data (row-major).
   void setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows);
