@@ -69,18 +69,16 @@ export function backends(): BackendInfo[] {
   return native.backends().map((b) => ({ ...b }));
 }
 
-/** 'auto' picks the first usable backend that runs the flow. */
-export type BackendChoice = string;
-
+/** 'auto' (the first usable backend that runs the flow) or a registered name that is usable here. */
 function checkBackend(name: string, value: unknown): string {
   if (value === undefined) return 'auto';
-  const names = native.backends().map((b) => b.name);
-  if (typeof value !== 'string' || (value !== 'auto' && !names.includes(value))) {
-    throw invalidType(name, `'auto' or a backend name (${names.map((n) => `'${n}'`).join(', ')})`, value);
+  const all = native.backends();
+  const info = all.find((b) => b.name === value);
+  if (value !== 'auto' && !info) {
+    throw invalidType(name, `'auto' or a backend name (${all.map((b) => `'${b.name}'`).join(', ')})`, value);
   }
-  const info = native.backends().find((b) => b.name === value);
-  if (info && !info.usable) throw new Error(`The ${value} backend is not usable here: ${info.whyNot}`);
-  return value;
+  if (info && !info.usable) throw new Error(`The ${info.name} backend is not usable here: ${info.whyNot}`);
+  return value as string;
 }
 
 const MAX_FIRST_ROW = 2 ** 53 - 1;
