@@ -10,6 +10,8 @@
 #define IAF_VEC 8
 #define IAF_ROW_VECTORS 3
 #define IAF_COLUMN_GROUP 4
+#define IAF_TRAIN_VEC 8
+#define IAF_TRAIN_FMA 1
 #include <immintrin.h>
 // 32 x 32 -> 64-bit products of the low words (Philox) and vector square roots (Box-Muller).
 #define IAF_MUL_EPU32(a, k) (vu) _mm256_mul_epu32((__m256i)(a), (__m256i)(vu{} + (k)))
@@ -26,34 +28,7 @@
 namespace {
 #include "kernels_impl.h"
 }  // namespace
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-
-namespace iaflow {
-const KernelTable* avx2Kernels() {
-  static const KernelTable table{"avx2", kVec, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
-  return &table;
-}
-}  // namespace iaflow
-#else
-namespace iaflow {
-const KernelTable* avx2Kernels() { return nullptr; }
-}  // namespace iaflow
-#endif
-
-// ---- Training kernels (train_kernels.h), the same instruction set: 8 floats per vector ----
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define IAF_TRAIN_VEC 8
-#define IAF_TRAIN_FMA 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+// The training kernels, built for the same instruction set (train_kernels.h).
 namespace iaflow {
 namespace training {
 namespace {
@@ -68,6 +43,10 @@ namespace {
 #endif
 
 namespace iaflow {
+const KernelTable* avx2Kernels() {
+  static const KernelTable table{"avx2", kVec, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
+  return &table;
+}
 const TrainKernelTable* avx2TrainKernels() {
   static const TrainKernelTable table{"avx2", training::kVec, training::netForward, training::netBackward};
   return &table;
@@ -75,6 +54,7 @@ const TrainKernelTable* avx2TrainKernels() {
 }  // namespace iaflow
 #else
 namespace iaflow {
+const KernelTable* avx2Kernels() { return nullptr; }
 const TrainKernelTable* avx2TrainKernels() { return nullptr; }
 }  // namespace iaflow
 #endif

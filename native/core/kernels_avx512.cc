@@ -12,6 +12,8 @@
 #define IAF_VEC 16
 #define IAF_ROW_VECTORS 4
 #define IAF_COLUMN_GROUP 6
+#define IAF_TRAIN_VEC 16
+#define IAF_TRAIN_FMA 1
 #include <immintrin.h>
 // 32 x 32 -> 64-bit products of the low words (Philox) and vector square roots (Box-Muller).
 // The zero-masked forms: GCC 12's unmasked ones start from a self-initialised "undefined"
@@ -31,34 +33,7 @@
 namespace {
 #include "kernels_impl.h"
 }  // namespace
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-
-namespace iaflow {
-const KernelTable* avx512Kernels() {
-  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
-  return &table;
-}
-}  // namespace iaflow
-#else
-namespace iaflow {
-const KernelTable* avx512Kernels() { return nullptr; }
-}  // namespace iaflow
-#endif
-
-// ---- Training kernels (train_kernels.h), the same instruction set: 16 floats per vector ----
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define IAF_TRAIN_VEC 16
-#define IAF_TRAIN_FMA 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx2,fma")
-#endif
+// The training kernels, built for the same instruction set (train_kernels.h).
 namespace iaflow {
 namespace training {
 namespace {
@@ -73,6 +48,10 @@ namespace {
 #endif
 
 namespace iaflow {
+const KernelTable* avx512Kernels() {
+  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
+  return &table;
+}
 const TrainKernelTable* avx512TrainKernels() {
   static const TrainKernelTable table{"avx512", training::kVec, training::netForward, training::netBackward};
   return &table;
@@ -80,6 +59,7 @@ const TrainKernelTable* avx512TrainKernels() {
 }  // namespace iaflow
 #else
 namespace iaflow {
+const KernelTable* avx512Kernels() { return nullptr; }
 const TrainKernelTable* avx512TrainKernels() { return nullptr; }
 }  // namespace iaflow
 #endif
