@@ -1,9 +1,11 @@
 // iaflow's public API, in one place.
 export { Flow, backends, createFlow, createIAF, createMAF, setThreads, getThreads, standardNormal } from './flow';
 export type { BackendInfo, FlowOptions, Rows, RunOptions, SampleOptions, SampleSyncOptions, StackOptions } from './flow';
-export { iaf, maf, reverse, permute } from './layers';
+export { iaf, maf, reverse, permute, affine } from './layers';
 export type {
   Activation,
+  AffineLayerConfig,
+  AffineOptions,
   FlowConfig,
   LayerConfig,
   LayerDescriptor,

@@ -3,7 +3,7 @@
 // passes, Adam and clipping on the core's thread pool, a run of steps per native call. This file
 // validates, schedules the chunks, reports progress and handles cancellation.
 import { Flow, Rows, nativeSpec } from './flow';
-import { FlowConfig, LinearNames, madeTensorNames } from './layers';
+import { affineTensorNames, FlowConfig, isMade, LinearNames, madeTensorNames } from './layers';
 import { native, NativeCancelToken, NativeLayerView, NativeOptimizerOptions, NativeTrainerInstance } from './native';
 import {
   checkInteger,
@@ -308,7 +308,9 @@ function checkOptimizer(where: string, opts: Record<string, unknown>): Optimizer
  */
 function requireTrainable(flow: Flow, what: string): void {
   const layers = flow.config.layers;
-  if (!layers.some((l) => l.type !== 'permutation')) throw new TypeError(`${what}: the flow has no MADE layer, so nothing to train`);
+  if (!layers.some((l) => isMade(l) || (l.type === 'affine' && l.trainable))) {
+    throw new TypeError(`${what}: the flow has no MADE layer or trainable affine layer, so nothing to train`);
+  }
 }
 
 /**
@@ -334,6 +336,10 @@ function denseViews(flow: Flow, fill: 'copy' | 'zero'): { map: Map<string, Float
   const linear = (names: LinearNames) => ({ weight: get(names.weight), bias: get(names.bias) });
   const views = flow.config.layers.map((layer, k): NativeLayerView => {
     if (layer.type === 'permutation') return null;
+    if (layer.type === 'affine') {
+      const names = affineTensorNames(k);
+      return { loc: get(names.loc), scale: get(names.scale) };
+    }
     const names = madeTensorNames(k, layer.hidden.length);
     return { hidden: names.hidden.map(linear), shift: linear(names.shift), rawScale: linear(names.scale) };
   });

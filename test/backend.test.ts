@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { nativeSpec } from '../src/flow';
-import { Flow, FlowConfig, LayerDescriptor, backends, createFlow, iaf, maf, permute, reverse } from '../src/index';
+import { Flow, FlowConfig, LayerDescriptor, affine, backends, createFlow, iaf, maf, permute, reverse } from '../src/index';
 import { madeTensorNames } from '../src/layers';
 import { LAYOUT_CODES, native } from '../src/native';
 import { __trainingInternals } from '../src/train';
@@ -42,6 +42,7 @@ const STACKS: [string, () => LayerDescriptor[]][] = [
   ['MAF tanh exp', () => [maf({ hidden: [24, 24], activation: 'tanh', scale: 'exp' }), reverse(), maf({ hidden: [24], activation: 'tanh', scale: 'exp' })]],
   ['mixed elu gated, random permutation', () => [iaf({ hidden: [16, 16], activation: 'elu', scale: 'gated' }), permute({ seed: 3 }), maf({ hidden: [16, 16], activation: 'elu', scale: 'gated' })]],
   ['residual MAF and IAF', () => [maf({ hidden: [16, 16, 16], residual: true }), reverse(), iaf({ hidden: [16, 16, 16], residual: true })]],
+  ['affine layers around IAF and MAF', () => [affine({ loc: 0.5, scale: -1.5, trainable: true }), iaf({ hidden: [16] }), reverse(), maf({ hidden: [16] }), affine({ loc: 3, scale: 0.25 })]],
 ];
 
 describe('the registry', () => {
@@ -72,8 +73,14 @@ describe('the registry', () => {
     const fromNative: Record<string, number[]> = {};
     config.layers.forEach((layer, k) => {
       if (layer.type === 'permutation') return expect(read[k]).toBeNull();
+      if (layer.type === 'affine') {
+        const entry = read[k] as unknown as { loc: number; scale: number };
+        fromNative[`layers.${k}.loc`] = [entry.loc];
+        fromNative[`layers.${k}.scale`] = [entry.scale];
+        return;
+      }
       const names = madeTensorNames(k, layer.hidden.length);
-      const native = read[k]!;
+      const native = read[k] as { hidden: [number, number][]; shift: [number, number]; rawScale: [number, number] };
       native.hidden.forEach(([out, inputs], l) => {
         fromNative[names.hidden[l].weight] = [out, inputs];
         fromNative[names.hidden[l].bias] = [out];

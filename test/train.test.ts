@@ -2,6 +2,7 @@
 // differences, the optimizer by hand, and the behaviour of fit / fitReverseKL / distill (early
 // stopping, abort, skipped non-finite steps, reproducibility, refusals).
 import {
+  affine,
   Activation,
   Flow,
   LayerDescriptor,
@@ -76,11 +77,24 @@ function uniformRows(n: number, dim: number, seed: number): Float32Array {
   });
 }
 
-/** Central differences of f wrt every entry of every parameter (float64). */
-function finiteDifferences(params: Record<string, Float64Array>, f: () => number, h = 1e-6): Record<string, Float64Array> {
+/** The tensors of the flow's fixed affine layers: training leaves them alone (gradient exactly 0). */
+function fixedTensors(flow: Flow): Set<string> {
+  const names = new Set<string>();
+  flow.config.layers.forEach((layer, k) => {
+    if (layer.type === 'affine' && !layer.trainable) names.add(`layers.${k}.loc`).add(`layers.${k}.scale`);
+  });
+  return names;
+}
+
+/** Central differences of f wrt every entry of every parameter (float64); 0 for `fixed` tensors. */
+function finiteDifferences(params: Record<string, Float64Array>, f: () => number, h = 1e-6, fixed = new Set<string>()): Record<string, Float64Array> {
   const out: Record<string, Float64Array> = {};
   for (const [name, values] of Object.entries(params)) {
     const g = new Float64Array(values.length);
+    if (fixed.has(name)) {
+      out[name] = g;
+      continue;
+    }
     for (let i = 0; i < values.length; i++) {
       const original = values[i];
       values[i] = original + h;
@@ -173,6 +187,17 @@ function mixedCases(): Case[] {
       layers: [maf({ hidden: [6, 6, 6], residual: true, activation: 'tanh' }), reverse(), iaf({ hidden: [5, 5, 5, 5, 5], residual: true, activation: 'elu', scale: 'exp' })],
     },
     {
+      name: 'affine layers, trainable (scales of both signs) and fixed, around maf + iaf',
+      dim: 3,
+      layers: [
+        affine({ loc: [0.3, -0.2, 0.1], scale: [1.5, -0.7, 2], trainable: true }),
+        maf({ hidden: [6], activation: 'tanh' }),
+        reverse(),
+        iaf({ hidden: [5], scale: 'exp' }),
+        affine({ loc: [1, -3, 0.5], scale: [0.5, 4, -2] }),
+      ],
+    },
+    {
       name: 'residual d5 iaf + maf, random order',
       dim: 5,
       layers: [iaf({ hidden: [9, 9, 9], residual: true, order: [2, 4, 0, 3, 1], scale: 'gated' }), permute({ seed: 2 }), maf({ hidden: [7, 7, 7], residual: true, activation: 'relu' })],
@@ -214,7 +239,7 @@ describe('maximum-likelihood gradient against finite differences of the oracle, 
     const n = 6;
     const x = uniformRows(n, c.dim, 7);
     const want = meanNll(cfg, params, x, n); // large where random IAF layers are inverted: float32 rounding is relative
-    const expected = finiteDifferences(params, () => meanNll(cfg, params, x, n));
+    const expected = finiteDifferences(params, () => meanNll(cfg, params, x, n), 1e-6, fixedTensors(flow));
     await forEachIsa(() => {
       const { loss, grads } = internals.likelihoodGradient(flow, x);
       expect(Math.abs(loss - want)).toBeLessThan(5e-4 + 2e-6 * Math.abs(want));
@@ -342,7 +367,7 @@ describe('reverse-KL gradient against finite differences of a float64 re-impleme
       return sum / n;
     };
     const want = loss64();
-    const expected = finiteDifferences(params, loss64);
+    const expected = finiteDifferences(params, loss64, 1e-6, fixedTensors(flow));
     await forEachIsa(async () => {
       const { loss, grads } = await internals.reverseKLGradient(flow, z, target);
       expect(Math.abs(loss - want)).toBeLessThan(1e-3 * (1 + Math.abs(want)));
@@ -369,7 +394,7 @@ describe('sticking-the-landing gradient against finite differences (log q with t
       for (let r = 0; r < n; r++) sum += logq[r] - logDensity64(x, r * c.dim);
       return sum / n;
     };
-    const expected = finiteDifferences(params, loss64);
+    const expected = finiteDifferences(params, loss64, 1e-6, fixedTensors(flow));
     await forEachIsa(async () => {
       const { grads } = await internals.reverseKLGradient(flow, z, target, {}, true);
       expectGradientsClose(grads, expected, 3e-4, 3e-3);
