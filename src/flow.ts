@@ -169,7 +169,8 @@ export class Flow {
   appendLayer(layer: LayerConfig, tensors: Record<string, Float32Array>): void {
     this.checkUsable();
     const k = this.frozenConfig.layers.length;
-    const config = checkFlowConfig({ ...this.frozenConfig, layers: [...this.frozenConfig.layers, layer] }, 'config');
+    // Through JSON, not structuredClone: the check wants objects of this realm (jest runs in a vm context).
+    const config = checkFlowConfig(JSON.parse(JSON.stringify({ ...this.frozenConfig, layers: [...this.frozenConfig.layers, layer] })), 'config');
     const params = new Map(this.params);
     for (const [suffix, value] of Object.entries(tensors)) params.set(`layers.${k}.${suffix}`, value);
     const shapes = parameterShapes(config);

@@ -22,7 +22,7 @@ export { datasets } from './datasets';
 export type { DatasetOptions, NoisyDatasetOptions } from './datasets';
 export { targets } from './targets';
 export type { BuiltinTarget, GaussianMixtureOptions, GridOptions } from './targets';
-export { fit, fitReverseKL, distill } from './train';
+export { fit, fitReverseKL, distill, fitSchedule } from './train';
 export type {
   DistillOptions,
   FitOptions,

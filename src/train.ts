@@ -69,10 +69,31 @@ export interface FitProgress {
 }
 
 export interface FitOptions extends OptimizerOptions {
-  /** Passes over the training data. Default 50. */
+  /** Passes over the training data. Default: from the number of training rows (fitSchedule). */
   epochs?: number;
-  /** Rows per step; the last step of an epoch takes the rows left over. Default 512. */
+  /**
+   * Rows per step; the last step of an epoch takes the rows left over. Default: from the number of
+   * training rows (fitSchedule). One larger than the training rows uses the rows (and says so in
+   * `notes`).
+   */
   batchSize?: number;
+  /**
+   * Standardisation inside the model: computes each column's mean and standard deviation from the
+   * training rows and adds a fixed affine layer (loc = mean, scale = sd) at the flow's data end,
+   * so the inner layers see unit-scale data while sample, logProb and the model file stay in the
+   * data's raw units (log-likelihoods count the Jacobian). A constant column gets scale 1 (said in
+   * `notes`). A flow that already ends in an affine layer keeps it (a second fit continues in the
+   * same units). Default false (the CLI's `train` turns it on).
+   */
+  standardize?: boolean;
+  /**
+   * Dequantisation for data on a grid (counts, values rounded to 0.1): adds uniform noise of this
+   * width, U(-w/2, w/2), to each training value, fresh every epoch (and once, seeded, to the
+   * validation rows), so the flow cannot pile density on the grid points. One width for every
+   * column, or one per column (0: none). The log-likelihoods are then those of the dequantised
+   * data: log P(grid cell) >= E[log p(x + u)] + sum log w. Default: none.
+   */
+  dequantize?: number | number[];
   /** Validation rows (as `data`): their mean NLL is measured after every epoch. */
   validation?: Rows;
   /** Or: hold out this fraction of `data` (chosen by the seed) for validation. */
@@ -125,6 +146,31 @@ export interface FitReport {
   diverged: boolean;
   /** What went wrong that did not stop the call (divergence); empty when nothing did. */
   warnings: string[];
+  /** What fit chose or changed for you (a batch larger than the data, standardisation, constant columns). */
+  notes: string[];
+  /** The batch size and epochs used (the defaults from fitSchedule where not given). */
+  batchSize: number;
+  /** With `standardize`: the loc and scale of the affine layer at the data end (null when none was added). */
+  standardization: { loc: number[]; scale: number[] } | null;
+}
+
+/**
+ * The defaults fit (and the CLI's train) take from the number of training rows: what matters is
+ * the number of optimizer steps, not of epochs. The batch is 512 rows from 8192 rows up, else the
+ * power of two nearest below rows / 16 (at least 16: 300 rows give 16 steps per epoch, not one);
+ * epochs give about 10,000 steps (at least 10, at most 2000 epochs); patience, for early stopping,
+ * about 1,500 steps (5 to 100 epochs). Given a batch size, the epochs and patience follow from it.
+ */
+export function fitSchedule(trainRows: number, givenBatchSize?: number): { batchSize: number; epochs: number; patience: number } {
+  const rows = Math.max(1, Math.floor(trainRows));
+  const batchSize = Math.min(rows, givenBatchSize ?? (rows >= 8192 ? 512 : Math.max(16, 2 ** Math.floor(Math.log2(Math.max(1, rows / 16))))));
+  const batchesPerEpoch = Math.ceil(rows / batchSize);
+  const clamp = (v: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, v));
+  return {
+    batchSize,
+    epochs: clamp(Math.ceil(10_000 / batchesPerEpoch), 10, 2000),
+    patience: clamp(Math.ceil(1500 / batchesPerEpoch), 5, 100),
+  };
 }
 
 export interface ReverseKLProgress {
@@ -529,9 +575,13 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     'restoreBest',
     'ema',
     'onProgress',
+    'standardize',
+    'dequantize',
   ]);
-  const epochs = checkInteger('options.epochs', opts.epochs ?? 50, 1, MAX_STEPS);
-  const batchSize = checkInteger('options.batchSize', opts.batchSize ?? 512, 1, MAX_BATCH);
+  const givenEpochs = opts.epochs === undefined ? undefined : checkInteger('options.epochs', opts.epochs, 1, MAX_STEPS);
+  const givenBatch = opts.batchSize === undefined ? undefined : checkInteger('options.batchSize', opts.batchSize, 1, MAX_BATCH);
+  if (opts.standardize !== undefined && typeof opts.standardize !== 'boolean') throw invalidType('options.standardize', 'true or false', opts.standardize);
+  const dequantize = opts.dequantize === undefined ? null : checkDequantize('options.dequantize', opts.dequantize, flow.dim);
   const optimizer = checkOptimizer('options', opts);
   const onProgress = checkFunction<FitOptions['onProgress']>('options.onProgress', opts.onProgress);
   if (opts.restoreBest !== undefined && typeof opts.restoreBest !== 'boolean') throw invalidType('options.restoreBest', 'a boolean', opts.restoreBest);
@@ -558,11 +608,30 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
   const patience = opts.patience === undefined ? Infinity : checkInteger('options.patience', opts.patience, 1, MAX_STEPS);
   if (opts.patience !== undefined && !valid) throw new TypeError('options.patience needs validation data (options.validation or options.validationFraction)');
   if (optimizer.signal?.aborted) throw abortError('fit', 'its weights from before the call');
+  const notes: string[] = [];
+  const schedule = fitSchedule(trainRows, givenBatch);
+  const batchSize = schedule.batchSize;
+  if (givenBatch !== undefined && givenBatch > trainRows) {
+    notes.push(`batchSize ${givenBatch} is larger than the ${trainRows} training rows: each step uses all ${trainRows} rows (one step per epoch)`);
+  }
+  const epochs = givenEpochs ?? schedule.epochs;
 
   claim(flow, 'fit');
   try {
+    let standardization: FitReport['standardization'] = null;
+    if (opts.standardize === true) {
+      const last = flow.config.layers[flow.config.layers.length - 1];
+      if (last?.type === 'affine') {
+        notes.push('standardize: the flow already ends in an affine layer, which is kept as it is (fit continues in its units)');
+      } else {
+        standardization = columnStandardization(train, trainRows, flow.dim, notes);
+        flow.appendLayer({ type: 'affine', trainable: false }, { loc: Float32Array.from(standardization.loc), scale: Float32Array.from(standardization.scale) });
+      }
+    }
+    const dequantizer = dequantize ? new Dequantizer(dequantize, optimizer.seed) : null;
+    if (dequantizer && valid) valid = dequantizer.noisy(valid, validRows, -1);
     const trainer = newTrainer(flow, TO_LATENT, null, { ...optimizer.options, ema });
-    trainer.setData({ train, trainRows, valid, validRows });
+    trainer.setData({ train: dequantizer ? dequantizer.noisy(train, trainRows, 0) : train, trainRows, valid, validRows });
     const [lo, hi] = seedWords(optimizer.seed);
     const batchesPerEpoch = Math.ceil(trainRows / batchSize);
     const stats = new Float64Array(5);
@@ -578,6 +647,9 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       samplesPerSec: 0,
       diverged: false,
       warnings: [],
+      notes,
+      batchSize,
+      standardization,
     };
     const keepBest = valid !== null && restoreBest;
     const probeRows = Math.min(PROBE_ROWS, trainRows);
@@ -614,6 +686,8 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     const cancel = cancelTokenFor(optimizer.signal);
     try {
       for (let epoch = 0; epoch < epochs; epoch++) {
+        // Fresh dequantisation noise every epoch (the first epoch's was set with the data).
+        if (dequantizer && epoch > 0) trainer.setData({ train: dequantizer.noisy(train, trainRows, epoch), trainRows, valid, validRows });
         let lossSum = 0;
         let lossRows = 0;
         for (let batch = 0; batch < batchesPerEpoch; ) {
@@ -663,6 +737,56 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     return report;
   } finally {
     training.delete(flow);
+  }
+}
+
+/** Per column: the mean and standard deviation of the rows (float64); a constant column gets scale 1. */
+function columnStandardization(data: Float32Array, rows: number, dim: number, notes: string[]): { loc: number[]; scale: number[] } {
+  const loc: number[] = [];
+  const scale: number[] = [];
+  for (let i = 0; i < dim; i++) {
+    let sum = 0;
+    for (let r = 0; r < rows; r++) sum += data[r * dim + i];
+    const mean = sum / rows;
+    let squares = 0;
+    for (let r = 0; r < rows; r++) squares += (data[r * dim + i] - mean) ** 2;
+    const sd = Math.sqrt(squares / Math.max(1, rows - 1));
+    // float32 resolves about 6e-8 of a value: a spread below that is no spread at all.
+    const constant = !(sd > 1e-6 * Math.max(1e-30, Math.abs(mean))) || !Number.isFinite(Math.fround(1 / sd));
+    if (constant) notes.push(`standardize: column ${i} is constant (${Math.fround(mean)}) in the training rows: its scale is 1`);
+    loc.push(Math.fround(mean));
+    scale.push(constant ? 1 : Math.fround(sd));
+  }
+  return { loc, scale };
+}
+
+function checkDequantize(name: string, value: unknown, dim: number): number[] {
+  const widths = typeof value === 'number' ? new Array<number>(dim).fill(value) : value;
+  if (!Array.isArray(widths) || widths.length !== dim) throw invalidType(name, `a width >= 0, or an array of ${dim} of them (one per column)`, value);
+  return widths.map((w: unknown, i) => checkNumber(typeof value === 'number' ? name : `${name}[${i}]`, w, 'a finite width >= 0', (v) => v >= 0 && Number.isFinite(v)));
+}
+
+/** Uniform dequantisation noise, reproducible from (seed, epoch); epoch -1 is the validation rows'. */
+class Dequantizer {
+  constructor(
+    private readonly widths: number[],
+    private readonly seed: number,
+  ) {}
+
+  noisy(data: Float32Array, rows: number, epoch: number): Float32Array {
+    const dim = this.widths.length;
+    const [lo, hi] = seedWords(this.seed);
+    let state = (lo ^ Math.imul(hi, 0x9e3779b1) ^ Math.imul(epoch + 2, 0x85ebca6b)) >>> 0 || 1;
+    const out = new Float32Array(rows * dim);
+    for (let k = 0; k < rows * dim; k++) {
+      state ^= state << 13;
+      state >>>= 0;
+      state ^= state >>> 17;
+      state ^= state << 5;
+      state >>>= 0;
+      out[k] = data[k] + (state / 0x100000000 - 0.5) * this.widths[k % dim];
+    }
+    return out;
   }
 }
 

@@ -14,6 +14,7 @@ import {
   distill,
   fit,
   fitReverseKL,
+  fitSchedule,
   getThreads,
   iaf,
   maf,
@@ -735,6 +736,99 @@ describe('fit', () => {
     await expect(fit(flow, data, { epochs: 1 })).rejects.toThrow(/already being trained/);
     await first;
     await expect(fit(flow, data, { epochs: 1 })).resolves.toBeDefined();
+  });
+});
+
+describe('fit on raw data: standardisation, dequantisation, the schedule', () => {
+  /** Rows around 1017 (sd 7) and -90 (sd 14.5), correlated: a weather or map column's scale. */
+  function rawRows(n: number, seed: number): Float32Array {
+    const z = standardNormal(n, 2, { seed });
+    const out = new Float32Array(2 * n);
+    for (let r = 0; r < n; r++) {
+      out[2 * r] = 1017 + 7 * z[2 * r];
+      out[2 * r + 1] = -90 + 14.5 * (0.6 * z[2 * r] + 0.8 * z[2 * r + 1]);
+    }
+    return out;
+  }
+
+  test('standardize adds a fixed affine layer (mean, sd) at the data end; training matches training on hand-standardised rows', async () => {
+    const n = 600;
+    const raw = rawRows(n, 3);
+    const make = () => createMAF({ dim: 2, layers: 2, hidden: [16, 16], seed: 7 });
+    const flow = make();
+    const report = await fit(flow, raw, { epochs: 3, batchSize: 100, seed: 2, standardize: true });
+    expect(flow.config.layers).toHaveLength(4);
+    expect(flow.config.layers[3]).toEqual({ type: 'affine', trainable: false });
+    const mean = [0, 1].map((i) => raw.filter((_, k) => k % 2 === i).reduce((a, b) => a + b, 0) / n);
+    const sd = [0, 1].map((i) => Math.sqrt(raw.filter((_, k) => k % 2 === i).reduce((a, b) => a + (b - mean[i]) ** 2, 0) / (n - 1)));
+    expect(report.standardization!.loc[0]).toBeCloseTo(mean[0], 2);
+    expect(report.standardization!.scale[1]).toBeCloseTo(sd[1], 3);
+    expect(Array.from(flow.getParameters()['layers.3.scale'])).toEqual(report.standardization!.scale);
+
+    const byHand = make();
+    const standardised = raw.map((v, k) => (v - report.standardization!.loc[k % 2]) / report.standardization!.scale[k % 2]);
+    await fit(byHand, standardised, { epochs: 3, batchSize: 100, seed: 2 });
+    const logJacobian = Math.log(report.standardization!.scale[0]) + Math.log(report.standardization!.scale[1]);
+    const lpRaw = flow.logProbSync(raw.subarray(0, 40));
+    const lpStd = byHand.logProbSync(standardised.subarray(0, 40));
+    for (let r = 0; r < 20; r++) expect(lpRaw[r]).toBeCloseTo(lpStd[r] - logJacobian, 2);
+    // Samples come out in raw units.
+    const x = flow.sampleSync(4000, { seed: 1 });
+    const sampleMean = x.filter((_, k) => k % 2 === 0).reduce((a, b) => a + b, 0) / 4000;
+    expect(Math.abs(sampleMean - 1017)).toBeLessThan(2);
+    // A second fit keeps the layer (and says so) instead of stacking another.
+    const again = await fit(flow, raw, { epochs: 1, batchSize: 100, seed: 2, standardize: true });
+    expect(flow.config.layers).toHaveLength(4);
+    expect(again.standardization).toBeNull();
+    expect(again.notes.join()).toMatch(/already ends in an affine layer/);
+  });
+
+  test('a constant column gets scale 1 and a note; a batch larger than the rows uses the rows and says so', async () => {
+    const raw = rawRows(300, 5);
+    for (let r = 0; r < 300; r++) raw[2 * r + 1] = 42;
+    const flow = createMAF({ dim: 2, layers: 1, hidden: [8], seed: 1 });
+    const report = await fit(flow, raw, { epochs: 2, batchSize: 512, seed: 1, standardize: true });
+    expect(report.standardization!.scale[1]).toBe(1);
+    expect(report.standardization!.loc[1]).toBe(42);
+    expect(report.notes.join('\n')).toMatch(/column 1 is constant \(42\) in the training rows: its scale is 1/);
+    expect(report.notes.join('\n')).toMatch(/batchSize 512 is larger than the 300 training rows: each step uses all 300 rows/);
+    expect(report.batchSize).toBe(300);
+    expect(report.steps).toBe(2);
+  });
+
+  test('the default schedule depends on the rows: never one step per epoch on small data', async () => {
+    expect(fitSchedule(313)).toEqual({ batchSize: 16, epochs: 500, patience: 75 });
+    expect(fitSchedule(10_000)).toEqual({ batchSize: 512, epochs: 500, patience: 75 });
+    expect(fitSchedule(1_000_000)).toEqual({ batchSize: 512, epochs: 10, patience: 5 });
+    const flow = createMAF({ dim: 2, layers: 1, hidden: [8], seed: 1 });
+    const report = await fit(flow, rawRows(313, 2), { epochs: 1, seed: 1, standardize: true });
+    expect(report.batchSize).toBe(16);
+    expect(report.steps).toBe(20);
+  });
+
+  test('dequantize spreads grid data over its cells: the density between grid points is not far below the density on them', async () => {
+    // Integers 0..3 in one column, a continuous second column.
+    const n = 2000;
+    const z = standardNormal(n, 2, { seed: 4 });
+    const data = new Float32Array(2 * n);
+    for (let r = 0; r < n; r++) {
+      data[2 * r] = Math.min(3, Math.floor(Math.abs(z[2 * r]) * 2));
+      data[2 * r + 1] = z[2 * r + 1];
+    }
+    const logDensityOnAndOff = async (dequantize: number[] | undefined) => {
+      const flow = createMAF({ dim: 2, layers: 3, hidden: [32, 32], seed: 2 });
+      await fit(flow, data, { epochs: 40, batchSize: 100, learningRate: 3e-3, seed: 3, dequantize });
+      const on = flow.logProbSync(new Float32Array([1, 0]))[0];
+      const off = flow.logProbSync(new Float32Array([1.5, 0]))[0];
+      return on - off;
+    };
+    const spiky = await logDensityOnAndOff(undefined);
+    const smooth = await logDensityOnAndOff([1, 0]);
+    expect(spiky).toBeGreaterThan(1); // density piles up on the grid
+    expect(Math.abs(smooth)).toBeLessThan(1); // spread over the cell
+    expect(() => fit(createMAF({ dim: 2, layers: 1, seed: 1 }), data, { dequantize: -1 })).rejects.toThrow(/Expected a finite width >= 0 for options.dequantize but received -1/);
+    await expect(fit(createMAF({ dim: 2, layers: 1, seed: 1 }), data, { dequantize: [1] })).rejects.toThrow(/Expected a width >= 0, or an array of 2 of them \(one per column\) for options.dequantize/);
+    await expect(fit(createMAF({ dim: 2, layers: 1, seed: 1 }), data, { standardize: 'yes' } as never)).rejects.toThrow(/Expected true or false for options.standardize/);
   });
 });
 

@@ -96,6 +96,7 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
       } else {
         a.fixedLoc = lp.affine.loc;
         a.fixedLogScale = logScale;
+        a.fixedScale = lp.affine.scale;
       }
       a.cacheInput = net.cachePerRow;
       net.cachePerRow += net.dimStride;
@@ -231,7 +232,7 @@ void exportFlat(const Net& net, const float* flat, const std::vector<DenseMadeVi
       const float* logScale = a.logScaleOf(flat);
       for (int i = 0; i < net.dim; ++i) {
         v.loc[i] = loc[i];
-        v.scale[i] = a.sign[i] * std::exp(logScale[i]);
+        v.scale[i] = a.trainable ? a.sign[i] * std::exp(logScale[i]) : a.fixedScale[i];
       }
       continue;
     }

@@ -54,6 +54,7 @@ struct TAffine {
   bool trainable = false;
   size_t loc = 0, logScale = 0;                 // trainable: offsets in the flat parameters
   std::vector<float> fixedLoc, fixedLogScale;   // fixed: the values
+  std::vector<float> fixedScale;                // fixed: the scale as given (exported exactly)
   std::vector<float> sign;                      // +1 or -1 per dimension
   size_t cacheInput = 0;                        // per-row offset of the layer's input (along the pass)
   const float* locOf(const float* params) const { return trainable ? params + loc : fixedLoc.data(); }
