@@ -43,7 +43,12 @@ export interface OptimizerOptions {
   learningRate?: number;
   /** Decoupled weight decay, as AdamW: each step multiplies every parameter by 1 - learningRate * weightDecay. Default 0. */
   weightDecay?: number;
-  /** Rescales the gradient to this global L2 norm when it is larger (as torch.nn.utils.clip_grad_norm_). Default: no clipping. */
+  /**
+   * Rescales the gradient to this global L2 norm when it is larger (as torch.nn.utils.clip_grad_norm_);
+   * 0 turns clipping off. Default: 5 for fitReverseKL and distill (without it, distilling the
+   * README's teacher gave students with KL 1e10 in 4 runs of 4: one far-out sample's gradient
+   * swamps Adam's statistics), none for fit.
+   */
   clipGradNorm?: number;
   /** Adam's [beta1, beta2]. Default [0.9, 0.999]. */
   betas?: [number, number];
@@ -328,13 +333,13 @@ interface Optimizer {
   signal?: AbortSignal;
 }
 
-function checkOptimizer(where: string, opts: Record<string, unknown>): Optimizer {
+function checkOptimizer(where: string, opts: Record<string, unknown>, defaultClip = 0): Optimizer {
   const lr = checkNumber(`${where}.learningRate`, opts.learningRate ?? 1e-3, 'a positive finite number', (v) => v > 0 && Number.isFinite(v));
   const wd = checkNumber(`${where}.weightDecay`, opts.weightDecay ?? 0, 'a finite number >= 0', (v) => v >= 0 && Number.isFinite(v));
   const clip =
     opts.clipGradNorm === undefined
-      ? 0
-      : checkNumber(`${where}.clipGradNorm`, opts.clipGradNorm, 'a positive finite number', (v) => v > 0 && Number.isFinite(v));
+      ? defaultClip
+      : checkNumber(`${where}.clipGradNorm`, opts.clipGradNorm, 'a finite number >= 0 (0: no clipping)', (v) => v >= 0 && Number.isFinite(v));
   const betas = opts.betas ?? [0.9, 0.999];
   if (!Array.isArray(betas) || betas.length !== 2) throw invalidType(`${where}.betas`, 'an array of two numbers in [0, 1)', betas);
   const [b1, b2] = betas.map((b: unknown, i: number) => checkNumber(`${where}.betas[${i}]`, b, 'a number in [0, 1)', (v) => v >= 0 && v < 1));
@@ -860,6 +865,9 @@ interface ReverseDefaults {
   anneal: number;
 }
 
+/** Gradient clipping for reverse KL and distillation unless the caller says otherwise. */
+const REVERSE_CLIP_GRAD_NORM = 5;
+
 function checkReverseOptions(
   where: string,
   options: unknown,
@@ -880,7 +888,7 @@ function checkReverseOptions(
   const stl = opts.stickingTheLanding ?? false;
   if (typeof stl !== 'boolean') throw invalidType('options.stickingTheLanding', 'a boolean', stl);
   const ema = checkNumber('options.ema', opts.ema ?? defaults.ema, 'a number in [0, 1)', (v) => v >= 0 && v < 1);
-  const optimizer = checkOptimizer('options', opts);
+  const optimizer = checkOptimizer('options', opts, REVERSE_CLIP_GRAD_NORM);
   return {
     opts,
     stickingTheLanding: stl,
