@@ -157,6 +157,13 @@ export interface FitReport {
   batchSize: number;
   /** With `standardize`: the loc and scale of the affine layer at the data end (null when none was added). */
   standardization: { loc: number[]; scale: number[] } | null;
+  /**
+   * With validation data: the mean NLL of the validation rows under a full-covariance Gaussian
+   * fitted to the training rows, the floor any useful flow beats. A kept validation loss that is
+   * not finite or is worse than it by more than 0.1 nats/point adds a warning (the CLI then exits
+   * non-zero). Null without validation data.
+   */
+  gaussianValidLoss: number | null;
 }
 
 /**
@@ -655,6 +662,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       notes,
       batchSize,
       standardization,
+      gaussianValidLoss: valid ? gaussianNll(train, trainRows, valid, validRows, dim) : null,
     };
     const keepBest = valid !== null && restoreBest;
     const probeRows = Math.min(PROBE_ROWS, trainRows);
@@ -674,6 +682,15 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       pushParameters(flow, trainer);
       Object.assign(report, guard.settle());
       report.bestEpoch = keepBest && bestEpoch >= 0 && !report.diverged ? bestEpoch : null;
+      const kept = report.bestEpoch !== null ? report.validLoss[report.bestEpoch] : report.validLoss[report.validLoss.length - 1];
+      // A flow of Gaussian data may end a little behind the Gaussian's exact fit: only a clear loss is a failure.
+      if (report.gaussianValidLoss !== null && kept !== undefined && !(kept <= report.gaussianValidLoss + GAUSSIAN_MARGIN)) {
+        report.warnings.push(
+          `fit failed: the kept weights' validation NLL (${kept.toPrecision(4)} nats/point) is ${Number.isFinite(kept) ? 'worse than' : 'not finite, against'} ` +
+            `a full-covariance Gaussian's on the same rows (${report.gaussianValidLoss.toPrecision(4)}); ` +
+            `${report.standardization || flow.config.layers[flow.config.layers.length - 1]?.type === 'affine' ? 'try more epochs or a smaller learningRate' : 'try standardize: true (flows train best on unit-scale data)'}`,
+        );
+      }
       report.seconds = now() - started;
       report.samplesPerSec = trainSeconds > 0 ? rowsSeen / trainSeconds : 0;
     };
@@ -743,6 +760,55 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
   } finally {
     training.delete(flow);
   }
+}
+
+/**
+ * Mean negative log-likelihood of `valid` under the full-covariance Gaussian fitted (maximum
+ * likelihood, float64) to `train`, with a ridge of 1e-9 of each variance (at least 1e-300) so a
+ * constant or collinear column cannot make it singular.
+ */
+function gaussianNll(train: Float32Array, trainRows: number, valid: Float32Array, validRows: number, dim: number): number {
+  const mean = new Float64Array(dim);
+  for (let r = 0; r < trainRows; r++) for (let i = 0; i < dim; i++) mean[i] += train[r * dim + i];
+  for (let i = 0; i < dim; i++) mean[i] /= trainRows;
+  const cov = new Float64Array(dim * dim);
+  const centred = new Float64Array(dim);
+  for (let r = 0; r < trainRows; r++) {
+    for (let i = 0; i < dim; i++) centred[i] = train[r * dim + i] - mean[i];
+    for (let i = 0; i < dim; i++) for (let j = 0; j <= i; j++) cov[i * dim + j] += centred[i] * centred[j];
+  }
+  for (let i = 0; i < dim; i++) {
+    for (let j = 0; j <= i; j++) cov[i * dim + j] /= trainRows;
+    cov[i * dim + i] += Math.max(1e-300, 1e-9 * cov[i * dim + i]);
+  }
+  // Cholesky: cov = L L^T (lower triangle in place).
+  let logDet = 0;
+  for (let j = 0; j < dim; j++) {
+    let d = cov[j * dim + j];
+    for (let k = 0; k < j; k++) d -= cov[j * dim + k] ** 2;
+    if (!(d > 0)) return NaN;
+    const l = Math.sqrt(d);
+    cov[j * dim + j] = l;
+    logDet += 2 * Math.log(l);
+    for (let i = j + 1; i < dim; i++) {
+      let v = cov[i * dim + j];
+      for (let k = 0; k < j; k++) v -= cov[i * dim + k] * cov[j * dim + k];
+      cov[i * dim + j] = v / l;
+    }
+  }
+  let sum = 0;
+  const y = new Float64Array(dim);
+  for (let r = 0; r < validRows; r++) {
+    let q = 0;
+    for (let i = 0; i < dim; i++) {
+      let v = valid[r * dim + i] - mean[i];
+      for (let k = 0; k < i; k++) v -= cov[i * dim + k] * y[k];
+      y[i] = v / cov[i * dim + i];
+      q += y[i] * y[i];
+    }
+    sum += 0.5 * q;
+  }
+  return sum / validRows + 0.5 * logDet + 0.5 * dim * Math.log(2 * Math.PI);
 }
 
 /** Per column: the mean and standard deviation of the rows (float64); a constant column gets scale 1. */
@@ -864,6 +930,9 @@ interface ReverseDefaults {
   ema: number;
   anneal: number;
 }
+
+/** How far (nats/point) a fit's kept validation NLL may trail the Gaussian's before fit calls it failed. */
+const GAUSSIAN_MARGIN = 0.1;
 
 /** Gradient clipping for reverse KL and distillation unless the caller says otherwise. */
 const REVERSE_CLIP_GRAD_NORM = 5;
