@@ -111,6 +111,11 @@ iaflow::FlowSpec parseSpec(Napi::Env env, const Napi::Value& value) {
       ls.scale = static_cast<iaflow::ScaleKind>(intField(env, layer, "scale"));
       ls.inputDegrees = intVector(env, layer.Get("inputDegrees"), "inputDegrees");
       ls.residual = layer.Get("residual").ToBoolean().Value();
+      const Napi::Value clamp = layer.Get("softClamp");
+      if (!clamp.IsUndefined()) {
+        if (!clamp.IsNumber()) internalError(env, "softClamp must be a number");
+        ls.softClamp = clamp.As<Napi::Number>().FloatValue();
+      }
       Napi::Value hd = layer.Get("hiddenDegrees");
       Napi::Value hl = layer.Get("hidden");
       if (!hd.IsArray() || !hl.IsArray()) internalError(env, "hiddenDegrees and hidden must be arrays");

@@ -449,6 +449,7 @@ export function nativeSpec(config: FlowConfig, params: Map<string, Float32Array>
       scale: SCALE_CODE[layer.scale],
       inputDegrees: Int32Array.from(layer.inputDegrees),
       residual: layer.residual === true,
+      softClamp: layer.softClamp ?? 0,
       hiddenDegrees: layer.hiddenDegrees.map((d) => Int32Array.from(d)),
       hidden: names.hidden.map(linear),
       shift: linear(names.shift),
@@ -520,9 +521,9 @@ export interface StackOptions extends Omit<MadeOptions, 'hiddenDegrees' | 'order
 }
 
 function createStack(kind: 'iaf' | 'maf', options: StackOptions): Flow {
-  const opts = checkOptions(`create${kind.toUpperCase()} options`, options, ['dim', 'layers', 'seed', 'backend', 'hidden', 'activation', 'scale']);
+  const opts = checkOptions(`create${kind.toUpperCase()} options`, options, ['dim', 'layers', 'seed', 'backend', 'hidden', 'activation', 'scale', 'softClamp']);
   const count = checkInteger('layers', opts.layers ?? 5, 1, MAX_LAYERS / 2);
-  const made = { hidden: opts.hidden, activation: opts.activation, scale: opts.scale } as MadeOptions;
+  const made = { hidden: opts.hidden, activation: opts.activation, scale: opts.scale, softClamp: opts.softClamp } as MadeOptions;
   for (const key of Object.keys(made) as (keyof MadeOptions)[]) if (made[key] === undefined) delete made[key];
   const builder = kind === 'iaf' ? iafLayer : mafLayer;
   const layers: LayerDescriptor[] = [];

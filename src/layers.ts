@@ -50,6 +50,13 @@ export interface MadeLayerConfig {
    * Absent means false.
    */
   residual?: boolean;
+  /**
+   * The conditioner reads u / sqrt(1 + (u / softClamp)^2) instead of u: u itself near 0, never
+   * beyond softClamp (docs/DESIGN.md). A sample far out in an earlier layer's tail then cannot make
+   * this layer's shift and scale extrapolate, which is what made ReLU flows' samples run away.
+   * Absent or 0: off (files from before it, and imported PyTorch models).
+   */
+  softClamp?: number;
 }
 
 /** Data-side b[i] = latent-side a[permutation[i]]. */
@@ -103,9 +110,25 @@ export interface MadeOptions {
    * one width throughout. Default false.
    */
   residual?: boolean;
+  /**
+   * Soft clamp of the conditioner's inputs: it reads u / sqrt(1 + (u / c)^2), bounded by c, so
+   * samples in the far tail of earlier layers do not run away (see MadeLayerConfig.softClamp).
+   * 0 turns it off (as PyTorch's MADEs, and iaflow before it). Default DEFAULT_SOFT_CLAMP (4).
+   */
+  softClamp?: number;
 }
 
-const MADE_OPTION_KEYS = ['hidden', 'activation', 'scale', 'order', 'hiddenDegrees', 'residual'] as const;
+/**
+ * The default soft clamp of a MADE conditioner's inputs. Measured 2026-12-07 (2-vCPU Zen 5) on a
+ * 2-D "map" with far islands, 5-layer ReLU MAFs [64, 64], standardised, 3 seeds, 10^6 samples:
+ * without the clamp up to 22 samples lay beyond 20 sd (the farthest at 47 sd); with c = 8 one
+ * seed of 3 still had 44; with c = 2, 3 or 4 none lay beyond 20 sd (farthest 7 to 17.6 sd), at
+ * the same validation NLL within the seeds' spread (6.77 vs 6.74 nats), and on two moons the
+ * same test log-likelihood (-0.324 vs -0.332, 2 seeds). At |u| = 2 the conditioner reads 1.79.
+ */
+export const DEFAULT_SOFT_CLAMP = 4;
+
+const MADE_OPTION_KEYS = ['hidden', 'activation', 'scale', 'order', 'hiddenDegrees', 'residual', 'softClamp'] as const;
 
 /** A layer before the flow's dimension is known; createFlow resolves it. */
 export interface LayerDescriptor {
@@ -129,6 +152,7 @@ function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor 
   const scale = checkEnum(`${type}().scale`, opts.scale === undefined ? 'softplus' : opts.scale, SCALE_KINDS);
   const residual = opts.residual === undefined ? false : checkBoolean(`${type}().residual`, opts.residual);
   if (residual) checkResidualWidths(`${type}().hidden`, hidden);
+  const softClamp = opts.softClamp === undefined ? DEFAULT_SOFT_CLAMP : checkSoftClamp(`${type}().softClamp`, opts.softClamp);
   return {
     kind: type,
     options: Object.freeze({ ...opts }),
@@ -154,9 +178,17 @@ function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor 
           return degrees;
         },
         residual,
+        ...(softClamp > 0 ? { softClamp } : {}),
       };
     },
   };
+}
+
+function checkSoftClamp(name: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || !Number.isFinite(1 / Math.fround(value || 1))) {
+    throw invalidType(name, 'a finite number >= 0 (0: off)', value);
+  }
+  return Math.fround(value);
 }
 
 /** An inverse autoregressive layer: sampling is one parallel pass; density of new data is sequential. */
@@ -370,6 +402,7 @@ export function checkFlowConfig(value: unknown, source: string): FlowConfig {
       checkResidualWidths(`${at}.hidden`, hidden);
       checkResidualDegrees(`${at}.hiddenDegrees`, hiddenDegrees);
     }
+    const softClamp = layer.softClamp === undefined ? 0 : checkSoftClamp(`${at}.softClamp`, layer.softClamp);
     return {
       type: type as MadeLayerConfig['type'],
       hidden,
@@ -378,6 +411,7 @@ export function checkFlowConfig(value: unknown, source: string): FlowConfig {
       inputDegrees: checkPermutation(`${at}.inputDegrees`, layer.inputDegrees, dim, 1),
       hiddenDegrees,
       residual,
+      ...(softClamp > 0 ? { softClamp } : {}),
     };
   });
   return { formatVersion: version, dim, contextDim, layers };

@@ -14,6 +14,7 @@ export interface NativeLayerSpec {
   scale?: number | Float32Array;
   inputDegrees?: Int32Array;
   residual?: boolean;
+  softClamp?: number;
   hiddenDegrees?: Int32Array[];
   hidden?: NativeLinear[];
   shift?: NativeLinear;

@@ -662,7 +662,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       notes,
       batchSize,
       standardization,
-      gaussianValidLoss: valid ? gaussianNll(train, trainRows, valid, validRows, dim) : null,
+      gaussianValidLoss: valid ? gaussianNll(train, trainRows, valid, validRows, dim, notes) : null,
     };
     const keepBest = valid !== null && restoreBest;
     const probeRows = Math.min(PROBE_ROWS, trainRows);
@@ -764,10 +764,10 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
 
 /**
  * Mean negative log-likelihood of `valid` under the full-covariance Gaussian fitted (maximum
- * likelihood, float64) to `train`, with a ridge of 1e-9 of each variance (at least 1e-300) so a
- * constant or collinear column cannot make it singular.
+ * likelihood, float64) to `train` (each variance raised by 1e-9 of itself). Null, with a note,
+ * where no Gaussian is a fair floor: a constant column, or collinear columns (infinite density).
  */
-function gaussianNll(train: Float32Array, trainRows: number, valid: Float32Array, validRows: number, dim: number): number {
+function gaussianNll(train: Float32Array, trainRows: number, valid: Float32Array, validRows: number, dim: number, notes: string[]): number | null {
   const mean = new Float64Array(dim);
   for (let r = 0; r < trainRows; r++) for (let i = 0; i < dim; i++) mean[i] += train[r * dim + i];
   for (let i = 0; i < dim; i++) mean[i] /= trainRows;
@@ -779,14 +779,22 @@ function gaussianNll(train: Float32Array, trainRows: number, valid: Float32Array
   }
   for (let i = 0; i < dim; i++) {
     for (let j = 0; j <= i; j++) cov[i * dim + j] /= trainRows;
-    cov[i * dim + i] += Math.max(1e-300, 1e-9 * cov[i * dim + i]);
+    // A constant column gives the Gaussian an infinite density (a flow's stays finite): no fair floor.
+    if (!(cov[i * dim + i] > 1e-12 * Math.max(1e-30, mean[i] * mean[i]))) {
+      notes.push(`no Gaussian baseline: column ${i} is constant in the training rows`);
+      return null;
+    }
+    cov[i * dim + i] *= 1 + 1e-9;
   }
   // Cholesky: cov = L L^T (lower triangle in place).
   let logDet = 0;
   for (let j = 0; j < dim; j++) {
     let d = cov[j * dim + j];
     for (let k = 0; k < j; k++) d -= cov[j * dim + k] ** 2;
-    if (!(d > 0)) return NaN;
+    if (!(d > 0)) {
+      notes.push('no Gaussian baseline: the training rows are collinear');
+      return null;
+    }
     const l = Math.sqrt(d);
     cov[j * dim + j] = l;
     logDet += 2 * Math.log(l);

@@ -30,6 +30,8 @@ export interface RefMadeLayer {
    * h = h + W2 act(W1 act(h) + b1) + b2, and the heads read h (no activation).
    */
   residual?: boolean;
+  /** The conditioner reads u / sqrt(1 + (u / softClamp)^2); absent or 0: u. */
+  softClamp?: number;
 }
 
 export interface RefPermutation {
@@ -232,9 +234,11 @@ export function refMadeConditioner(
     return maskedAffine(weight, bias, masks.hidden[l], input);
   };
   const act = (values: Float64Array) => values.map((value) => activate(layer.activation, value));
-  let activations: ArrayLike<number> = u;
+  const c = layer.softClamp ?? 0;
+  const read = c > 0 ? Float64Array.from(u, (v) => v / Math.sqrt(1 + (v / c) ** 2)) : u;
+  let activations: ArrayLike<number> = read;
   if (layer.residual) {
-    let stream = hiddenLayer(0, u);
+    let stream = hiddenLayer(0, read);
     for (let l = 1; l + 1 < layer.hidden.length; l += 2) {
       const inner = act(hiddenLayer(l, act(stream)));
       const update = hiddenLayer(l + 1, inner);

@@ -188,6 +188,11 @@ function mixedCases(): Case[] {
       layers: [maf({ hidden: [6, 6, 6], residual: true, activation: 'tanh' }), reverse(), iaf({ hidden: [5, 5, 5, 5, 5], residual: true, activation: 'elu', scale: 'exp' })],
     },
     {
+      name: 'tight soft clamps (0.7, 1.3) and none: the clamp bends every input',
+      dim: 4,
+      layers: [maf({ hidden: [7, 6], softClamp: 0.7, activation: 'elu' }), permute({ seed: 5 }), iaf({ hidden: [9], softClamp: 1.3, scale: 'exp' }), reverse(), maf({ hidden: [5], softClamp: 0 })],
+    },
+    {
       name: 'affine layers, trainable (scales of both signs) and fixed, around maf + iaf',
       dim: 3,
       layers: [

@@ -24,6 +24,7 @@ struct Scratch {
   std::vector<float> point;      // tileRows * dim, original dimension order, row-major
   std::vector<float> sortedIn;   // dim * tileRows (kernels: feature-major; reference: row-major)
   std::vector<float> sortedOut;  // dim * tileRows
+  std::vector<float> condIn;     // dim * tileRows: what the conditioner reads, with a soft clamp (MadePlan::softClampInv)
   std::vector<std::vector<float>> hidden;  // per hidden layer: widest * tileRows (after the activation)
   std::vector<std::vector<float>> stream;  // residual MADEs: the pre-activation stream h of layers 0, 2, 4, ...
   std::vector<float> output;     // reference path only: tileRows * (2 dim, padded)
@@ -42,6 +43,7 @@ struct Scratch {
     point.assign(cells, 0.0f);
     sortedIn.assign(cells, 0.0f);
     sortedOut.assign(cells, 0.0f);
+    condIn.assign(cells, 0.0f);
     hidden.assign(depth, std::vector<float>(static_cast<size_t>(tileRows) * widest, 0.0f));
     stream.assign(depth, std::vector<float>(static_cast<size_t>(tileRows) * widest, 0.0f));
     const int outStride = ((2 * dim + kColumnBlock - 1) / kColumnBlock) * kColumnBlock;
@@ -104,6 +106,13 @@ void unitsOfDegree(LinearKernel linear, const MadePlan& m, Scratch& s, float* u,
   }
 }
 
+// What the conditioner reads of `count` inputs: the inputs themselves, or their soft clamp in `out`.
+const float* conditionerInput(const MadePlan& m, const float* in, float* out, size_t count) {
+  if (m.softClampInv == 0.0f) return in;
+  for (size_t k = 0; k < count; ++k) out[k] = softClamp(in[k], m.softClampInv);
+  return out;
+}
+
 // ---- fast path: kernels on feature-major tiles ----
 
 void gatherSorted(const MadePlan& m, const Scratch& s, float* outT) {
@@ -125,9 +134,10 @@ void scatterSorted(const MadePlan& m, Scratch& s, const float* inT) {
 // v = u * scale(u) + shift(u); logDet += sum log scale.
 void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
+  const float* cond = conditionerInput(m, s.sortedIn.data(), s.condIn.data(), static_cast<size_t>(m.dim) * s.tileRows);
   const int act = kernelActivation(m.activation);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
-    const HiddenStep w = wire(m, s, l, s.sortedIn.data());
+    const HiddenStep w = wire(m, s, l, cond);
     K.linear(view(m.hidden[l]), w.input, w.output, 0, m.hidden[l].out, act, w.residual, w.preAct);
   }
   K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), s.sortedOut.data(), s.logDet.data(), 0, m.dim,
@@ -140,10 +150,14 @@ void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
 void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
   float* u = s.sortedOut.data();
+  const bool clamp = m.softClampInv != 0.0f;
+  float* cond = clamp ? s.condIn.data() : u;
+  const int T = s.tileRows;
   for (int p = 0; p < m.dim; ++p) {
-    unitsOfDegree(K.linear, m, s, u, p);
+    unitsOfDegree(K.linear, m, s, cond, p);
     K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
              static_cast<int>(m.scale), true);
+    if (clamp) conditionerInput(m, u + static_cast<size_t>(p) * T, cond + static_cast<size_t>(p) * T, T);
   }
   scatterSorted(m, s, u);
 }
@@ -157,9 +171,10 @@ void madeParallelRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r)
   float* point = s.point.data() + static_cast<size_t>(r) * m.dim;
   float* u = s.sortedIn.data();
   for (int p = 0; p < m.dim; ++p) u[p] = point[m.dimAtPosition[p]];
+  const float* cond = conditionerInput(m, u, s.condIn.data(), m.dim);
   const int act = kernelActivation(m.activation);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
-    const HiddenStep w = wire(m, s, l, u);
+    const HiddenStep w = wire(m, s, l, cond);
     K.linearRow(view(m.hidden[l]), w.input, w.output, 0, m.hidden[l].out, act, w.residual, w.preAct);
   }
   float* raw = s.output.data();
@@ -175,10 +190,12 @@ void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int 
   float* u = s.sortedOut.data();
   for (int p = 0; p < m.dim; ++p) v[p] = point[m.dimAtPosition[p]];
   float* raw = s.output.data();
+  float* cond = m.softClampInv != 0.0f ? s.condIn.data() : u;
   for (int p = 0; p < m.dim; ++p) {
-    unitsOfDegree(K.linearRow, m, s, u, p);
+    unitsOfDegree(K.linearRow, m, s, cond, p);
     K.linearRow(view(m.output), headInput(m, s), raw, 2 * p, 2 * p + 2, kActNone, nullptr, nullptr);
     K.affineRow(raw, v, u, &s.logDet[r], p, p + 1, static_cast<int>(m.scale), true);
+    if (cond != u) cond[p] = softClamp(u[p], m.softClampInv);
   }
   for (int p = 0; p < m.dim; ++p) point[m.dimAtPosition[p]] = u[p];
 }
@@ -237,7 +254,7 @@ void referenceParallel(const MadePlan& m, Scratch& s, int rows) {
   const int dim = m.dim;
   for (int r = 0; r < rows; ++r)
     for (int p = 0; p < dim; ++p) s.sortedIn[r * dim + p] = s.point[r * dim + m.dimAtPosition[p]];
-  referenceConditioner<A>(m, s, s.sortedIn.data(), rows);
+  referenceConditioner<A>(m, s, conditionerInput(m, s.sortedIn.data(), s.condIn.data(), static_cast<size_t>(rows) * dim), rows);
   const int os = m.output.outStride;
   for (int r = 0; r < rows; ++r) {
     for (int p = 0; p < dim; ++p) {
@@ -262,7 +279,7 @@ void madeSequentialByPasses(const MadePlan& m, Scratch& s, int rows) {
     }
   const int os = m.output.outStride;
   for (int pass = 0; pass < dim; ++pass) {
-    referenceConditioner<A>(m, s, u, rows);
+    referenceConditioner<A>(m, s, conditionerInput(m, u, s.condIn.data(), static_cast<size_t>(rows) * dim), rows);
     const bool last = pass == dim - 1;
     for (int r = 0; r < rows; ++r)
       for (int p = 0; p < dim; ++p) {

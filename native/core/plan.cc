@@ -69,6 +69,8 @@ MadePlan buildMade(const LayerSpec& layer, int dim, const std::string& name) {
   plan.dim = dim;
   plan.residual = layer.residual;
   plan.parallelTowardData = layer.kind == LayerKind::IAF;
+  require(std::isfinite(layer.softClamp) && layer.softClamp >= 0.0f, name + ".softClamp must be finite and >= 0");
+  plan.softClampInv = layer.softClamp > 0.0f ? 1.0f / layer.softClamp : 0.0f;
   plan.activation = layer.activation;
   plan.scale = layer.scale;
   plan.dimAtPosition.resize(dim);

@@ -32,6 +32,8 @@ struct LayerSpec {
   // after it, then pairs (2b+1, 2b+2) form blocks h += W2 act(W1 act(h)), and the heads read h
   // itself. All hidden layers then share one width and one set of degrees.
   bool residual = false;
+  // The conditioner reads softClamp(u) (flow_math.h) with c = softClamp; 0: u itself.
+  float softClamp = 0.0f;
   std::vector<DenseLinear> hidden;             // hidden[0]: [h0, dim], hidden[l]: [h_l, h_{l-1}]
   DenseLinear shift;                           // [dim, h_last], rows by original dimension
   DenseLinear rawScale;                        // [dim, h_last]
@@ -65,6 +67,7 @@ struct MadePlan {
   int dim = 0;
   bool residual = false;
   bool parallelTowardData = true;  // IAF: true, MAF: false
+  float softClampInv = 0.0f;       // 1 / softClamp; 0: the conditioner reads its inputs as they are
   Activation activation = Activation::ReLU;
   ScaleKind scale = ScaleKind::Softplus;
   std::vector<int> dimAtPosition;        // sorted position p (degree p + 1) -> original dimension

@@ -111,6 +111,12 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
     m.unitsUpToDegree = lp.made.unitsUpToDegree;
     m.cacheInput = net.cachePerRow;
     net.cachePerRow += net.dimStride;
+    m.softClampInv = lp.made.softClampInv;
+    m.cacheCond = m.cacheInput;
+    if (m.softClampInv != 0.0f) {
+      m.cacheCond = net.cachePerRow;
+      net.cachePerRow += net.dimStride;
+    }
     m.residual = lp.made.residual;
     for (size_t l = 0; l < lp.made.hidden.size(); ++l) {
       const StaircaseLinear& s = lp.made.hidden[l];

@@ -235,7 +235,11 @@ void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   float* u = ws.cache.data() + kTile * m.cacheInput;
   for (int r = 0; r < rows; ++r)
     for (int p = 0; p < dim; ++p) u[r * ds + p] = ws.points[r * dim + m.dimAtPosition[p]];
-  const float* x = u;
+  float* c = ws.cache.data() + kTile * m.cacheCond;
+  if (m.softClampInv != 0.0f)
+    for (int r = 0; r < rows; ++r)
+      for (int p = 0; p < dim; ++p) c[r * ds + p] = softClamp(u[r * ds + p], m.softClampInv);
+  const float* x = c;
   int xs = ds;
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
@@ -279,9 +283,19 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
   const int ds = net.dimStride;
   const float* P = net.params.data();
   const float* PT = net.transposed.data();
-  const float* u = ws.cache.data() + kTile * m.cacheInput;
+  const float* u = ws.cache.data() + kTile * m.cacheCond;  // what hidden layer 0 read
+  const float* uIn = ws.cache.data() + kTile * m.cacheInput;
   const TLinear& O = m.output;
   const float* gOut = ws.gOut.data();
+  // dL/du through the conditioner: into gU directly, or through the soft clamp's derivative.
+  const bool clamp = m.softClampInv != 0.0f;
+  auto inputGradToU = [&](const TLinear& L0, const float* gHidden) {
+    if (!clamp) return inputGrad(L0, P + L0.w, PT + L0.wt, gHidden, rows, gU, ds, true, net.reference);
+    float* gc = ws.gCond.data();
+    inputGrad(L0, P + L0.w, PT + L0.wt, gHidden, rows, gc, ds, false, net.reference);
+    for (int r = 0; r < rows; ++r)
+      for (int p = 0; p < net.dim; ++p) gU[r * ds + p] += gc[r * ds + p] * softClampGrad(uIn[r * ds + p], m.softClampInv);
+  };
   const size_t depth = m.hidden.size();
   const float* hLast = headInput(m, ws);
   if (G) weightGrad(O, hLast, m.hidden[depth - 1].outStride, gOut, rows, G + O.w, G + O.b, net.reference);
@@ -309,7 +323,7 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
     }
     const TLinear& L0 = m.hidden[0];
     if (G) weightGrad(L0, u, ds, gS, rows, G + L0.w, G + L0.b, net.reference);
-    if (gU) inputGrad(L0, P + L0.w, PT + L0.wt, gS, rows, gU, ds, true, net.reference);
+    if (gU) inputGradToU(L0, gS);
     return;
   }
   float* gCur = ws.gA.data();
@@ -328,7 +342,7 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
       inputGrad(L, P + L.w, PT + L.wt, gCur, rows, gNext, m.hidden[l - 1].outStride, false, net.reference);
       std::swap(gCur, gNext);
     } else if (gU) {
-      inputGrad(L, P + L.w, PT + L.wt, gCur, rows, gU, ds, true, net.reference);
+      inputGradToU(L, gCur);
     }
   }
 }
@@ -448,11 +462,13 @@ inline void forRuns(const TLinear& L, int first, int end, const F& f) {
 // out alike, for the gradients).
 struct SeqTile {
   float* u;
+  float* c;  // what the conditioner reads: u, or its soft clamp
   std::vector<float*> h, stream;  // stream: residual MADE, even layers; else null
   float* out;
   int ds, os;
   SeqTile(const TMade& m, float* base, int dimStride) : ds(dimStride), os(m.output.outStride) {
     u = base + kTile * m.cacheInput;
+    c = base + kTile * m.cacheCond;
     out = base + kTile * m.cacheOutput;
     for (size_t l = 0; l < m.hidden.size(); ++l) {
       h.push_back(base + kTile * m.cacheHidden[l]);
@@ -470,7 +486,7 @@ inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, in
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
     const int hs = L.outStride;
-    const float* in = l == 0 ? t.u : t.h[l - 1];
+    const float* in = l == 0 ? t.c : t.h[l - 1];
     const int xs = l == 0 ? t.ds : m.hidden[l - 1].outStride;
     float* y = t.stream[l] ? t.stream[l] : t.h[l];
     forRuns(L, done[l], m.unitsUpToDegree[l][degree], [&](int a, int b) {
@@ -497,6 +513,7 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
   std::vector<int> done(depth, 0);
   for (int r = 0; r < rows; ++r) {
     std::fill(t.u + r * ds + dim, t.u + (r + 1) * ds, 0.0f);
+    std::fill(t.c + r * ds + dim, t.c + (r + 1) * ds, 0.0f);
     std::fill(t.out + r * os + 2 * dim, t.out + (r + 1) * os, 0.0f);
     for (size_t l = 0; l < depth; ++l) {
       const int hs = t.hs(m, l), n = m.hidden[l].out;
@@ -513,6 +530,7 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       t.u[r * ds + p] = (ws.points[r * dim + i] - a.shift) / a.scale;
+      if (m.softClampInv != 0.0f) t.c[r * ds + p] = softClamp(t.u[r * ds + p], m.softClampInv);
       ws.logDet[r] -= a.logScale;
     }
   }
@@ -576,7 +594,9 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       float* g = ws.gpoints.data() + static_cast<size_t>(r) * dim;
-      const float w = (g[i] - gt.u[r * ds + p]) / a.scale;
+      // gt.u holds dL/d(what the conditioner read) at position p; through the soft clamp to u.
+      const float condGrad = gt.u[r * ds + p] * softClampGrad(t.u[r * ds + p], m.softClampInv);
+      const float w = (g[i] - condGrad) / a.scale;
       adj[2 * r] = w * a.dShiftDM;
       adj[2 * r + 1] = w * (t.u[r * ds + p] * a.dScale + a.dShiftDA) + gld * a.dLogScale;
       gOut[r * os + 2 * p] = -adj[2 * r];
