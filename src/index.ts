@@ -33,3 +33,5 @@ export type {
   Target,
   TargetEvaluation,
 } from './train';
+export { evaluate, gaussianBaseline, summarizeLogLikelihoods } from './evaluate';
+export type { GaussianBaseline, GaussianBaselineOptions, LogLikelihoodSummary } from './evaluate';
