@@ -35,3 +35,5 @@ export type {
 } from './train';
 export { evaluate, gaussianBaseline, summarizeLogLikelihoods } from './evaluate';
 export type { GaussianBaseline, GaussianBaselineOptions, LogLikelihoodSummary } from './evaluate';
+export { renderPlot, renderPlotWithLayout } from './plot';
+export type { PlotOptions, PlotPanel, PlotResult, Rect, Tick } from './plot';
