@@ -326,6 +326,25 @@ export function parseCsv(text: string, source = 'CSV text', options: ReadTableOp
   return table;
 }
 
+/** Bytes of a CSV file looked at by peekCsvHeader: its header is in the first lines. */
+const PEEK_BYTES = 1 << 20;
+
+/**
+ * The header of CSV bytes (the names of its first row, when that row holds no number, as
+ * parseCsv reads it), from the first megabyte only; null when the file has none.
+ */
+export function peekCsvHeader(bytes: Uint8Array): string[] | null {
+  if (Object.prototype.toString.call(bytes) !== '[object Uint8Array]') throw invalidType('bytes', 'a Uint8Array (or Buffer)', bytes);
+  // A multi-byte character cut at the end of the peek decodes as U+FFFD; the last line is dropped anyway.
+  const text = new TextDecoder('utf-8').decode(bytes.subarray(0, PEEK_BYTES)).replace(/^\uFEFF/, '');
+  const lines = text.split(/\r?\n/);
+  if (bytes.length > PEEK_BYTES) lines.pop(); // perhaps cut short
+  const first = lines.map((l) => l.trim()).find((l) => l !== '' && !l.startsWith('#'));
+  if (first === undefined) return null;
+  const fields = splitCsvLine(first, detectDelimiter(lines.join('\n')));
+  return fields.some((f) => NUMBER.test(f)) ? null : fields;
+}
+
 /** A table from .npy bytes: float32/float64, shape (rows, cols) or (rows,), finite in float32. */
 function tableFromNpy(bytes: Uint8Array, source: string, columns?: readonly (string | number)[]): Table {
   const { data, shape } = decodeNpy(bytes, source);

@@ -15,6 +15,7 @@ import {
   formatFloat32,
   formatRows,
   parseCsv,
+  peekCsvHeader,
   readTable,
   rowChunks,
   splitCsvLine,
@@ -137,6 +138,17 @@ describe('delimiters, quotes, column selection and bad rows', () => {
     expect(() => parseCsv('x,name\n1,ford\n2,fiat\n', 'c.csv', { invalidRows: 'skip' })).toThrow(
       'c.csv: every one of the 2 data rows has a cell that is not a number; column 2 ("name") in 2 of them (choose numeric columns)',
     );
+  });
+
+  test('peekCsvHeader: the names of a header row as parseCsv reads them, from the first lines only', () => {
+    expect(peekCsvHeader(Buffer.from('\uFEFF# c\n\n"a;b";c;d\n1;2;3\n'))).toEqual(['a;b', 'c', 'd']);
+    expect(peekCsvHeader(Buffer.from('x\ty\n1\t2\n'))).toEqual(['x', 'y']);
+    expect(peekCsvHeader(Buffer.from('1,2\n'))).toBeNull();
+    expect(peekCsvHeader(Buffer.from('# only a comment\n'))).toBeNull();
+    // A big file: its header is read without decoding the rest.
+    const big = Buffer.from('u,v\n' + '1,2\n'.repeat(400000));
+    expect(peekCsvHeader(big)).toEqual(['u', 'v']);
+    expect(() => peekCsvHeader('a,b' as unknown as Buffer)).toThrow(/Expected a Uint8Array \(or Buffer\) for bytes/);
   });
 
   test('.npy files: columns by index; names are refused (no header)', () => {
