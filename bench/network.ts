@@ -111,7 +111,7 @@ export function randomParameters(flow: Flow, seed: number): Record<string, Float
     } else if (name.endsWith('.scale.bias')) {
       // Raw scale 0 is scale 1 for 'exp' (the soft clip keeps 0), softplus^-1(1) for 'softplus'.
       const layer = layers[Number(name.split('.')[1])];
-      const centre = layer && layer.type !== 'permutation' && layer.scale === 'exp' ? 0 : softplusInverseOfOne;
+      const centre = layer && (layer.type === 'iaf' || layer.type === 'maf') && layer.scale === 'exp' ? 0 : softplusInverseOfOne;
       for (let i = 0; i < size; i++) value[i] = centre + uniform(0.2);
     } else {
       for (let i = 0; i < size; i++) value[i] = uniform(0.1);
@@ -133,6 +133,7 @@ export function flowNet(flow: Flow): FlowNet {
   };
   const layers: NetLayer[] = config.layers.map((layer, k): NetLayer => {
     if (layer.type === 'permutation') return { type: 'perm', perm: [...layer.permutation] };
+    if (layer.type === 'affine') throw new Error('bench: the peers implement MADE and permutation layers only');
     if (layer.activation !== 'relu' || (layer.scale !== 'softplus' && layer.scale !== 'exp') || layer.residual) {
       throw new Error('bench: the peers implement plain relu MADE layers with the softplus or exp scale only');
     }

@@ -84,7 +84,8 @@ iaflow::DenseLinear denseLinear(Napi::Env env, const Napi::Value& v, const std::
 }
 
 // spec = { dim, layers: [{ kind, activation, scale, inputDegrees, hiddenDegrees: Int32Array[],
-//          hidden: [{weight, bias}], shift: {weight, bias}, rawScale: {weight, bias}, permutation }] }
+//          hidden: [{weight, bias}], shift: {weight, bias}, rawScale: {weight, bias}, permutation,
+//          loc, scale, trainable (affine) }] }
 iaflow::FlowSpec parseSpec(Napi::Env env, const Napi::Value& value) {
   if (!value.IsObject()) internalError(env, "spec must be an object");
   Napi::Object spec = value.As<Napi::Object>();
@@ -101,6 +102,10 @@ iaflow::FlowSpec parseSpec(Napi::Env env, const Napi::Value& value) {
     ls.kind = static_cast<iaflow::LayerKind>(intField(env, layer, "kind"));
     if (ls.kind == iaflow::LayerKind::Permutation) {
       ls.permutation = intVector(env, layer.Get("permutation"), "permutation");
+    } else if (ls.kind == iaflow::LayerKind::Affine) {
+      ls.affineLoc = floatVector(env, layer.Get("loc"), "loc");
+      ls.affineScale = floatVector(env, layer.Get("scale"), "scale");
+      ls.trainable = layer.Get("trainable").ToBoolean().Value();
     } else {
       ls.activation = static_cast<iaflow::Activation>(intField(env, layer, "activation"));
       ls.scale = static_cast<iaflow::ScaleKind>(intField(env, layer, "scale"));
@@ -193,7 +198,7 @@ int64_t planBytes(const FlowPlan& plan) {
     total += static_cast<int64_t>(L.weightKM.size() + L.bias.size() + L.prefix.size()) * 4;
   };
   for (const iaflow::LayerPlan& layer : plan.layers) {
-    total += static_cast<int64_t>(layer.permutation.size()) * 4;
+    total += static_cast<int64_t>(layer.permutation.size() + layer.affine.loc.size() + layer.affine.scale.size()) * 4;
     for (const auto& h : layer.made.hidden) linear(h);
     linear(layer.made.output);
   }
@@ -625,7 +630,8 @@ Napi::Value layout(const Napi::CallbackInfo& info) {
   using iaflow::ScaleKind;
   Napi::Object out = Napi::Object::New(env);
   out.Set("kind", codes({{"iaf", static_cast<int>(LayerKind::IAF)}, {"maf", static_cast<int>(LayerKind::MAF)},
-                         {"permutation", static_cast<int>(LayerKind::Permutation)}}));
+                         {"permutation", static_cast<int>(LayerKind::Permutation)},
+                         {"affine", static_cast<int>(LayerKind::Affine)}}));
   out.Set("activation", codes({{"relu", static_cast<int>(Activation::ReLU)}, {"tanh", static_cast<int>(Activation::Tanh)},
                                {"elu", static_cast<int>(Activation::ELU)}}));
   out.Set("scale", codes({{"softplus", static_cast<int>(ScaleKind::Softplus)}, {"exp", static_cast<int>(ScaleKind::Exp)},
@@ -645,6 +651,13 @@ Napi::Value layout(const Napi::CallbackInfo& info) {
       const iaflow::LayerSpec& l = spec.layers[k];
       if (l.kind == LayerKind::Permutation) {
         layers.Set(static_cast<uint32_t>(k), env.Null());
+        continue;
+      }
+      if (l.kind == LayerKind::Affine) {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("loc", static_cast<double>(l.affineLoc.size()));
+        o.Set("scale", static_cast<double>(l.affineScale.size()));
+        layers.Set(static_cast<uint32_t>(k), o);
         continue;
       }
       Napi::Object o = Napi::Object::New(env);
@@ -729,9 +742,10 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
       dim_ = spec.dim;
       for (const iaflow::LayerSpec& layer : spec.layers) {
         std::vector<int> widths;
-        if (layer.kind != iaflow::LayerKind::Permutation)
+        if (layer.kind == iaflow::LayerKind::IAF || layer.kind == iaflow::LayerKind::MAF)
           for (const iaflow::DenseLinear& h : layer.hidden) widths.push_back(h.out);
         widths_.push_back(std::move(widths));
+        kinds_.push_back(layer.kind);
       }
       trainer_ = backend.makeTrainer(spec, static_cast<iaflow::Direction>(pass), teacher.get(),
                                      optimizerOptions(env, o.Get("optimizer")));
@@ -782,7 +796,13 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
       if (!p) internalError(env, std::string(key) + " is required");
       return p;
     };
+    const size_t d = static_cast<size_t>(dim_);
     for (uint32_t k = 0; k < widths_.size(); ++k) {
+      if (kinds_[k] == iaflow::LayerKind::Affine) {
+        out[k].loc = tensor(layers.Get(k), "loc", d);
+        out[k].scale = tensor(layers.Get(k), "scale", d);
+        continue;
+      }
       if (widths_[k].empty()) continue;
       Napi::Value lv = layers.Get(k);
       if (!lv.IsObject()) internalError(env, "a MADE layer's view must be an object");
@@ -797,7 +817,6 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
         out[k].hiddenBias.push_back(tensor(hidden.Get(l), "bias", width));
         in = width;
       }
-      const size_t d = static_cast<size_t>(dim_);
       out[k].shiftWeight = tensor(layer.Get("shift"), "weight", d * in);
       out[k].shiftBias = tensor(layer.Get("shift"), "bias", d);
       out[k].scaleWeight = tensor(layer.Get("rawScale"), "weight", d * in);
@@ -979,7 +998,8 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
   }
 
   int dim_ = 0;
-  std::vector<std::vector<int>> widths_;  // per layer: hidden widths (empty for permutations)
+  std::vector<std::vector<int>> widths_;  // per layer: hidden widths (empty but for MADE layers)
+  std::vector<iaflow::LayerKind> kinds_;
   void Finalize(Napi::Env env) override { memory_.release(env); }
 
   std::shared_ptr<iaflow::Trainer> trainer_;

@@ -21,7 +21,7 @@ import { datasets } from './datasets';
 import { GaussianBaseline, LogLikelihoodSummary, evaluate, gaussianBaseline } from './evaluate';
 import { Flow, createIAF, createMAF, getThreads, setThreads } from './flow';
 import { encodeFlow, loadFlow, saveFlow } from './io';
-import { Activation, MadeLayerConfig } from './layers';
+import { Activation, isMade } from './layers';
 import { writeNpy } from './npy';
 import { BLUE, INK, MAX_PLOT_COLUMNS, ORANGE, Window, drawDensity, drawScatter, renderPlot } from './plot';
 import { Raster } from './png';
@@ -1315,14 +1315,16 @@ Options:
         io.stdout.write(JSON.stringify({ file: modelFile, numParameters: flow.numParameters, config }, null, 2) + '\n');
         return;
       }
-      const made = config.layers.filter((l): l is MadeLayerConfig => l.type !== 'permutation');
+      const made = config.layers.filter(isMade);
+      const affines = config.layers.filter((l) => l.type === 'affine').length;
+      const permutations = config.layers.length - made.length - affines;
       const kinds = new Set(made.map((l) => l.type));
       const count = (type: string) => made.filter((l) => l.type === type).length;
       const kindText = [...kinds].map((k) => `${count(k)} ${k.toUpperCase()}`).join(' + ');
       const lines = [
         `${modelFile}`,
         `  dim          ${config.dim}`,
-        `  layers       ${config.layers.length} (${kindText || 'no'} MADE layer${made.length === 1 ? '' : 's'}, ${config.layers.length - made.length} permutation${config.layers.length - made.length === 1 ? '' : 's'})`,
+        `  layers       ${config.layers.length} (${kindText || 'no'} MADE layer${made.length === 1 ? '' : 's'}, ${permutations} permutation${permutations === 1 ? '' : 's'}${affines > 0 ? `, ${affines} affine` : ''})`,
         `  parameters   ${fmtInt(flow.numParameters)}`,
         `  sample       ${kinds.has('maf') ? 'sequential (dimension by dimension through the MAF layers)' : 'one pass'}`,
         `  logProb      ${kinds.has('iaf') ? 'sequential (dimension by dimension through the IAF layers)' : 'one pass'}`,
@@ -1333,7 +1335,9 @@ Options:
             ...config.layers.map((l, k) =>
               l.type === 'permutation'
                 ? [`  ${k}`, 'permutation', '', '', '', isReversal(l.permutation) ? 'reverse' : `[${l.permutation.slice(0, 8).join(', ')}${l.permutation.length > 8 ? ', ...' : ''}]`]
-                : [`  ${k}`, l.type.toUpperCase(), `[${l.hidden.join(', ')}]`, l.activation, l.scale, l.residual ? 'residual' : ''],
+                : l.type === 'affine'
+                  ? [`  ${k}`, 'affine', '', '', '', l.trainable ? 'loc + scale * x, trainable' : 'loc + scale * x, fixed']
+                  : [`  ${k}`, l.type.toUpperCase(), `[${l.hidden.join(', ')}]`, l.activation, l.scale, l.residual ? 'residual' : ''],
             ),
           ],
           ['r', 'l', 'l', 'l', 'l', 'l'],

@@ -1,8 +1,10 @@
 // The Flow: composes layers, owns the parameters (named Float32Arrays, as in the
 // model file) and runs the whole chain of layers in one native call.
 import {
+  affineTensorNames,
   FlowConfig,
   FORMAT_VERSION,
+  LayerConfig,
   LayerDescriptor,
   LinearNames,
   MadeOptions,
@@ -131,10 +133,9 @@ const TO_DATA = LAYOUT_CODES.direction.toData;
 const TO_LATENT = LAYOUT_CODES.direction.toLatent;
 
 export class Flow {
-  /** The flow's config (everything but the weights); frozen. */
-  readonly config: Readonly<FlowConfig>;
   readonly dim: number;
-  private readonly shapes: Map<string, number[]>;
+  private frozenConfig: Readonly<FlowConfig>;
+  private shapes: Map<string, number[]>;
   private params: Map<string, Float32Array>;
   private nativeFlow: NativeFlowInstance;
   private backendChoice: string;
@@ -143,12 +144,44 @@ export class Flow {
 
   /** @internal Use createFlow or loadFlow. */
   constructor(config: FlowConfig, params: Map<string, Float32Array>, backend = 'auto') {
-    this.config = deepFreeze(structuredClone(config));
+    this.frozenConfig = deepFreeze(structuredClone(config));
     this.dim = config.dim;
     this.shapes = parameterShapes(config);
+    checkAffineScales(this.frozenConfig, params, 'parameters');
     this.params = params;
     this.backendChoice = backend;
-    this.nativeFlow = buildNative(this.config, params, backend);
+    this.nativeFlow = buildNative(this.frozenConfig, params, backend);
+  }
+
+  /**
+   * The flow's config (everything but the weights); frozen. A new object only when a layer is
+   * added at the data end (fit with `standardize`).
+   */
+  get config(): Readonly<FlowConfig> {
+    return this.frozenConfig;
+  }
+
+  /**
+   * @internal Adds a layer after the last one (the data end) with its tensors (named by their
+   * suffix, e.g. 'loc'), as fit's `standardize` does. The flow's earlier layers and weights are
+   * unchanged.
+   */
+  appendLayer(layer: LayerConfig, tensors: Record<string, Float32Array>): void {
+    this.checkUsable();
+    const k = this.frozenConfig.layers.length;
+    // Through JSON, not structuredClone: the check wants objects of this realm (jest runs in a vm context).
+    const config = checkFlowConfig(JSON.parse(JSON.stringify({ ...this.frozenConfig, layers: [...this.frozenConfig.layers, layer] })), 'config');
+    const params = new Map(this.params);
+    for (const [suffix, value] of Object.entries(tensors)) params.set(`layers.${k}.${suffix}`, value);
+    const shapes = parameterShapes(config);
+    for (const [name, shape] of shapes) {
+      if (params.get(name)?.length !== shape.reduce((a, b) => a * b, 1)) throw new Error(`iaflow internal: appendLayer needs ${name} of shape [${shape.join(', ')}]`);
+    }
+    checkAffineScales(config, params, 'parameters');
+    this.replaceNative(buildNative(config, params, this.backendChoice));
+    this.frozenConfig = deepFreeze(structuredClone(config));
+    this.shapes = shapes;
+    this.params = params;
   }
 
   /** The backend that runs this flow (see backends()). */
@@ -247,6 +280,7 @@ export class Flow {
       }
       next.set(name, copy);
     }
+    checkAffineScales(this.frozenConfig, next, 'parameters');
     // Finite but huge weights overflow float32 products: said once per process, not refused.
     warnOnHugeWeights('setParameters', maxAbs);
     this.replaceNative(buildNative(this.config, next, this.backendChoice));
@@ -404,6 +438,10 @@ export function nativeSpec(config: FlowConfig, params: Map<string, Float32Array>
   const linear = (names: LinearNames) => ({ weight: take(names.weight), bias: take(names.bias) });
   const layers: NativeLayerSpec[] = config.layers.map((layer, k) => {
     if (layer.type === 'permutation') return { kind: LAYOUT_CODES.kind.permutation, permutation: Int32Array.from(layer.permutation) };
+    if (layer.type === 'affine') {
+      const names = affineTensorNames(k);
+      return { kind: LAYOUT_CODES.kind.affine, loc: take(names.loc), scale: take(names.scale), trainable: layer.trainable };
+    }
     const names = madeTensorNames(k, layer.hidden.length);
     return {
       kind: LAYOUT_CODES.kind[layer.type],
@@ -420,6 +458,17 @@ export function nativeSpec(config: FlowConfig, params: Map<string, Float32Array>
   return { dim: config.dim, layers };
 }
 
+/** An affine layer's scale must be nonzero (finiteness is checked where values come in). */
+function checkAffineScales(config: FlowConfig, params: ReadonlyMap<string, Float32Array>, what: string): void {
+  config.layers.forEach((layer, k) => {
+    if (layer.type !== 'affine') return;
+    const name = affineTensorNames(k).scale;
+    const scale = params.get(name);
+    const at = scale?.findIndex((v) => v === 0 || !Number.isFinite(v)) ?? -1;
+    if (scale && at >= 0) throw invalidRange(`${what}[${JSON.stringify(name)}][${at}]`, 'a finite nonzero scale', scale[at]);
+  });
+}
+
 function deepFreeze<T>(value: T): T {
   if (value && typeof value === 'object') {
     Object.values(value).forEach(deepFreeze);
@@ -431,7 +480,7 @@ function deepFreeze<T>(value: T): T {
 export interface FlowOptions {
   /** Number of dimensions of the data. */
   dim: number;
-  /** Layers in sampling order (latent first): iaf(), maf(), reverse(), permute(). */
+  /** Layers in sampling order (latent first): iaf(), maf(), reverse(), permute(), affine(). */
   layers: LayerDescriptor[];
   /** Seed for the parameter initialisation. Default: random. */
   seed?: number;
@@ -444,17 +493,22 @@ export function createFlow(options: FlowOptions): Flow {
   const backend = checkBackend('backend', opts.backend);
   const dim = checkInteger('dim', opts.dim, 1, MAX_DIM);
   if (!Array.isArray(opts.layers) || opts.layers.length > MAX_LAYERS) {
-    throw invalidType('layers', 'an array of layers made by iaf(), maf(), reverse() or permute()', opts.layers);
+    throw invalidType('layers', 'an array of layers made by iaf(), maf(), reverse(), permute() or affine()', opts.layers);
   }
   const layers = opts.layers.map((layer: unknown, k: number) => {
     if (!isPlainObject(layer) || typeof layer.resolve !== 'function') {
-      throw invalidType(`layers[${k}]`, 'a layer made by iaf(), maf(), reverse() or permute()', layer);
+      throw invalidType(`layers[${k}]`, 'a layer made by iaf(), maf(), reverse(), permute() or affine()', layer);
     }
     return (layer as unknown as LayerDescriptor).resolve(dim, `layers[${k}]`);
   });
   const seed = opts.seed === undefined ? randomSeed() : checkSeed('seed', opts.seed);
   const config = checkFlowConfig({ formatVersion: FORMAT_VERSION, dim, contextDim: 0, layers }, 'config');
-  return new Flow(config, initialParameters(config, seed), backend);
+  const params = initialParameters(config, seed);
+  (opts.layers as LayerDescriptor[]).forEach((layer, k) => {
+    const tensors = layer.initialTensors?.(dim, `layers[${k}]`) ?? {};
+    for (const [suffix, value] of Object.entries(tensors)) params.set(`layers.${k}.${suffix}`, value);
+  });
+  return new Flow(config, params, backend);
 }
 
 export interface StackOptions extends Omit<MadeOptions, 'hiddenDegrees' | 'order'> {

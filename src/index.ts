@@ -1,9 +1,11 @@
 // iaflow's public API, in one place.
 export { Flow, backends, createFlow, createIAF, createMAF, setThreads, getThreads, standardNormal } from './flow';
 export type { BackendInfo, FlowOptions, Rows, RunOptions, SampleOptions, SampleSyncOptions, StackOptions } from './flow';
-export { iaf, maf, reverse, permute } from './layers';
+export { iaf, maf, reverse, permute, affine } from './layers';
 export type {
   Activation,
+  AffineLayerConfig,
+  AffineOptions,
   FlowConfig,
   LayerConfig,
   LayerDescriptor,
@@ -20,7 +22,7 @@ export { datasets } from './datasets';
 export type { DatasetOptions, NoisyDatasetOptions } from './datasets';
 export { targets } from './targets';
 export type { BuiltinTarget, GaussianMixtureOptions, GridOptions } from './targets';
-export { fit, fitReverseKL, distill } from './train';
+export { fit, fitReverseKL, distill, fitSchedule } from './train';
 export type {
   DistillOptions,
   FitOptions,

@@ -58,7 +58,23 @@ export interface PermutationLayerConfig {
   permutation: number[];
 }
 
-export type LayerConfig = MadeLayerConfig | PermutationLayerConfig;
+/**
+ * An elementwise affine layer, data-side b[i] = loc[i] + scale[i] * a[i] (log-det sum log|scale|):
+ * standardisation inside the model. loc and scale are tensors (`layers.k.loc`, `layers.k.scale`,
+ * [dim] each); a trainable one is optimised by training (through log|scale|: the sign is kept),
+ * a fixed one never changes.
+ */
+export interface AffineLayerConfig {
+  type: 'affine';
+  trainable: boolean;
+}
+
+export type LayerConfig = MadeLayerConfig | PermutationLayerConfig | AffineLayerConfig;
+
+/** Whether a layer is a MADE layer (iaf or maf). */
+export function isMade(layer: LayerConfig): layer is MadeLayerConfig {
+  return layer.type === 'iaf' || layer.type === 'maf';
+}
 
 /** Everything but the weights. Layers are listed in sampling order: layers[0] acts on the latent z. */
 export interface FlowConfig {
@@ -93,10 +109,12 @@ const MADE_OPTION_KEYS = ['hidden', 'activation', 'scale', 'order', 'hiddenDegre
 
 /** A layer before the flow's dimension is known; createFlow resolves it. */
 export interface LayerDescriptor {
-  readonly kind: 'iaf' | 'maf' | 'reverse' | 'permute';
+  readonly kind: 'iaf' | 'maf' | 'reverse' | 'permute' | 'affine';
   readonly options: Readonly<Record<string, unknown>>;
   /** @internal */
   resolve(dim: number, position: string): LayerConfig;
+  /** @internal Tensors the layer starts with instead of initialParameters' (by name suffix: 'loc', 'scale'). */
+  initialTensors?(dim: number, position: string): Record<string, Float32Array>;
 }
 
 function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor {
@@ -207,6 +225,55 @@ export function permute(permutation: number[] | { seed: number }): LayerDescript
   };
 }
 
+export interface AffineOptions {
+  /** Added after scaling: one number for every dimension, or dim of them. Default 0. */
+  loc?: number | ArrayLike<number>;
+  /** Multiplies each dimension: finite and nonzero; one number, or dim of them. Default 1. */
+  scale?: number | ArrayLike<number>;
+  /** Whether training optimises loc and scale (scale through log|scale|, so its sign stays). Default false. */
+  trainable?: boolean;
+}
+
+/**
+ * An elementwise affine layer, data-side b = loc + scale * a (log-det sum log|scale|), as zuko's and
+ * nflows' affine transforms. Put last (the data end), it is standardisation inside the model:
+ * `affine({ loc: means, scale: sds })` makes the flow's inner layers see unit-scale data while
+ * sample and logProb work in raw units. `fit(..., { standardize: true })` adds one for you.
+ */
+export function affine(options?: AffineOptions): LayerDescriptor {
+  const opts = checkOptions('affine() options', options, ['loc', 'scale', 'trainable']);
+  const trainable = opts.trainable === undefined ? false : checkBoolean('affine().trainable', opts.trainable);
+  const loc = opts.loc === undefined ? 0 : checkAffineValues('affine().loc', opts.loc, false);
+  const scale = opts.scale === undefined ? 1 : checkAffineValues('affine().scale', opts.scale, true);
+  const expand = (name: string, values: number | number[], dim: number): Float32Array => {
+    if (typeof values === 'number') return new Float32Array(dim).fill(values);
+    if (values.length !== dim) throw invalidRange(`${name}.length`, `${dim} (the flow's dim) or one number`, values.length);
+    return Float32Array.from(values);
+  };
+  return {
+    kind: 'affine',
+    options: Object.freeze({ loc, scale, trainable }),
+    resolve: () => ({ type: 'affine', trainable }),
+    initialTensors: (dim, position) => ({ loc: expand(`${position}.loc`, loc, dim), scale: expand(`${position}.scale`, scale, dim) }),
+  };
+}
+
+/** One finite number or an array of them (as float32; nonzero for a scale). */
+export function checkAffineValues(name: string, value: unknown, nonzero: boolean): number | number[] {
+  const expected = nonzero ? 'a finite nonzero number' : 'a finite number';
+  const check = (at: string, v: unknown): number => {
+    if (typeof v !== 'number') throw invalidType(at, expected, v);
+    if (!Number.isFinite(v) || !Number.isFinite(Math.fround(v)) || (nonzero && Math.fround(v) === 0)) throw invalidRange(at, `${expected} (in float32)`, v);
+    return v;
+  };
+  if (typeof value === 'number') return check(name, value);
+  const isArrayLike = Array.isArray(value) || ArrayBuffer.isView(value);
+  if (!isArrayLike || value instanceof DataView || (value as ArrayLike<unknown>).length > MAX_DIM) {
+    throw invalidType(name, `${expected}, or an array of at most ${MAX_DIM} of them`, value);
+  }
+  return Array.from(value as ArrayLike<unknown>, (v, i) => check(`${name}[${i}]`, v));
+}
+
 export function naturalDegrees(dim: number): number[] {
   return Array.from({ length: dim }, (_, i) => i + 1);
 }
@@ -278,17 +345,22 @@ export function checkFlowConfig(value: unknown, source: string): FlowConfig {
   // First the size, from each layer's type and widths alone: nothing of the flow's size (degrees,
   // permutations) is read or built for a flow that is refused.
   // A plain loop, not map: map would skip (and keep) the holes of a sparse array.
-  const kinds: { layer: Record<string, unknown>; type: 'iaf' | 'maf' | 'permutation'; hidden: number[] | null }[] = [];
+  const kinds: { layer: Record<string, unknown>; type: LayerConfig['type']; hidden: number[] | null }[] = [];
   for (let k = 0; k < layerList.length; k++) {
     const at = `${source}.layers[${k}]`;
     const layer = layerList[k];
     if (!isPlainObject(layer)) throw invalidType(at, 'a layer object', layer);
-    const type = checkEnum(`${at}.type`, layer.type, ['iaf', 'maf', 'permutation'] as const);
-    kinds.push({ layer, type, hidden: type === 'permutation' ? null : checkHidden(`${at}.hidden`, layer.hidden) });
+    const type = checkEnum(`${at}.type`, layer.type, ['iaf', 'maf', 'permutation', 'affine'] as const);
+    const made = type === 'iaf' || type === 'maf';
+    kinds.push({ layer, type, hidden: made ? checkHidden(`${at}.hidden`, layer.hidden) : null });
   }
-  checkFlowSize(source, value.layers, dim, kinds.map((k) => k.hidden));
+  checkFlowSize(source, value.layers, dim, kinds);
   const layers = kinds.map(({ layer, type, hidden }, k: number): LayerConfig => {
     const at = `${source}.layers[${k}]`;
+    if (type === 'affine') {
+      checkOptions(at, layer, ['type', 'trainable']);
+      return { type: 'affine', trainable: layer.trainable === undefined ? false : checkBoolean(`${at}.trainable`, layer.trainable) };
+    }
     if (type === 'permutation' || hidden === null) {
       return { type: 'permutation', permutation: checkPermutation(`${at}.permutation`, layer.permutation, dim) };
     }
@@ -299,7 +371,7 @@ export function checkFlowConfig(value: unknown, source: string): FlowConfig {
       checkResidualDegrees(`${at}.hiddenDegrees`, hiddenDegrees);
     }
     return {
-      type,
+      type: type as MadeLayerConfig['type'],
       hidden,
       activation: checkEnum(`${at}.activation`, layer.activation, ACTIVATIONS),
       scale: checkEnum(`${at}.scale`, layer.scale, SCALE_KINDS),
@@ -313,12 +385,16 @@ export function checkFlowConfig(value: unknown, source: string): FlowConfig {
 
 /**
  * The flow's two size bounds: its parameters (MAX_PARAMETERS) and the integers its config holds
- * (MAX_CONFIG_INTEGERS: degrees, and dim per permutation). `hidden` is null for a permutation.
+ * (MAX_CONFIG_INTEGERS: degrees, and dim per permutation). `hidden` is null but for MADE layers.
  */
-function checkFlowSize(source: string, layers: unknown, dim: number, hiddenOfLayers: (number[] | null)[]): void {
+function checkFlowSize(source: string, layers: unknown, dim: number, kinds: { type: LayerConfig['type']; hidden: number[] | null }[]): void {
   let parameters = 0;
   let integers = 0;
-  for (const hidden of hiddenOfLayers) {
+  for (const { type, hidden } of kinds) {
+    if (type === 'affine') {
+      parameters += 2 * dim;
+      continue;
+    }
     integers += dim;
     if (hidden === null) continue;
     let fanIn = dim;
@@ -361,10 +437,21 @@ export function madeTensorNames(k: number, hiddenLayers: number): { hidden: Line
   };
 }
 
+/** The model file's tensor names of affine layer k: [dim] each. */
+export function affineTensorNames(k: number): { loc: string; scale: string } {
+  return { loc: `layers.${k}.loc`, scale: `layers.${k}.scale` };
+}
+
 /** Parameter names and [out, in] / [out] shapes, in a stable order. */
 export function parameterShapes(config: FlowConfig): Map<string, number[]> {
   const shapes = new Map<string, number[]>();
   config.layers.forEach((layer, k) => {
+    if (layer.type === 'affine') {
+      const names = affineTensorNames(k);
+      shapes.set(names.loc, [config.dim]);
+      shapes.set(names.scale, [config.dim]);
+      return;
+    }
     if (layer.type === 'permutation') return;
     const names = madeTensorNames(k, layer.hidden.length);
     let fanIn = config.dim;
@@ -402,6 +489,13 @@ export function initialParameters(config: FlowConfig, seed: number): Map<string,
   const uniform = (bound: number) => (2 * random.next() - 1) * bound;
   const params = new Map<string, Float32Array>();
   config.layers.forEach((layer, k) => {
+    if (layer.type === 'affine') {
+      // The identity until set (affine() gives its own loc and scale; see createFlow).
+      const names = affineTensorNames(k);
+      params.set(names.loc, new Float32Array(config.dim));
+      params.set(names.scale, new Float32Array(config.dim).fill(1));
+      return;
+    }
     if (layer.type === 'permutation') return;
     const names = madeTensorNames(k, layer.hidden.length);
     let inDegrees = layer.inputDegrees;

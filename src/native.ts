@@ -8,9 +8,10 @@ export interface NativeLinear {
 }
 
 export interface NativeLayerSpec {
-  kind: number; // 0 IAF, 1 MAF, 2 permutation
+  kind: number; // 0 IAF, 1 MAF, 2 permutation, 3 affine
   activation?: number;
-  scale?: number;
+  /** A MADE layer's scale kind (its code); an affine layer's scale values. */
+  scale?: number | Float32Array;
   inputDegrees?: Int32Array;
   residual?: boolean;
   hiddenDegrees?: Int32Array[];
@@ -18,6 +19,8 @@ export interface NativeLayerSpec {
   shift?: NativeLinear;
   rawScale?: NativeLinear;
   permutation?: Int32Array;
+  loc?: Float32Array;
+  trainable?: boolean;
 }
 
 /** A cancel flag the native work polls before each tile; raised when an AbortSignal fires. */
@@ -60,7 +63,7 @@ export interface NativeBackendInfo {
 
 /** The native enum codes a spec carries (pinned to the TypeScript ones by test/backend.test.ts). */
 export const LAYOUT_CODES = {
-  kind: { iaf: 0, maf: 1, permutation: 2 },
+  kind: { iaf: 0, maf: 1, permutation: 2, affine: 3 },
   activation: { relu: 0, tanh: 1, elu: 2 },
   scale: { softplus: 0, exp: 1, gated: 2 },
   direction: { toData: 0, toLatent: 1 },
@@ -71,8 +74,8 @@ export interface NativeFlowSpec {
   layers: NativeLayerSpec[];
 }
 
-/** Where export writes one MADE layer's dense tensors (null for a permutation). */
-export type NativeLayerView = { hidden: NativeLinear[]; shift: NativeLinear; rawScale: NativeLinear } | null;
+/** Where export writes one layer's dense tensors: a MADE layer's, an affine layer's, null for a permutation. */
+export type NativeLayerView = { hidden: NativeLinear[]; shift: NativeLinear; rawScale: NativeLinear } | { loc: Float32Array; scale: Float32Array } | null;
 
 /** Adam with decoupled weight decay, clipping (0: off) and Polyak averaging (ema; 0: off). */
 export interface NativeOptimizerOptions {

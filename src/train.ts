@@ -3,7 +3,7 @@
 // passes, Adam and clipping on the core's thread pool, a run of steps per native call. This file
 // validates, schedules the chunks, reports progress and handles cancellation.
 import { Flow, Rows, nativeSpec } from './flow';
-import { FlowConfig, LinearNames, madeTensorNames } from './layers';
+import { affineTensorNames, FlowConfig, isMade, LinearNames, madeTensorNames } from './layers';
 import { native, NativeCancelToken, NativeLayerView, NativeOptimizerOptions, NativeTrainerInstance } from './native';
 import {
   checkInteger,
@@ -43,7 +43,12 @@ export interface OptimizerOptions {
   learningRate?: number;
   /** Decoupled weight decay, as AdamW: each step multiplies every parameter by 1 - learningRate * weightDecay. Default 0. */
   weightDecay?: number;
-  /** Rescales the gradient to this global L2 norm when it is larger (as torch.nn.utils.clip_grad_norm_). Default: no clipping. */
+  /**
+   * Rescales the gradient to this global L2 norm when it is larger (as torch.nn.utils.clip_grad_norm_);
+   * 0 turns clipping off. Default: 5 for fitReverseKL and distill (without it, distilling the
+   * README's teacher gave students with KL 1e10 in 4 runs of 4: one far-out sample's gradient
+   * swamps Adam's statistics), none for fit.
+   */
   clipGradNorm?: number;
   /** Adam's [beta1, beta2]. Default [0.9, 0.999]. */
   betas?: [number, number];
@@ -69,10 +74,31 @@ export interface FitProgress {
 }
 
 export interface FitOptions extends OptimizerOptions {
-  /** Passes over the training data. Default 50. */
+  /** Passes over the training data. Default: from the number of training rows (fitSchedule). */
   epochs?: number;
-  /** Rows per step; the last step of an epoch takes the rows left over. Default 512. */
+  /**
+   * Rows per step; the last step of an epoch takes the rows left over. Default: from the number of
+   * training rows (fitSchedule). One larger than the training rows uses the rows (and says so in
+   * `notes`).
+   */
   batchSize?: number;
+  /**
+   * Standardisation inside the model: computes each column's mean and standard deviation from the
+   * training rows and adds a fixed affine layer (loc = mean, scale = sd) at the flow's data end,
+   * so the inner layers see unit-scale data while sample, logProb and the model file stay in the
+   * data's raw units (log-likelihoods count the Jacobian). A constant column gets scale 1 (said in
+   * `notes`). A flow that already ends in an affine layer keeps it (a second fit continues in the
+   * same units). Default false (the CLI's `train` turns it on).
+   */
+  standardize?: boolean;
+  /**
+   * Dequantisation for data on a grid (counts, values rounded to 0.1): adds uniform noise of this
+   * width, U(-w/2, w/2), to each training value, fresh every epoch (and once, seeded, to the
+   * validation rows), so the flow cannot pile density on the grid points. One width for every
+   * column, or one per column (0: none). The log-likelihoods are then those of the dequantised
+   * data: log P(grid cell) >= E[log p(x + u)] + sum log w. Default: none.
+   */
+  dequantize?: number | number[];
   /** Validation rows (as `data`): their mean NLL is measured after every epoch. */
   validation?: Rows;
   /** Or: hold out this fraction of `data` (chosen by the seed) for validation. */
@@ -125,6 +151,38 @@ export interface FitReport {
   diverged: boolean;
   /** What went wrong that did not stop the call (divergence); empty when nothing did. */
   warnings: string[];
+  /** What fit chose or changed for you (a batch larger than the data, standardisation, constant columns). */
+  notes: string[];
+  /** The batch size and epochs used (the defaults from fitSchedule where not given). */
+  batchSize: number;
+  /** With `standardize`: the loc and scale of the affine layer at the data end (null when none was added). */
+  standardization: { loc: number[]; scale: number[] } | null;
+  /**
+   * With validation data: the mean NLL of the validation rows under a full-covariance Gaussian
+   * fitted to the training rows, the floor any useful flow beats. A kept validation loss that is
+   * not finite or is worse than it by more than 0.1 nats/point adds a warning (the CLI then exits
+   * non-zero). Null without validation data.
+   */
+  gaussianValidLoss: number | null;
+}
+
+/**
+ * The defaults fit (and the CLI's train) take from the number of training rows: what matters is
+ * the number of optimizer steps, not of epochs. The batch is 512 rows from 8192 rows up, else the
+ * power of two nearest below rows / 16 (at least 16: 300 rows give 16 steps per epoch, not one);
+ * epochs give about 10,000 steps (at least 10, at most 2000 epochs); patience, for early stopping,
+ * about 1,500 steps (5 to 100 epochs). Given a batch size, the epochs and patience follow from it.
+ */
+export function fitSchedule(trainRows: number, givenBatchSize?: number): { batchSize: number; epochs: number; patience: number } {
+  const rows = Math.max(1, Math.floor(trainRows));
+  const batchSize = Math.min(rows, givenBatchSize ?? (rows >= 8192 ? 512 : Math.max(16, 2 ** Math.floor(Math.log2(Math.max(1, rows / 16))))));
+  const batchesPerEpoch = Math.ceil(rows / batchSize);
+  const clamp = (v: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, v));
+  return {
+    batchSize,
+    epochs: clamp(Math.ceil(10_000 / batchesPerEpoch), 10, 2000),
+    patience: clamp(Math.ceil(1500 / batchesPerEpoch), 5, 100),
+  };
 }
 
 export interface ReverseKLProgress {
@@ -282,13 +340,13 @@ interface Optimizer {
   signal?: AbortSignal;
 }
 
-function checkOptimizer(where: string, opts: Record<string, unknown>): Optimizer {
+function checkOptimizer(where: string, opts: Record<string, unknown>, defaultClip = 0): Optimizer {
   const lr = checkNumber(`${where}.learningRate`, opts.learningRate ?? 1e-3, 'a positive finite number', (v) => v > 0 && Number.isFinite(v));
   const wd = checkNumber(`${where}.weightDecay`, opts.weightDecay ?? 0, 'a finite number >= 0', (v) => v >= 0 && Number.isFinite(v));
   const clip =
     opts.clipGradNorm === undefined
-      ? 0
-      : checkNumber(`${where}.clipGradNorm`, opts.clipGradNorm, 'a positive finite number', (v) => v > 0 && Number.isFinite(v));
+      ? defaultClip
+      : checkNumber(`${where}.clipGradNorm`, opts.clipGradNorm, 'a finite number >= 0 (0: no clipping)', (v) => v >= 0 && Number.isFinite(v));
   const betas = opts.betas ?? [0.9, 0.999];
   if (!Array.isArray(betas) || betas.length !== 2) throw invalidType(`${where}.betas`, 'an array of two numbers in [0, 1)', betas);
   const [b1, b2] = betas.map((b: unknown, i: number) => checkNumber(`${where}.betas[${i}]`, b, 'a number in [0, 1)', (v) => v >= 0 && v < 1));
@@ -308,7 +366,9 @@ function checkOptimizer(where: string, opts: Record<string, unknown>): Optimizer
  */
 function requireTrainable(flow: Flow, what: string): void {
   const layers = flow.config.layers;
-  if (!layers.some((l) => l.type !== 'permutation')) throw new TypeError(`${what}: the flow has no MADE layer, so nothing to train`);
+  if (!layers.some((l) => isMade(l) || (l.type === 'affine' && l.trainable))) {
+    throw new TypeError(`${what}: the flow has no MADE layer or trainable affine layer, so nothing to train`);
+  }
 }
 
 /**
@@ -334,6 +394,10 @@ function denseViews(flow: Flow, fill: 'copy' | 'zero'): { map: Map<string, Float
   const linear = (names: LinearNames) => ({ weight: get(names.weight), bias: get(names.bias) });
   const views = flow.config.layers.map((layer, k): NativeLayerView => {
     if (layer.type === 'permutation') return null;
+    if (layer.type === 'affine') {
+      const names = affineTensorNames(k);
+      return { loc: get(names.loc), scale: get(names.scale) };
+    }
     const names = madeTensorNames(k, layer.hidden.length);
     return { hidden: names.hidden.map(linear), shift: linear(names.shift), rawScale: linear(names.scale) };
   });
@@ -523,9 +587,13 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     'restoreBest',
     'ema',
     'onProgress',
+    'standardize',
+    'dequantize',
   ]);
-  const epochs = checkInteger('options.epochs', opts.epochs ?? 50, 1, MAX_STEPS);
-  const batchSize = checkInteger('options.batchSize', opts.batchSize ?? 512, 1, MAX_BATCH);
+  const givenEpochs = opts.epochs === undefined ? undefined : checkInteger('options.epochs', opts.epochs, 1, MAX_STEPS);
+  const givenBatch = opts.batchSize === undefined ? undefined : checkInteger('options.batchSize', opts.batchSize, 1, MAX_BATCH);
+  if (opts.standardize !== undefined && typeof opts.standardize !== 'boolean') throw invalidType('options.standardize', 'true or false', opts.standardize);
+  const dequantize = opts.dequantize === undefined ? null : checkDequantize('options.dequantize', opts.dequantize, flow.dim);
   const optimizer = checkOptimizer('options', opts);
   const onProgress = checkFunction<FitOptions['onProgress']>('options.onProgress', opts.onProgress);
   if (opts.restoreBest !== undefined && typeof opts.restoreBest !== 'boolean') throw invalidType('options.restoreBest', 'a boolean', opts.restoreBest);
@@ -552,11 +620,30 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
   const patience = opts.patience === undefined ? Infinity : checkInteger('options.patience', opts.patience, 1, MAX_STEPS);
   if (opts.patience !== undefined && !valid) throw new TypeError('options.patience needs validation data (options.validation or options.validationFraction)');
   if (optimizer.signal?.aborted) throw abortError('fit', 'its weights from before the call');
+  const notes: string[] = [];
+  const schedule = fitSchedule(trainRows, givenBatch);
+  const batchSize = schedule.batchSize;
+  if (givenBatch !== undefined && givenBatch > trainRows) {
+    notes.push(`batchSize ${givenBatch} is larger than the ${trainRows} training rows: each step uses all ${trainRows} rows (one step per epoch)`);
+  }
+  const epochs = givenEpochs ?? schedule.epochs;
 
   claim(flow, 'fit');
   try {
+    let standardization: FitReport['standardization'] = null;
+    if (opts.standardize === true) {
+      const last = flow.config.layers[flow.config.layers.length - 1];
+      if (last?.type === 'affine') {
+        notes.push('standardize: the flow already ends in an affine layer, which is kept as it is (fit continues in its units)');
+      } else {
+        standardization = columnStandardization(train, trainRows, flow.dim, notes);
+        flow.appendLayer({ type: 'affine', trainable: false }, { loc: Float32Array.from(standardization.loc), scale: Float32Array.from(standardization.scale) });
+      }
+    }
+    const dequantizer = dequantize ? new Dequantizer(dequantize, optimizer.seed) : null;
+    if (dequantizer && valid) valid = dequantizer.noisy(valid, validRows, -1);
     const trainer = newTrainer(flow, TO_LATENT, null, { ...optimizer.options, ema });
-    trainer.setData({ train, trainRows, valid, validRows });
+    trainer.setData({ train: dequantizer ? dequantizer.noisy(train, trainRows, 0) : train, trainRows, valid, validRows });
     const [lo, hi] = seedWords(optimizer.seed);
     const batchesPerEpoch = Math.ceil(trainRows / batchSize);
     const stats = new Float64Array(5);
@@ -572,6 +659,10 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       samplesPerSec: 0,
       diverged: false,
       warnings: [],
+      notes,
+      batchSize,
+      standardization,
+      gaussianValidLoss: valid ? gaussianNll(train, trainRows, valid, validRows, dim) : null,
     };
     const keepBest = valid !== null && restoreBest;
     const probeRows = Math.min(PROBE_ROWS, trainRows);
@@ -591,6 +682,15 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       pushParameters(flow, trainer);
       Object.assign(report, guard.settle());
       report.bestEpoch = keepBest && bestEpoch >= 0 && !report.diverged ? bestEpoch : null;
+      const kept = report.bestEpoch !== null ? report.validLoss[report.bestEpoch] : report.validLoss[report.validLoss.length - 1];
+      // A flow of Gaussian data may end a little behind the Gaussian's exact fit: only a clear loss is a failure.
+      if (report.gaussianValidLoss !== null && kept !== undefined && !(kept <= report.gaussianValidLoss + GAUSSIAN_MARGIN)) {
+        report.warnings.push(
+          `fit failed: the kept weights' validation NLL (${kept.toPrecision(4)} nats/point) is ${Number.isFinite(kept) ? 'worse than' : 'not finite, against'} ` +
+            `a full-covariance Gaussian's on the same rows (${report.gaussianValidLoss.toPrecision(4)}); ` +
+            `${report.standardization || flow.config.layers[flow.config.layers.length - 1]?.type === 'affine' ? 'try more epochs or a smaller learningRate' : 'try standardize: true (flows train best on unit-scale data)'}`,
+        );
+      }
       report.seconds = now() - started;
       report.samplesPerSec = trainSeconds > 0 ? rowsSeen / trainSeconds : 0;
     };
@@ -608,6 +708,8 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     const cancel = cancelTokenFor(optimizer.signal);
     try {
       for (let epoch = 0; epoch < epochs; epoch++) {
+        // Fresh dequantisation noise every epoch (the first epoch's was set with the data).
+        if (dequantizer && epoch > 0) trainer.setData({ train: dequantizer.noisy(train, trainRows, epoch), trainRows, valid, validRows });
         let lossSum = 0;
         let lossRows = 0;
         for (let batch = 0; batch < batchesPerEpoch; ) {
@@ -657,6 +759,105 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     return report;
   } finally {
     training.delete(flow);
+  }
+}
+
+/**
+ * Mean negative log-likelihood of `valid` under the full-covariance Gaussian fitted (maximum
+ * likelihood, float64) to `train`, with a ridge of 1e-9 of each variance (at least 1e-300) so a
+ * constant or collinear column cannot make it singular.
+ */
+function gaussianNll(train: Float32Array, trainRows: number, valid: Float32Array, validRows: number, dim: number): number {
+  const mean = new Float64Array(dim);
+  for (let r = 0; r < trainRows; r++) for (let i = 0; i < dim; i++) mean[i] += train[r * dim + i];
+  for (let i = 0; i < dim; i++) mean[i] /= trainRows;
+  const cov = new Float64Array(dim * dim);
+  const centred = new Float64Array(dim);
+  for (let r = 0; r < trainRows; r++) {
+    for (let i = 0; i < dim; i++) centred[i] = train[r * dim + i] - mean[i];
+    for (let i = 0; i < dim; i++) for (let j = 0; j <= i; j++) cov[i * dim + j] += centred[i] * centred[j];
+  }
+  for (let i = 0; i < dim; i++) {
+    for (let j = 0; j <= i; j++) cov[i * dim + j] /= trainRows;
+    cov[i * dim + i] += Math.max(1e-300, 1e-9 * cov[i * dim + i]);
+  }
+  // Cholesky: cov = L L^T (lower triangle in place).
+  let logDet = 0;
+  for (let j = 0; j < dim; j++) {
+    let d = cov[j * dim + j];
+    for (let k = 0; k < j; k++) d -= cov[j * dim + k] ** 2;
+    if (!(d > 0)) return NaN;
+    const l = Math.sqrt(d);
+    cov[j * dim + j] = l;
+    logDet += 2 * Math.log(l);
+    for (let i = j + 1; i < dim; i++) {
+      let v = cov[i * dim + j];
+      for (let k = 0; k < j; k++) v -= cov[i * dim + k] * cov[j * dim + k];
+      cov[i * dim + j] = v / l;
+    }
+  }
+  let sum = 0;
+  const y = new Float64Array(dim);
+  for (let r = 0; r < validRows; r++) {
+    let q = 0;
+    for (let i = 0; i < dim; i++) {
+      let v = valid[r * dim + i] - mean[i];
+      for (let k = 0; k < i; k++) v -= cov[i * dim + k] * y[k];
+      y[i] = v / cov[i * dim + i];
+      q += y[i] * y[i];
+    }
+    sum += 0.5 * q;
+  }
+  return sum / validRows + 0.5 * logDet + 0.5 * dim * Math.log(2 * Math.PI);
+}
+
+/** Per column: the mean and standard deviation of the rows (float64); a constant column gets scale 1. */
+function columnStandardization(data: Float32Array, rows: number, dim: number, notes: string[]): { loc: number[]; scale: number[] } {
+  const loc: number[] = [];
+  const scale: number[] = [];
+  for (let i = 0; i < dim; i++) {
+    let sum = 0;
+    for (let r = 0; r < rows; r++) sum += data[r * dim + i];
+    const mean = sum / rows;
+    let squares = 0;
+    for (let r = 0; r < rows; r++) squares += (data[r * dim + i] - mean) ** 2;
+    const sd = Math.sqrt(squares / Math.max(1, rows - 1));
+    // float32 resolves about 6e-8 of a value: a spread below that is no spread at all.
+    const constant = !(sd > 1e-6 * Math.max(1e-30, Math.abs(mean))) || !Number.isFinite(Math.fround(1 / sd));
+    if (constant) notes.push(`standardize: column ${i} is constant (${Math.fround(mean)}) in the training rows: its scale is 1`);
+    loc.push(Math.fround(mean));
+    scale.push(constant ? 1 : Math.fround(sd));
+  }
+  return { loc, scale };
+}
+
+function checkDequantize(name: string, value: unknown, dim: number): number[] {
+  const widths = typeof value === 'number' ? new Array<number>(dim).fill(value) : value;
+  if (!Array.isArray(widths) || widths.length !== dim) throw invalidType(name, `a width >= 0, or an array of ${dim} of them (one per column)`, value);
+  return widths.map((w: unknown, i) => checkNumber(typeof value === 'number' ? name : `${name}[${i}]`, w, 'a finite width >= 0', (v) => v >= 0 && Number.isFinite(v)));
+}
+
+/** Uniform dequantisation noise, reproducible from (seed, epoch); epoch -1 is the validation rows'. */
+class Dequantizer {
+  constructor(
+    private readonly widths: number[],
+    private readonly seed: number,
+  ) {}
+
+  noisy(data: Float32Array, rows: number, epoch: number): Float32Array {
+    const dim = this.widths.length;
+    const [lo, hi] = seedWords(this.seed);
+    let state = (lo ^ Math.imul(hi, 0x9e3779b1) ^ Math.imul(epoch + 2, 0x85ebca6b)) >>> 0 || 1;
+    const out = new Float32Array(rows * dim);
+    for (let k = 0; k < rows * dim; k++) {
+      state ^= state << 13;
+      state >>>= 0;
+      state ^= state >>> 17;
+      state ^= state << 5;
+      state >>>= 0;
+      out[k] = data[k] + (state / 0x100000000 - 0.5) * this.widths[k % dim];
+    }
+    return out;
   }
 }
 
@@ -730,6 +931,12 @@ interface ReverseDefaults {
   anneal: number;
 }
 
+/** How far (nats/point) a fit's kept validation NLL may trail the Gaussian's before fit calls it failed. */
+const GAUSSIAN_MARGIN = 0.1;
+
+/** Gradient clipping for reverse KL and distillation unless the caller says otherwise. */
+const REVERSE_CLIP_GRAD_NORM = 5;
+
 function checkReverseOptions(
   where: string,
   options: unknown,
@@ -750,7 +957,7 @@ function checkReverseOptions(
   const stl = opts.stickingTheLanding ?? false;
   if (typeof stl !== 'boolean') throw invalidType('options.stickingTheLanding', 'a boolean', stl);
   const ema = checkNumber('options.ema', opts.ema ?? defaults.ema, 'a number in [0, 1)', (v) => v >= 0 && v < 1);
-  const optimizer = checkOptimizer('options', opts);
+  const optimizer = checkOptimizer('options', opts, REVERSE_CLIP_GRAD_NORM);
   return {
     opts,
     stickingTheLanding: stl,

@@ -12,13 +12,19 @@ import {
   createIAF,
   createMAF,
   getThreads,
+  affine,
   iaf,
+  loadFlow,
   maf,
   permute,
   reverse,
+  saveFlow,
   setThreads,
   standardNormal,
 } from '../src/index';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { native } from '../src/native';
 import { RefConfig, numericalLogDetJacobian, randomParams, refForward, refInverse, refLogProb } from './reference';
 
@@ -85,6 +91,11 @@ function cases(): Case[] {
       ],
     });
   }
+  out.push({
+    name: 'affine layers (trainable and fixed, scales of both signs) at both ends and between d5',
+    dim: 5,
+    layers: [affine({ trainable: true }), iaf({ hidden: [12] }), affine(), reverse(), maf({ hidden: [10] }), affine()],
+  });
   out.push({
     name: 'random orders and odd hidden degrees d5',
     dim: 5,
@@ -330,6 +341,56 @@ describe('parameters', () => {
     expect(config.layers[1]).toEqual({ type: 'permutation', permutation: [2, 0, 1] });
     expect(config.layers[2]).toMatchObject({ type: 'maf', inputDegrees: [3, 2, 1], hidden: [64, 64] });
     expect(Object.isFrozen(config.layers[0])).toBe(true);
+  });
+});
+
+describe('affine layers', () => {
+  test('affine({ loc, scale }) at the data end maps samples to loc + scale * x and counts the Jacobian in logProb', () => {
+    const layers = () => [iaf({ hidden: [8] }), reverse(), maf({ hidden: [8] })];
+    const inner = createFlow({ dim: 3, seed: 4, layers: layers() });
+    const loc = [1017, -90, 0.5];
+    const scale = [7.5, -14.5, 0.01];
+    const outer = createFlow({ dim: 3, seed: 4, layers: [...layers(), affine({ loc, scale })] });
+    expect(outer.parameterShapes()['layers.3.loc']).toEqual([3]);
+    expect(Array.from(outer.getParameters()['layers.3.scale'])).toEqual(scale.map(Math.fround));
+    const y = inner.sampleSync(50, { seed: 9 });
+    const x = outer.sampleSync(50, { seed: 9 });
+    for (let i = 0; i < x.length; i++) expect(x[i]).toBeCloseTo(loc[i % 3] + scale[i % 3] * y[i], 2);
+    const logJacobian = scale.reduce((sum, s) => sum + Math.log(Math.abs(s)), 0);
+    const inner64 = inner.logProbSync(y);
+    const outer64 = outer.logProbSync(x);
+    for (let r = 0; r < 50; r++) expect(outer64[r]).toBeCloseTo(inner64[r] - logJacobian, 2);
+    // sampleWithLogProb agrees with scoring its own samples.
+    const both = outer.sampleWithLogProbSync(50, { seed: 9 });
+    for (let r = 0; r < 50; r++) expect(both.logProb[r]).toBeCloseTo(outer64[r], 2);
+  });
+
+  test('bad loc and scale are refused with the expected form named', () => {
+    expect(() => affine({ scale: 0 })).toThrow(/Expected a finite nonzero number \(in float32\) for affine\(\).scale but received 0/);
+    expect(() => affine({ loc: [1, NaN] })).toThrow(/affine\(\).loc\[1\]/);
+    expect(() => affine({ scale: '2' } as never)).toThrow(/Expected a finite nonzero number.* for affine\(\).scale but received the string "2"/);
+    expect(() => affine({ trainable: 1 } as never)).toThrow(/Expected true or false for affine\(\).trainable/);
+    expect(() => affine({ shift: 1 } as never)).toThrow(/Unknown option "shift" in affine\(\) options/);
+    expect(() => createFlow({ dim: 3, layers: [affine({ loc: [1, 2] })] })).toThrow(/Expected 3 \(the flow's dim\) or one number for layers\[0\].loc.length but received 2/);
+    const flow = createFlow({ dim: 2, seed: 1, layers: [iaf({ hidden: [4] }), affine()] });
+    expect(() => flow.setParameters({ 'layers.1.scale': [1, 0] })).toThrow(/Expected a finite nonzero scale for parameters\["layers.1.scale"\]\[1\] but received 0/);
+    expect(flow.config.layers[1]).toEqual({ type: 'affine', trainable: false });
+  });
+
+  test('saved and loaded like every layer', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'iaflow-affine-'));
+    try {
+      const flow = createFlow({ dim: 2, seed: 2, layers: [affine({ loc: [1, 2], scale: [3, -4], trainable: true }), maf({ hidden: [6] }), affine({ loc: 5, scale: 0.5 })] });
+      const file = join(dir, 'affine.safetensors');
+      await saveFlow(flow, file);
+      const loaded = await loadFlow(file);
+      expect(loaded.config).toEqual(flow.config);
+      expect(loaded.getParameters()).toEqual(flow.getParameters());
+      const x = flow.sampleSync(20, { seed: 1 });
+      expect(Array.from(loaded.logProbSync(x))).toEqual(Array.from(flow.logProbSync(x)));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

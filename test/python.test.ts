@@ -4,7 +4,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createFlow, iaf, maf, permute, reverse, saveFlow } from '../src/index';
+import { affine, createFlow, iaf, maf, permute, reverse, saveFlow } from '../src/index';
 
 function pythonWithNumpy(): boolean {
   const probe = spawnSync('python3', ['-c', 'import numpy'], { encoding: 'utf8' });
@@ -35,6 +35,7 @@ if (!available) {
         maf({ hidden: [12, 12, 12], residual: true, scale: 'exp', order: [2, 0, 3, 1] }),
         reverse(),
         maf({ hidden: [10], activation: 'elu' }),
+        affine({ loc: [10, -20, 0.5, 3], scale: [2, -0.5, 8, 1.5] }),
       ],
     });
     // Far from the initialisation, so every term of the density matters.

@@ -38,7 +38,13 @@ export interface RefPermutation {
   permutation: number[];
 }
 
-export type RefLayer = RefMadeLayer | RefPermutation;
+/** b_i = loc_i + scale_i a_i, tensors `layers.{k}.loc` and `layers.{k}.scale` (length D). */
+export interface RefAffine {
+  type: 'affine';
+  trainable?: boolean;
+}
+
+export type RefLayer = RefMadeLayer | RefPermutation | RefAffine;
 
 export interface RefConfig {
   dim: number;
@@ -337,6 +343,7 @@ function checkConfig(cfg: RefConfig): void {
   const D = cfg.dim;
   if (!Number.isInteger(D) || D < 1) throw new Error(`reference: bad dim ${D}`);
   cfg.layers.forEach((layer, k) => {
+    if (layer.type === 'affine') return;
     if (layer.type === 'permutation') {
       const sorted = [...layer.permutation].sort((p, q) => p - q);
       if (sorted.length !== D || sorted.some((value, index) => value !== index)) {
@@ -369,6 +376,19 @@ function permuteInverse(permutation: number[], b: Float64Array, n: number): Floa
   return a;
 }
 
+/** Affine layer k: toward the data b = loc + scale a, else a = (b - loc) / scale; log-det of that direction. */
+function affineStep(params: RefParams, k: number, v: Float64Array, n: number, D: number, toData: boolean): { out: Float64Array; logDet: Float64Array } {
+  const loc = getTensor(params, `layers.${k}.loc`, D);
+  const scale = getTensor(params, `layers.${k}.scale`, D);
+  let sumLog = 0;
+  for (let i = 0; i < D; i++) sumLog += Math.log(Math.abs(scale[i]));
+  const out = new Float64Array(n * D);
+  for (let r = 0; r < n; r++) {
+    for (let i = 0; i < D; i++) out[r * D + i] = toData ? loc[i] + scale[i] * v[r * D + i] : (v[r * D + i] - loc[i]) / scale[i];
+  }
+  return { out, logDet: new Float64Array(n).fill(toData ? sumLog : -sumLog) };
+}
+
 function addInto(total: Float64Array, part: Float64Array): void {
   for (let r = 0; r < total.length; r++) total[r] += part[r];
 }
@@ -386,6 +406,12 @@ export function refForward(cfg: RefConfig, params: RefParams, z: ArrayLike<numbe
   cfg.layers.forEach((layer, k) => {
     if (layer.type === 'permutation') {
       value = permuteForward(layer.permutation, value, n);
+      return;
+    }
+    if (layer.type === 'affine') {
+      const step = affineStep(params, k, value, n, cfg.dim, true);
+      value = step.out;
+      addInto(logDet, step.logDet);
       return;
     }
     const step =
@@ -411,6 +437,12 @@ export function refInverse(cfg: RefConfig, params: RefParams, x: ArrayLike<numbe
     const layer = cfg.layers[k];
     if (layer.type === 'permutation') {
       value = permuteInverse(layer.permutation, value, n);
+      continue;
+    }
+    if (layer.type === 'affine') {
+      const step = affineStep(params, k, value, n, cfg.dim, false);
+      value = step.out;
+      addInto(logDet, step.logDet);
       continue;
     }
     const step =
@@ -543,6 +575,12 @@ export function randomParams(cfg: RefConfig, seed: number, scale = 0.5): Record<
 
   cfg.layers.forEach((layer, k) => {
     if (layer.type === 'permutation') return;
+    if (layer.type === 'affine') {
+      // Scales of both signs, far from 1, so a sign or direction mistake shows.
+      params[`layers.${k}.loc`] = biasVector(cfg.dim);
+      params[`layers.${k}.scale`] = Float64Array.from({ length: cfg.dim }, (_, i) => (i % 2 === 0 ? 1 : -1) * Math.exp(0.8 * normal()));
+      return;
+    }
     let inSize = cfg.dim;
     layer.hidden.forEach((width, l) => {
       params[`layers.${k}.hidden.${l}.weight`] = weightMatrix(width, inSize, HIDDEN_GAIN);

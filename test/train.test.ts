@@ -2,6 +2,7 @@
 // differences, the optimizer by hand, and the behaviour of fit / fitReverseKL / distill (early
 // stopping, abort, skipped non-finite steps, reproducibility, refusals).
 import {
+  affine,
   Activation,
   Flow,
   LayerDescriptor,
@@ -13,6 +14,7 @@ import {
   distill,
   fit,
   fitReverseKL,
+  fitSchedule,
   getThreads,
   iaf,
   maf,
@@ -76,11 +78,24 @@ function uniformRows(n: number, dim: number, seed: number): Float32Array {
   });
 }
 
-/** Central differences of f wrt every entry of every parameter (float64). */
-function finiteDifferences(params: Record<string, Float64Array>, f: () => number, h = 1e-6): Record<string, Float64Array> {
+/** The tensors of the flow's fixed affine layers: training leaves them alone (gradient exactly 0). */
+function fixedTensors(flow: Flow): Set<string> {
+  const names = new Set<string>();
+  flow.config.layers.forEach((layer, k) => {
+    if (layer.type === 'affine' && !layer.trainable) names.add(`layers.${k}.loc`).add(`layers.${k}.scale`);
+  });
+  return names;
+}
+
+/** Central differences of f wrt every entry of every parameter (float64); 0 for `fixed` tensors. */
+function finiteDifferences(params: Record<string, Float64Array>, f: () => number, h = 1e-6, fixed = new Set<string>()): Record<string, Float64Array> {
   const out: Record<string, Float64Array> = {};
   for (const [name, values] of Object.entries(params)) {
     const g = new Float64Array(values.length);
+    if (fixed.has(name)) {
+      out[name] = g;
+      continue;
+    }
     for (let i = 0; i < values.length; i++) {
       const original = values[i];
       values[i] = original + h;
@@ -173,6 +188,17 @@ function mixedCases(): Case[] {
       layers: [maf({ hidden: [6, 6, 6], residual: true, activation: 'tanh' }), reverse(), iaf({ hidden: [5, 5, 5, 5, 5], residual: true, activation: 'elu', scale: 'exp' })],
     },
     {
+      name: 'affine layers, trainable (scales of both signs) and fixed, around maf + iaf',
+      dim: 3,
+      layers: [
+        affine({ loc: [0.3, -0.2, 0.1], scale: [1.5, -0.7, 2], trainable: true }),
+        maf({ hidden: [6], activation: 'tanh' }),
+        reverse(),
+        iaf({ hidden: [5], scale: 'exp' }),
+        affine({ loc: [1, -3, 0.5], scale: [0.5, 4, -2] }),
+      ],
+    },
+    {
       name: 'residual d5 iaf + maf, random order',
       dim: 5,
       layers: [iaf({ hidden: [9, 9, 9], residual: true, order: [2, 4, 0, 3, 1], scale: 'gated' }), permute({ seed: 2 }), maf({ hidden: [7, 7, 7], residual: true, activation: 'relu' })],
@@ -214,7 +240,7 @@ describe('maximum-likelihood gradient against finite differences of the oracle, 
     const n = 6;
     const x = uniformRows(n, c.dim, 7);
     const want = meanNll(cfg, params, x, n); // large where random IAF layers are inverted: float32 rounding is relative
-    const expected = finiteDifferences(params, () => meanNll(cfg, params, x, n));
+    const expected = finiteDifferences(params, () => meanNll(cfg, params, x, n), 1e-6, fixedTensors(flow));
     await forEachIsa(() => {
       const { loss, grads } = internals.likelihoodGradient(flow, x);
       expect(Math.abs(loss - want)).toBeLessThan(5e-4 + 2e-6 * Math.abs(want));
@@ -342,7 +368,7 @@ describe('reverse-KL gradient against finite differences of a float64 re-impleme
       return sum / n;
     };
     const want = loss64();
-    const expected = finiteDifferences(params, loss64);
+    const expected = finiteDifferences(params, loss64, 1e-6, fixedTensors(flow));
     await forEachIsa(async () => {
       const { loss, grads } = await internals.reverseKLGradient(flow, z, target);
       expect(Math.abs(loss - want)).toBeLessThan(1e-3 * (1 + Math.abs(want)));
@@ -369,7 +395,7 @@ describe('sticking-the-landing gradient against finite differences (log q with t
       for (let r = 0; r < n; r++) sum += logq[r] - logDensity64(x, r * c.dim);
       return sum / n;
     };
-    const expected = finiteDifferences(params, loss64);
+    const expected = finiteDifferences(params, loss64, 1e-6, fixedTensors(flow));
     await forEachIsa(async () => {
       const { grads } = await internals.reverseKLGradient(flow, z, target, {}, true);
       expectGradientsClose(grads, expected, 3e-4, 3e-3);
@@ -710,6 +736,112 @@ describe('fit', () => {
     await expect(fit(flow, data, { epochs: 1 })).rejects.toThrow(/already being trained/);
     await first;
     await expect(fit(flow, data, { epochs: 1 })).resolves.toBeDefined();
+  });
+});
+
+describe('fit on raw data: standardisation, dequantisation, the schedule', () => {
+  /** Rows around 1017 (sd 7) and -90 (sd 14.5), correlated: a weather or map column's scale. */
+  function rawRows(n: number, seed: number): Float32Array {
+    const z = standardNormal(n, 2, { seed });
+    const out = new Float32Array(2 * n);
+    for (let r = 0; r < n; r++) {
+      out[2 * r] = 1017 + 7 * z[2 * r];
+      out[2 * r + 1] = -90 + 14.5 * (0.6 * z[2 * r] + 0.8 * z[2 * r + 1]);
+    }
+    return out;
+  }
+
+  test('standardize adds a fixed affine layer (mean, sd) at the data end; training matches training on hand-standardised rows', async () => {
+    const n = 600;
+    const raw = rawRows(n, 3);
+    const make = () => createMAF({ dim: 2, layers: 2, hidden: [16, 16], seed: 7 });
+    const flow = make();
+    const report = await fit(flow, raw, { epochs: 3, batchSize: 100, seed: 2, standardize: true });
+    expect(flow.config.layers).toHaveLength(4);
+    expect(flow.config.layers[3]).toEqual({ type: 'affine', trainable: false });
+    const mean = [0, 1].map((i) => raw.filter((_, k) => k % 2 === i).reduce((a, b) => a + b, 0) / n);
+    const sd = [0, 1].map((i) => Math.sqrt(raw.filter((_, k) => k % 2 === i).reduce((a, b) => a + (b - mean[i]) ** 2, 0) / (n - 1)));
+    expect(report.standardization!.loc[0]).toBeCloseTo(mean[0], 2);
+    expect(report.standardization!.scale[1]).toBeCloseTo(sd[1], 3);
+    expect(Array.from(flow.getParameters()['layers.3.scale'])).toEqual(report.standardization!.scale);
+
+    const byHand = make();
+    const standardised = raw.map((v, k) => (v - report.standardization!.loc[k % 2]) / report.standardization!.scale[k % 2]);
+    await fit(byHand, standardised, { epochs: 3, batchSize: 100, seed: 2 });
+    const logJacobian = Math.log(report.standardization!.scale[0]) + Math.log(report.standardization!.scale[1]);
+    const lpRaw = flow.logProbSync(raw.subarray(0, 40));
+    const lpStd = byHand.logProbSync(standardised.subarray(0, 40));
+    for (let r = 0; r < 20; r++) expect(lpRaw[r]).toBeCloseTo(lpStd[r] - logJacobian, 2);
+    // Samples come out in raw units.
+    const x = flow.sampleSync(4000, { seed: 1 });
+    const sampleMean = x.filter((_, k) => k % 2 === 0).reduce((a, b) => a + b, 0) / 4000;
+    expect(Math.abs(sampleMean - 1017)).toBeLessThan(2);
+    // A second fit keeps the layer (and says so) instead of stacking another.
+    const again = await fit(flow, raw, { epochs: 1, batchSize: 100, seed: 2, standardize: true });
+    expect(flow.config.layers).toHaveLength(4);
+    expect(again.standardization).toBeNull();
+    expect(again.notes.join()).toMatch(/already ends in an affine layer/);
+  });
+
+  test('a constant column gets scale 1 and a note; a batch larger than the rows uses the rows and says so', async () => {
+    const raw = rawRows(300, 5);
+    for (let r = 0; r < 300; r++) raw[2 * r + 1] = 42;
+    const flow = createMAF({ dim: 2, layers: 1, hidden: [8], seed: 1 });
+    const report = await fit(flow, raw, { epochs: 2, batchSize: 512, seed: 1, standardize: true });
+    expect(report.standardization!.scale[1]).toBe(1);
+    expect(report.standardization!.loc[1]).toBe(42);
+    expect(report.notes.join('\n')).toMatch(/column 1 is constant \(42\) in the training rows: its scale is 1/);
+    expect(report.notes.join('\n')).toMatch(/batchSize 512 is larger than the 300 training rows: each step uses all 300 rows/);
+    expect(report.batchSize).toBe(300);
+    expect(report.steps).toBe(2);
+  });
+
+  test('a fit that ends worse than a full-covariance Gaussian says it failed; a good one does not', async () => {
+    const raw = rawRows(800, 6);
+    // Raw units (1017, -90) and one epoch: nowhere near the data.
+    const bad = await fit(createMAF({ dim: 2, layers: 2, hidden: [16, 16], seed: 1 }), raw, { epochs: 1, seed: 1, validationFraction: 0.2 });
+    // The Gaussian's NLL of this data: 0.5 log det(2 pi e cov) ~ log(2 pi e) + log(7 * 14.5 * 0.8).
+    expect(bad.gaussianValidLoss!).toBeCloseTo(Math.log(2 * Math.PI * Math.E) + Math.log(7 * 14.5 * 0.8), 0);
+    expect(bad.warnings.join('\n')).toMatch(/fit failed: the kept weights' validation NLL \(.*\) is worse than a full-covariance Gaussian's on the same rows \(.*\); try standardize: true/);
+    const good = await fit(createMAF({ dim: 2, layers: 2, hidden: [16, 16], seed: 1 }), raw, { epochs: 20, seed: 1, validationFraction: 0.2, standardize: true });
+    expect(good.warnings).toEqual([]);
+    expect(good.validLoss[good.bestEpoch!]).toBeLessThan(good.gaussianValidLoss! + 0.1);
+    expect(good.gaussianValidLoss).toBe(bad.gaussianValidLoss);
+  });
+
+  test('the default schedule depends on the rows: never one step per epoch on small data', async () => {
+    expect(fitSchedule(313)).toEqual({ batchSize: 16, epochs: 500, patience: 75 });
+    expect(fitSchedule(10_000)).toEqual({ batchSize: 512, epochs: 500, patience: 75 });
+    expect(fitSchedule(1_000_000)).toEqual({ batchSize: 512, epochs: 10, patience: 5 });
+    const flow = createMAF({ dim: 2, layers: 1, hidden: [8], seed: 1 });
+    const report = await fit(flow, rawRows(313, 2), { epochs: 1, seed: 1, standardize: true });
+    expect(report.batchSize).toBe(16);
+    expect(report.steps).toBe(20);
+  });
+
+  test('dequantize spreads grid data over its cells: the density between grid points is not far below the density on them', async () => {
+    // Integers 0..3 in one column, a continuous second column.
+    const n = 2000;
+    const z = standardNormal(n, 2, { seed: 4 });
+    const data = new Float32Array(2 * n);
+    for (let r = 0; r < n; r++) {
+      data[2 * r] = Math.min(3, Math.floor(Math.abs(z[2 * r]) * 2));
+      data[2 * r + 1] = z[2 * r + 1];
+    }
+    const logDensityOnAndOff = async (dequantize: number[] | undefined) => {
+      const flow = createMAF({ dim: 2, layers: 3, hidden: [32, 32], seed: 2 });
+      await fit(flow, data, { epochs: 40, batchSize: 100, learningRate: 3e-3, seed: 3, dequantize });
+      const on = flow.logProbSync(new Float32Array([1, 0]))[0];
+      const off = flow.logProbSync(new Float32Array([1.5, 0]))[0];
+      return on - off;
+    };
+    const spiky = await logDensityOnAndOff(undefined);
+    const smooth = await logDensityOnAndOff([1, 0]);
+    expect(spiky).toBeGreaterThan(1); // density piles up on the grid
+    expect(Math.abs(smooth)).toBeLessThan(1); // spread over the cell
+    expect(() => fit(createMAF({ dim: 2, layers: 1, seed: 1 }), data, { dequantize: -1 })).rejects.toThrow(/Expected a finite width >= 0 for options.dequantize but received -1/);
+    await expect(fit(createMAF({ dim: 2, layers: 1, seed: 1 }), data, { dequantize: [1] })).rejects.toThrow(/Expected a width >= 0, or an array of 2 of them \(one per column\) for options.dequantize/);
+    await expect(fit(createMAF({ dim: 2, layers: 1, seed: 1 }), data, { standardize: 'yes' } as never)).rejects.toThrow(/Expected true or false for options.standardize/);
   });
 });
 

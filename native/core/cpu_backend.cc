@@ -310,6 +310,22 @@ void runPermutation(const std::vector<int>& perm, Scratch& s, int rows, int dim,
     }
 }
 
+// b = loc + scale * a toward the data, a = (b - loc) / scale toward the latent; the log-det of
+// that direction's output by its input.
+void runAffine(const AffinePlan& affine, Scratch& s, int rows, int dim, Direction direction) {
+  const float* loc = affine.loc.data();
+  const float* scale = affine.scale.data();
+  const bool toData = direction == Direction::ToData;
+  for (int r = 0; r < rows; ++r) {
+    float* v = s.point.data() + static_cast<size_t>(r) * dim;
+    if (toData)
+      for (int i = 0; i < dim; ++i) v[i] = loc[i] + scale[i] * v[i];
+    else
+      for (int i = 0; i < dim; ++i) v[i] = (v[i] - loc[i]) / scale[i];
+    s.logDet[r] += toData ? affine.logAbsScaleSum : -affine.logAbsScaleSum;
+  }
+}
+
 // The vector kernels draw the same values as flow_math.h's standardNormals4 on every instruction set.
 void fillNormalRows(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out) {
   activeKernels().normals(seed, firstRow, rows, dim, out);
@@ -342,6 +358,10 @@ void runTile(const KernelTable& K, bool reference, const FlowPlan& plan, const R
     const LayerPlan& layer = plan.layers[toData ? step : count - 1 - step];
     if (layer.kind == LayerKind::Permutation) {
       runPermutation(layer.permutation, s, rows, dim, req.direction);
+      continue;
+    }
+    if (layer.kind == LayerKind::Affine) {
+      runAffine(layer.affine, s, rows, dim, req.direction);
       continue;
     }
     // The parallel pass runs when we travel the way the layer's parallel direction points.

@@ -1,6 +1,7 @@
 #include "plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -142,6 +143,19 @@ std::shared_ptr<const FlowPlan> buildPlan(const FlowSpec& spec) {
     if (layer.kind == LayerKind::Permutation) {
       require(isPermutation(layer.permutation, 0, spec.dim), name + ".permutation must be a permutation of 0..dim-1");
       lp.permutation = layer.permutation;
+    } else if (layer.kind == LayerKind::Affine) {
+      require(layer.affineLoc.size() == static_cast<size_t>(spec.dim) && layer.affineScale.size() == static_cast<size_t>(spec.dim),
+              name + " needs dim entries of loc and of scale");
+      double sum = 0.0;
+      for (int i = 0; i < spec.dim; ++i) {
+        require(std::isfinite(layer.affineLoc[i]), name + ".loc must be finite");
+        require(std::isfinite(layer.affineScale[i]) && layer.affineScale[i] != 0.0f, name + ".scale must be finite and nonzero");
+        sum += std::log(std::fabs(static_cast<double>(layer.affineScale[i])));
+      }
+      lp.affine.loc = layer.affineLoc;
+      lp.affine.scale = layer.affineScale;
+      lp.affine.logAbsScaleSum = static_cast<float>(sum);
+      lp.affine.trainable = layer.trainable;
     } else {
       require(layer.kind == LayerKind::IAF || layer.kind == LayerKind::MAF, name + " has an unknown kind");
       lp.made = buildMade(layer, spec.dim, name);

@@ -11,7 +11,7 @@
 
 namespace iaflow {
 
-enum class LayerKind : int { IAF = 0, MAF = 1, Permutation = 2 };
+enum class LayerKind : int { IAF = 0, MAF = 1, Permutation = 2, Affine = 3 };
 
 // One dense [out, in] matrix (row-major, PyTorch's Linear layout) with its bias.
 struct DenseLinear {
@@ -37,6 +37,10 @@ struct LayerSpec {
   DenseLinear rawScale;                        // [dim, h_last]
   // permutation layers: data-side b[i] = latent-side a[permutation[i]]
   std::vector<int> permutation;
+  // elementwise affine layers: data-side b[i] = loc[i] + scale[i] * a[i] (scale finite, nonzero);
+  // trainable ones are optimised by training (through log|scale|, so the sign stays), fixed ones not.
+  std::vector<float> affineLoc, affineScale;
+  bool trainable = false;
 };
 
 struct FlowSpec {
@@ -73,10 +77,18 @@ struct MadePlan {
   std::vector<std::vector<int>> unitsUpToDegree;
 };
 
+// An elementwise affine layer, b = loc + scale * a: log|det db/da| = sum_i log|scale[i]|.
+struct AffinePlan {
+  std::vector<float> loc, scale;
+  float logAbsScaleSum = 0.0f;
+  bool trainable = false;
+};
+
 struct LayerPlan {
   LayerKind kind = LayerKind::IAF;
   MadePlan made;
   std::vector<int> permutation;
+  AffinePlan affine;
 };
 
 struct FlowPlan {

@@ -79,6 +79,30 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
       net.layers.push_back(std::move(layer));
       continue;
     }
+    if (lp.kind == LayerKind::Affine) {
+      TAffine& a = layer.affine;
+      a.trainable = lp.affine.trainable;
+      std::vector<float> logScale(net.dim);
+      a.sign.resize(net.dim);
+      for (int i = 0; i < net.dim; ++i) {
+        logScale[i] = std::log(std::fabs(lp.affine.scale[i]));
+        a.sign[i] = lp.affine.scale[i] < 0.0f ? -1.0f : 1.0f;
+      }
+      if (a.trainable) {
+        a.loc = net.params.size();
+        net.params.insert(net.params.end(), lp.affine.loc.begin(), lp.affine.loc.end());
+        a.logScale = net.params.size();
+        net.params.insert(net.params.end(), logScale.begin(), logScale.end());
+      } else {
+        a.fixedLoc = lp.affine.loc;
+        a.fixedLogScale = logScale;
+        a.fixedScale = lp.affine.scale;
+      }
+      a.cacheInput = net.cachePerRow;
+      net.cachePerRow += net.dimStride;
+      net.layers.push_back(std::move(layer));
+      continue;
+    }
     TMade& m = layer.made;
     m.activation = lp.made.activation;
     m.scale = lp.made.scale;
@@ -104,7 +128,7 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
     net.layers.push_back(std::move(layer));
   }
   for (TLayer& layer : net.layers) {
-    if (layer.kind == LayerKind::Permutation) continue;
+    if (layer.kind != LayerKind::IAF && layer.kind != LayerKind::MAF) continue;
     for (const TLinear& L : layer.made.hidden) net.linears.push_back(&L);
     net.linears.push_back(&layer.made.output);
   }
@@ -184,13 +208,36 @@ uint64_t splitmix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-void exportFlat(const Net& net, const float* flat, const std::vector<DenseMadeView>& views) {
+// Writes `flat` (parameters, or with `paramsOfGradient` the gradient at those parameters) to the
+// dense views. An affine layer's gradient by scale is the one by log|scale| over scale; a fixed
+// layer's is zero.
+void exportFlat(const Net& net, const float* flat, const std::vector<DenseMadeView>& views,
+                const float* paramsOfGradient = nullptr) {
   if (views.size() != net.layers.size()) throw std::invalid_argument("export needs one view per layer");
   for (size_t k = 0; k < net.layers.size(); ++k) {
     const TLayer& layer = net.layers[k];
+    const DenseMadeView& v = views[k];
+    if (layer.kind == LayerKind::Affine) {
+      const TAffine& a = layer.affine;
+      if (!v.loc || !v.scale) throw std::invalid_argument("export view of an affine layer needs loc and scale");
+      if (paramsOfGradient) {
+        const float* logScale = a.logScaleOf(paramsOfGradient);
+        for (int i = 0; i < net.dim; ++i) {
+          v.loc[i] = a.trainable ? flat[a.loc + i] : 0.0f;
+          v.scale[i] = a.trainable ? flat[a.logScale + i] / (a.sign[i] * std::exp(logScale[i])) : 0.0f;
+        }
+        continue;
+      }
+      const float* loc = a.locOf(flat);
+      const float* logScale = a.logScaleOf(flat);
+      for (int i = 0; i < net.dim; ++i) {
+        v.loc[i] = loc[i];
+        v.scale[i] = a.trainable ? a.sign[i] * std::exp(logScale[i]) : a.fixedScale[i];
+      }
+      continue;
+    }
     if (layer.kind == LayerKind::Permutation) continue;
     const TMade& m = layer.made;
-    const DenseMadeView& v = views[k];
     if (v.hiddenWeight.size() != m.hidden.size() || v.hiddenBias.size() != m.hidden.size())
       throw std::invalid_argument("export view has the wrong number of hidden layers");
     for (size_t l = 0; l < m.hidden.size(); ++l) {
@@ -693,7 +740,7 @@ void Trainer::parametersTo(const std::vector<DenseMadeView>& views) const {
 
 void Trainer::gradientTo(const std::vector<DenseMadeView>& views) const {
   if (impl_->slots.empty()) throw std::logic_error("no gradient has been computed");
-  exportFlat(impl_->net, impl_->slots[0].data(), views);
+  exportFlat(impl_->net, impl_->slots[0].data(), views, impl_->net.params.data());
 }
 
 void Trainer::saveBest() { impl_->best = impl_->averaging() ? impl_->shadow : impl_->net.params; }

@@ -42,7 +42,7 @@ struct OptimizerOptions {
   double ema = 0.0;
 };
 
-// Where one MADE layer's dense tensors live (PyTorch layout, as in the model
+// Where one MADE (or affine) layer's dense tensors live (PyTorch layout, as in the model
 // file); export writes only the entries the MADE mask keeps.
 struct DenseMadeView {
   std::vector<float*> hiddenWeight;
@@ -51,6 +51,9 @@ struct DenseMadeView {
   float* shiftBias = nullptr;
   float* scaleWeight = nullptr;
   float* scaleBias = nullptr;
+  // an affine layer's (dim each)
+  float* loc = nullptr;
+  float* scale = nullptr;
 };
 
 struct StepStats {

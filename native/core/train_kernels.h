@@ -661,6 +661,64 @@ bool sequentialAlong(const TLayer& layer, Direction pass) {
   return (pass == Direction::ToData) != (layer.kind == LayerKind::IAF);
 }
 
+// An affine layer along the pass: b = loc + s * a toward the data (s = sign * exp(logScale)),
+// a = (b - loc) / s toward the latent. Its input goes to the cache for the backward pass.
+void affineForward(const Net& net, const TAffine& a, Workspace& ws, int rows, Direction pass) {
+  const int dim = net.dim, ds = net.dimStride;
+  const float* P = net.params.data();
+  const float* loc = a.locOf(P);
+  const float* logScale = a.logScaleOf(P);
+  float* in = ws.cache.data() + kTile * a.cacheInput;
+  float logDet = 0.0f;
+  for (int i = 0; i < dim; ++i) logDet += logScale[i];
+  const bool toData = pass == Direction::ToData;
+  for (int r = 0; r < rows; ++r) {
+    float* v = ws.points.data() + static_cast<size_t>(r) * dim;
+    for (int i = 0; i < dim; ++i) {
+      in[r * ds + i] = v[i];
+      const float s = a.sign[i] * std::exp(logScale[i]);
+      v[i] = toData ? loc[i] + s * v[i] : (v[i] - loc[i]) / s;
+    }
+    ws.logDet[r] += toData ? logDet : -logDet;
+  }
+}
+
+// Its backward: ws.gpoints = dL/d(output) in, dL/d(input) out; adds dL/dloc and dL/dlogScale to
+// G for a trainable layer (each row's log-det, +-sum logScale, has gradient gld).
+void affineBackward(const Net& net, const TAffine& a, Workspace& ws, int rows, float gld, float* G, Direction pass) {
+  const int dim = net.dim, ds = net.dimStride;
+  const float* P = net.params.data();
+  const float* loc = a.locOf(P);
+  const float* logScale = a.logScaleOf(P);
+  const float* in = ws.cache.data() + kTile * a.cacheInput;
+  const bool toData = pass == Direction::ToData;
+  const bool grad = G && a.trainable;
+  for (int i = 0; i < dim; ++i) {
+    const float s = a.sign[i] * std::exp(logScale[i]);
+    float gLoc = 0.0f, gLogScale = 0.0f;
+    for (int r = 0; r < rows; ++r) {
+      const float g = ws.gpoints[static_cast<size_t>(r) * dim + i];
+      const float x = in[r * ds + i];
+      if (toData) {
+        // b = loc + s a: db/dloc = 1, db/dlogScale = s a, log-det + logScale
+        gLoc += g;
+        gLogScale += g * s * x + gld;
+        ws.gpoints[static_cast<size_t>(r) * dim + i] = g * s;
+      } else {
+        // a = (b - loc) / s: da/dloc = -1/s, da/dlogScale = -a, log-det - logScale
+        const float out = (x - loc[i]) / s;
+        gLoc -= g / s;
+        gLogScale -= g * out + gld;
+        ws.gpoints[static_cast<size_t>(r) * dim + i] = g / s;
+      }
+    }
+    if (grad) {
+      G[a.loc + i] += gLoc;
+      G[a.logScale + i] += gLogScale;
+    }
+  }
+}
+
 // ws.points (rows x dim) through every layer along the pass; ws.logDet gets the
 // sum of the layers' log-dets (of d output / d input).
 void netForward(const Net& net, Workspace& ws, int rows, Direction pass) {
@@ -668,6 +726,10 @@ void netForward(const Net& net, Workspace& ws, int rows, Direction pass) {
   std::fill_n(ws.logDet.data(), rows, 0.0f);
   for (size_t step = 0; step < net.layers.size(); ++step) {
     const TLayer& layer = net.layers[layerAt(net, pass, step)];
+    if (layer.kind == LayerKind::Affine) {
+      affineForward(net, layer.affine, ws, rows, pass);
+      continue;
+    }
     if (layer.kind != LayerKind::Permutation) {
       withKinds(layer.made, StepOp{net, layer.made, ws, rows, sequentialAlong(layer, pass)});
       continue;
@@ -686,14 +748,22 @@ void netForward(const Net& net, Workspace& ws, int rows, Direction pass) {
 // parameter gradient to G (if not null); with wantInput, ws.gpoints ends as dL/d(input).
 void netBackward(const Net& net, Workspace& ws, int rows, float gld, float* G, bool wantInput, Direction pass) {
   const int dim = net.dim;
+  // The first layer with parameters to train along the pass: below it only wantInput needs the
+  // input gradient.
   size_t firstMade = net.layers.size();
-  for (size_t step = 0; step < net.layers.size(); ++step)
-    if (net.layers[layerAt(net, pass, step)].kind != LayerKind::Permutation) {
+  for (size_t step = 0; step < net.layers.size(); ++step) {
+    const TLayer& layer = net.layers[layerAt(net, pass, step)];
+    if (layer.kind == LayerKind::IAF || layer.kind == LayerKind::MAF || (layer.kind == LayerKind::Affine && layer.affine.trainable)) {
       firstMade = step;
       break;
     }
+  }
   for (size_t step = net.layers.size(); step-- > 0;) {
     const TLayer& layer = net.layers[layerAt(net, pass, step)];
+    if (layer.kind == LayerKind::Affine) {
+      if (wantInput || step >= firstMade) affineBackward(net, layer.affine, ws, rows, gld, G, pass);
+      continue;
+    }
     if (layer.kind != LayerKind::Permutation) {
       withKinds(layer.made, StepBackwardOp{net, layer.made, ws, rows, sequentialAlong(layer, pass), gld, G,
                                            wantInput || step != firstMade});

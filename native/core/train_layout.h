@@ -47,10 +47,25 @@ struct TMade {
   std::vector<size_t> cacheStream;  // per hidden layer; used at even l only
 };
 
+// An elementwise affine layer, b = loc + sign * exp(logScale) * a. A trainable one keeps loc and
+// logScale in the flat parameters (offsets loc, logScale), so its scale never crosses zero; a
+// fixed one keeps them here, out of the optimizer's reach (weight decay included).
+struct TAffine {
+  bool trainable = false;
+  size_t loc = 0, logScale = 0;                 // trainable: offsets in the flat parameters
+  std::vector<float> fixedLoc, fixedLogScale;   // fixed: the values
+  std::vector<float> fixedScale;                // fixed: the scale as given (exported exactly)
+  std::vector<float> sign;                      // +1 or -1 per dimension
+  size_t cacheInput = 0;                        // per-row offset of the layer's input (along the pass)
+  const float* locOf(const float* params) const { return trainable ? params + loc : fixedLoc.data(); }
+  const float* logScaleOf(const float* params) const { return trainable ? params + logScale : fixedLogScale.data(); }
+};
+
 struct TLayer {
   LayerKind kind = LayerKind::IAF;
   TMade made;
   std::vector<int> permutation;
+  TAffine affine;
 };
 
 struct Net {
