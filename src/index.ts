@@ -35,3 +35,7 @@ export type {
   Target,
   TargetEvaluation,
 } from './train';
+export { evaluate, gaussianBaseline, summarizeLogLikelihoods } from './evaluate';
+export type { GaussianBaseline, GaussianBaselineOptions, LogLikelihoodSummary } from './evaluate';
+export { renderPlot, renderPlotWithLayout } from './plot';
+export type { PlotOptions, PlotPanel, PlotResult, Rect, Tick } from './plot';
