@@ -21,13 +21,13 @@ import { datasets } from './datasets';
 import { GaussianBaseline, LogLikelihoodSummary, evaluate, gaussianBaseline } from './evaluate';
 import { Flow, createIAF, createMAF, getThreads, setThreads } from './flow';
 import { encodeFlow, loadFlow, saveFlow } from './io';
-import { Activation, isMade } from './layers';
+import { Activation, DEFAULT_SOFT_CLAMP, isMade } from './layers';
 import { writeNpy } from './npy';
 import { BLUE, INK, MAX_PLOT_COLUMNS, ORANGE, Window, drawDensity, drawScatter, renderPlot } from './plot';
 import { Raster } from './png';
 import { MAX_HEADER_BYTES, decodeSafetensors, encodeSafetensors, writeFileAtomic } from './safetensors';
 import { RowFormatter, Table, inputFormat, isNumberField, outputFormat, peekCsvHeader, decodeTable, rowChunks, writeTable } from './table';
-import { distill, fit } from './train';
+import { distill, fit, fitSchedule } from './train';
 
 // ---------------------------------------------------------------------------------------
 // Input and output
@@ -918,8 +918,15 @@ by commas, semicolons or tabs (told from the first lines), one row per point, an
 header row of names (a first row with no number in it); lines starting with # are skipped.
 Rows with an empty, NA or non-numeric cell are skipped and counted (--strict refuses them).
 The header's names are saved in the model file: sample writes them as its CSV header, and
-eval, logprob and plot pick those columns from a file that has more. Flows train best on
-data of roughly unit scale: standardise columns first.
+eval, logprob and plot pick those columns from a file that has more.
+
+The model standardises the data itself (an affine layer at its data end, from the training
+rows' means and standard deviations), so sample, logprob and eval work in the data's raw units
+and log-likelihoods count the Jacobian. The batch size, epochs and patience follow from the
+number of training rows (about 10,000 steps at most, early stopping after about 1,500 without
+a better validation loss; the batch is 512 rows from 8192 rows up, else rows / 16 rounded down
+to a power of two, at least 16). A fit that ends no better than a full-covariance Gaussian on
+the validation rows (or not finite) is saved, with a warning, and the exit code is 1.
 
 Options:
   --columns A,B,...        the columns to fit, by header name or 0-based index (default: all)
@@ -931,11 +938,15 @@ Options:
   --layers N               MADE layers (default 5)
   --hidden W,W,...         hidden widths of each MADE (default 64,64)
   --activation NAME        relu (default), tanh or elu
-  --epochs N               passes over the data (default 100)
-  --batch-size N           rows per step (default 512)
+  --soft-clamp C           the conditioners read u / sqrt(1 + (u/C)^2), keeping tail samples sane (default 4; 0: off)
+  --no-standardize         fit the raw columns (no affine layer at the data end)
+  --dequantize W,...       uniform noise of width W added to each value (one W, or one per column; 0: none):
+                           for data on a grid (counts, rounded values); off by default
+  --epochs N               passes over the data (default: from the rows, see above)
+  --batch-size N           rows per step (default: from the rows, see above)
   --lr X                   Adam's learning rate (default 1e-3)
   --validation-fraction X  rows held out for validation and early stopping (default 0.1; 0: none)
-  --patience N             stop after N epochs without a better validation loss (default 10; 0: never)
+  --patience N             stop after N epochs without a better validation loss (default: from the rows; 0: never)
   --ema D                  decay per step of the weight average that is validated and saved (default 0.99; 0: off)
   --seed N                 initialisation, split and minibatch order (default: random, printed)
   --threads N              native threads (default: the number of cores)
@@ -959,6 +970,9 @@ Options:
       strict: { type: 'boolean' },
       validation: { type: 'string' },
       test: { type: 'string' },
+      'soft-clamp': { type: 'string' },
+      'no-standardize': { type: 'boolean' },
+      dequantize: { type: 'string' },
     },
     async run(p, io) {
       const [dataFile] = positionals(p, ['data']);
@@ -975,11 +989,14 @@ Options:
       const hidden = hiddenOption(p, [64, 64]);
       const activation = (str(p, 'activation') ?? 'relu') as Activation;
       if (!['relu', 'tanh', 'elu'].includes(activation)) throw new UsageError(`--activation ${activation}: expected relu, tanh or elu`);
-      const epochs = intOption(p, 'epochs', 100, 1, 1e6);
-      const batchSize = intOption(p, 'batch-size', 512, 1, 1 << 20);
+      const givenEpochs = str(p, 'epochs') === undefined ? undefined : intOption(p, 'epochs', 1, 1, 1e6);
+      const givenBatch = str(p, 'batch-size') === undefined ? undefined : intOption(p, 'batch-size', 1, 1, 1 << 20);
       const lr = numberOption(p, 'lr', 1e-3, (v) => v > 0 && v < 10, 'a number in (0, 10)');
       const fraction = numberOption(p, 'validation-fraction', 0.1, (v) => v >= 0 && v < 1, 'a number in [0, 1)');
-      const patience = intOption(p, 'patience', 10, 0, 1e6);
+      const givenPatience = str(p, 'patience') === undefined ? undefined : intOption(p, 'patience', 0, 0, 1e6);
+      const softClamp = numberOption(p, 'soft-clamp', DEFAULT_SOFT_CLAMP, (v) => v >= 0 && v < 1e30, 'a number >= 0 (0: off)');
+      const standardize = p.values['no-standardize'] !== true;
+      const dequantizeText = str(p, 'dequantize');
       const ema = numberOption(p, 'ema', 0.99, (v) => v >= 0 && v < 1, 'a number in [0, 1)');
       const seed = seedOption(p, undefined) ?? Math.floor(Math.random() * 2 ** 32);
       threadsOption(p);
@@ -994,29 +1011,65 @@ Options:
       const test = testFile !== undefined ? await readHeldOut(testFile) : null;
       const validRows = validation !== null ? validation.rows : Math.round(rows * fraction);
       const useValidation = validation !== null || (fraction > 0 && validRows >= 1 && validRows < rows);
+      const trainRows = validation !== null || !useValidation ? rows : rows - validRows;
+      const schedule = fitSchedule(trainRows, givenBatch);
+      const epochs = givenEpochs ?? schedule.epochs;
+      const patience = givenPatience ?? schedule.patience;
+      const columnName = (c: number) => (table.header ? JSON.stringify(table.header[c]) : `${c}`);
+      let dequantize: number[] | undefined;
+      if (dequantizeText !== undefined) {
+        const widths = dequantizeText.split(',').map((w) => Number(w.trim()));
+        if (widths.some((w) => !(w >= 0 && Number.isFinite(w))) || (widths.length !== 1 && widths.length !== cols)) {
+          throw new UsageError(`--dequantize ${dequantizeText}: expected one width >= 0 or ${cols} of them (one per column), comma-separated`);
+        }
+        dequantize = widths.length === 1 ? new Array<number>(cols).fill(widths[0]) : widths;
+      }
       const scaleNotes: string[] = [];
+      const gridNotes: string[] = [];
       for (let c = 0; c < cols; c++) {
         let m = 0;
         let s = 0;
         for (let r = 0; r < rows; r++) m += table.data[r * cols + c] / rows;
         for (let r = 0; r < rows; r++) s += (table.data[r * cols + c] - m) ** 2 / rows;
         const sd = Math.sqrt(s);
-        if (Math.abs(m) > 100 || sd > 100 || (sd < 1e-3 && rows > 1)) scaleNotes.push(`column ${c + 1}: mean ${m.toPrecision(3)}, std ${sd.toPrecision(3)}`);
+        if (Math.abs(m) > 100 || sd > 100 || (sd < 1e-3 && rows > 1)) scaleNotes.push(`column ${columnName(c)}: mean ${m.toPrecision(3)}, std ${sd.toPrecision(3)}`);
+        const distinct = new Set<number>();
+        for (let r = 0; r < rows && distinct.size <= 50; r++) distinct.add(table.data[r * cols + c]);
+        if (distinct.size <= 50 && rows >= 4 * distinct.size && !(dequantize && dequantize[c] > 0)) {
+          const values = [...distinct].sort((a, b) => a - b);
+          let step = Infinity;
+          for (let k = 1; k < values.length; k++) step = Math.min(step, values[k] - values[k - 1]);
+          gridNotes.push(`column ${columnName(c)} has ${distinct.size} distinct values${Number.isFinite(step) ? ` (closest ${Math.fround(step)} apart)` : ''}`);
+        }
       }
-      const flow = (kind === 'iaf' ? createIAF : createMAF)({ dim: cols, layers, hidden, activation, seed });
+      const flow = (kind === 'iaf' ? createIAF : createMAF)({ dim: cols, layers, hidden, activation, seed, softClamp });
       io.stdout.write(
         `Fitting a${kind === 'iaf' ? 'n IAF' : ' MAF'} (${layers} layers, hidden [${hidden.join(', ')}], ${fmtInt(flow.numParameters)} parameters) to ${fmtInt(rows)} rows of dim ${cols} ` +
           `from ${dataFile}, seed ${seed}` +
           (validation !== null ? `, ${fmtInt(validRows)} validation rows from ${validationFile}` : useValidation ? `, ${fmtInt(validRows)} rows held out` : ', no validation') +
           '\n',
       );
-      if (scaleNotes.length > 0) {
-        io.stdout.write(`  note: flows train best on data of unit scale; consider standardising (${scaleNotes.slice(0, 3).join('; ')})\n`);
+      if (scaleNotes.length > 0 && !standardize) {
+        io.stdout.write(`  note: flows train best on data of unit scale; drop --no-standardize (${scaleNotes.slice(0, 3).join('; ')})\n`);
       }
+      if (gridNotes.length > 0) {
+        io.stdout.write(
+          `  note: ${gridNotes.slice(0, 3).join('; ')}: a flow may pile its density onto such a grid; ` +
+            `--dequantize W (the grid's step) spreads each value over its cell\n`,
+        );
+      }
+      io.stdout.write(
+        `  ${standardize ? 'standardised inside the model' : 'raw columns (--no-standardize)'}; batch ${schedule.batchSize}, up to ${epochs} epochs` +
+          (useValidation && patience > 0 ? `, patience ${patience}` : '') +
+          (dequantize ? `; dequantised by [${dequantize.join(', ')}]` : '') +
+          '\n',
+      );
       const bar = new Progress(io.stdout, epochs);
       const report = await fit(flow, table.data, {
         epochs,
-        batchSize,
+        batchSize: givenBatch,
+        standardize,
+        dequantize,
         learningRate: lr,
         validation: validation !== null ? validation.data : undefined,
         validationFraction: validation === null && useValidation ? fraction : undefined,
@@ -1037,12 +1090,20 @@ Options:
           (report.skippedSteps > 0 ? `; ${report.skippedSteps} non-finite steps skipped` : '') +
           '\n',
       );
+      for (const note of report.notes) io.stdout.write(`  note: ${note}\n`);
+      if (report.gaussianValidLoss !== null && best !== null) {
+        io.stdout.write(`  a full-covariance Gaussian's validation NLL: ${report.gaussianValidLoss.toFixed(4)} nats/point (the fit's: ${report.validLoss[best].toFixed(4)})\n`);
+      }
       if (test !== null) {
         const result = await evaluate(flow, test.data);
         io.stdout.write(`  test log-likelihood on ${testFile}: ${formatSummary(result)}\n`);
       }
       const named = await saveModel(flow, outFile, table.header);
       io.stdout.write(`Saved ${outFile}${named ? ` (columns ${table.header!.join(', ')})` : ''}\n`);
+      if (report.diverged || report.warnings.length > 0) {
+        for (const warning of report.warnings) io.stderr.write(`iaflow train: WARNING: ${warning}\n`);
+        throw new CliError(`the fit failed (see the warning above); ${outFile} was saved for inspection, but do not use it as it is`);
+      }
     },
   },
 

@@ -3,6 +3,7 @@
 // passes, Adam and clipping on the core's thread pool, a run of steps per native call. This file
 // validates, schedules the chunks, reports progress and handles cancellation.
 import { Flow, Rows, nativeSpec } from './flow';
+import { gaussianBaseline } from './evaluate';
 import { affineTensorNames, FlowConfig, isMade, LinearNames, madeTensorNames } from './layers';
 import { native, NativeCancelToken, NativeLayerView, NativeOptimizerOptions, NativeTrainerInstance } from './native';
 import {
@@ -662,7 +663,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       notes,
       batchSize,
       standardization,
-      gaussianValidLoss: valid ? gaussianNll(train, trainRows, valid, validRows, dim, notes) : null,
+      gaussianValidLoss: valid ? gaussianNll(train, valid, dim, notes) : null,
     };
     const keepBest = valid !== null && restoreBest;
     const probeRows = Math.min(PROBE_ROWS, trainRows);
@@ -763,60 +764,17 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
 }
 
 /**
- * Mean negative log-likelihood of `valid` under the full-covariance Gaussian fitted (maximum
- * likelihood, float64) to `train` (each variance raised by 1e-9 of itself). Null, with a note,
- * where no Gaussian is a fair floor: a constant column, or collinear columns (infinite density).
+ * Mean negative log-likelihood of `valid` under the full-covariance Gaussian fitted to `train`
+ * (evaluate.ts). Null, with a note, where no Gaussian is a fair floor: a constant column, or
+ * collinear columns, give it an infinite density where a flow's stays finite.
  */
-function gaussianNll(train: Float32Array, trainRows: number, valid: Float32Array, validRows: number, dim: number, notes: string[]): number | null {
-  const mean = new Float64Array(dim);
-  for (let r = 0; r < trainRows; r++) for (let i = 0; i < dim; i++) mean[i] += train[r * dim + i];
-  for (let i = 0; i < dim; i++) mean[i] /= trainRows;
-  const cov = new Float64Array(dim * dim);
-  const centred = new Float64Array(dim);
-  for (let r = 0; r < trainRows; r++) {
-    for (let i = 0; i < dim; i++) centred[i] = train[r * dim + i] - mean[i];
-    for (let i = 0; i < dim; i++) for (let j = 0; j <= i; j++) cov[i * dim + j] += centred[i] * centred[j];
+function gaussianNll(train: Float32Array, valid: Float32Array, dim: number, notes: string[]): number | null {
+  const baseline = gaussianBaseline(train, valid, { dim });
+  if (baseline.ridge > 0) {
+    notes.push(`no Gaussian baseline: ${baseline.note ?? 'its covariance is singular'}`);
+    return null;
   }
-  for (let i = 0; i < dim; i++) {
-    for (let j = 0; j <= i; j++) cov[i * dim + j] /= trainRows;
-    // A constant column gives the Gaussian an infinite density (a flow's stays finite): no fair floor.
-    if (!(cov[i * dim + i] > 1e-12 * Math.max(1e-30, mean[i] * mean[i]))) {
-      notes.push(`no Gaussian baseline: column ${i} is constant in the training rows`);
-      return null;
-    }
-    cov[i * dim + i] *= 1 + 1e-9;
-  }
-  // Cholesky: cov = L L^T (lower triangle in place).
-  let logDet = 0;
-  for (let j = 0; j < dim; j++) {
-    let d = cov[j * dim + j];
-    for (let k = 0; k < j; k++) d -= cov[j * dim + k] ** 2;
-    if (!(d > 0)) {
-      notes.push('no Gaussian baseline: the training rows are collinear');
-      return null;
-    }
-    const l = Math.sqrt(d);
-    cov[j * dim + j] = l;
-    logDet += 2 * Math.log(l);
-    for (let i = j + 1; i < dim; i++) {
-      let v = cov[i * dim + j];
-      for (let k = 0; k < j; k++) v -= cov[i * dim + k] * cov[j * dim + k];
-      cov[i * dim + j] = v / l;
-    }
-  }
-  let sum = 0;
-  const y = new Float64Array(dim);
-  for (let r = 0; r < validRows; r++) {
-    let q = 0;
-    for (let i = 0; i < dim; i++) {
-      let v = valid[r * dim + i] - mean[i];
-      for (let k = 0; k < i; k++) v -= cov[i * dim + k] * y[k];
-      y[i] = v / cov[i * dim + i];
-      q += y[i] * y[i];
-    }
-    sum += 0.5 * q;
-  }
-  return sum / validRows + 0.5 * logDet + 0.5 * dim * Math.log(2 * Math.PI);
+  return -baseline.mean;
 }
 
 /** Per column: the mean and standard deviation of the rows (float64); a constant column gets scale 1. */
