@@ -91,6 +91,7 @@ iaflow::FlowSpec parseSpec(Napi::Env env, const Napi::Value& value) {
   Napi::Object spec = value.As<Napi::Object>();
   iaflow::FlowSpec out;
   out.dim = intField(env, spec, "dim");
+  if (!spec.Get("contextDim").IsUndefined()) out.contextDim = intField(env, spec, "contextDim");
   Napi::Value layersValue = spec.Get("layers");
   if (!layersValue.IsArray()) internalError(env, "spec.layers must be an array");
   Napi::Array layers = layersValue.As<Napi::Array>();
@@ -128,6 +129,10 @@ iaflow::FlowSpec parseSpec(Napi::Env env, const Napi::Value& value) {
         const int width = static_cast<int>(ls.hiddenDegrees.back().size());
         ls.hidden.push_back(denseLinear(env, hidden.Get(l), "hidden", width, in));
         in = width;
+      }
+      if (out.contextDim > 0 && hidden.Length() > 0) {
+        ls.contextForm = static_cast<iaflow::ContextForm>(intField(env, layer, "contextForm"));
+        ls.context = denseLinear(env, layer.Get("context"), "context", static_cast<int>(ls.hiddenDegrees[0].size()), out.contextDim);
       }
       ls.shift = denseLinear(env, layer.Get("shift"), "shift", out.dim, in);
       ls.rawScale = denseLinear(env, layer.Get("rawScale"), "rawScale", out.dim, in);
@@ -204,6 +209,7 @@ int64_t planBytes(const FlowPlan& plan) {
   };
   for (const iaflow::LayerPlan& layer : plan.layers) {
     total += static_cast<int64_t>(layer.permutation.size() + layer.affine.loc.size() + layer.affine.scale.size()) * 4;
+    linear(layer.made.context);
     for (const auto& h : layer.made.hidden) linear(h);
     linear(layer.made.output);
   }
@@ -527,9 +533,25 @@ class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
       }
     }
     const std::string inputName = stringField(env, o, "inputName", "input");
+    // The context rows (TypeScript checked them: Float32Array, finite, 1 or rows rows): copied,
+    // as an async run outlives this call.
+    auto context = std::make_shared<std::vector<float>>();
+    const int contextDim = runner_->plan().contextDim;
+    Napi::Value contextValue = o.Get("context");
+    if (!contextValue.IsUndefined() && !contextValue.IsNull()) {
+      if (!contextValue.IsTypedArray() || contextValue.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        internalError(env, "context must be a Float32Array");
+      Napi::Float32Array c = contextValue.As<Napi::Float32Array>();
+      req.contextRows = countField(env, o, "contextRows", 1, 0, true);
+      if (contextDim == 0 || c.ElementLength() != static_cast<size_t>(req.contextRows) * contextDim ||
+          (req.contextRows != 1 && req.contextRows != req.rows))
+        internalError(env, "context has the wrong length");
+      context->assign(c.Data(), c.Data() + c.ElementLength());
+    }
     std::shared_ptr<iaflow::CancelFlag> cancel = cancelFrom(env, o);
     std::shared_ptr<const iaflow::Runner> runner = runner_;
-    auto work = [runner, req, input, inputName, dim, cells](const iaflow::CancelFlag& flag) mutable {
+    auto work = [runner, req, input, inputName, dim, cells, context](const iaflow::CancelFlag& flag) mutable {
+      if (!context->empty()) req.context = context->data();
       req.input = prepareInput(*input, inputName, dim, cells);
       req.cancel = &flag;
       runner->run(req);
@@ -641,6 +663,8 @@ Napi::Value layout(const Napi::CallbackInfo& info) {
                                {"elu", static_cast<int>(Activation::ELU)}}));
   out.Set("scale", codes({{"softplus", static_cast<int>(ScaleKind::Softplus)}, {"exp", static_cast<int>(ScaleKind::Exp)},
                           {"gated", static_cast<int>(ScaleKind::Gated)}}));
+  out.Set("contextForm", codes({{"linear", static_cast<int>(iaflow::ContextForm::Linear)},
+                                {"activated", static_cast<int>(iaflow::ContextForm::Activated)}}));
   out.Set("direction", codes({{"toData", static_cast<int>(iaflow::Direction::ToData)},
                               {"toLatent", static_cast<int>(iaflow::Direction::ToLatent)}}));
   if (info.Length() > 0 && !info[0].IsUndefined()) {
@@ -671,6 +695,7 @@ Napi::Value layout(const Napi::CallbackInfo& info) {
       o.Set("hidden", hidden);
       o.Set("shift", shape(l.shift));
       o.Set("rawScale", shape(l.rawScale));
+      if (spec.contextDim > 0) o.Set("context", shape(l.context));
       layers.Set(static_cast<uint32_t>(k), o);
     }
     out.Set("layers", layers);

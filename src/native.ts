@@ -15,6 +15,9 @@ export interface NativeLayerSpec {
   inputDegrees?: Int32Array;
   residual?: boolean;
   softClamp?: number;
+  /** Conditional flows: LAYOUT_CODES.contextForm, and the context term's weights [h0, C] and bias. */
+  contextForm?: number;
+  context?: NativeLinear;
   hiddenDegrees?: Int32Array[];
   hidden?: NativeLinear[];
   shift?: NativeLinear;
@@ -44,6 +47,9 @@ export interface NativeRunOptions {
   outPoints?: Float32Array | null;
   outLogDet?: Float32Array | null;
   outLogProb?: Float32Array | null;
+  /** Conditional flows: contextRows rows (1: every row's) of contextDim values. */
+  context?: Float32Array;
+  contextRows?: number;
   async: boolean;
   cancel?: NativeCancelToken;
 }
@@ -67,11 +73,13 @@ export const LAYOUT_CODES = {
   kind: { iaf: 0, maf: 1, permutation: 2, affine: 3 },
   activation: { relu: 0, tanh: 1, elu: 2 },
   scale: { softplus: 0, exp: 1, gated: 2 },
+  contextForm: { linear: 1, activated: 2 },
   direction: { toData: 0, toLatent: 1 },
 } as const;
 
 export interface NativeFlowSpec {
   dim: number;
+  contextDim?: number;
   layers: NativeLayerSpec[];
 }
 

@@ -65,6 +65,7 @@ TLinear makeLinear(const StaircaseLinear& s, std::vector<float>& params, size_t&
 
 void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
   std::shared_ptr<const FlowPlan> plan = buildPlan(spec);
+  if (plan->contextDim > 0) throw std::invalid_argument("training a conditional flow is not supported yet");
   net.dim = plan->dim;
   net.dimStride = roundUp(net.dim, kBlock);
   net.pass = pass;
