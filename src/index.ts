@@ -1,6 +1,8 @@
 // iaflow's public API, in one place.
 export { Flow, backends, createFlow, createIAF, createMAF, setThreads, getThreads, standardNormal } from './flow';
 export type { BackendInfo, FlowOptions, Rows, RunOptions, SampleOptions, SampleSyncOptions, StackOptions } from './flow';
+export { SampleStream } from './stream';
+export type { SampleStreamOptions } from './stream';
 export { iaf, maf, reverse, permute } from './layers';
 export type {
   Activation,
