@@ -5,6 +5,8 @@
 //   small   POST /sample { n: 32, format: 'json' }      requests/s, rows/s, p50/p99 latency
 //   large   POST /sample { n: 100000, format: 'f32' }   the same, and the server's rows/s as a
 //           fraction of the bare library's (flow.sample(100000) back to back in this process)
+//   memory  a fresh server's RSS after 10^3 requests (small JSON, 1000-row f32, 100-row CSV,
+//           200-row /log-prob in turn) and after 10^4
 //
 // Rows/s of the large cell come from the bytes received (headers are ~200 of 6.4 MB a response),
 // requests/s of it are rows/s / 10^5. The machine's CPU share moves (bench/timing.ts), so the large cell is interleaved: rounds of a
@@ -15,7 +17,7 @@
 //
 // --write appends the table, dated, to bench/RESULTS.md. Prints markdown on stdout, progress on stderr.
 import { spawn } from 'node:child_process';
-import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -66,7 +68,7 @@ function cfgA(): Flow {
   return flow;
 }
 
-async function startServer(model: string): Promise<{ base: string; stop: () => Promise<void> }> {
+async function startServer(model: string): Promise<{ base: string; stop: () => Promise<void>; rssMiB: () => number }> {
   const child = spawn(process.execPath, ['--require', 'tsx/cjs', join(__dirname, '..', 'src', 'cli.ts'), 'serve', model, '--port', '0', '--max-queue', '1024'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -82,6 +84,7 @@ async function startServer(model: string): Promise<{ base: string; stop: () => P
   });
   return {
     base,
+    rssMiB: () => Number(/^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024,
     stop: async () => {
       child.kill('SIGTERM');
       await exited;
@@ -102,6 +105,24 @@ async function load(base: string, rows: number, format: string, connections: num
     throw new Error(`autocannon: ${result.errors} errors, ${result.non2xx} non-2xx answers, ${result.timeouts} timeouts`);
   }
   return result;
+}
+
+/** `amount` requests cycling through a mix of sizes and formats (both routes), 8 connections. */
+async function mixed(base: string, flow: Flow, amount: number): Promise<void> {
+  const rows = Array.from({ length: 200 }, (_, r) => Array.from({ length: flow.dim }, (_, c) => Math.sin(r + c)));
+  const json = { 'content-type': 'application/json' };
+  const result = await autocannon({
+    url: base,
+    connections: 8,
+    amount,
+    requests: [
+      { method: 'POST', path: '/sample', headers: json, body: JSON.stringify({ n: SMALL_ROWS, seed: 1, format: 'json' }) },
+      { method: 'POST', path: '/sample', headers: json, body: JSON.stringify({ n: 1000, seed: 2, format: 'f32' }) },
+      { method: 'POST', path: '/sample', headers: json, body: JSON.stringify({ n: 100, seed: 3, format: 'csv' }) },
+      { method: 'POST', path: '/log-prob', headers: json, body: JSON.stringify({ rows }) },
+    ],
+  });
+  if (result.errors > 0 || result.non2xx > 0 || result.timeouts > 0) throw new Error(`autocannon (memory): ${result.errors} errors, ${result.non2xx} non-2xx, ${result.timeouts} timeouts`);
 }
 
 /** The bare library: flow.sample(rows) back to back for `seconds`; rows/s. */
@@ -165,6 +186,27 @@ async function main(): Promise<void> {
       `Rounds (library rows/s, server rows/s): ${rounds.map((r) => `${fmt(r.library)} / ${fmt(r.server)}`).join('; ')}.`,
       '',
     ];
+    await server.stop();
+
+    // Memory: a fresh server, RSS after the first 10^3 requests and after 10^4.
+    log('memory: 10^3 then 9x10^3 more mixed requests to a fresh server');
+    const fresh = await startServer(model);
+    let rssAfter1k = NaN;
+    let rssAfter10k = NaN;
+    try {
+      await mixed(fresh.base, flow, 1000);
+      rssAfter1k = fresh.rssMiB();
+      await mixed(fresh.base, flow, 9000);
+      rssAfter10k = fresh.rssMiB();
+    } finally {
+      await fresh.stop();
+    }
+    const growth = rssAfter10k / rssAfter1k - 1;
+    lines.push(
+      `Memory: a fresh \`iaflow serve\` answered 10^4 requests (8 connections; n=32 JSON, n=1000 f32, n=100 CSV /sample and 200-row JSON /log-prob in turn): ` +
+        `RSS ${rssAfter1k.toFixed(1)} MiB after the first 10^3, ${rssAfter10k.toFixed(1)} MiB after 10^4 (${growth >= 0 ? '+' : ''}${(100 * growth).toFixed(1)}%; ${Math.abs(growth) <= 0.1 ? 'PASS' : 'MISS'} within 10%).`,
+      '',
+    );
     const text = lines.join('\n');
     process.stdout.write(text);
     if (args.write) {

@@ -680,7 +680,8 @@ function loadFastify(): FastifyFactory {
     const mod = require('fastify') as FastifyFactory & { default?: FastifyFactory };
     return mod.default ?? mod;
   } catch (error) {
-    if ((error as { code?: unknown })?.code === 'MODULE_NOT_FOUND') {
+    const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+    if (code === 'MODULE_NOT_FOUND' && typeof message === 'string' && message.includes("'fastify'")) {
       throw new Error('iaflow serve needs the fastify package (an optional peer dependency of iaflow): npm install fastify@5');
     }
     throw error;

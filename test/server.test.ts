@@ -8,6 +8,7 @@ import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { Worker } from 'node:worker_threads';
 import Fastify, { FastifyInstance } from 'fastify';
 import { createIAF, decodeNpy, encodeNpy, Flow, loadFlow, saveFlow } from '../src';
 import { main } from '../src/cli';
@@ -381,6 +382,36 @@ describe('concurrency and the event loop', () => {
     for (const c of calls) serial.push(bytes(await flow.sample(c.n, { seed: c.seed, firstRow: c.firstRow })));
     const concurrent = await Promise.all(calls.map((c) => flow.sample(c.n, { seed: c.seed, firstRow: c.firstRow })));
     concurrent.forEach((x, i) => expect(bytes(x).equals(serial[i])).toBe(true));
+  });
+
+  test('4 worker_threads sampling at once give the bytes of the same calls made one by one on the main thread', async () => {
+    const code = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const { createIAF } = require(workerData.src);
+      const flow = createIAF({ dim: ${DIM}, hidden: [16, 16], layers: 3, seed: 11 });
+      (async () => {
+        const out = [];
+        for (const seed of workerData.seeds) out.push(await flow.sample(20000, { seed }));
+        parentPort.postMessage(out);
+      })();
+    `;
+    const seedsOf = (w: number) => [w * 10, w * 10 + 1, w * 10 + 2];
+    const results = await Promise.all(
+      [0, 1, 2, 3].map(
+        (w) =>
+          new Promise<Float32Array[]>((resolve, reject) => {
+            const worker = new Worker(code, { eval: true, workerData: { src: join(ROOT, 'src', 'index.ts'), seeds: seedsOf(w) }, execArgv: ['--require', 'tsx/cjs'] });
+            worker.once('message', (out: Float32Array[]) => {
+              resolve(out);
+              void worker.terminate();
+            });
+            worker.once('error', reject);
+          }),
+      ),
+    );
+    for (const [w, out] of results.entries()) {
+      for (const [i, seed] of seedsOf(w).entries()) expect(bytes(out[i]).equals(bytes(await flow.sample(20000, { seed })))).toBe(true);
+    }
   });
 
   test('64 concurrent HTTP requests (mixed formats) give the bytes of the same requests made one by one', async () => {
