@@ -46,7 +46,7 @@ const { values: args } = parseArgs({
     seconds: { type: 'string', default: '5' },
     rounds: { type: 'string', default: '3' },
     'connections-small': { type: 'string', default: '16' },
-    'connections-large': { type: 'string', default: '2' },
+    'connections-large': { type: 'string', default: '1' },
     write: { type: 'boolean', default: false },
   },
 });
@@ -157,9 +157,15 @@ async function main(): Promise<void> {
 
     log(`large: n=${LARGE_ROWS} f32, ${LARGE_CONNECTIONS} connections, ${ROUNDS} rounds of ${SECONDS} s library + ${SECONDS} s server`);
     const rounds: { library: number; server: number; result: AutocannonResult }[] = [];
+    /** CPU the client (autocannon, this process) used during each server slice, in cores: taken from the server's 2. */
+    const clientCores: number[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       const library = await libraryRate(flow, LARGE_ROWS, SECONDS);
+      const cpu0 = process.cpuUsage();
+      const wall0 = performance.now();
       const result = await load(server.base, LARGE_ROWS, 'f32', LARGE_CONNECTIONS, SECONDS);
+      const cpu = process.cpuUsage(cpu0);
+      clientCores.push((cpu.user + cpu.system) / 1e3 / (performance.now() - wall0));
       // Rows from the bytes received, not from completed requests: a 10^5-row request takes about
       // a second, so counting whole requests in a few seconds' window would drop the last ones.
       const serverRate = result.throughput.total / (flow.dim * 4) / result.duration;
@@ -183,7 +189,8 @@ async function main(): Promise<void> {
       `| small: n=${SMALL_ROWS}, JSON | ${SMALL_CONNECTIONS} | ${fmt(smallRate)} | ${fmt(smallRate * SMALL_ROWS)} | ${small.latency.p50} ms | ${small.latency.p99} ms | ${fmt(smallLibrary)} | ${((100 * smallRate * SMALL_ROWS) / smallLibrary).toFixed(0)}% | — |`,
       `| large: n=${LARGE_ROWS}, f32 | ${LARGE_CONNECTIONS} | ${fmt(largeRequests)} | ${fmt(median(rounds.map((r) => r.server)))} | ${largeLatency('p50')} ms | ${largeLatency('p99')} ms | ${fmt(median(rounds.map((r) => r.library)))} | ${(100 * fraction).toFixed(0)}% | ${fraction >= 0.8 ? 'PASS' : 'MISS'} (>= 80%) |`,
       '',
-      `Rounds (library rows/s, server rows/s): ${rounds.map((r) => `${fmt(r.library)} / ${fmt(r.server)}`).join('; ')}.`,
+      `Rounds (library rows/s, server rows/s): ${rounds.map((r) => `${fmt(r.library)} / ${fmt(r.server)}`).join('; ')}. ` +
+        `The client (autocannon, receiving ${((median(rounds.map((r) => r.server)) * flow.dim * 4) / 1e6).toFixed(1)} MB/s) used ${median(clientCores).toFixed(2)} cores of the same ${cpu.logicalCpus} during the server slices (median).`,
       '',
     ];
     await server.stop();
@@ -194,10 +201,12 @@ async function main(): Promise<void> {
     let rssAfter1k = NaN;
     let rssAfter10k = NaN;
     try {
+      // Read after a pause: V8 collects garbage when idle, so the figure is the settled size, not a GC's timing.
+      const settled = async () => (await new Promise((resolve) => setTimeout(resolve, 1000)), fresh.rssMiB());
       await mixed(fresh.base, flow, 1000);
-      rssAfter1k = fresh.rssMiB();
+      rssAfter1k = await settled();
       await mixed(fresh.base, flow, 9000);
-      rssAfter10k = fresh.rssMiB();
+      rssAfter10k = await settled();
     } finally {
       await fresh.stop();
     }
