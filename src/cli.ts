@@ -1356,6 +1356,60 @@ Options:
     },
   },
 
+  serve: {
+    summary: 'serve a model over HTTP: /sample, /log-prob, /model, /health, /metrics',
+    help: `Usage: iaflow serve MODEL [options]
+
+Serves a model file over HTTP until SIGTERM or SIGINT, then finishes the requests in flight and
+exits. POST /sample { n, seed, firstRow?, format? } answers the bytes flow.sample gives; POST
+/log-prob { rows } (or float32 / .npy bytes) answers { logProb }; GET /model, /health, /metrics.
+Formats: json, csv, ndjson, f32, npy (a format field or the Accept header). Needs the fastify
+package (npm install fastify@5). See the README's "Serving" section.
+
+Options:
+  --port N               port (default 8080; 0: any free port)
+  --host ADDR            address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
+  --max-rows N           most rows per request (default 100,000,000)
+  --max-body-bytes N     largest request body (default 67,108,864)
+  --max-jobs N           requests answered at once (default: the number of cores, at least 2)
+  --max-queue N          requests waiting for a slot before 503 (default 64)
+  --timeout-ms N         per-request deadline (default 300,000)
+  --shutdown-timeout-ms N  after SIGTERM, how long requests in flight may run (default 30,000)
+  --threads N            native threads (default: the number of cores)
+  -h, --help             this help
+`,
+    options: {
+      port: { type: 'string', short: 'p' },
+      host: { type: 'string' },
+      'max-rows': { type: 'string' },
+      'max-body-bytes': { type: 'string' },
+      'max-jobs': { type: 'string' },
+      'max-queue': { type: 'string' },
+      'timeout-ms': { type: 'string' },
+      'shutdown-timeout-ms': { type: 'string' },
+      threads: { type: 'string' },
+    },
+    async run(p, io) {
+      const [model] = positionals(p, ['model']);
+      const optional = (name: string, min: number, max: number) => (str(p, name) === undefined ? undefined : intOption(p, name, 0, min, max));
+      const options = {
+        model,
+        port: intOption(p, 'port', 8080, 0, 65535),
+        host: str(p, 'host') ?? '127.0.0.1',
+        maxRows: optional('max-rows', 1, Number.MAX_SAFE_INTEGER),
+        maxBodyBytes: optional('max-body-bytes', 1, 2 ** 31 - 1),
+        maxConcurrentJobs: optional('max-jobs', 1, 4096),
+        maxQueuedJobs: optional('max-queue', 0, 1e6),
+        timeoutMs: optional('timeout-ms', 1, 2 ** 31 - 1),
+        shutdownTimeoutMs: optional('shutdown-timeout-ms', 0, 2 ** 31 - 1),
+      };
+      threadsOption(p);
+      // Loaded here, not at the top: the server needs fastify (an optional peer dependency), the other commands do not.
+      const server = require('./server') as typeof import('./server');
+      await server.serveModel(options, io.stderr);
+    },
+  },
+
   info: {
     summary: "what a model file holds: dim, layers, parameter count",
     help: `Usage: iaflow info MODEL [options]

@@ -19,6 +19,7 @@ import {
   parameterShapes,
   reverse,
 } from './layers';
+import { SampleStream, SampleStreamOptions } from './stream';
 import { LAYOUT_CODES, native, NativeFlowInstance, NativeFlowSpec, NativeLayerSpec, NativeRunOptions } from './native';
 import {
   allocateFloats,
@@ -324,6 +325,16 @@ export class Flow {
     const job = this.sampleJob('sample', n, options, false, true);
     await runAsync(this.nativeFlow, 'sample', job.request, job.signal);
     return job.x;
+  }
+
+  /**
+   * n samples in chunks of options.chunkRows rows: an async iterable of Float32Arrays and, with
+   * toReadable(), a byte stream (float32, little-endian). The chunks, concatenated, are the bytes
+   * of `sample(n, { seed, firstRow })`; memory stays at two chunks for any n (src/stream.ts).
+   */
+  sampleStream(n: number, options?: SampleStreamOptions): SampleStream {
+    this.checkUsable();
+    return new SampleStream(this, n, options);
   }
 
   sampleSync(n: number, options?: SampleSyncOptions): Float32Array {
