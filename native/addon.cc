@@ -770,6 +770,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
       if (!teacherValue.IsNull() && !teacherValue.IsUndefined()) teacher = std::make_unique<iaflow::FlowSpec>(parseSpec(env, teacherValue));
       const iaflow::Backend& backend = backendNamed(env, stringField(env, o, "backend", "cpu"), nullptr);
       dim_ = spec.dim;
+      contextDim_ = spec.contextDim;
       for (const iaflow::LayerSpec& layer : spec.layers) {
         std::vector<int> widths;
         if (layer.kind == iaflow::LayerKind::IAF || layer.kind == iaflow::LayerKind::MAF)
@@ -847,6 +848,11 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
         out[k].hiddenBias.push_back(tensor(hidden.Get(l), "bias", width));
         in = width;
       }
+      if (contextDim_ > 0) {
+        const size_t h0 = static_cast<size_t>(widths_[k][0]);
+        out[k].contextWeight = tensor(layer.Get("context"), "weight", h0 * static_cast<size_t>(contextDim_));
+        out[k].contextBias = tensor(layer.Get("context"), "bias", h0);
+      }
       out[k].shiftWeight = tensor(layer.Get("shift"), "weight", d * in);
       out[k].shiftBias = tensor(layer.Get("shift"), "bias", d);
       out[k].scaleWeight = tensor(layer.Get("rawScale"), "weight", d * in);
@@ -867,7 +873,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     return info.Env().Undefined();
   }
 
-  // setData({ train, trainRows, valid?, validRows? })
+  // setData({ train, trainRows, valid?, validRows?, trainContext?, validContext? }) (contexts: conditional flows)
   Napi::Value setData(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     claim(env);
@@ -876,9 +882,11 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     const int64_t validRows = countField(env, o, "validRows", 0, 0, false);
     const float* train = optionalFloatOutput(env, o.Get("train"), static_cast<size_t>(trainRows) * dim_, "train");
     const float* valid = optionalFloatOutput(env, o.Get("valid"), static_cast<size_t>(validRows) * dim_, "valid");
+    const float* trainContext = optionalFloatOutput(env, o.Get("trainContext"), static_cast<size_t>(trainRows) * contextDim_, "trainContext");
+    const float* validContext = optionalFloatOutput(env, o.Get("validContext"), static_cast<size_t>(validRows) * contextDim_, "validContext");
     if (!train) internalError(env, "train is required");
     try {
-      trainer_->setData(train, trainRows, valid, valid ? validRows : 0);
+      trainer_->setData(train, trainRows, valid, valid ? validRows : 0, trainContext, validContext);
     } catch (...) {
       throw Napi::Error::New(env, describe(std::current_exception()));
     }
@@ -926,9 +934,19 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     if (!x || !logq) internalError(env, "x and logq are required");
     auto z = std::make_shared<std::vector<float>>();
     if (zIn) z->assign(zIn, zIn + cells);
+    // Conditional flows: the step's contexts, 1 or batch rows (copied: the call may be async).
+    auto context = std::make_shared<std::vector<float>>();
+    int64_t contextRows = 0;
+    if (contextDim_ > 0) {
+      contextRows = countField(env, o, "contextRows", 1, 0, true);
+      const float* c = optionalFloatOutput(env, o.Get("context"), static_cast<size_t>(contextRows) * contextDim_, "context");
+      if (!c) internalError(env, "context is required for a conditional flow");
+      context->assign(c, c + contextRows * contextDim_);
+    }
     auto trainer = trainer_;
     return launch(env, o.Get("async").ToBoolean().Value(), [=] {
-      trainer->reverseForward(seed, step, batch, z->empty() ? nullptr : z->data(), x, logq);
+      trainer->reverseForward(seed, step, batch, z->empty() ? nullptr : z->data(), x, logq,
+                              context->empty() ? nullptr : context->data(), contextRows);
     }, nullptr, {o.Get("x"), o.Get("logq")});
   }
 
@@ -985,9 +1003,10 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     const int64_t rows = countField(env, o, "rows", 1, 0, true);
     const float* x = optionalFloatOutput(env, o.Get("x"), static_cast<size_t>(rows) * dim_, "x");
     if (!x) internalError(env, "x is required");
+    const float* context = optionalFloatOutput(env, o.Get("context"), static_cast<size_t>(rows) * contextDim_, "context");
     auto trainer = trainer_;
     auto value = std::make_shared<double>(0.0);
-    return launch(env, false, [=] { *value = trainer->likelihoodGradient(x, rows); },
+    return launch(env, false, [=] { *value = trainer->likelihoodGradient(x, rows, context); },
                   [value](Napi::Env e) { return Napi::Number::New(e, *value); }, {});
   }
 
@@ -1028,6 +1047,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
   }
 
   int dim_ = 0;
+  int contextDim_ = 0;
   std::vector<std::vector<int>> widths_;  // per layer: hidden widths (empty but for MADE layers)
   std::vector<iaflow::LayerKind> kinds_;
   void Finalize(Napi::Env env) override { memory_.release(env); }

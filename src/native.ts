@@ -84,7 +84,7 @@ export interface NativeFlowSpec {
 }
 
 /** Where export writes one layer's dense tensors: a MADE layer's, an affine layer's, null for a permutation. */
-export type NativeLayerView = { hidden: NativeLinear[]; shift: NativeLinear; rawScale: NativeLinear } | { loc: Float32Array; scale: Float32Array } | null;
+export type NativeLayerView = { hidden: NativeLinear[]; shift: NativeLinear; rawScale: NativeLinear; context?: NativeLinear } | { loc: Float32Array; scale: Float32Array } | null;
 
 /** Adam with decoupled weight decay, clipping (0: off) and Polyak averaging (ema; 0: off). */
 export interface NativeOptimizerOptions {
@@ -103,11 +103,12 @@ type Seed = [number, number];
 export interface NativeTrainerInstance {
   setOptions(options: NativeOptimizerOptions): void;
   setStickingTheLanding(on: boolean): void;
-  setData(options: { train: Float32Array; trainRows: number; valid?: Float32Array | null; validRows?: number }): void;
+  /** Conditional flows: trainContext / validContext, each row's context (contextDim floats). */
+  setData(options: { train: Float32Array; trainRows: number; valid?: Float32Array | null; validRows?: number; trainContext?: Float32Array; validContext?: Float32Array }): void;
   /** Stops before its next batch once `cancel` is raised (stats count the batches done). */
   fitBatches(options: { seed: Seed; epoch: number; firstBatch: number; batches: number; batchSize: number; stats: Float64Array; async: boolean; cancel?: NativeCancelToken }): Promise<void> | undefined;
   validationLoss(options: { async: boolean }): Promise<number> | number;
-  reverseForward(options: { seed: Seed; step: number; batch: number; z?: Float32Array | null; x: Float32Array; logq: Float32Array; async: boolean }): Promise<void> | undefined;
+  reverseForward(options: { seed: Seed; step: number; batch: number; z?: Float32Array | null; x: Float32Array; logq: Float32Array; async: boolean; context?: Float32Array; contextRows?: number }): Promise<void> | undefined;
   reverseBackward(options: { targetValue: Float32Array; targetGrad: Float32Array; update: boolean; stats: Float64Array; stepLoss: Float64Array; async: boolean }): Promise<void> | undefined;
   distillSteps(options: {
     seed: Seed;
@@ -123,7 +124,7 @@ export interface NativeTrainerInstance {
     /** Stops before its next step once raised (stats count the steps done). */
     cancel?: NativeCancelToken;
   }): Promise<void> | undefined;
-  likelihoodGradient(options: { x: Float32Array; rows: number }): number;
+  likelihoodGradient(options: { x: Float32Array; rows: number; context?: Float32Array }): number;
   logProbGradient(options: { x: Float32Array; rows: number; logProb: Float32Array; grad: Float32Array }): void;
   parametersTo(views: NativeLayerView[]): void;
   gradientTo(views: NativeLayerView[]): void;

@@ -7,12 +7,14 @@ import { gaussianBaseline } from './evaluate';
 import { affineTensorNames, FlowConfig, isMade, LinearNames, madeTensorNames } from './layers';
 import { native, NativeCancelToken, NativeLayerView, NativeOptimizerOptions, NativeTrainerInstance } from './native';
 import {
+  checkContext,
   checkInteger,
   checkOptions,
   checkSeed,
   checkSignal,
   invalidRange,
   invalidType,
+  isPlainObject,
   isFloat32Array,
   isFloat64Array,
   randomSeed,
@@ -32,8 +34,13 @@ export interface TargetEvaluation {
 export interface Target {
   /** Dimension of x. */
   dim: number;
-  /** Evaluated at x (row-major, n * dim) for every step; may be async. */
-  logDensity(x: Float32Array): TargetEvaluation | Promise<TargetEvaluation>;
+  /**
+   * Evaluated at x (row-major, n * dim) for every step; may be async. For a conditional flow
+   * (amortised inference) the second argument holds each row's context (n * contextDim): the
+   * target is then the unnormalised density of x given that context, e.g. log p(theta) +
+   * log p(y | theta) with y as the context.
+   */
+  logDensity(x: Float32Array, context?: Float32Array): TargetEvaluation | Promise<TargetEvaluation>;
   /** log of the normalizing constant of exp(logDensity), when known: the report then gives KL = logZ - ELBO. */
   logZ?: number;
 }
@@ -206,6 +213,12 @@ export interface ReverseKLOptions extends OptimizerOptions {
   batchSize?: number;
   /** Called between native chunks (about every 0.2 s) and at the end; may return a promise. */
   onProgress?: (progress: ReverseKLProgress) => void | Promise<void>;
+  /**
+   * fitReverseKL of a conditional flow (amortised VI): the contexts of step `step`'s batch, one row
+   * (every draw's) or batchSize rows (number[], number[][] or row-major Float32Array); the
+   * target's logDensity gets them row by row. Required for a conditional flow.
+   */
+  context?: (step: number) => Rows | number[];
   /**
    * The gradient estimator. true: "sticking the landing" (Roeder et al. 2017), which leaves out
    * the score term d log q / d params at fixed x (its mean is zero), so only the path through
@@ -400,7 +413,8 @@ function denseViews(flow: Flow, fill: 'copy' | 'zero'): { map: Map<string, Float
       return { loc: get(names.loc), scale: get(names.scale) };
     }
     const names = madeTensorNames(k, layer.hidden.length);
-    return { hidden: names.hidden.map(linear), shift: linear(names.shift), rawScale: linear(names.scale) };
+    const view = { hidden: names.hidden.map(linear), shift: linear(names.shift), rawScale: linear(names.scale) };
+    return flow.contextDim > 0 ? { ...view, context: linear(names.context) } : view;
   });
   return { map, views };
 }
@@ -575,7 +589,32 @@ class LossHistory {
  * log-densities: where those reached do not (finite weights whose products overflow), the flow
  * keeps the last ones that did and the report says so (`diverged`, `warnings`).
  */
-export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise<FitReport> {
+/** A conditional flow's training rows: the points and each point's context (the same number of rows). */
+export interface ConditionalRows {
+  x: Rows;
+  context: Rows;
+}
+
+/** Rows (and, for a conditional flow, their contexts) as row-major float32. */
+function trainingRows(name: string, value: unknown, flow: Flow): { data: Float32Array; rows: number; context: Float32Array | null } {
+  const C = flow.contextDim;
+  if (C === 0) {
+    if (isPlainObject(value) && 'context' in value) throw new TypeError(`${name}: this flow is not conditional (it was created without a context), so its data takes no context`);
+    return { ...toRowMajor(name, value, flow.dim), context: null };
+  }
+  if (!isPlainObject(value) || value.x === undefined || value.context === undefined) {
+    throw invalidType(name, `{ x, context } (the flow is conditional: each row of x needs its context of ${C} values)`, value);
+  }
+  const { data, rows } = toRowMajor(`${name}.x`, value.x, flow.dim);
+  const context = toRowMajor(`${name}.context`, value.context, C);
+  if (context.rows !== rows) throw invalidRange(`${name}.context`, `${rows} rows (one per row of ${name}.x)`, `${context.rows} rows`);
+  for (let i = 0; i < context.data.length; i++) {
+    if (!Number.isFinite(context.data[i])) throw invalidRange(`${name}.context[${Math.floor(i / C)}][${i % C}]`, 'a finite number', context.data[i]);
+  }
+  return { data, rows, context: context.data };
+}
+
+export async function fit(flow: Flow, data: Rows | ConditionalRows, options?: FitOptions): Promise<FitReport> {
   checkFlow('flow', flow);
   requireTrainable(flow, 'fit');
   const opts = checkOptions('fit options', options, [
@@ -601,21 +640,24 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
   const restoreBest = opts.restoreBest ?? true;
   const ema = checkNumber('options.ema', opts.ema ?? 0.99, 'a number in [0, 1)', (v) => v >= 0 && v < 1);
   const dim = flow.dim;
-  let { data: train, rows: trainRows } = toRowMajor('data', data, dim);
+  let { data: train, rows: trainRows, context: trainContext } = trainingRows('data', data, flow);
   let valid: Float32Array | null = null;
+  let validContext: Float32Array | null = null;
   let validRows = 0;
   if (opts.validation !== undefined && opts.validationFraction !== undefined) {
     throw new TypeError('Give either options.validation or options.validationFraction, not both');
   }
   if (opts.validation !== undefined) {
-    ({ data: valid, rows: validRows } = toRowMajor('options.validation', opts.validation, dim));
+    ({ data: valid, rows: validRows, context: validContext } = trainingRows('options.validation', opts.validation, flow));
   } else if (opts.validationFraction !== undefined) {
     const fraction = checkNumber('options.validationFraction', opts.validationFraction, 'a number in (0, 1)', (v) => v > 0 && v < 1);
     validRows = Math.round(trainRows * fraction);
     if (validRows < 1 || validRows >= trainRows) {
       throw invalidRange('options.validationFraction', `a fraction that leaves at least one row on each side of the ${trainRows} rows`, fraction);
     }
-    ({ train, valid } = splitRows(train, trainRows, validRows, dim, optimizer.seed));
+    const held = heldOutRows(trainRows, validRows, optimizer.seed);
+    ({ train, valid } = splitRows(train, trainRows, held, dim));
+    if (trainContext) ({ train: trainContext, valid: validContext } = splitRows(trainContext, trainRows, held, flow.contextDim));
     trainRows -= validRows;
   }
   const patience = opts.patience === undefined ? Infinity : checkInteger('options.patience', opts.patience, 1, MAX_STEPS);
@@ -644,7 +686,8 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     const dequantizer = dequantize ? new Dequantizer(dequantize, optimizer.seed) : null;
     if (dequantizer && valid) valid = dequantizer.noisy(valid, validRows, -1);
     const trainer = newTrainer(flow, TO_LATENT, null, { ...optimizer.options, ema });
-    trainer.setData({ train: dequantizer ? dequantizer.noisy(train, trainRows, 0) : train, trainRows, valid, validRows });
+    const contexts = trainContext ? { trainContext, ...(validContext ? { validContext } : {}) } : {};
+    trainer.setData({ train: dequantizer ? dequantizer.noisy(train, trainRows, 0) : train, trainRows, valid, validRows, ...contexts });
     const [lo, hi] = seedWords(optimizer.seed);
     const batchesPerEpoch = Math.ceil(trainRows / batchSize);
     const stats = new Float64Array(5);
@@ -710,7 +753,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     try {
       for (let epoch = 0; epoch < epochs; epoch++) {
         // Fresh dequantisation noise every epoch (the first epoch's was set with the data).
-        if (dequantizer && epoch > 0) trainer.setData({ train: dequantizer.noisy(train, trainRows, epoch), trainRows, valid, validRows });
+        if (dequantizer && epoch > 0) trainer.setData({ train: dequantizer.noisy(train, trainRows, epoch), trainRows, valid, validRows, ...contexts });
         let lossSum = 0;
         let lossRows = 0;
         for (let batch = 0; batch < batchesPerEpoch; ) {
@@ -827,8 +870,8 @@ class Dequantizer {
   }
 }
 
-/** Holds out `validRows` rows chosen by the seed; the rest keep their order. */
-function splitRows(data: Float32Array, rows: number, validRows: number, dim: number, seed: number) {
+/** The `validRows` rows (of `rows`) held out for validation, chosen by the seed, in the order chosen. */
+function heldOutRows(rows: number, validRows: number, seed: number): Int32Array {
   // A seeded Fisher-Yates prefix picks the held-out rows (xorshift on the seed's two words).
   let state = (seedWords(seed)[0] ^ 0x9e3779b9 ^ Math.imul(seedWords(seed)[1], 0x85ebca6b)) >>> 0 || 1;
   const random = () => {
@@ -846,14 +889,19 @@ function splitRows(data: Float32Array, rows: number, validRows: number, dim: num
     index[i] = index[j];
     index[j] = t;
   }
+  return index.slice(0, validRows);
+}
+
+/** The held-out rows (in their chosen order) and the rest (in their order), of `width` values each. */
+function splitRows(data: Float32Array, rows: number, heldOut: Int32Array, width: number) {
   const held = new Uint8Array(rows);
-  const valid = new Float32Array(validRows * dim);
-  for (let i = 0; i < validRows; i++) {
-    held[index[i]] = 1;
-    valid.set(data.subarray(index[i] * dim, (index[i] + 1) * dim), i * dim);
-  }
-  const train = new Float32Array((rows - validRows) * dim);
-  for (let r = 0, t = 0; r < rows; r++) if (!held[r]) train.set(data.subarray(r * dim, (r + 1) * dim), dim * t++);
+  const valid = new Float32Array(heldOut.length * width);
+  heldOut.forEach((row, i) => {
+    held[row] = 1;
+    valid.set(data.subarray(row * width, (row + 1) * width), i * width);
+  });
+  const train = new Float32Array((rows - heldOut.length) * width);
+  for (let r = 0, t = 0; r < rows; r++) if (!held[r]) train.set(data.subarray(r * width, (r + 1) * width), width * t++);
   return { train, valid };
 }
 
@@ -1039,7 +1087,12 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
   checkFlow('flow', flow);
   requireTrainable(flow, 'fitReverseKL');
   const t = checkTarget('target', target, flow.dim);
-  const setup = checkReverseOptions('fitReverseKL options', options, [], { ema: 0.99, anneal: 0.3 });
+  const setup = checkReverseOptions('fitReverseKL options', options, ['context'], { ema: 0.99, anneal: 0.3 });
+  const contextOf = setup.opts.context;
+  if (flow.contextDim > 0 && typeof contextOf !== 'function') {
+    throw invalidType('options.context', `a function (step) => the batch's contexts (the flow is conditional: ${flow.contextDim} values per row)`, contextOf);
+  }
+  if (flow.contextDim === 0 && contextOf !== undefined) throw new TypeError('options.context: this flow is not conditional, so it takes no context');
   const [betaStart, betaSlope] = annealLine(setup, 0);
   if (setup.optimizer.signal?.aborted) throw abortError('fitReverseKL', 'its weights from before the call');
   claim(flow, 'fitReverseKL');
@@ -1055,8 +1108,16 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
       for (let s = 0; s < count; s++) {
         if (s > 0 && setup.optimizer.signal?.aborted) break;
         const x = new Float32Array(batchSize * dim);
-        await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, x, logq, async: true });
-        const { value, grad } = checkEvaluation(await t.logDensity(x), batchSize, dim);
+        let rowContexts: Float32Array | undefined;
+        if (flow.contextDim > 0) {
+          const C = flow.contextDim;
+          const { context, contextRows } = checkContext(`options.context(${firstStep + s})`, await (contextOf as (step: number) => unknown)(firstStep + s), batchSize, C);
+          await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, x, logq, async: true, context, contextRows });
+          rowContexts = contextRows === batchSize ? context : Float32Array.from({ length: batchSize * C }, (_, i) => context[i % C]);
+        } else {
+          await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, x, logq, async: true });
+        }
+        const { value, grad } = checkEvaluation(await (rowContexts ? t.logDensity(x, rowContexts) : t.logDensity(x)), batchSize, dim);
         // Annealed steps weight the target's gradient by beta; the reported loss stays at beta = 1.
         const beta = Math.min(1, betaStart + betaSlope * (firstStep + s));
         await trainer.reverseBackward({
@@ -1098,6 +1159,7 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
   requireTrainable(student, 'distill (the student)');
   if (teacher.dim !== student.dim) throw invalidRange('teacher.dim', `the student's dim, ${student.dim}`, teacher.dim);
   if (teacher === student) throw new TypeError('distill needs a teacher other than the student');
+  if (student.contextDim > 0 || teacher.contextDim > 0) throw new TypeError('distill: conditional flows cannot be distilled yet (fit the student by fit or fitReverseKL with a context)');
   const setup = checkReverseOptions('distill options', options, ['match', 'forwardKL'], { ema: 0.999, anneal: 0 });
   const match = checkNumber('options.match', setup.opts.match ?? 0.2, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
   const forwardKL = checkNumber('options.forwardKL', setup.opts.forwardKL ?? 1, 'a finite number >= 0', (v) => v >= 0 && Number.isFinite(v));
@@ -1217,9 +1279,9 @@ export const __trainingInternals = {
   },
 
   /** Mean negative log-likelihood of x and its gradient wrt every parameter (MAF flows). */
-  likelihoodGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { loss: number; grads: Record<string, Float32Array> } {
+  likelihoodGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}, context?: Float32Array): { loss: number; grads: Record<string, Float32Array> } {
     const trainer = newTrainer(flow, TO_LATENT, null, TEST_OPTIMIZER, kernels);
-    const loss = trainer.likelihoodGradient({ x, rows: x.length / flow.dim });
+    const loss = trainer.likelihoodGradient({ x, rows: x.length / flow.dim, ...(context ? { context } : {}) });
     return { loss, grads: gradientRecord(flow, trainer) };
   },
 
@@ -1240,13 +1302,15 @@ export const __trainingInternals = {
     target: Target,
     kernels: KernelChoice = {},
     stickingTheLanding = false,
+    context?: Float32Array,
   ): Promise<{ loss: number; x: Float32Array; grads: Record<string, Float32Array> }> {
     const trainer = newTrainer(flow, TO_DATA, null, TEST_OPTIMIZER, kernels);
     trainer.setStickingTheLanding(stickingTheLanding);
     const rows = z.length / flow.dim;
     const x = new Float32Array(z.length);
-    trainer.reverseForward({ seed: [0, 0], step: 0, batch: rows, z, x, logq: new Float32Array(rows), async: false });
-    const { value, grad } = checkEvaluation(await target.logDensity(x), rows, flow.dim);
+    const contextRows = context ? context.length / flow.contextDim : 0;
+    trainer.reverseForward({ seed: [0, 0], step: 0, batch: rows, z, x, logq: new Float32Array(rows), async: false, ...(context ? { context, contextRows } : {}) });
+    const { value, grad } = checkEvaluation(await target.logDensity(x, context), rows, flow.dim);
     const stepLoss = new Float64Array(1);
     trainer.reverseBackward({ targetValue: value, targetGrad: grad, update: false, stats: new Float64Array(5), stepLoss, async: false });
     return { loss: stepLoss[0], x, grads: gradientRecord(flow, trainer) };

@@ -153,3 +153,108 @@ describe('conditional flows: behaviour', () => {
     }
   });
 });
+
+// ---- training: gradients against finite differences of the float64 oracle ----
+
+import { __trainingInternals as internals } from '../src/train';
+
+function finiteDifferences(params: Record<string, Float64Array>, f: () => number, h = 1e-6): Record<string, Float64Array> {
+  const out: Record<string, Float64Array> = {};
+  for (const [name, values] of Object.entries(params)) {
+    const g = new Float64Array(values.length);
+    for (let i = 0; i < values.length; i++) {
+      const original = values[i];
+      values[i] = original + h;
+      const plus = f();
+      values[i] = original - h;
+      const minus = f();
+      values[i] = original;
+      g[i] = (plus - minus) / (2 * h);
+    }
+    out[name] = g;
+  }
+  return out;
+}
+
+function expectGradientsClose(actual: Record<string, Float32Array>, expected: Record<string, ArrayLike<number>>, atol: number, rtol: number) {
+  expect(Object.keys(actual).sort()).toEqual(Object.keys(expected).sort());
+  for (const [name, want] of Object.entries(expected)) {
+    const got = actual[name];
+    for (let i = 0; i < want.length; i++) {
+      if (!(Math.abs(got[i] - want[i]) <= atol + rtol * Math.abs(want[i]))) throw new Error(`${name}[${i}]: native ${got[i]}, expected ${want[i]}`);
+    }
+  }
+}
+
+const SMALL_CASES: Case[] = [
+  { name: 'MAF + IAF, linear context, d3 c2', dim: 3, context: 2, layers: () => [maf({ hidden: [7, 6], activation: 'tanh' }), reverse(), iaf({ hidden: [6], scale: 'exp' })] },
+  { name: 'IAF + MAF, activated context, elu, d4 c3', dim: 4, context: 3, layers: () => [iaf({ hidden: [8], activation: 'elu', contextForm: 'activated', softClamp: 1.5 }), permute({ seed: 1 }), maf({ hidden: [9, 5], contextForm: 'activated', scale: 'gated' })] },
+  { name: 'residual, both forms, d3 c2', dim: 3, context: 2, layers: () => [maf({ hidden: [6, 6, 6], residual: true, contextForm: 'activated', activation: 'tanh' }), reverse(), iaf({ hidden: [5, 5, 5], residual: true })] },
+];
+
+describe.each(ISAS)('conditional training gradients against finite differences (%s kernels)', (isa) => {
+  beforeAll(() => expect(native.selectKernels(isa)).toBe(true));
+  afterAll(() => native.selectKernels(BEST_ISA));
+
+  test.each(SMALL_CASES.map((c) => [c.name, c] as const))('maximum likelihood: %s', (_name, c) => {
+    const flow = createFlow({ dim: c.dim, context: c.context, layers: c.layers(), seed: 2 });
+    randomize(flow, 7, 0.4);
+    const p = params64(flow);
+    const cfg = flow.config as RefConfig;
+    const n = 6;
+    const x = standardNormal(n, c.dim, { seed: 1 });
+    const context = standardNormal(n, c.context, { seed: 2 });
+    const meanNll = () => -refLogProb(cfg, p, x, n, context).reduce((a, b) => a + b, 0) / n;
+    const want = meanNll();
+    const expected = finiteDifferences(p, meanNll);
+    const { loss, grads } = internals.likelihoodGradient(flow, x, {}, context);
+    expect(Math.abs(loss - want)).toBeLessThan(5e-4 + 2e-6 * Math.abs(want));
+    expectGradientsClose(grads, expected, 2e-4, 2e-3);
+  });
+
+  test.each(SMALL_CASES.map((c) => [c.name, c] as const))('reverse KL: %s', async (_name, c) => {
+    const flow = createFlow({ dim: c.dim, context: c.context, layers: c.layers(), seed: 3 });
+    randomize(flow, 8, 0.4);
+    const p = params64(flow);
+    const cfg = flow.config as RefConfig;
+    const n = 6;
+    const z = standardNormal(n, c.dim, { seed: 3 });
+    const context = standardNormal(n, c.context, { seed: 4 });
+    // Target: N(x; m(c), I) with m(c)_i = 0.5 c_(i mod C): it reads its rows' contexts.
+    const mean = (ctx: ArrayLike<number>, r: number, i: number) => 0.5 * ctx[r * c.context + (i % c.context)];
+    const target = {
+      dim: c.dim,
+      logDensity: (x: Float32Array, ctx?: Float32Array) => {
+        const rows = x.length / c.dim;
+        const value = new Float32Array(rows);
+        const grad = new Float32Array(x.length);
+        for (let r = 0; r < rows; r++)
+          for (let i = 0; i < c.dim; i++) {
+            const d = x[r * c.dim + i] - mean(ctx!, r, i);
+            value[r] -= 0.5 * d * d;
+            grad[r * c.dim + i] = -d;
+          }
+        return { value, grad };
+      },
+    };
+    const loss64 = () => {
+      const { x, logDet } = refForward(cfg, p, z, n, context);
+      let sum = 0;
+      for (let r = 0; r < n; r++) {
+        let base = 0;
+        let target64 = 0;
+        for (let i = 0; i < c.dim; i++) {
+          base += -0.5 * z[r * c.dim + i] ** 2 - 0.5 * Math.log(2 * Math.PI);
+          target64 -= 0.5 * (x[r * c.dim + i] - mean(context, r, i)) ** 2;
+        }
+        sum += base - logDet[r] - target64;
+      }
+      return sum / n;
+    };
+    const want = loss64();
+    const expected = finiteDifferences(p, loss64);
+    const { loss, grads } = await internals.reverseKLGradient(flow, z, target, {}, false, context);
+    expect(Math.abs(loss - want)).toBeLessThan(1e-3 * (1 + Math.abs(want)));
+    expectGradientsClose(grads, expected, 3e-4, 3e-3);
+  });
+});

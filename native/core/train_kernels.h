@@ -228,6 +228,38 @@ inline float* headInput(const TMade& m, Workspace& ws) {
   return ws.cache.data() + kTile * (m.residual ? m.cacheStream[last] : m.cacheHidden[last]);
 }
 
+// A conditional MADE's context term t = g(Wc c + bc) for the tile's rows (ws.context), into the
+// cache (stride hidden 0's outStride); null for an unconditional MADE.
+template <Activation A>
+const float* made_context_term(const Net& net, const TMade& m, Workspace& ws, int rows) {
+  if (m.contextForm == ContextForm::None) return nullptr;
+  const float* P = net.params.data();
+  const TLinear& Cx = m.context;
+  float* t = ws.cache.data() + kTile * m.cacheContext;
+  if (m.contextForm == ContextForm::Activated)
+    linearForward<true, A>(Cx, P + Cx.w, P + Cx.b, ws.context.data(), net.contextStride, rows, t, net.reference);
+  else
+    linearForward<false, A>(Cx, P + Cx.w, P + Cx.b, ws.context.data(), net.contextStride, rows, t, net.reference);
+  return t;
+}
+
+// The context term's parameter gradient from delta = dL/d(hidden 0's pre-activation) (rows x
+// hidden 0's outStride): through g' (the 'activated' form) into ws.gC, then the weight product.
+template <Activation A>
+void contextBackward(const Net& net, const TMade& m, Workspace& ws, int rows, const float* delta, float* G) {
+  if (m.contextForm == ContextForm::None || !G) return;
+  const TLinear& Cx = m.context;
+  const int hs = Cx.outStride;
+  const float* gy = delta;
+  if (m.contextForm == ContextForm::Activated) {
+    const float* t = ws.cache.data() + kTile * m.cacheContext;
+    float* g = ws.gC.data();
+    for (int i = 0; i < rows * hs; ++i) g[i] = delta[i] * activationGradFromOutput<A>(t[i]);
+    gy = g;
+  }
+  weightGrad(Cx, ws.context.data(), net.contextStride, gy, rows, G + Cx.w, G + Cx.b, net.reference);
+}
+
 template <Activation A, ScaleKind S>
 void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   const int dim = net.dim, ds = net.dimStride;
@@ -241,19 +273,23 @@ void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
       for (int p = 0; p < dim; ++p) c[r * ds + p] = softClamp(u[r * ds + p], m.softClampInv);
   const float* x = c;
   int xs = ds;
+  const float* contextTerm = made_context_term<A>(net, m, ws, rows);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
     float* h = ws.cache.data() + kTile * m.cacheHidden[l];
     if (m.residual && l % 2 == 0) {
-      // The stream: h_l = W_l x + b_l (+ h_{l-2}); this layer's output is act(h_l).
+      // The stream: h_l = W_l x + b_l (+ h_{l-2}, or the context term at l = 0); this layer's output is act(h_l).
       float* stream = ws.cache.data() + kTile * m.cacheStream[l];
       linearForward<false, A>(L, P + L.w, P + L.b, x, xs, rows, stream, net.reference);
       const int hs = L.outStride;
-      const float* before = l > 0 ? ws.cache.data() + kTile * m.cacheStream[l - 2] : nullptr;
+      const float* before = l > 0 ? ws.cache.data() + kTile * m.cacheStream[l - 2] : contextTerm;
       for (int i = 0; i < rows * hs; ++i) {
         if (before) stream[i] += before[i];
         h[i] = activate<A>(stream[i]);
       }
+    } else if (l == 0 && contextTerm) {
+      linearForward<false, A>(L, P + L.w, P + L.b, x, xs, rows, h, net.reference);
+      for (int i = 0; i < rows * L.outStride; ++i) h[i] = activate<A>(h[i] + contextTerm[i]);
     } else {
       linearForward<true, A>(L, P + L.w, P + L.b, x, xs, rows, h, net.reference);
     }
@@ -323,6 +359,7 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
     }
     const TLinear& L0 = m.hidden[0];
     if (G) weightGrad(L0, u, ds, gS, rows, G + L0.w, G + L0.b, net.reference);
+    contextBackward<A>(net, m, ws, rows, gS, G);
     if (gU) inputGradToU(L0, gS);
     return;
   }
@@ -338,6 +375,7 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
     const float* x = l == 0 ? u : ws.cache.data() + kTile * m.cacheHidden[l - 1];
     const int xs = l == 0 ? ds : m.hidden[l - 1].outStride;
     if (G) weightGrad(L, x, xs, gCur, rows, G + L.w, G + L.b, net.reference);
+    if (l == 0) contextBackward<A>(net, m, ws, rows, gCur, G);
     if (l > 0) {
       inputGrad(L, P + L.w, PT + L.wt, gCur, rows, gNext, m.hidden[l - 1].outStride, false, net.reference);
       std::swap(gCur, gNext);
@@ -481,7 +519,8 @@ struct SeqTile {
 
 // Computes, for every row, the hidden units not yet done up to `degree`, in every layer.
 template <Activation A>
-inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, int rows, int* done, int degree) {
+inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, int rows, int* done, int degree,
+                            const float* contextTerm) {
   const float* P = net.params.data();
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
@@ -494,6 +533,7 @@ inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, in
       for (int r = 0; r < rows; ++r)
         for (int j = a; j < b; ++j) {
           if (t.stream[l] && l > 0) y[r * hs + j] += t.stream[l - 2][r * hs + j];
+          if (l == 0 && contextTerm) y[r * hs + j] += contextTerm[r * hs + j];
           t.h[l][r * hs + j] = activate<A>(y[r * hs + j]);
         }
     });
@@ -523,8 +563,9 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
   }
   const float* heads = t.heads(m);
   const int headStride = m.hidden[depth - 1].outStride;
+  const float* contextTerm = made_context_term<A>(net, m, ws, rows);  // once per row, before the degrees
   for (int p = 0; p < dim; ++p) {
-    hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), p);  // degree <= p: they read positions < p only
+    hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), p, contextTerm);  // degree <= p: they read positions < p only
     groupForward(O, P, heads, headStride, rows, 2 * p, 2 * p + 2, t.out, os);
     const int i = m.dimAtPosition[p];
     for (int r = 0; r < rows; ++r) {
@@ -534,7 +575,7 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
       ws.logDet[r] -= a.logScale;
     }
   }
-  hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), dim);  // units of degree dim feed no output; kept for a full cache
+  hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), dim, contextTerm);  // units of degree dim feed no output; kept for a full cache
   for (int r = 0; r < rows; ++r)
     for (int p = 0; p < dim; ++p) ws.points[r * dim + m.dimAtPosition[p]] = t.u[r * ds + p];
 }
