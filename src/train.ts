@@ -473,6 +473,8 @@ class FiniteResultsGuard {
     private readonly data: Float32Array | null,
     /** Whether the trainer's best-weights slot is free for snapshots (fit with restoreBest uses it). */
     private readonly snapshots: boolean,
+    /** A conditional flow's contexts for the probes: one row, or one per probe row. */
+    private readonly context?: Float32Array,
   ) {
     // pushParameters swaps in a fresh map, so this one is never written again.
     this.before = flow.currentParameters();
@@ -504,9 +506,12 @@ class FiniteResultsGuard {
       for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
       return true;
     };
-    const { x, logProb } = this.flow.sampleWithLogProbSync(PROBE_ROWS, { seed: 0 });
+    const C = this.flow.contextDim;
+    // The probes' contexts: one row for the samples; the data rows' own for their log-densities.
+    const sampleContext = C > 0 && this.context ? { context: this.context.subarray(0, C) } : {};
+    const { x, logProb } = this.flow.sampleWithLogProbSync(PROBE_ROWS, { seed: 0, ...sampleContext });
     if (!allFinite(x) || !allFinite(logProb)) return false;
-    return this.data === null || allFinite(this.flow.logProbSync(this.data));
+    return this.data === null || allFinite(this.flow.logProbSync(this.data, C > 0 ? { context: this.context } : undefined));
   }
 }
 
@@ -710,7 +715,7 @@ export async function fit(flow: Flow, data: Rows | ConditionalRows, options?: Fi
     };
     const keepBest = valid !== null && restoreBest;
     const probeRows = Math.min(PROBE_ROWS, trainRows);
-    const guard = new FiniteResultsGuard(flow, trainer, 'fit', train.slice(0, probeRows * dim), !keepBest);
+    const guard = new FiniteResultsGuard(flow, trainer, 'fit', train.slice(0, probeRows * dim), !keepBest, trainContext?.slice(0, probeRows * flow.contextDim));
     const started = now();
     let trainSeconds = 0;
     let rowsSeen = 0;
@@ -1008,10 +1013,11 @@ async function runReverse(
   what: string,
   logZ: number | null,
   runChunk: (firstStep: number, count: number, stepLoss: Float64Array, stats: Float64Array) => Promise<void>,
+  probeContext?: Float32Array,
 ): Promise<ReverseKLReport> {
   const { steps, batchSize, optimizer, onProgress } = setup;
   const history = new LossHistory(steps, lossHistoryLimit);
-  const guard = new FiniteResultsGuard(flow, trainer, what, null, true);
+  const guard = new FiniteResultsGuard(flow, trainer, what, null, true, probeContext);
   let chunkLoss = new Float64Array(0);
   const stats = new Float64Array(5);
   let skipped = 0;
@@ -1132,7 +1138,7 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
         skipped += stats[3];
       }
       stats[3] = skipped;
-    });
+    }, flow.contextDim > 0 ? checkContext('options.context(0)', await (contextOf as (step: number) => unknown)(0), batchSize, flow.contextDim).context : undefined);
   } finally {
     training.delete(flow);
   }
