@@ -47,6 +47,12 @@ const CHECKS: Record<string, { setup?: (dir: string) => void; check: string }> =
       `if (!(vi.kl! < 0.1)) throw new Error('fitReverseKL: KL ' + vi.kl);\n` +
       `if (!(distilled.kl! < 0.5) || distilled.diverged) throw new Error('distill: KL ' + distilled.kl);`,
   },
+  'Conditional flows: posteriors p(theta | y)': {
+    check:
+      `if (draws.length !== 300 || given.x.length !== 3000) throw new Error('wrong sizes');\n` +
+      `if (Math.max(...Array.from(scores, (v, i) => Math.abs(v - given.logProb[i]))) > 1e-3) throw new Error('logProb disagrees with sampleWithLogProb');\n` +
+      `if (vi.warnings.length > 0 || !Number.isFinite(vi.finalLoss)) throw new Error('fitReverseKL: ' + vi.warnings);`,
+  },
   'Weights trained in PyTorch': {
     setup: (dir) => copyFileSync(join(ROOT, 'test', 'fixtures', 'torch', 'zuko-maf-d3.safetensors'), join(dir, 'maf.safetensors')),
     check: `if (lp.length !== 2 || !Array.from(lp).every(Number.isFinite)) throw new Error('bad logProb');`,
