@@ -290,7 +290,7 @@ describe.each([
     expectError(
       () => build({ hidden: [8], [key]: 1 }),
       'TypeError',
-      new RegExp(`^Unknown option "${key}" in ${b} options; expected one of: hidden, activation, scale, order, hiddenDegrees, residual, softClamp$`),
+      new RegExp(`^Unknown option "${key}" in ${b} options; expected one of: hidden, activation, scale, order, hiddenDegrees, residual, softClamp, contextForm$`),
     );
   });
 
