@@ -53,6 +53,19 @@ const CHECKS: Record<string, { setup?: (dir: string) => void; check: string }> =
       `if (Math.max(...Array.from(scores, (v, i) => Math.abs(v - given.logProb[i]))) > 1e-3) throw new Error('logProb disagrees with sampleWithLogProb');\n` +
       `if (vi.warnings.length > 0 || !Number.isFinite(vi.finalLoss)) throw new Error('fitReverseKL: ' + vi.warnings);`,
   },
+  Serving: {
+    // The plugin on an ephemeral port (PORT=0), serving a model saved here; then closed.
+    setup: (dir) => {
+      const script = `const { createFlow, maf, saveFlow } = require(${JSON.stringify(join(ROOT, 'src', 'index'))});\n` +
+        `saveFlow(createFlow({ dim: 2, seed: 1, layers: [maf({ hidden: [8] })] }), ${JSON.stringify(join(dir, 'model.safetensors'))}).catch((e) => { console.error(e); process.exit(1); });`;
+      const made = spawnSync(process.execPath, ['--require', require.resolve('tsx/cjs'), '-e', script], { encoding: 'utf8' });
+      if (made.status !== 0) throw new Error(made.stderr);
+    },
+    check:
+      `const res = await app.inject({ method: 'POST', url: '/v1/sample', payload: { n: 3, seed: 1 } });\n` +
+      `if (res.statusCode !== 200) throw new Error('sample: ' + res.statusCode + ' ' + res.body);\n` +
+      `await app.close();`,
+  },
   'Weights trained in PyTorch': {
     setup: (dir) => copyFileSync(join(ROOT, 'test', 'fixtures', 'torch', 'zuko-maf-d3.safetensors'), join(dir, 'maf.safetensors')),
     check: `if (lp.length !== 2 || !Array.from(lp).every(Number.isFinite)) throw new Error('bad logProb');`,
@@ -69,7 +82,10 @@ test('the README has its TypeScript blocks, each with checks here', () => {
 test.each(blocks.map((b) => [b.section, b] as const))('the README block under "%s" runs as written', (_section, block) => {
   const entry = CHECKS[block.section];
   const lines = block.code.split('\n');
-  const imports = lines.filter((l) => l.startsWith('import ')).map((l) => l.replace("'iaflow'", JSON.stringify(join(ROOT, 'src', 'index'))));
+  // 'iaflow' and 'iaflow/server' are this checkout's sources; other packages resolve from it too (the snippet runs in a temp folder).
+  const resolveImport = (name: string) =>
+    name === 'iaflow' ? join(ROOT, 'src', 'index') : name === 'iaflow/server' ? join(ROOT, 'src', 'server') : require.resolve(name, { paths: [ROOT] });
+  const imports = lines.filter((l) => l.startsWith('import ')).map((l) => l.replace(/from '([^']+)'/, (_, name: string) => `from ${JSON.stringify(resolveImport(name))}`));
   const body = lines.filter((l) => !l.startsWith('import '));
   const dir = mkdtempSync(join(tmpdir(), 'iaflow-readme-'));
   try {
@@ -77,7 +93,7 @@ test.each(blocks.map((b) => [b.section, b] as const))('the README block under "%
     const file = join(dir, 'snippet.ts');
     // Top-level await in the README: wrapped in an async function here; the checks read its variables.
     writeFileSync(file, `${imports.join('\n')}\n(async () => {\n${body.join('\n')}\n${entry.check}\nconsole.log('ok');\n})().catch((e) => { console.error(e); process.exit(1); });\n`);
-    const run = spawnSync(process.execPath, ['--require', require.resolve('tsx/cjs'), file], { cwd: dir, encoding: 'utf8', timeout: 120_000 });
+    const run = spawnSync(process.execPath, ['--require', require.resolve('tsx/cjs'), file], { cwd: dir, encoding: 'utf8', timeout: 120_000, env: { ...process.env, PORT: '0' } });
     expect(run.stderr).toBe('');
     expect(run.stdout.trim().split('\n').pop()).toBe('ok');
     expect(run.status).toBe(0);
