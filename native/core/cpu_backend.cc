@@ -28,6 +28,8 @@ struct Scratch {
   std::vector<float> condIn;     // dim * tileRows: what the conditioner reads, with a soft clamp (MadePlan::softClampInv)
   std::vector<float> contextIn;   // contextDim * tileRows: the tile's context rows (kernels: feature-major; reference: row-major)
   std::vector<float> contextTerm; // widest * tileRows: g(Wc c + bc) of the MADE at hand, added to hidden layer 0
+  // A broadcast context's term of the MADE at hand, computed once per call (null: compute per row).
+  const std::vector<float>* broadcastTerm = nullptr;
   std::vector<std::vector<float>> hidden;  // per hidden layer: widest * tileRows (after the activation)
   std::vector<std::vector<float>> stream;  // residual MADEs: the pre-activation stream h of layers 0, 2, 4, ...
   std::vector<float> output;     // reference path only: tileRows * (2 dim, padded)
@@ -125,10 +127,36 @@ const float* conditionerInput(const MadePlan& m, const float* in, float* out, si
 
 // The context term g(Wc c + bc) of a conditional MADE for the tile's (or the one row's) context,
 // into s.contextTerm: g is the MADE's activation (Activated) or none (Linear).
-void contextTerm(LinearKernel linear, const MadePlan& m, Scratch& s, const float* contextIn) {
+// With one context for the whole call (s.broadcastTerm), the term computed once is spread over
+// the tile's rows (tile: feature-major) or copied (one row): the same bits as computing it per
+// row, since the one-row and the tile kernels round alike.
+void contextTerm(LinearKernel linear, const MadePlan& m, Scratch& s, const float* contextIn, bool tile) {
   if (m.contextForm == ContextForm::None) return;
+  if (s.broadcastTerm) {
+    const float* term = s.broadcastTerm->data();
+    const int T = s.tileRows;
+    if (tile)
+      for (int j = 0; j < m.context.out; ++j) std::fill_n(s.contextTerm.data() + static_cast<size_t>(j) * T, T, term[j]);
+    else
+      std::copy_n(term, m.context.out, s.contextTerm.data());
+    return;
+  }
   const int g = m.contextForm == ContextForm::Activated ? kernelActivation(m.activation) : kActNone;
   linear(view(m.context), contextIn, s.contextTerm.data(), 0, m.context.out, g, nullptr, nullptr);
+}
+
+// Each MADE layer's term g(Wc c + bc) of one context row (indexed by layer; empty for others).
+std::vector<std::vector<float>> broadcastTerms(const KernelTable& K, const FlowPlan& plan, const float* context) {
+  std::vector<std::vector<float>> out(plan.layers.size());
+  for (size_t k = 0; k < plan.layers.size(); ++k) {
+    const LayerPlan& layer = plan.layers[k];
+    if ((layer.kind != LayerKind::IAF && layer.kind != LayerKind::MAF) || layer.made.contextForm == ContextForm::None) continue;
+    const MadePlan& m = layer.made;
+    out[k].assign(m.context.outStride, 0.0f);
+    const int g = m.contextForm == ContextForm::Activated ? kernelActivation(m.activation) : kActNone;
+    K.linearRow(view(m.context), context, out[k].data(), 0, m.context.out, g, nullptr, nullptr);
+  }
+  return out;
 }
 
 // ---- fast path: kernels on feature-major tiles ----
@@ -152,7 +180,7 @@ void scatterSorted(const MadePlan& m, Scratch& s, const float* inT) {
 // v = u * scale(u) + shift(u); logDet += sum log scale.
 void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
-  contextTerm(K.linear, m, s, s.contextIn.data());
+  contextTerm(K.linear, m, s, s.contextIn.data(), true);
   const float* cond = conditionerInput(m, s.sortedIn.data(), s.condIn.data(), static_cast<size_t>(m.dim) * s.tileRows);
   const int act = kernelActivation(m.activation);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
@@ -168,7 +196,7 @@ void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
 // hidden unit exactly once; logDet -= sum log scale.
 void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
-  contextTerm(K.linear, m, s, s.contextIn.data());  // once per row, before the degrees
+  contextTerm(K.linear, m, s, s.contextIn.data(), true);  // once per row, before the degrees
   float* u = s.sortedOut.data();
   const bool clamp = m.softClampInv != 0.0f;
   float* cond = clamp ? s.condIn.data() : u;
@@ -190,7 +218,7 @@ constexpr int kRowPathRows = 8;
 // The one-row paths read row r's context from s.contextIn, row-major (C per row).
 void madeParallelRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r) {
   float* point = s.point.data() + static_cast<size_t>(r) * m.dim;
-  contextTerm(K.linearRow, m, s, s.contextIn.data() + static_cast<size_t>(r) * s.contextDim);
+  contextTerm(K.linearRow, m, s, s.contextIn.data() + static_cast<size_t>(r) * s.contextDim, false);
   float* u = s.sortedIn.data();
   for (int p = 0; p < m.dim; ++p) u[p] = point[m.dimAtPosition[p]];
   const float* cond = conditionerInput(m, u, s.condIn.data(), m.dim);
@@ -208,7 +236,7 @@ void madeParallelRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r)
 
 void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r) {
   float* point = s.point.data() + static_cast<size_t>(r) * m.dim;
-  contextTerm(K.linearRow, m, s, s.contextIn.data() + static_cast<size_t>(r) * s.contextDim);
+  contextTerm(K.linearRow, m, s, s.contextIn.data() + static_cast<size_t>(r) * s.contextDim, false);
   float* v = s.sortedIn.data();
   float* u = s.sortedOut.data();
   for (int p = 0; p < m.dim; ++p) v[p] = point[m.dimAtPosition[p]];
@@ -416,7 +444,7 @@ void gatherContext(const RunRequest& req, Scratch& s, int64_t firstRow, int rows
 }
 
 void runTile(const KernelTable& K, bool reference, const FlowPlan& plan, const RunRequest& req, Scratch& s,
-             int64_t firstRow, int rows) {
+             int64_t firstRow, int rows, const std::vector<std::vector<float>>* broadcast) {
   const int dim = plan.dim;
   s.ensure(plan, K.tileRows);
   if (req.input) {
@@ -443,6 +471,7 @@ void runTile(const KernelTable& K, bool reference, const FlowPlan& plan, const R
     }
     // The parallel pass runs when we travel the way the layer's parallel direction points.
     const bool parallel = toData == layer.made.parallelTowardData;
+    s.broadcastTerm = broadcast ? &(*broadcast)[toData ? step : count - 1 - step] : nullptr;
     if (reference) {
       runReferenceMade(layer.made, s, rows, parallel);
     } else if (rows <= kRowPathRows) {
@@ -491,9 +520,13 @@ class CpuRunner final : public Runner {
     const KernelTable& K = activeKernels();
     const int tileRows = K.tileRows;
     const int64_t tiles = (req.rows + tileRows - 1) / tileRows;
+    // One context for every row: each MADE's context term once per call, not once per row.
+    std::vector<std::vector<float>> terms;
+    if (!reference_ && plan_->contextDim > 0 && req.contextRows == 1) terms = broadcastTerms(K, *plan_, req.context);
+    const std::vector<std::vector<float>>* broadcast = terms.empty() ? nullptr : &terms;
     if (tiles == 1) {
       // Small batches skip the pool: no wake-up latency.
-      runTile(K, reference_, *plan_, req, threadScratch(), 0, static_cast<int>(req.rows));
+      runTile(K, reference_, *plan_, req, threadScratch(), 0, static_cast<int>(req.rows), broadcast);
       return;
     }
     std::shared_ptr<ThreadPool> pool = currentPool();
@@ -501,7 +534,7 @@ class CpuRunner final : public Runner {
       if (cancelled(req)) return;  // the remaining tiles are skipped
       const int64_t first = tile * tileRows;
       const int rows = static_cast<int>(std::min<int64_t>(tileRows, req.rows - first));
-      runTile(K, reference_, *plan_, req, threadScratch(), first, rows);
+      runTile(K, reference_, *plan_, req, threadScratch(), first, rows, broadcast);
     });
     if (cancelled(req)) throw Cancelled();
   }
