@@ -988,10 +988,20 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     const double forwardWeight = numberField(env, o, "forwardWeight", 0, true);
     double* stats = float64Output(env, o.Get("stats"), 5, "stats");
     double* stepLoss = float64Output(env, o.Get("stepLoss"), static_cast<size_t>(steps), "stepLoss");
+    // Conditional flows: every step's contexts, contextRows (1 or batch) per step, copied.
+    auto contexts = std::make_shared<std::vector<float>>();
+    int64_t contextRows = 0;
+    if (contextDim_ > 0) {
+      contextRows = countField(env, o, "contextRows", 1, 0, true);
+      const float* c = optionalFloatOutput(env, o.Get("context"), static_cast<size_t>(steps * contextRows) * contextDim_, "context");
+      if (!c) internalError(env, "context is required for a conditional flow");
+      contexts->assign(c, c + steps * contextRows * contextDim_);
+    }
     auto trainer = trainer_;
     return launch(env, o.Get("async").ToBoolean().Value(), [=] {
       iaflow::StepStats s;
-      trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, s, stepLoss);
+      trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, s, stepLoss,
+                            contexts->empty() ? nullptr : contexts->data(), contextRows);
       writeStats(s, stats);
     }, nullptr, {o.Get("stats"), o.Get("stepLoss")}, cancelFrom(env, o));
   }

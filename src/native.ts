@@ -123,6 +123,9 @@ export interface NativeTrainerInstance {
     async: boolean;
     /** Stops before its next step once raised (stats count the steps done). */
     cancel?: NativeCancelToken;
+    /** Conditional flows: each step's contexts, contextRows (1 or batch) rows per step, steps after steps. */
+    context?: Float32Array;
+    contextRows?: number;
   }): Promise<void> | undefined;
   likelihoodGradient(options: { x: Float32Array; rows: number; context?: Float32Array }): number;
   logProbGradient(options: { x: Float32Array; rows: number; logProb: Float32Array; grad: Float32Array }): void;

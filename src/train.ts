@@ -1165,8 +1165,21 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
   requireTrainable(student, 'distill (the student)');
   if (teacher.dim !== student.dim) throw invalidRange('teacher.dim', `the student's dim, ${student.dim}`, teacher.dim);
   if (teacher === student) throw new TypeError('distill needs a teacher other than the student');
-  if (student.contextDim > 0 || teacher.contextDim > 0) throw new TypeError('distill: conditional flows cannot be distilled yet (fit the student by fit or fitReverseKL with a context)');
-  const setup = checkReverseOptions('distill options', options, ['match', 'forwardKL'], { ema: 0.999, anneal: 0 });
+  if (teacher.contextDim !== student.contextDim) {
+    throw invalidRange('teacher.contextDim', `the student's context width, ${student.contextDim}`, teacher.contextDim);
+  }
+  const setup = checkReverseOptions('distill options', options, ['match', 'forwardKL', 'context'], { ema: 0.999, anneal: 0 });
+  const C = student.contextDim;
+  const contextOf = setup.opts.context;
+  if (C > 0 && typeof contextOf !== 'function') {
+    throw invalidType('options.context', `a function (step) => the batch's contexts (the flows are conditional: ${C} values per row)`, contextOf);
+  }
+  if (C === 0 && contextOf !== undefined) throw new TypeError('options.context: these flows are not conditional, so they take no context');
+  /** Step `step`'s contexts, batchSize rows (a broadcast row repeated). */
+  const stepContexts = async (step: number, batch: number): Promise<Float32Array> => {
+    const { context, contextRows } = checkContext(`options.context(${step})`, await (contextOf as (s: number) => unknown)(step), batch, C);
+    return contextRows === batch ? context : Float32Array.from({ length: batch * C }, (_, i) => context[i % C]);
+  };
   const match = checkNumber('options.match', setup.opts.match ?? 0.2, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
   const forwardKL = checkNumber('options.forwardKL', setup.opts.forwardKL ?? 1, 'a finite number >= 0', (v) => v >= 0 && Number.isFinite(v));
   const matchSteps = Math.round(setup.steps * match);
@@ -1181,20 +1194,30 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
     const { batchSize } = setup;
     const dim = student.dim;
     const matcher = matchSteps > 0 ? mapMatcher(teacher, dim, batchSize, lo, hi) : null;
+    const probeContext = C > 0 ? await stepContexts(0, batchSize) : undefined;
     const cancel = cancelTokenFor(setup.optimizer.signal);
     return await runReverse(student, trainer, setup, 'distill', 0, async (firstStep, count, stepLoss, stats) => {
       let s = 0;
       let skipped = 0;
       for (; s < count && firstStep + s < matchSteps; s++) {
         if (s > 0 && setup.optimizer.signal?.aborted) break;
-        const { z, value, grad, x, logq } = await matcher!.begin(firstStep + s);
-        await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, z, x, logq, async: true });
+        const context = C > 0 ? await stepContexts(firstStep + s, batchSize) : undefined;
+        const { z, value, grad, x, logq } = await matcher!.begin(firstStep + s, context);
+        const contextOptions = context ? { context, contextRows: batchSize } : {};
+        await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, z, x, logq, async: true, ...contextOptions });
         matcher!.finish(value, grad);
         await trainer.reverseBackward({ targetValue: value, targetGrad: grad, update: true, stats, stepLoss: stepLoss.subarray(s, s + 1), async: true });
         skipped += stats[3];
       }
       if (s < count) {
+        let contextOptions = {};
+        if (C > 0) {
+          const all = new Float32Array((count - s) * batchSize * C);
+          for (let k = s; k < count; k++) all.set(await stepContexts(firstStep + k, batchSize), (k - s) * batchSize * C);
+          contextOptions = { context: all, contextRows: batchSize };
+        }
         await trainer.distillSteps({
+          ...contextOptions,
           seed: [lo, hi],
           firstStep: firstStep + s,
           steps: count - s,
@@ -1211,7 +1234,7 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
       }
       stats[3] = skipped;
       for (let i = 0; i < count; i++) if (!Number.isFinite(stepLoss[i])) stepLoss[i] = NaN;
-    });
+    }, probeContext);
   } finally {
     training.delete(student);
   }
@@ -1231,9 +1254,9 @@ function mapMatcher(teacher: Flow, dim: number, batch: number, seedLo: number, s
   let teacherX: Float32Array = new Float32Array(0);
   let precision = 0;
   return {
-    async begin(step: number) {
+    async begin(step: number, context?: Float32Array) {
       native.standardNormal({ seed: [seedLo, seedHi], firstRow: step * batch, rows: batch, dim, out: z });
-      teacherX = (await teacher.forward(z)).x;
+      teacherX = (await teacher.forward(z, context ? { context } : undefined)).x;
       if (precision === 0) {
         let mean = 0;
         let square = 0;

@@ -5,7 +5,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Flow, LayerDescriptor, createFlow, fit, fitReverseKL, fitSchedule, iaf, loadFlow, maf, permute, reverse, saveFlow, standardNormal } from '../src/index';
+import { Flow, LayerDescriptor, createFlow, distill, fit, fitReverseKL, fitSchedule, iaf, loadFlow, maf, permute, reverse, saveFlow, standardNormal } from '../src/index';
 import { native } from '../src/native';
 import { __trainingInternals as internals } from '../src/train';
 import { RefConfig, randomParams, refForward, refInverse, refLogProb } from './reference';
@@ -327,12 +327,14 @@ describe('posteriors of a linear-Gaussian simulator (issue 13)', () => {
     return out;
   };
   const heldOut = simulate(100, 77);
+  let npePosterior: Flow | null = null; // the NPE test's flow, the distillation test's teacher
 
   test('neural posterior estimation: a conditional MAF fitted to 50k pairs is within 0.05 nats of the true posterior (mean KL(p || q) over 100 held-out y)', async () => {
     const { theta, y } = simulate(50_000, 1);
     const flow = createFlow({ dim: D, context: C, seed: 1, layers: [maf({ hidden: [64, 64] }), reverse(), maf({ hidden: [64, 64] }), reverse(), maf({ hidden: [64, 64] })] });
     const report = await fit(flow, { x: theta, context: y }, { seed: 1, validationFraction: 0.1, patience: fitSchedule(45_000).patience });
     expect(report.warnings).toEqual([]);
+    npePosterior = flow;
     let kl = 0;
     for (let k = 0; k < 100; k++) {
       const yk = heldOut.y.subarray(k * C, (k + 1) * C);
@@ -343,6 +345,25 @@ describe('posteriors of a linear-Gaussian simulator (issue 13)', () => {
     }
     expect(kl).toBeLessThan(0.05);
     expect(kl).toBeGreaterThan(-0.01); // a KL estimate far below 0 would mean a wrong log-density
+  }, 120_000);
+
+  test('conditional distillation: a conditional IAF student of the NPE posterior is within 0.05 nats of it (mean KL(student || teacher) over 100 held-out y)', async () => {
+    expect(npePosterior).not.toBeNull();
+    const teacher = npePosterior!;
+    const student = createFlow({ dim: D, context: C, seed: 2, layers: [iaf({ hidden: [64, 64] }), reverse(), iaf({ hidden: [64, 64] }), reverse(), iaf({ hidden: [64, 64] })] });
+    const report = await distill(student, teacher, { steps: 3000, batchSize: 256, seed: 3, context: (step) => simulate(256, 20_000 + 2 * step).y });
+    expect(report.warnings).toEqual([]);
+    let kl = 0;
+    for (let k = 0; k < 100; k++) {
+      const yk = heldOut.y.subarray(k * C, (k + 1) * C);
+      const { x, logProb } = student.sampleWithLogProbSync(500, { seed: k, context: yk });
+      const logTeacher = teacher.logProbSync(x, { context: yk });
+      for (let m = 0; m < 500; m++) kl += (logProb[m] - logTeacher[m]) / 500 / 100;
+    }
+    expect(kl).toBeLessThan(0.05);
+    expect(kl).toBeGreaterThan(-0.01);
+    await expect(distill(student, createFlow({ dim: D, layers: [maf()], seed: 1 }))).rejects.toThrow(/teacher.contextDim/);
+    await expect(distill(student, teacher, { steps: 2 })).rejects.toThrow(/Expected a function \(step\) => the batch's contexts/);
   }, 120_000);
 
   test('amortised VI: a conditional IAF fitted by reverse KL to log p(theta) + log p(y | theta) is within 0.05 nats (mean KL(q || p) over 100 held-out y)', async () => {

@@ -315,6 +315,10 @@ struct Trainer::Impl {
   // Puts the contexts of rows [first, first + count) into ws.context (index maps them to source
   // rows when given; a one-row source is every row's), padded to the net's context stride.
   void loadContext(Workspace& ws, const float* source, int64_t sourceRows, const int64_t* index, int64_t first, int count) const {
+    loadContextFor(net, ws, source, sourceRows, index, first, count);
+  }
+  static void loadContextFor(const Net& net, Workspace& ws, const float* source, int64_t sourceRows, const int64_t* index,
+                             int64_t first, int count) {
     const int C = net.contextDim, cs = net.contextStride;
     if (C == 0) return;
     if (!source) throw std::invalid_argument("this flow is conditional: training needs a context for every row");
@@ -740,10 +744,14 @@ void Trainer::reverseBackward(const float* targetLogDensity, const float* target
 }
 
 void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batchRows, double betaStart,
-                           double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss) {
+                           double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss,
+                           const float* contexts, int64_t contextRowsPerStep) {
   Impl& I = *impl_;
   if (!I.teacher) throw std::logic_error("distillSteps needs a teacher");
-  if (I.net.contextDim > 0 || I.teacher->contextDim > 0) throw std::invalid_argument("distilling conditional flows is not supported yet");
+  const int C = I.net.contextDim;
+  if (I.teacher->contextDim != C) throw std::invalid_argument("the teacher's context width differs from the student's");
+  if (C > 0 && (!contexts || (contextRowsPerStep != 1 && contextRowsPerStep != batchRows)))
+    throw std::invalid_argument("conditional distillation needs each step's contexts: one row, or one per row");
   std::shared_ptr<ThreadPool> p = I.pool();
   const int dim = I.net.dim;
   const int S = I.slotCount(batchRows);
@@ -753,9 +761,13 @@ void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int6
     const double beta = std::min(1.0, betaStart + betaSlope * static_cast<double>(firstStep + s));
     const float gradScale = static_cast<float>(beta) * scale;
     std::vector<double> klSums(S, 0.0);  // the loss at beta = 1, per slot (summed in order)
+    const float* stepContext = C > 0 ? contexts + s * contextRowsPerStep * C : nullptr;
     const double loss = I.accumulate(*p, batchRows, S, true, [&](int64_t first, int count, int worker, int slot, float* G) {
       Workspace& ws = I.workspaces[worker];
       Workspace& tws = I.teacherWorkspaces[worker];
+      // The student and the teacher see each row's context (teacher samples for the forward term too).
+      Impl::loadContextFor(I.net, ws, stepContext, contextRowsPerStep, nullptr, first, count);
+      Impl::loadContextFor(*I.teacher, tws, stepContext, contextRowsPerStep, nullptr, first, count);
       fillNormalRows(seed, firstRow + first, count, dim, ws.latent.data());
       std::copy_n(ws.latent.data(), static_cast<size_t>(count) * dim, ws.points.data());
       netForward(I.net, ws, count);

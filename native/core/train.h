@@ -123,8 +123,10 @@ class Trainer {
   // z -> x and the student is evaluated and differentiated along x -> z, sequentially where its
   // layers are IAF). Reverse KL is mode-seeking and never sees where the student puts too little
   // mass; the forward term does. stepLoss gets the reverse-KL loss at beta = 1, the KL from the teacher.
+  // Conditional flows: contexts holds each step's contexts, contextRowsPerStep rows (1 or batch) per step.
   void distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batch, double betaStart,
-                    double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss);
+                    double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss,
+                    const float* contexts = nullptr, int64_t contextRowsPerStep = 0);
 
   // Test hooks. Gradient of the mean negative log-likelihood of x (kept for gradientTo);
   // returns the mean. logProbGradient: log p(x) and its gradient wrt x, of this flow
