@@ -664,6 +664,7 @@ void Trainer::logProbGradient(const float* x, int64_t rows, float* logProb, floa
   Impl& I = *impl_;
   const Net& model = I.teacher ? *I.teacher : I.net;
   if (model.pass != Direction::ToLatent) throw std::logic_error("logProbGradient needs a flow evaluated along x -> z");
+  if (model.contextDim > 0) throw std::invalid_argument("logProbGradient takes no context: not for a conditional flow");
   std::shared_ptr<ThreadPool> p = I.pool();
   std::vector<Workspace>& spaces = I.teacher ? I.teacherWorkspaces : I.workspaces;
   const int dim = model.dim;
