@@ -6,6 +6,9 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createIAF } from '../src/index';
+import { encodeFlow } from '../src/io';
+import { decodeSafetensors, encodeSafetensors, Tensor } from '../src/safetensors';
 
 const ROOT = join(__dirname, '..');
 
@@ -31,7 +34,7 @@ function tsBlocks(): Block[] {
 }
 
 /** What each block must have computed, by section; a block under any other heading fails the test until it gets checks here. */
-const CHECKS: Record<string, { setup?: (dir: string) => void; check: string }> = {
+const CHECKS: Record<string, { setup?: (dir: string) => void; rewrite?: (code: string) => string; check: string }> = {
   '.npy files': { check: `if (lp.length !== 10000 || !Array.from(lp).every(Number.isFinite)) throw new Error('bad logProb');` },
   Example: {
     check:
@@ -47,11 +50,42 @@ const CHECKS: Record<string, { setup?: (dir: string) => void; check: string }> =
       `if (!(vi.kl! < 0.1)) throw new Error('fitReverseKL: KL ' + vi.kl);\n` +
       `if (!(distilled.kl! < 0.5) || distilled.diverged) throw new Error('distill: KL ' + distilled.kl);`,
   },
+  Serving: {
+    setup: (dir) => writeFileSync(join(dir, 'model.safetensors'), encodeFlow(createIAF({ dim: 2, hidden: [8], layers: 2, seed: 1 }))),
+    // Any free port: 8080 may be taken where the tests run.
+    rewrite: (code) => code.replace('port: 8080', 'port: 0'),
+    check:
+      `const res = await app.inject({ method: 'POST', url: '/v1/sample', payload: { n: 5, seed: 1, format: 'json' } });\n` +
+      `const rows = res.json();\n` +
+      `await app.close();\n` +
+      `if (res.statusCode !== 200 || rows.length !== 5 || rows[0].length !== 2) throw new Error('bad /v1/sample answer: ' + res.payload);`,
+  },
+  'Conditional models and sbi posteriors': {
+    // An sbi estimator's state dict as the test of importTorch builds it: the nflows-cmaf fixture
+    // (D 3, C 4) under net., with z-scoring of theta and of x.
+    setup: (dir) => writeFileSync(join(dir, 'posterior.safetensors'), sbiStyleFile()),
+    check:
+      `if (posterior.contextDim !== 4 || theta.length !== 3000 || lp.length !== 1000) throw new Error('wrong sizes');\n` +
+      `if (!Array.from(theta).every(Number.isFinite) || !Array.from(lp).every(Number.isFinite)) throw new Error('non-finite results');`,
+  },
   'Weights trained in PyTorch': {
     setup: (dir) => copyFileSync(join(ROOT, 'test', 'fixtures', 'torch', 'zuko-maf-d3.safetensors'), join(dir, 'maf.safetensors')),
     check: `if (lp.length !== 2 || !Array.from(lp).every(Number.isFinite)) throw new Error('bad logProb');`,
   },
 };
+
+/** The nflows-cmaf fixture as sbi saves an estimator: names under net., a z-scoring transform first, a context standardisation. */
+function sbiStyleFile(): Buffer {
+  const { tensors } = decodeSafetensors(readFileSync(join(ROOT, 'test', 'fixtures', 'torch', 'nflows-cmaf-d3-c4.safetensors')));
+  const out = new Map<string, Tensor>();
+  for (const [key, tensor] of tensors) out.set('net.' + key.replace(/^_transform\._transforms\.(\d+)\./, (_, i: string) => `_transform._transforms.${Number(i) + 1}.`), tensor);
+  const buffer = (values: number[]): Tensor => ({ dtype: 'F32', shape: [values.length], data: Float32Array.from(values) });
+  out.set('net._transform._transforms.0._shift', buffer([0.2, -0.5, 1]));
+  out.set('net._transform._transforms.0._scale', buffer([0.8, 1.5, 0.6]));
+  out.set('net._embedding_net.0._mean', buffer([0.1, -0.3, 0.4, 1.2]));
+  out.set('net._embedding_net.0._std', buffer([1.3, 0.7, 2.2, 1.1]));
+  return encodeSafetensors(out);
+}
 
 const blocks = tsBlocks();
 
@@ -62,8 +96,16 @@ test('the README has its TypeScript blocks, each with checks here', () => {
 
 test.each(blocks.map((b) => [b.section, b] as const))('the README block under "%s" runs as written', (_section, block) => {
   const entry = CHECKS[block.section];
-  const lines = block.code.split('\n');
-  const imports = lines.filter((l) => l.startsWith('import ')).map((l) => l.replace("'iaflow'", JSON.stringify(join(ROOT, 'src', 'index'))));
+  const lines = (entry.rewrite ? entry.rewrite(block.code) : block.code).split('\n');
+  // Imports pointed at this checkout (and at its fastify: the snippet runs in a fresh folder).
+  const imports = lines
+    .filter((l) => l.startsWith('import '))
+    .map((l) =>
+      l
+        .replace("'iaflow'", JSON.stringify(join(ROOT, 'src', 'index')))
+        .replace("'iaflow/server'", JSON.stringify(join(ROOT, 'src', 'server')))
+        .replace("'fastify'", JSON.stringify(require.resolve('fastify'))),
+    );
   const body = lines.filter((l) => !l.startsWith('import '));
   const dir = mkdtempSync(join(tmpdir(), 'iaflow-readme-'));
   try {
