@@ -355,3 +355,59 @@ describe('conditional imports: refusals name the file and the problem', () => {
     await expect(importTorch(file, { from: 'sbi-maf', activation: 'gelu' as never })).rejects.toThrow(/options\.activation/);
   });
 });
+
+test('fuzz: mutated conditional state dicts import as a flow or are refused with a ModelFileError (seeded)', async () => {
+  let state = 20261207;
+  const random = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const pick = <T>(list: T[]): T => list[Math.floor(random() * list.length)];
+  const sources: [() => Map<string, Tensor>, 'zuko-maf' | 'nflows-maf' | 'sbi-maf'][] = [
+    [() => tensorsOf('zuko-cmaf-d3-c2'), 'zuko-maf'],
+    [() => tensorsOf('nflows-cmaf-d3-c4'), 'nflows-maf'],
+    [() => sbiFile(), 'sbi-maf'],
+    [() => sbiFile({ structured: true }), 'sbi-maf'],
+  ];
+  let loaded = 0;
+  let refused = 0;
+  for (let trial = 0; trial < 240; trial++) {
+    const [make, from] = sources[trial % sources.length];
+    const tensors = make();
+    const name = pick([...tensors.keys()]);
+    const tensor = tensors.get(name)!;
+    const count = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+    switch (Math.floor(random() * 6)) {
+      case 0:
+        tensors.delete(name);
+        break;
+      case 1: {
+        const shape = Array.from({ length: Math.floor(random() * 3) }, () => Math.floor(random() * 6));
+        tensors.set(name, { dtype: 'F32', shape, data: new Float32Array(count(shape)).fill(0.5) });
+        break;
+      }
+      case 2:
+        tensors.set(name, { dtype: 'I64', shape: tensor.shape, data: new BigInt64Array(count(tensor.shape)).fill(1n) });
+        break;
+      case 3:
+        if (tensor.dtype === 'F32' && tensor.data.length > 0) (tensor.data as Float32Array)[Math.floor(random() * tensor.data.length)] = pick([NaN, Infinity, 0, -1e38, 1e-38]);
+        break;
+      case 4:
+        tensors.set(`${name.replace(/\.\d+\./, '.9.')}`, tensor);
+        break;
+      default:
+        if (tensor.dtype === 'I64' && tensor.data.length > 0) (tensor.data as BigInt64Array)[Math.floor(random() * tensor.data.length)] = pick([-1n, 3n, 99n, 0n]);
+    }
+    const file = save(`fuzz-${trial}.safetensors`, tensors);
+    try {
+      const flow = await importTorch(file, { from });
+      const context = new Array<number>(flow.contextDim).fill(0.5);
+      const logProb = await flow.logProb([[0.1, -0.2, 0.3]], flow.contextDim > 0 ? { context } : undefined);
+      expect(logProb.length).toBe(1);
+      loaded++;
+    } catch (error) {
+      expect([trial, (error as Error).name]).toEqual([trial, 'ModelFileError']);
+      refused++;
+    }
+  }
+  // Both outcomes happen: the mutations reach past the first check.
+  expect(loaded).toBeGreaterThan(10);
+  expect(refused).toBeGreaterThan(100);
+});
