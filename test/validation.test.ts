@@ -189,7 +189,7 @@ describe('createFlow', () => {
     expectError(
       () => createFlow(options as unknown as FlowOptions),
       'TypeError',
-      new RegExp(`^Unknown option "${key}" in createFlow options; expected one of: dim, layers, seed, backend$`),
+      new RegExp(`^Unknown option "${key}" in createFlow options; expected one of: dim, layers, seed, backend, context$`),
     );
   });
 
@@ -290,7 +290,7 @@ describe.each([
     expectError(
       () => build({ hidden: [8], [key]: 1 }),
       'TypeError',
-      new RegExp(`^Unknown option "${key}" in ${b} options; expected one of: hidden, activation, scale, order, hiddenDegrees, residual, softClamp$`),
+      new RegExp(`^Unknown option "${key}" in ${b} options; expected one of: hidden, activation, scale, order, hiddenDegrees, residual, softClamp, contextForm$`),
     );
   });
 
@@ -473,7 +473,7 @@ describe('sample / sampleSync / sampleWithLogProb(Sync)', () => {
     ['{ seed: 1.5 }', { seed: 1.5 }, 'RangeError', /for options\.seed but received 1\.5$/],
     ['{ seed: 2^60 }', { seed: 2 ** 60 }, 'RangeError', /for options\.seed but received 1152921504606847000$/],
     ['{ seed: NaN }', { seed: NaN }, 'TypeError', /for options\.seed but received NaN$/],
-    ['{ sed: 1 }', { sed: 1 }, 'TypeError', /^Unknown option "sed" in sample options; expected one of: seed, firstRow(, signal)?$/],
+    ['{ sed: 1 }', { sed: 1 }, 'TypeError', /^Unknown option "sed" in sample options; expected one of: seed, firstRow(, signal)?, context$/],
     ["'x'", 'x', 'TypeError', /^Expected an options object for sample options but received the string "x"$/],
     ['42', 42, 'TypeError', /^Expected an options object for sample options but received 42$/],
     ['null', null, 'TypeError', /^Expected an options object for sample options but received null$/],
