@@ -170,7 +170,8 @@ export interface ImportTorchOptions {
    * Which library's MAF the state dict comes from: 'zuko-maf' (`zuko.flows.MAF`, with or without
    * a context), 'nflows-maf' (nflows' `MaskedAutoregressiveFlow`, or a conditional stack as sbi's
    * `build_maf` makes it), 'sbi-maf' (an sbi estimator's own `state_dict()`: `build_maf`'s flow
-   * with every name prefixed `net.`, its z-scoring of x and of the context included).
+   * with every name prefixed `net.`, its z-scoring of the flow's input (sbi's theta) and of the
+   * context (sbi's x, the observation) included).
    */
   from: TorchSource;
   /**
