@@ -1363,6 +1363,8 @@ Options:
 Serves a model file over HTTP until SIGTERM or SIGINT, then finishes the requests in flight and
 exits. POST /sample { n, seed, firstRow?, format? } answers the bytes flow.sample gives; POST
 /log-prob { rows } (or float32 / .npy bytes) answers { logProb }; GET /model, /health, /metrics.
+A conditional model takes a context in both: { ..., context } (one row, or one per row), or
+?context=c1,c2,... beside a binary /log-prob body.
 Formats: json, csv, ndjson, f32, npy (a format field or the Accept header). Needs the fastify
 package (npm install fastify@5). See the README's "Serving" section.
 

@@ -1,9 +1,14 @@
 /**
  * iaflow over HTTP (`import { iaflowPlugin } from 'iaflow/server'`, `npx iaflow serve MODEL`).
  *
- *   POST /sample     { n, seed?, firstRow?, format?, context? }  the bytes of flow.sample(n, { seed, firstRow })
- *   POST /log-prob   { rows: number[][] } (JSON), or float32 bytes (application/octet-stream) or .npy (application/x-npy)
- *   GET  /model      config, dim, parameter count, backends, limits
+ *   POST /sample     { n, seed?, firstRow?, format?, context? }  the bytes of flow.sample(n, { seed, firstRow, context })
+ *   POST /log-prob   { rows: number[][], context? } (JSON), or float32 bytes (application/octet-stream), .npy
+ *                    (application/x-npy) or CSV, a conditional model's one context row then in ?context=c1,c2,...
+ *   GET  /model      config, dim, contextDim, parameter count, backends, limits
+ *
+ * A conditional model (contextDim C > 0) needs a context in every /sample and /log-prob request:
+ * one row of C numbers, given to every row, or one row per row (n for /sample, one per scored row).
+ * A missing or wrongly sized one is a 400 naming C; an unconditional model refuses any context.
  *   GET  /health     200 while serving, 503 while draining (readiness); ?probe=live answers 200 while the process runs
  *   GET  /metrics    Prometheus text
  *
@@ -26,7 +31,7 @@ import { loadFlow } from './io';
 import { encodeNpy, encodeNpyHeaderFloat32 } from './npy';
 import { littleEndianBytes } from './stream';
 import { RowFormatter, decodeTable, formatFloat32 } from './table';
-import { checkEnum, checkInteger, checkSeed, describeValue, invalidType, isPlainObject, toRowMajor } from './validation';
+import { checkContext, checkEnum, checkInteger, checkSeed, describeValue, invalidType, isPlainObject, toRowMajor } from './validation';
 
 // ---------------------------------------------------------------------------------------
 // Options
@@ -385,6 +390,7 @@ export const iaflowPlugin: FastifyPluginAsync<IaflowPluginOptions> = async (app:
   const flow = options.flow as unknown;
   if (!(flow instanceof Flow)) throw invalidType('options.flow', 'a Flow (from loadFlow or createFlow)', flow);
   const dim = flow.dim;
+  const contextDim = flow.contextDim;
   const limits = resolveLimits(options, dim);
   const queue = new JobQueue(limits.maxConcurrentJobs, limits.maxQueuedJobs, limits.retryAfterSeconds);
   const metrics = new Metrics();
@@ -462,9 +468,29 @@ export const iaflowPlugin: FastifyPluginAsync<IaflowPluginOptions> = async (app:
     }
   }
 
+  /**
+   * A request's context for `rows` rows: required (one row, or one per row) by a conditional
+   * model, refused by any other; a 400 names the width either way. `name` says where it goes,
+   * `perRow` how to send one row per row.
+   */
+  function requestContext(value: unknown, rows: number, name: string, perRow: string): Float32Array | undefined {
+    const given = value !== undefined && value !== null;
+    if (contextDim === 0) {
+      const what = name === 'context' ? 'context' : `context (${name})`;
+      if (given) throw new HttpError(400, `Expected no ${what} for this model (it is not conditional: contextDim 0) but received ${describeValue(value)}`);
+      return undefined;
+    }
+    if (!given) {
+      throw new HttpError(400, `Expected ${name} for this conditional model (contextDim ${contextDim}): one row of ${contextDim} numbers, given to every row, or ${perRow}`);
+    }
+    return badRequest(() => checkContext(name, value, rows, contextDim).context);
+  }
+
   app.post('/sample', { config: { iaflowRoute: 'sample' } }, async (request, reply) => {
     const body = request.body;
-    if (!isPlainObject(body)) throw new HttpError(400, `Expected a JSON object { n, seed?, firstRow?, format? } for the request body but received ${describeValue(body)}`);
+    if (!isPlainObject(body)) {
+      throw new HttpError(400, `Expected a JSON object { n, seed?, firstRow?, format?${contextDim > 0 ? ', context' : ''} } for the request body but received ${describeValue(body)}`);
+    }
     checkFields(body, ['n', 'seed', 'firstRow', 'format', 'context']);
     const query = request.query as Record<string, unknown>;
     const format = chooseFormat(body.format ?? query.format, request.headers.accept);
@@ -472,12 +498,15 @@ export const iaflowPlugin: FastifyPluginAsync<IaflowPluginOptions> = async (app:
     if (body.firstRow !== undefined && body.seed === undefined) throw new HttpError(400, 'firstRow needs seed: rows of a random stream cannot be continued');
     const seed = body.seed === undefined ? undefined : badRequest(() => checkSeed('seed', body.seed));
     const firstRow = body.firstRow === undefined ? 0 : badRequest(() => checkInteger('firstRow', body.firstRow, 0, 2 ** 53 - 1 - n));
-    if (body.context !== undefined && body.context !== null) {
-      throw new HttpError(400, `Expected no context for this model (it is not conditional: contextDim 0) but received ${describeValue(body.context)}`);
-    }
+    const context = requestContext(body.context, n, 'context', `${n} rows of them (one per sample, as number[][])`);
     return asJob(request, reply, async (job) => {
       const chunkRows = format === 'f32' || format === 'npy' ? limits.chunkRows : textChunkRows(dim);
-      const stream = flow.sampleStream(n, seed === undefined ? { chunkRows, signal: job.signal } : { seed, firstRow, chunkRows, signal: job.signal });
+      const stream = flow.sampleStream(n, {
+        ...(seed === undefined ? {} : { seed, firstRow }),
+        chunkRows,
+        signal: job.signal,
+        ...(context === undefined ? {} : { context }),
+      });
       const iterator = stream[Symbol.asyncIterator]();
       // The first chunk before the headers: an error there is still a proper status code.
       const first = await iterator.next();
@@ -509,7 +538,14 @@ export const iaflowPlugin: FastifyPluginAsync<IaflowPluginOptions> = async (app:
     const body = request.body;
     let x: Float32Array;
     let explicitFormat: unknown = query.format;
+    // Binary bodies carry a context in the query (one row); JSON bodies in the body (one row or one per row).
+    let contextValue: unknown;
+    let contextName = 'context';
+    let perRow = 'one row per row of rows (number[][])';
     if (Buffer.isBuffer(body)) {
+      contextName = 'the context query parameter';
+      perRow = 'send JSON { rows, context } for one context row per row';
+      contextValue = parseContextQuery(query.context);
       const type = String(request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
       if (type === 'application/octet-stream') {
         if (body.length === 0 || body.length % (4 * dim) !== 0) {
@@ -529,9 +565,13 @@ export const iaflowPlugin: FastifyPluginAsync<IaflowPluginOptions> = async (app:
     } else if (typeof body === 'string') {
       throw new HttpError(415, unsupportedType(request)); // fastify's own text/plain parser took it
     } else {
-      if (!isPlainObject(body)) throw new HttpError(400, `Expected a JSON object { rows: number[][] } for the request body but received ${describeValue(body)}`);
-      checkFields(body, ['rows', 'format']);
+      if (!isPlainObject(body)) {
+        throw new HttpError(400, `Expected a JSON object { rows: number[][]${contextDim > 0 ? ', context' : ''} } for the request body but received ${describeValue(body)}`);
+      }
+      checkFields(body, ['rows', 'format', 'context']);
       explicitFormat = body.format ?? explicitFormat;
+      contextValue = body.context;
+      if (query.context !== undefined) throw new HttpError(400, 'Expected the context in the JSON body (its context field), not in the query, for a JSON request');
       if (Array.isArray(body.rows) && body.rows.length > limits.maxRows) {
         throw new HttpError(400, `Expected at most ${limits.maxRows} rows (maxRows) for rows but received an array of length ${body.rows.length}`);
       }
@@ -539,10 +579,11 @@ export const iaflowPlugin: FastifyPluginAsync<IaflowPluginOptions> = async (app:
     }
     const rows = x.length / dim;
     if (rows > limits.maxRows) throw new HttpError(400, `Expected at most ${limits.maxRows} rows (maxRows) for the request body but received ${rows} rows`);
+    const context = requestContext(contextValue, rows, contextName, perRow);
     const format = chooseFormat(explicitFormat, request.headers.accept);
     return asJob(request, reply, async (job) => {
       // Non-finite binary input is found by the native side: a RangeError naming the row, a 400 here.
-      const logProb = await flow.logProb(x, { signal: job.signal }).catch((error: unknown) => badRequest(() => {
+      const logProb = await flow.logProb(x, { signal: job.signal, ...(context === undefined ? {} : { context }) }).catch((error: unknown) => badRequest(() => {
         throw error;
       }));
       metrics.add(metrics.rows, 'log-prob', rows);
@@ -555,6 +596,7 @@ export const iaflowPlugin: FastifyPluginAsync<IaflowPluginOptions> = async (app:
   app.get('/model', { config: { iaflowRoute: 'model' } }, async () => ({
     name: options.modelName ?? null,
     dim,
+    contextDim,
     numParameters: flow.numParameters,
     backend: flow.backend,
     backends: backends(),
@@ -580,6 +622,16 @@ export const iaflowPlugin: FastifyPluginAsync<IaflowPluginOptions> = async (app:
     return metrics.text(queue);
   });
 };
+
+/**
+ * ?context=c1,c2,... : one context row for a binary /log-prob body, as numbers (checked for width
+ * and finiteness with the rest). Anything else is passed on as it is, to be refused with its value.
+ */
+function parseContextQuery(value: unknown): unknown {
+  if (typeof value !== 'string') return value;
+  const parts = value.split(',');
+  return parts.every((p) => p.trim() !== '' && !Number.isNaN(Number(p))) ? parts.map(Number) : value;
+}
 
 function unsupportedType(request: FastifyRequest): string {
   return `Expected a request body of type application/json, application/octet-stream (float32), application/x-npy or text/csv but received ${describeValue(request.headers['content-type'])}`;
@@ -701,12 +753,17 @@ export interface ShardedOptions {
   /** Times a slice is retried after a 503 (the replica's queue was full), waiting Retry-After (at most 10 s) between (default 3). */
   retries?: number;
   signal?: AbortSignal;
+  /**
+   * A conditional model's context: one row (number[], sent with every slice) or n rows (number[][],
+   * each slice sent its own rows). The servers check its width.
+   */
+  context?: number[] | number[][];
 }
 
 /**
  * n samples of one stream (seed), split into slices of consecutive rows that the servers at
  * `urls` answer in parallel (POST {url}/sample, format f32), reassembled in order: the bytes of
- * `flow.sample(n, { seed, firstRow })` on one machine. `urls` are base URLs (http://host:8080, or
+ * `flow.sample(n, { seed, firstRow, context })` on one machine. `urls` are base URLs (http://host:8080, or
  * with the prefix the plugin was registered under). Uses the global fetch.
  */
 export async function sampleSharded(urls: readonly string[], n: number, options: ShardedOptions): Promise<Float32Array> {
@@ -715,8 +772,8 @@ export async function sampleSharded(urls: readonly string[], n: number, options:
   }
   if (!isPlainObject(options)) throw invalidType('options', 'an options object with a seed', options);
   for (const key of Object.keys(options)) {
-    if (!['seed', 'firstRow', 'rowsPerRequest', 'retries', 'signal'].includes(key)) {
-      throw new TypeError(`Unknown option ${JSON.stringify(key)} in sampleSharded options; expected one of: seed, firstRow, rowsPerRequest, retries, signal`);
+    if (!['seed', 'firstRow', 'rowsPerRequest', 'retries', 'signal', 'context'].includes(key)) {
+      throw new TypeError(`Unknown option ${JSON.stringify(key)} in sampleSharded options; expected one of: seed, firstRow, rowsPerRequest, retries, signal, context`);
     }
   }
   const seed = checkSeed('options.seed', options.seed);
@@ -724,6 +781,16 @@ export async function sampleSharded(urls: readonly string[], n: number, options:
   const rows = checkInteger('n', n, 1, 2 ** 53 - 1 - firstRow);
   const perRequest = checkInteger('options.rowsPerRequest', options.rowsPerRequest ?? Math.ceil(rows / urls.length), 1, 2 ** 53 - 1);
   const retries = checkInteger('options.retries', options.retries ?? 3, 0, 100);
+  const context = options.context;
+  const perRowContext = Array.isArray(context) && context.length > 0 && context.every((row) => Array.isArray(row));
+  if (context !== undefined) {
+    const oneRow = Array.isArray(context) && context.length > 0 && context.every((v) => typeof v === 'number');
+    if (!oneRow && !(perRowContext && context.length === rows)) {
+      throw invalidType('options.context', `one context row (number[]) or ${rows} rows of them (number[][], one per sample)`, context);
+    }
+  }
+  const sliceContext = (start: number, count: number) =>
+    context === undefined ? {} : { context: perRowContext ? (context as number[][]).slice(start, start + count) : context };
   const controller = new AbortController();
   const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
 
@@ -736,7 +803,7 @@ export async function sampleSharded(urls: readonly string[], n: number, options:
       const response = await fetch(`${base}/sample`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', accept: 'application/octet-stream' },
-        body: JSON.stringify({ n: slice.rows, seed, firstRow: firstRow + slice.start, format: 'f32' }),
+        body: JSON.stringify({ n: slice.rows, seed, firstRow: firstRow + slice.start, format: 'f32', ...sliceContext(slice.start, slice.rows) }),
         signal,
       });
       if (response.status === 503 && attempt < retries) {

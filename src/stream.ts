@@ -1,15 +1,17 @@
 /**
- * Samples in chunks: `flow.sampleStream(n, { seed, firstRow, chunkRows, signal })`.
+ * Samples in chunks: `flow.sampleStream(n, { seed, firstRow, chunkRows, signal, context })`.
  *
  * The library's random stream is addressed by (seed, row), so chunk k is exactly
  * `flow.sample(rows_k, { seed, firstRow: firstRow + k * chunkRows })` and the chunks, concatenated,
  * are the bytes of one `flow.sample(n, { seed, firstRow })` call. Memory stays at two chunks
  * whatever n is: the one handed out and the next, computed while the consumer uses the first
  * (so a consumer that writes to a socket overlaps with the native work instead of waiting for it).
+ * A conditional flow's context is one row (every chunk gets it) or n rows (chunk k gets its own
+ * rows), so the concatenation is still `flow.sample(n, { seed, firstRow, context })`.
  */
 import { Readable } from 'node:stream';
 import type { Flow } from './flow';
-import { checkInteger, checkOptions, checkRowCount, checkSeed, checkSignal, randomSeed } from './validation';
+import { checkContext, checkInteger, checkOptions, checkRowCount, checkSeed, checkSignal, randomSeed } from './validation';
 
 export interface SampleStreamOptions {
   /** Seed of the Philox stream. Default: random (read it back from `stream.seed`). */
@@ -20,6 +22,12 @@ export interface SampleStreamOptions {
   chunkRows?: number;
   /** Aborts the stream: the native work stops within one tile and iteration throws an AbortError. */
   signal?: AbortSignal;
+  /**
+   * A conditional flow's context (required by one, refused by any other): one row of C values
+   * (Float32Array, Float64Array, number[] or [[...]]), given to every sample, or n rows (n*C
+   * row-major, or number[][]), row i's sample drawn given row i. Read (copied) when the stream is made.
+   */
+  context?: Float32Array | Float64Array | number[] | number[][];
 }
 
 /** The largest row index a stream may reach (rows are addressed by doubles). */
@@ -43,10 +51,12 @@ export class SampleStream implements AsyncIterable<Float32Array> {
   readonly dim: number;
   private readonly flow: Flow;
   private readonly signal: AbortSignal | undefined;
+  /** The context, row-major, and how many rows it has (1: broadcast; rows: one per sample); none for an unconditional flow. */
+  private readonly context: { data: Float32Array; rows: number } | undefined;
 
   /** @internal Use flow.sampleStream(). */
   constructor(flow: Flow, n: number, options?: SampleStreamOptions) {
-    const opts = checkOptions('sampleStream options', options, ['seed', 'firstRow', 'chunkRows', 'signal']);
+    const opts = checkOptions('sampleStream options', options, ['seed', 'firstRow', 'chunkRows', 'signal', 'context']);
     if (opts.firstRow !== undefined && opts.seed === undefined) {
       throw new TypeError('options.firstRow needs options.seed: rows of a random stream cannot be continued');
     }
@@ -58,6 +68,7 @@ export class SampleStream implements AsyncIterable<Float32Array> {
     const defaultChunk = Math.max(1, Math.min(DEFAULT_CHUNK_ROWS, Math.floor(DEFAULT_CHUNK_VALUES / this.dim)));
     this.chunkRows = opts.chunkRows === undefined ? defaultChunk : checkRowCount('options.chunkRows', opts.chunkRows, this.dim);
     this.signal = checkSignal('options.signal', opts.signal);
+    this.context = streamContext(flow.contextDim, opts.context, this.rows);
   }
 
   /** The number of chunks the stream yields. */
@@ -95,13 +106,22 @@ export class SampleStream implements AsyncIterable<Float32Array> {
     });
   }
 
+  /** Chunk k's context: the one row, or its own rows (a view: sample reads it before it returns). */
+  private chunkContext(k: number, rows: number): { context?: Float32Array } {
+    if (!this.context) return {};
+    if (this.context.rows === 1) return { context: this.context.data };
+    const C = this.flow.contextDim;
+    const first = k * this.chunkRows;
+    return { context: this.context.data.subarray(first * C, (first + rows) * C) };
+  }
+
   /** The chunks, one computed ahead; aborting `own` (or the caller's signal) cancels the work in flight. */
   private async *iterate(own: AbortController): AsyncGenerator<Float32Array, void, undefined> {
     const signal = this.signal ? AbortSignal.any([this.signal, own.signal]) : own.signal;
     const count = this.chunks;
     const start = (k: number): Promise<Float32Array> => {
       const rows = Math.min(this.chunkRows, this.rows - k * this.chunkRows);
-      const job = this.flow.sample(rows, { seed: this.seed, firstRow: this.firstRow + k * this.chunkRows, signal });
+      const job = this.flow.sample(rows, { seed: this.seed, firstRow: this.firstRow + k * this.chunkRows, signal, ...this.chunkContext(k, rows) });
       job.catch(() => {}); // a chunk computed ahead and then abandoned must not be an unhandled rejection
       return job;
     };
@@ -117,6 +137,22 @@ export class SampleStream implements AsyncIterable<Float32Array> {
       if (next !== null) own.abort(new Error('the sample stream was closed'));
     }
   }
+}
+
+/**
+ * The stream's context, checked and copied (the stream may be iterated again later): required by
+ * a conditional flow, refused by any other, one row or one per row as flow.sample takes it.
+ */
+function streamContext(contextDim: number, value: unknown, rows: number): { data: Float32Array; rows: number } | undefined {
+  if (contextDim === 0) {
+    if (value !== undefined) throw new TypeError('options.context: this flow is not conditional (it was created without a context), so it takes no context');
+    return undefined;
+  }
+  if (value === undefined) {
+    throw new TypeError(`This flow is conditional: options.context is required, one row of ${contextDim} context values (for every sample) or ${rows} rows of them (one per sample)`);
+  }
+  const { context, contextRows } = checkContext('options.context', value, rows, contextDim);
+  return { data: context === value ? context.slice() : context, rows: contextRows };
 }
 
 /** The bytes of float32 values in little-endian order: a view on little-endian hosts, a swapped copy otherwise. */

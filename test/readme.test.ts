@@ -6,6 +6,9 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createIAF } from '../src/index';
+import { encodeFlow } from '../src/io';
+import { decodeSafetensors, encodeSafetensors, Tensor } from '../src/safetensors';
 
 const ROOT = join(__dirname, '..');
 
@@ -66,11 +69,32 @@ const CHECKS: Record<string, { setup?: (dir: string) => void; check: string }> =
       `if (res.statusCode !== 200) throw new Error('sample: ' + res.statusCode + ' ' + res.body);\n` +
       `await app.close();`,
   },
+  'Conditional models and sbi posteriors': {
+    // An sbi estimator's state dict as the test of importTorch builds it: the nflows-cmaf fixture
+    // (D 3, C 4) under net., with z-scoring of theta and of x.
+    setup: (dir) => writeFileSync(join(dir, 'posterior.safetensors'), sbiStyleFile()),
+    check:
+      `if (posterior.contextDim !== 4 || theta.length !== 3000 || lp.length !== 1000) throw new Error('wrong sizes');\n` +
+      `if (!Array.from(theta).every(Number.isFinite) || !Array.from(lp).every(Number.isFinite)) throw new Error('non-finite results');`,
+  },
   'Weights trained in PyTorch': {
     setup: (dir) => copyFileSync(join(ROOT, 'test', 'fixtures', 'torch', 'zuko-maf-d3.safetensors'), join(dir, 'maf.safetensors')),
     check: `if (lp.length !== 2 || !Array.from(lp).every(Number.isFinite)) throw new Error('bad logProb');`,
   },
 };
+
+/** The nflows-cmaf fixture as sbi saves an estimator: names under net., a z-scoring transform first, a context standardisation. */
+function sbiStyleFile(): Buffer {
+  const { tensors } = decodeSafetensors(readFileSync(join(ROOT, 'test', 'fixtures', 'torch', 'nflows-cmaf-d3-c4.safetensors')));
+  const out = new Map<string, Tensor>();
+  for (const [key, tensor] of tensors) out.set('net.' + key.replace(/^_transform\._transforms\.(\d+)\./, (_, i: string) => `_transform._transforms.${Number(i) + 1}.`), tensor);
+  const buffer = (values: number[]): Tensor => ({ dtype: 'F32', shape: [values.length], data: Float32Array.from(values) });
+  out.set('net._transform._transforms.0._shift', buffer([0.2, -0.5, 1]));
+  out.set('net._transform._transforms.0._scale', buffer([0.8, 1.5, 0.6]));
+  out.set('net._embedding_net.0._mean', buffer([0.1, -0.3, 0.4, 1.2]));
+  out.set('net._embedding_net.0._std', buffer([1.3, 0.7, 2.2, 1.1]));
+  return encodeSafetensors(out);
+}
 
 const blocks = tsBlocks();
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import Fastify, { FastifyInstance } from 'fastify';
-import { createIAF, decodeNpy, encodeNpy, Flow, loadFlow, saveFlow } from '../src';
+import { createFlow, createIAF, decodeNpy, encodeNpy, Flow, iaf, loadFlow, maf, reverse, saveFlow, standardNormal } from '../src';
 import { main } from '../src/cli';
 import { chooseFormat, iaflowPlugin, IaflowPluginOptions, sampleSharded } from '../src/server';
 import { formatRows } from '../src/table';
@@ -209,6 +209,129 @@ describe('POST /log-prob', () => {
       const response = await app.inject({ method: 'POST', url: '/log-prob', headers, payload: payload as string });
       expect([String(message), response.statusCode]).toEqual([String(message), status]);
       expect(response.json().message).toMatch(message);
+    }
+  });
+});
+
+describe('a conditional model: the context in /sample and /log-prob, contextDim in /model', () => {
+  // One layer samples in one pass (IAF), one sequentially (MAF), with both context forms.
+  const C = 2;
+  const conditional = createFlow({ dim: DIM, context: C, layers: [iaf({ hidden: [16] }), reverse(), maf({ hidden: [16], contextForm: 'activated', activation: 'tanh' })], seed: 4 });
+  const oneRow = [0.75, -1.5];
+  const perRow = (n: number, seed = 3) => Array.from({ length: n }, (_, i) => Array.from(standardNormal(n, C, { seed }).subarray(i * C, (i + 1) * C)));
+  let app: FastifyInstance;
+  beforeAll(async () => {
+    app = await makeApp({ flow: conditional, chunkRows: 300, maxBodyBytes: 1_000_000 });
+  });
+  afterAll(() => app.close());
+
+  test.each(['json', 'csv', 'ndjson', 'f32', 'npy'])('format %s: one context row gives the bytes of flow.sample(n, { seed, firstRow, context })', async (format) => {
+    for (const [n, firstRow] of [
+      [1, 0],
+      [1000, 17],
+    ]) {
+      const response = await app.inject({ method: 'POST', url: '/sample', payload: { n, seed: 5, firstRow, format, context: oneRow } });
+      expect(response.statusCode).toBe(200);
+      expect(response.rawPayload.equals(expectedBody(await conditional.sample(n, { seed: 5, firstRow, context: oneRow }), n, format))).toBe(true);
+    }
+  });
+
+  test('n context rows (one per sample, across chunks) give the bytes of flow.sample(n, { seed, context: rows })', async () => {
+    const rows = perRow(1000);
+    for (const format of ['f32', 'csv']) {
+      const response = await app.inject({ method: 'POST', url: '/sample', payload: { n: 1000, seed: 8, format, context: rows } });
+      expect(response.statusCode).toBe(200);
+      expect(response.rawPayload.equals(expectedBody(await conditional.sample(1000, { seed: 8, context: rows }), 1000, format))).toBe(true);
+    }
+    // [[row]] is one row, broadcast.
+    const nested = await app.inject({ method: 'POST', url: '/sample', payload: { n: 50, seed: 8, format: 'f32', context: [oneRow] } });
+    expect(nested.rawPayload.equals(bytes(await conditional.sample(50, { seed: 8, context: oneRow })))).toBe(true);
+    // And the rows matter: not the answer for row 0 broadcast.
+    const broadcast = await conditional.sample(1000, { seed: 8, context: rows[0] });
+    expect((await app.inject({ method: 'POST', url: '/sample', payload: { n: 1000, seed: 8, format: 'f32', context: rows } })).rawPayload.equals(bytes(broadcast))).toBe(false);
+  });
+
+  test('/sample: a missing or wrongly sized context is a 400 naming the width', async () => {
+    const cases: [unknown, RegExp][] = [
+      [{ n: 5, seed: 1 }, /Expected context for this conditional model \(contextDim 2\): one row of 2 numbers, given to every row, or 5 rows of them/],
+      [{ n: 5, seed: 1, context: null }, /Expected context for this conditional model \(contextDim 2\)/],
+      [{ n: 5, seed: 1, context: [1, 2, 3] }, /Expected one row of 2 context values \(for every row\), or 5 rows of them \(one per row\) for context but received an array of length 3/],
+      [{ n: 5, seed: 1, context: perRow(4) }, /Expected one row of 2 context values .* for context but received an array of length 4/],
+      [{ n: 2, seed: 1, context: [[1, 2], [3]] }, /Expected 2 for context\[1\]\.length but received 1/],
+      [{ n: 2, seed: 1, context: [1, 'a'] }, /for context/],
+      [{ n: 2, seed: 1, context: 'abc' }, /Expected one row of 2 context values .* for context but received the string "abc"/],
+      [[1, 2], /Expected a JSON object \{ n, seed\?, firstRow\?, format\?, context \} for the request body/],
+    ];
+    for (const [payload, message] of cases) {
+      const response = await app.inject({ method: 'POST', url: '/sample', payload: payload as object });
+      expect([JSON.stringify(payload), response.statusCode]).toEqual([JSON.stringify(payload), 400]);
+      expect(response.json().message).toMatch(message);
+    }
+  });
+
+  test('/log-prob: JSON { rows, context } (one row or one per row) and binary bodies with ?context= give flow.logProb byte for byte', async () => {
+    const x = await conditional.sample(400, { seed: 2, context: oneRow });
+    const rows = Array.from({ length: 400 }, (_, r) => Array.from(x.subarray(r * DIM, (r + 1) * DIM)));
+    const contexts = perRow(400, 9);
+    for (const context of [oneRow, contexts]) {
+      const response = await app.inject({ method: 'POST', url: '/log-prob', payload: { rows, context, format: 'f32' } });
+      expect(response.statusCode).toBe(200);
+      expect(response.rawPayload.equals(bytes(await conditional.logProb(x, { context })))).toBe(true);
+    }
+    const expected = bytes(await conditional.logProb(x, { context: oneRow }));
+    const binary = await app.inject({ method: 'POST', url: `/log-prob?context=${oneRow.join(',')}&format=f32`, headers: { 'content-type': 'application/octet-stream' }, payload: bytes(x) });
+    expect(binary.statusCode).toBe(200);
+    expect(binary.rawPayload.equals(expected)).toBe(true);
+    const npy = await app.inject({ method: 'POST', url: `/log-prob?context=${oneRow.join(',')}&format=f32`, headers: { 'content-type': 'application/x-npy' }, payload: encodeNpy(x, [400, DIM]) });
+    expect(npy.rawPayload.equals(expected)).toBe(true);
+  });
+
+  test('/log-prob: a missing, misplaced or wrongly sized context is a 400 naming the width', async () => {
+    const octet = { 'content-type': 'application/octet-stream' };
+    const x = bytes(new Float32Array(2 * DIM));
+    const cases: [string, Record<string, string>, unknown, RegExp][] = [
+      ['/log-prob', {}, { rows: [[0, 0, 0]] }, /Expected context for this conditional model \(contextDim 2\): one row of 2 numbers, given to every row, or one row per row of rows/],
+      ['/log-prob', {}, { rows: [[0, 0, 0]], context: [1, 2, 3] }, /Expected one row of 2 context values .* for context but received an array of length 3/],
+      ['/log-prob', {}, { rows: [[0, 0, 0], [1, 1, 1]], context: [[1, 2], [3, 4], [5, 6]] }, /for context but received an array of length 3/],
+      ['/log-prob?context=1,2', {}, { rows: [[0, 0, 0]], context: [1, 2] }, /Expected the context in the JSON body/],
+      ['/log-prob', octet, x, /Expected the context query parameter for this conditional model \(contextDim 2\): one row of 2 numbers, .* send JSON \{ rows, context \} for one context row per row/],
+      ['/log-prob?context=1,2,3', octet, x, /Expected one row of 2 context values .* for the context query parameter but received an array of length 3/],
+      ['/log-prob?context=1,abc', octet, x, /for the context query parameter but received the string "1,abc"/],
+      ['/log-prob?context=1,Infinity', octet, x, /Expected a finite number for the context query parameter\[0\]\[1\] but received Infinity/],
+    ];
+    for (const [url, headers, payload, message] of cases) {
+      const response = await app.inject({ method: 'POST', url, headers, payload: payload as string });
+      expect([url, String(message), response.statusCode]).toEqual([url, String(message), 400]);
+      expect(response.json().message).toMatch(message);
+    }
+  });
+
+  test('GET /model reports contextDim (0 for an unconditional model); an unconditional model refuses a context', async () => {
+    expect((await app.inject('/model')).json()).toMatchObject({ dim: DIM, contextDim: C });
+    const plain = await makeApp();
+    expect((await plain.inject('/model')).json()).toMatchObject({ dim: DIM, contextDim: 0 });
+    const response = await plain.inject({ method: 'POST', url: '/log-prob', payload: { rows: [[0, 0, 0]], context: [1] } });
+    expect(response.statusCode).toBe(400);
+    expect(response.json().message).toMatch(/Expected no context for this model \(it is not conditional: contextDim 0\) but received an array of length 1/);
+    const binary = await plain.inject({ method: 'POST', url: '/log-prob?context=1', headers: { 'content-type': 'application/octet-stream' }, payload: bytes(new Float32Array(DIM)) });
+    expect(binary.json().message).toMatch(/Expected no context \(the context query parameter\) for this model \(it is not conditional: contextDim 0\) but received an array of length 1/);
+    await plain.close();
+  });
+
+  test('sampleSharded passes the context on: one row to every slice, or each slice its own rows', async () => {
+    const listener = await makeApp({ flow: conditional });
+    await listener.listen({ port: 0, host: '127.0.0.1' });
+    const base = `http://127.0.0.1:${(listener.server.address() as { port: number }).port}`;
+    try {
+      const rows = perRow(900, 4);
+      const sharded = await sampleSharded([base, base], 900, { seed: 12, firstRow: 3, rowsPerRequest: 250, context: rows });
+      expect(bytes(sharded).equals(bytes(await conditional.sample(900, { seed: 12, firstRow: 3, context: rows })))).toBe(true);
+      const broadcast = await sampleSharded([base], 600, { seed: 12, rowsPerRequest: 250, context: oneRow });
+      expect(bytes(broadcast).equals(bytes(await conditional.sample(600, { seed: 12, context: oneRow })))).toBe(true);
+      await expect(sampleSharded([base], 600, { seed: 12, context: rows })).rejects.toThrow(/Expected one context row \(number\[\]\) or 600 rows of them .* for options\.context/);
+      await expect(sampleSharded([base], 10, { seed: 12 })).rejects.toThrow(/answered 400 for rows 0\.\.9: Expected context for this conditional model \(contextDim 2\)/);
+    } finally {
+      await listener.close();
     }
   });
 });

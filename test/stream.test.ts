@@ -1,5 +1,5 @@
 // flow.sampleStream: chunks of one (seed, row)-addressed stream, as an async iterable and a Readable.
-import { createIAF, createMAF, SampleStream } from '../src';
+import { createFlow, createIAF, createMAF, iaf, maf, reverse, SampleStream, standardNormal } from '../src';
 
 const flow = createIAF({ dim: 3, hidden: [16], layers: 2, seed: 7 });
 
@@ -92,4 +92,57 @@ test('destroying the Readable cancels it and it reports no error', async () => {
   readable.destroy();
   await new Promise((resolve) => readable.once('close', resolve));
   expect(readable.destroyed).toBe(true);
+});
+
+describe('conditional flows: the context, one row for all or one row per sample', () => {
+  // Both directions: an IAF samples in one pass, a MAF sequentially; both context forms.
+  const conditional = createFlow({
+    dim: 3,
+    context: 4,
+    layers: [iaf({ hidden: [16] }), reverse(), maf({ hidden: [16], activation: 'tanh', contextForm: 'activated' })],
+    seed: 5,
+  });
+  const perRow = standardNormal(1000, 4, { seed: 8 });
+  const oneRow = [0.5, -1, 2, 0.25];
+
+  test('one row: every chunk gets it, and the chunks are the bytes of sample(n, { context })', async () => {
+    for (const chunkRows of [1, 7, 256, 1000]) {
+      const chunks = await collect(conditional.sampleStream(1000, { seed: 4, firstRow: 3, chunkRows, context: oneRow }));
+      expect(bytes(concat(chunks)).equals(bytes(await conditional.sample(1000, { seed: 4, firstRow: 3, context: oneRow })))).toBe(true);
+    }
+    // As [[...]] too.
+    const nested = concat(await collect(conditional.sampleStream(100, { seed: 4, chunkRows: 30, context: [oneRow] })));
+    expect(bytes(nested).equals(bytes(await conditional.sample(100, { seed: 4, context: oneRow })))).toBe(true);
+  });
+
+  test('n rows: chunk k gets its own rows, sample i is drawn given row i', async () => {
+    for (const chunkRows of [1, 7, 256, 1000]) {
+      const chunks = await collect(conditional.sampleStream(1000, { seed: 4, chunkRows, context: perRow }));
+      expect(bytes(concat(chunks)).equals(bytes(await conditional.sample(1000, { seed: 4, context: perRow })))).toBe(true);
+    }
+    // Not the broadcast answer: the rows matter.
+    const broadcast = await conditional.sample(1000, { seed: 4, context: perRow.subarray(0, 4) });
+    expect(bytes(concat(await collect(conditional.sampleStream(1000, { seed: 4, context: perRow })))).equals(bytes(broadcast))).toBe(false);
+    // number[][] rows, through the Readable.
+    const rows = Array.from({ length: 50 }, (_, i) => Array.from(perRow.subarray(i * 4, i * 4 + 4)));
+    const pieces: Buffer[] = [];
+    for await (const piece of conditional.sampleStream(50, { seed: 2, chunkRows: 8, context: rows }).toReadable()) pieces.push(piece as Buffer);
+    expect(Buffer.concat(pieces).equals(bytes(await conditional.sample(50, { seed: 2, context: perRow.subarray(0, 200) })))).toBe(true);
+  });
+
+  test('the context is copied when the stream is made: changing the array later changes nothing', async () => {
+    const context = Float32Array.from(perRow.subarray(0, 400));
+    const stream = conditional.sampleStream(100, { seed: 6, chunkRows: 16, context });
+    const before = concat(await collect(stream));
+    context.fill(3);
+    expect(bytes(concat(await collect(stream))).equals(bytes(before))).toBe(true);
+  });
+
+  test('a missing, extra or wrongly sized context is refused naming the width', () => {
+    expect(() => conditional.sampleStream(10, { seed: 1 })).toThrow(/conditional: options\.context is required, one row of 4 context values .* or 10 rows/);
+    expect(() => conditional.sampleStream(10, { seed: 1, context: [1, 2, 3] })).toThrow(/one row of 4 context values .* or 10 rows of them/);
+    expect(() => conditional.sampleStream(10, { seed: 1, context: new Float32Array(4 * 9) })).toThrow(/options\.context\.length.*received 36/);
+    expect(() => conditional.sampleStream(2, { seed: 1, context: [1, 2, 3, NaN] })).toThrow(/Expected a finite number for options\.context\[0\]\[3\] but received NaN/);
+    expect(() => flow.sampleStream(10, { seed: 1, context: [1, 2, 3, 4] })).toThrow(/not conditional .* takes no context/);
+  });
 });
