@@ -206,10 +206,12 @@ function madeDescriptor(type: 'iaf' | 'maf', options: unknown): LayerDescriptor 
 }
 
 function checkSoftClamp(name: string, value: unknown): number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || !Number.isFinite(1 / Math.fround(value || 1))) {
+  // As float32 (the core's type): finite, and a positive one with a finite reciprocal.
+  const single = typeof value === 'number' ? Math.fround(value) : NaN;
+  if (typeof value !== 'number' || !(single >= 0) || !Number.isFinite(single) || (single > 0 && !Number.isFinite(1 / single)) || (value > 0 && single === 0)) {
     throw invalidType(name, 'a finite number >= 0 (0: off)', value);
   }
-  return Math.fround(value);
+  return single;
 }
 
 /** An inverse autoregressive layer: sampling is one parallel pass; density of new data is sequential. */

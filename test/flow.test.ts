@@ -490,3 +490,12 @@ describe('residual MADE blocks (nflows style)', () => {
     ).toThrow(/the same degrees as hidden layer 0/);
   });
 });
+
+describe('the soft clamp at the edges of float32', () => {
+  test('values that are not a finite float32 with a finite reciprocal are refused, in the builder and in a config', () => {
+    for (const bad of [1e39, 1e-46, -0.5, NaN]) {
+      expect(() => maf({ softClamp: bad })).toThrow(/Expected a finite number >= 0 \(0: off\) for maf\(\).softClamp/);
+    }
+    expect(createFlow({ dim: 2, seed: 1, layers: [maf({ hidden: [4], softClamp: 3e38 })] }).config.layers[0]).toMatchObject({ softClamp: Math.fround(3e38) });
+  });
+});
