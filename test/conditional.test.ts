@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Flow, LayerDescriptor, createFlow, distill, fit, fitReverseKL, fitSchedule, iaf, loadFlow, maf, permute, reverse, saveFlow, standardNormal } from '../src/index';
 import { native } from '../src/native';
 import { __trainingInternals as internals } from '../src/train';
+import { expectGradientsClose, finiteDifferences } from './gradients';
 import { RefConfig, randomParams, refForward, refInverse, refLogProb } from './reference';
 
 const ISAS = native.kernelInfo().available.split(',');
@@ -157,34 +158,6 @@ describe('conditional flows: behaviour', () => {
 
 // ---- training: gradients against finite differences of the float64 oracle ----
 
-
-function finiteDifferences(params: Record<string, Float64Array>, f: () => number, h = 1e-6): Record<string, Float64Array> {
-  const out: Record<string, Float64Array> = {};
-  for (const [name, values] of Object.entries(params)) {
-    const g = new Float64Array(values.length);
-    for (let i = 0; i < values.length; i++) {
-      const original = values[i];
-      values[i] = original + h;
-      const plus = f();
-      values[i] = original - h;
-      const minus = f();
-      values[i] = original;
-      g[i] = (plus - minus) / (2 * h);
-    }
-    out[name] = g;
-  }
-  return out;
-}
-
-function expectGradientsClose(actual: Record<string, Float32Array>, expected: Record<string, ArrayLike<number>>, atol: number, rtol: number) {
-  expect(Object.keys(actual).sort()).toEqual(Object.keys(expected).sort());
-  for (const [name, want] of Object.entries(expected)) {
-    const got = actual[name];
-    for (let i = 0; i < want.length; i++) {
-      if (!(Math.abs(got[i] - want[i]) <= atol + rtol * Math.abs(want[i]))) throw new Error(`${name}[${i}]: native ${got[i]}, expected ${want[i]}`);
-    }
-  }
-}
 
 const SMALL_CASES: Case[] = [
   { name: 'MAF + IAF, linear context, d3 c2', dim: 3, context: 2, layers: () => [maf({ hidden: [7, 6], activation: 'tanh' }), reverse(), iaf({ hidden: [6], scale: 'exp' })] },
