@@ -27,7 +27,7 @@ import { BLUE, INK, MAX_PLOT_COLUMNS, ORANGE, Window, drawDensity, drawScatter, 
 import { Raster } from './png';
 import { MAX_HEADER_BYTES, decodeSafetensors, encodeSafetensors, writeFileAtomic } from './safetensors';
 import { RowFormatter, Table, inputFormat, isNumberField, outputFormat, peekCsvHeader, decodeTable, rowChunks, writeTable } from './table';
-import { distill, fit, fitSchedule } from './train';
+import { defaultActivation, distill, fit, fitSchedule } from './train';
 
 // ---------------------------------------------------------------------------------------
 // Input and output
@@ -937,7 +937,7 @@ Options:
   --kind maf|iaf           the layer kind (default maf)
   --layers N               MADE layers (default 5)
   --hidden W,W,...         hidden widths of each MADE (default 64,64)
-  --activation NAME        relu (default), tanh or elu
+  --activation NAME        relu, tanh or elu (default: tanh below 1000 training rows, else relu)
   --soft-clamp C           the conditioners read u / sqrt(1 + (u/C)^2), keeping tail samples sane (default 4; 0: off)
   --no-standardize         fit the raw columns (no affine layer at the data end)
   --dequantize W,...       uniform noise of width W added to each value (one W, or one per column; 0: none):
@@ -987,8 +987,8 @@ Options:
       if (kind !== 'maf' && kind !== 'iaf') throw new UsageError(`--kind ${kind}: expected maf or iaf`);
       const layers = intOption(p, 'layers', 5, 1, 64);
       const hidden = hiddenOption(p, [64, 64]);
-      const activation = (str(p, 'activation') ?? 'relu') as Activation;
-      if (!['relu', 'tanh', 'elu'].includes(activation)) throw new UsageError(`--activation ${activation}: expected relu, tanh or elu`);
+      const givenActivation = str(p, 'activation') as Activation | undefined;
+      if (givenActivation !== undefined && !['relu', 'tanh', 'elu'].includes(givenActivation)) throw new UsageError(`--activation ${givenActivation}: expected relu, tanh or elu`);
       const givenEpochs = str(p, 'epochs') === undefined ? undefined : intOption(p, 'epochs', 1, 1, 1e6);
       const givenBatch = str(p, 'batch-size') === undefined ? undefined : intOption(p, 'batch-size', 1, 1, 1 << 20);
       const lr = numberOption(p, 'lr', 1e-3, (v) => v > 0 && v < 10, 'a number in (0, 10)');
@@ -1042,9 +1042,10 @@ Options:
           gridNotes.push(`column ${columnName(c)} has ${distinct.size} distinct values${Number.isFinite(step) ? ` (closest ${Math.fround(step)} apart)` : ''}`);
         }
       }
+      const activation: Activation = givenActivation ?? defaultActivation(trainRows);
       const flow = (kind === 'iaf' ? createIAF : createMAF)({ dim: cols, layers, hidden, activation, seed, softClamp });
       io.stdout.write(
-        `Fitting a${kind === 'iaf' ? 'n IAF' : ' MAF'} (${layers} layers, hidden [${hidden.join(', ')}], ${fmtInt(flow.numParameters)} parameters) to ${fmtInt(rows)} rows of dim ${cols} ` +
+        `Fitting a${kind === 'iaf' ? 'n IAF' : ' MAF'} (${layers} layers, hidden [${hidden.join(', ')}], ${activation}, ${fmtInt(flow.numParameters)} parameters) to ${fmtInt(rows)} rows of dim ${cols} ` +
           `from ${dataFile}, seed ${seed}` +
           (validation !== null ? `, ${fmtInt(validRows)} validation rows from ${validationFile}` : useValidation ? `, ${fmtInt(validRows)} rows held out` : ', no validation') +
           '\n',

@@ -25,7 +25,7 @@ export { datasets } from './datasets';
 export type { DatasetOptions, NoisyDatasetOptions } from './datasets';
 export { targets } from './targets';
 export type { BuiltinTarget, GaussianMixtureOptions, GridOptions } from './targets';
-export { fit, fitReverseKL, distill, fitSchedule } from './train';
+export { fit, fitReverseKL, distill, fitSchedule, defaultActivation } from './train';
 export type {
   DistillOptions,
   FitOptions,

@@ -82,7 +82,8 @@ describe('iaflow info', () => {
     expect(out).toContain(`parameters   ${flow.numParameters.toLocaleString('en-US')}`);
     expect(out).toContain('sample       sequential (dimension by dimension through the MAF layers)');
     expect(out).toContain('logProb      one pass');
-    expect(out).toMatch(/MAF\s+\[16, 16\]\s+relu\s+softplus/);
+    // 450 training rows: below 1000 the default activation is tanh (defaultActivation).
+    expect(out).toMatch(/MAF\s+\[16, 16\]\s+tanh\s+softplus/);
     const json = await run(['info', model, '--json']);
     expect(JSON.parse(json.out)).toEqual({ file: model, numParameters: flow.numParameters, config: JSON.parse(JSON.stringify(flow.config)) });
   });
