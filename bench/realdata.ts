@@ -15,17 +15,17 @@
 // for validation and early stopping, as the CLI does) once per seed; test log-likelihoods are mean
 // nats per test point in the data's raw units (the standardising affine layer's Jacobian counted).
 //
-// - defaults: what the CLI's `train` does (createMAF 5 layers [64, 64] relu; fit with standardize,
-//   validationFraction 0.1, lr 1e-3, ema 0.99 and fitSchedule's batch, epochs and patience); the
-//   other configurations change one or two things. "best" is the configuration with the highest
-//   mean test log-likelihood over the seeds: chosen on the test rows, so an optimistic ceiling for
-//   the defaults to be measured against.
+// - defaults: what the CLI's `train` is to do (issue 12; cliTrainOptions below: createMAF 5 layers
+//   [64, 64] relu; fit with standardize, validationFraction 0.1, lr 1e-3, ema 0.99 and fitSchedule's
+//   batch, epochs and patience); the other configurations change one or two things. "best" is the
+//   configuration with the highest mean test log-likelihood over the seeds: chosen on the test
+//   rows, so an optimistic ceiling for the defaults to be measured against.
 // - Gaussian: a full-covariance Gaussian fitted to the training rows (float64, maximum likelihood,
 //   a ridge of 1e-6 times each column's variance on the diagonal).
 // - runaway samples: of `--samples` samples of a model, the fraction whose largest
 //   |x - mean| / sd over the columns (training rows' mean and sd) exceeds 20, the largest such
-//   value, and how many exceed 50. For models with samples beyond 50 sd, the layer where they
-//   leave the data (bench output, "where").
+//   value, and how many exceed 50. When the defaults' first-seed model has samples beyond 50 sd,
+//   the report traces them layer by layer to where they leave the data (whereTheyRunAway).
 // - grid: where a data set's values sit on a grid (readings to 0.1, whole units), a model can raise
 //   its test log-likelihood by piling density on grid points. "jittered" scores the test rows moved
 //   uniformly within their grid cell (8 draws): a smooth model scores about the same, a spiky one
@@ -339,7 +339,7 @@ const CONFIGS: Config[] = [
   { name: 'lr 3e-3 10 layers', what: 'learning rate 3e-3, 10 MADE layers', learningRate: 3e-3, layers: 10 },
 ];
 
-/** The configurations a plain run compares with the defaults (about 13 minutes in all on 2 cores). */
+/** The configurations a plain run compares with the defaults (12 to 15 minutes in all on the 2-vCPU machine). */
 const RUN_BY_DEFAULT = ['tanh', 'lr 3e-3', 'tanh lr 3e-3', '10 layers', 'steps x3', 'batch x4'];
 
 interface Run {
