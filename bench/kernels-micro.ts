@@ -45,10 +45,10 @@ interface Cell {
 }
 
 const CELLS: Cell[] = [
-  { name: 'CFG-A IAF sampleWithLogProb', rows: 10_000, make: () => createIAF({ dim: 16, hidden: [256, 256], layers: 5, seed: 1 }) },
-  { name: 'CFG-B IAF sampleWithLogProb', rows: 4_096, make: () => createIAF({ dim: 64, hidden: [512, 512], layers: 5, seed: 2 }) },
-  { name: 'CFG-A MAF sampleWithLogProb (sequential)', rows: 10_000, make: () => createMAF({ dim: 16, hidden: [256, 256], layers: 5, seed: 3 }) },
-  { name: 'CFG-B MAF sampleWithLogProb (sequential)', rows: 4_096, make: () => createMAF({ dim: 64, hidden: [512, 512], layers: 5, seed: 4 }) },
+  { name: 'CFG-A IAF sampleWithLogProb', rows: 10_000, make: () => createIAF({ dim: 16, hidden: [256, 256], layers: 5, seed: 1, softClamp: 0 }) },
+  { name: 'CFG-B IAF sampleWithLogProb', rows: 4_096, make: () => createIAF({ dim: 64, hidden: [512, 512], layers: 5, seed: 2, softClamp: 0 }) },
+  { name: 'CFG-A MAF sampleWithLogProb (sequential)', rows: 10_000, make: () => createMAF({ dim: 16, hidden: [256, 256], layers: 5, seed: 3, softClamp: 0 }) },
+  { name: 'CFG-B MAF sampleWithLogProb (sequential)', rows: 4_096, make: () => createMAF({ dim: 64, hidden: [512, 512], layers: 5, seed: 4, softClamp: 0 }) },
 ];
 
 const now = () => Number(process.hrtime.bigint()) / 1e9;

@@ -133,7 +133,7 @@ export function flowNet(flow: Flow): FlowNet {
   };
   const layers: NetLayer[] = config.layers.map((layer, k): NetLayer => {
     if (layer.type === 'permutation') return { type: 'perm', perm: [...layer.permutation] };
-    if (layer.type === 'affine') throw new Error('bench: the peers implement MADE and permutation layers only');
+    if (layer.type === 'affine' || (layer.softClamp ?? 0) > 0) throw new Error('bench: the peers implement plain MADE and permutation layers only (no affine layer, softClamp 0)');
     if (layer.activation !== 'relu' || (layer.scale !== 'softplus' && layer.scale !== 'exp') || layer.residual) {
       throw new Error('bench: the peers implement plain relu MADE layers with the softplus or exp scale only');
     }

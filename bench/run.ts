@@ -272,8 +272,10 @@ interface Context {
   notes: string[];
 }
 
+// softClamp 0: the peers' graphs are plain MADEs (the default clamp adds a square root and a
+// division per input per layer, which the peers would not pay).
 function makeFlow(kind: 'iaf' | 'maf', shape: { dim: number; hidden: number[]; layers: number }, seed: number, scale: GraphScale = MAIN_SCALE): Flow {
-  const flow = (kind === 'iaf' ? createIAF : createMAF)({ dim: shape.dim, hidden: shape.hidden, layers: shape.layers, seed, scale });
+  const flow = (kind === 'iaf' ? createIAF : createMAF)({ dim: shape.dim, hidden: shape.hidden, layers: shape.layers, seed, scale, softClamp: 0 });
   flow.setParameters(randomParameters(flow, seed + 1));
   return flow;
 }

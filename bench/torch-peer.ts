@@ -122,7 +122,7 @@ export function iaflowFromTorch(peer: TorchPeer): Flow {
   const { D, H } = peer.meta;
   const layers = peer.mades.map((m) => {
     const { order, hiddenDegrees } = degreesOf(m, D, H);
-    return iaf({ hidden: [H, H], scale: 'exp', order, hiddenDegrees });
+    return iaf({ hidden: [H, H], scale: 'exp', order, hiddenDegrees, softClamp: 0 });
   });
   const flow = createFlow({ dim: D, layers, seed: 1 });
   const params: Record<string, Float32Array> = {};

@@ -28,8 +28,8 @@ const original = getThreads();
 console.log(`iaflow training throughput: ${os.cpus()[0].model}, node ${process.version}, batch 512, ${steps} steps per measurement`);
 console.log('dim  hidden       layers  threads   staircase rows/s   dense rows/s   speed-up   IAF (sequential) rows/s');
 for (const { dim, hidden, layers } of configs) {
-  const flow = createMAF({ dim, hidden, layers, seed: 1 });
-  const iafFlow = createIAF({ dim, hidden, layers, seed: 1 });
+  const flow = createMAF({ dim, hidden, layers, seed: 1, softClamp: 0 });
+  const iafFlow = createIAF({ dim, hidden, layers, seed: 1, softClamp: 0 });
   const data = standardNormal(20000, dim, { seed: 2 });
   for (const threads of threadCounts) {
     setThreads(threads);

@@ -91,6 +91,7 @@ iaflow::FlowSpec parseSpec(Napi::Env env, const Napi::Value& value) {
   Napi::Object spec = value.As<Napi::Object>();
   iaflow::FlowSpec out;
   out.dim = intField(env, spec, "dim");
+  if (!spec.Get("contextDim").IsUndefined()) out.contextDim = intField(env, spec, "contextDim");
   Napi::Value layersValue = spec.Get("layers");
   if (!layersValue.IsArray()) internalError(env, "spec.layers must be an array");
   Napi::Array layers = layersValue.As<Napi::Array>();
@@ -111,6 +112,11 @@ iaflow::FlowSpec parseSpec(Napi::Env env, const Napi::Value& value) {
       ls.scale = static_cast<iaflow::ScaleKind>(intField(env, layer, "scale"));
       ls.inputDegrees = intVector(env, layer.Get("inputDegrees"), "inputDegrees");
       ls.residual = layer.Get("residual").ToBoolean().Value();
+      const Napi::Value clamp = layer.Get("softClamp");
+      if (!clamp.IsUndefined()) {
+        if (!clamp.IsNumber()) internalError(env, "softClamp must be a number");
+        ls.softClamp = clamp.As<Napi::Number>().FloatValue();
+      }
       Napi::Value hd = layer.Get("hiddenDegrees");
       Napi::Value hl = layer.Get("hidden");
       if (!hd.IsArray() || !hl.IsArray()) internalError(env, "hiddenDegrees and hidden must be arrays");
@@ -123,6 +129,10 @@ iaflow::FlowSpec parseSpec(Napi::Env env, const Napi::Value& value) {
         const int width = static_cast<int>(ls.hiddenDegrees.back().size());
         ls.hidden.push_back(denseLinear(env, hidden.Get(l), "hidden", width, in));
         in = width;
+      }
+      if (out.contextDim > 0 && hidden.Length() > 0) {
+        ls.contextForm = static_cast<iaflow::ContextForm>(intField(env, layer, "contextForm"));
+        ls.context = denseLinear(env, layer.Get("context"), "context", static_cast<int>(ls.hiddenDegrees[0].size()), out.contextDim);
       }
       ls.shift = denseLinear(env, layer.Get("shift"), "shift", out.dim, in);
       ls.rawScale = denseLinear(env, layer.Get("rawScale"), "rawScale", out.dim, in);
@@ -199,6 +209,7 @@ int64_t planBytes(const FlowPlan& plan) {
   };
   for (const iaflow::LayerPlan& layer : plan.layers) {
     total += static_cast<int64_t>(layer.permutation.size() + layer.affine.loc.size() + layer.affine.scale.size()) * 4;
+    linear(layer.made.context);
     for (const auto& h : layer.made.hidden) linear(h);
     linear(layer.made.output);
   }
@@ -522,9 +533,25 @@ class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
       }
     }
     const std::string inputName = stringField(env, o, "inputName", "input");
+    // The context rows (TypeScript checked them: Float32Array, finite, 1 or rows rows): copied,
+    // as an async run outlives this call.
+    auto context = std::make_shared<std::vector<float>>();
+    const int contextDim = runner_->plan().contextDim;
+    Napi::Value contextValue = o.Get("context");
+    if (!contextValue.IsUndefined() && !contextValue.IsNull()) {
+      if (!contextValue.IsTypedArray() || contextValue.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        internalError(env, "context must be a Float32Array");
+      Napi::Float32Array c = contextValue.As<Napi::Float32Array>();
+      req.contextRows = countField(env, o, "contextRows", 1, 0, true);
+      if (contextDim == 0 || c.ElementLength() != static_cast<size_t>(req.contextRows) * contextDim ||
+          (req.contextRows != 1 && req.contextRows != req.rows))
+        internalError(env, "context has the wrong length");
+      context->assign(c.Data(), c.Data() + c.ElementLength());
+    }
     std::shared_ptr<iaflow::CancelFlag> cancel = cancelFrom(env, o);
     std::shared_ptr<const iaflow::Runner> runner = runner_;
-    auto work = [runner, req, input, inputName, dim, cells](const iaflow::CancelFlag& flag) mutable {
+    auto work = [runner, req, input, inputName, dim, cells, context](const iaflow::CancelFlag& flag) mutable {
+      if (!context->empty()) req.context = context->data();
       req.input = prepareInput(*input, inputName, dim, cells);
       req.cancel = &flag;
       runner->run(req);
@@ -636,6 +663,8 @@ Napi::Value layout(const Napi::CallbackInfo& info) {
                                {"elu", static_cast<int>(Activation::ELU)}}));
   out.Set("scale", codes({{"softplus", static_cast<int>(ScaleKind::Softplus)}, {"exp", static_cast<int>(ScaleKind::Exp)},
                           {"gated", static_cast<int>(ScaleKind::Gated)}}));
+  out.Set("contextForm", codes({{"linear", static_cast<int>(iaflow::ContextForm::Linear)},
+                                {"activated", static_cast<int>(iaflow::ContextForm::Activated)}}));
   out.Set("direction", codes({{"toData", static_cast<int>(iaflow::Direction::ToData)},
                               {"toLatent", static_cast<int>(iaflow::Direction::ToLatent)}}));
   if (info.Length() > 0 && !info[0].IsUndefined()) {
@@ -666,6 +695,7 @@ Napi::Value layout(const Napi::CallbackInfo& info) {
       o.Set("hidden", hidden);
       o.Set("shift", shape(l.shift));
       o.Set("rawScale", shape(l.rawScale));
+      if (spec.contextDim > 0) o.Set("context", shape(l.context));
       layers.Set(static_cast<uint32_t>(k), o);
     }
     out.Set("layers", layers);
@@ -740,6 +770,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
       if (!teacherValue.IsNull() && !teacherValue.IsUndefined()) teacher = std::make_unique<iaflow::FlowSpec>(parseSpec(env, teacherValue));
       const iaflow::Backend& backend = backendNamed(env, stringField(env, o, "backend", "cpu"), nullptr);
       dim_ = spec.dim;
+      contextDim_ = spec.contextDim;
       for (const iaflow::LayerSpec& layer : spec.layers) {
         std::vector<int> widths;
         if (layer.kind == iaflow::LayerKind::IAF || layer.kind == iaflow::LayerKind::MAF)
@@ -817,6 +848,11 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
         out[k].hiddenBias.push_back(tensor(hidden.Get(l), "bias", width));
         in = width;
       }
+      if (contextDim_ > 0) {
+        const size_t h0 = static_cast<size_t>(widths_[k][0]);
+        out[k].contextWeight = tensor(layer.Get("context"), "weight", h0 * static_cast<size_t>(contextDim_));
+        out[k].contextBias = tensor(layer.Get("context"), "bias", h0);
+      }
       out[k].shiftWeight = tensor(layer.Get("shift"), "weight", d * in);
       out[k].shiftBias = tensor(layer.Get("shift"), "bias", d);
       out[k].scaleWeight = tensor(layer.Get("rawScale"), "weight", d * in);
@@ -837,7 +873,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     return info.Env().Undefined();
   }
 
-  // setData({ train, trainRows, valid?, validRows? })
+  // setData({ train, trainRows, valid?, validRows?, trainContext?, validContext? }) (contexts: conditional flows)
   Napi::Value setData(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     claim(env);
@@ -846,9 +882,11 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     const int64_t validRows = countField(env, o, "validRows", 0, 0, false);
     const float* train = optionalFloatOutput(env, o.Get("train"), static_cast<size_t>(trainRows) * dim_, "train");
     const float* valid = optionalFloatOutput(env, o.Get("valid"), static_cast<size_t>(validRows) * dim_, "valid");
+    const float* trainContext = optionalFloatOutput(env, o.Get("trainContext"), static_cast<size_t>(trainRows) * contextDim_, "trainContext");
+    const float* validContext = optionalFloatOutput(env, o.Get("validContext"), static_cast<size_t>(validRows) * contextDim_, "validContext");
     if (!train) internalError(env, "train is required");
     try {
-      trainer_->setData(train, trainRows, valid, valid ? validRows : 0);
+      trainer_->setData(train, trainRows, valid, valid ? validRows : 0, trainContext, validContext);
     } catch (...) {
       throw Napi::Error::New(env, describe(std::current_exception()));
     }
@@ -896,9 +934,19 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     if (!x || !logq) internalError(env, "x and logq are required");
     auto z = std::make_shared<std::vector<float>>();
     if (zIn) z->assign(zIn, zIn + cells);
+    // Conditional flows: the step's contexts, 1 or batch rows (copied: the call may be async).
+    auto context = std::make_shared<std::vector<float>>();
+    int64_t contextRows = 0;
+    if (contextDim_ > 0) {
+      contextRows = countField(env, o, "contextRows", 1, 0, true);
+      const float* c = optionalFloatOutput(env, o.Get("context"), static_cast<size_t>(contextRows) * contextDim_, "context");
+      if (!c) internalError(env, "context is required for a conditional flow");
+      context->assign(c, c + contextRows * contextDim_);
+    }
     auto trainer = trainer_;
     return launch(env, o.Get("async").ToBoolean().Value(), [=] {
-      trainer->reverseForward(seed, step, batch, z->empty() ? nullptr : z->data(), x, logq);
+      trainer->reverseForward(seed, step, batch, z->empty() ? nullptr : z->data(), x, logq,
+                              context->empty() ? nullptr : context->data(), contextRows);
     }, nullptr, {o.Get("x"), o.Get("logq")});
   }
 
@@ -940,10 +988,20 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     const double forwardWeight = numberField(env, o, "forwardWeight", 0, true);
     double* stats = float64Output(env, o.Get("stats"), 5, "stats");
     double* stepLoss = float64Output(env, o.Get("stepLoss"), static_cast<size_t>(steps), "stepLoss");
+    // Conditional flows: every step's contexts, contextRows (1 or batch) per step, copied.
+    auto contexts = std::make_shared<std::vector<float>>();
+    int64_t contextRows = 0;
+    if (contextDim_ > 0) {
+      contextRows = countField(env, o, "contextRows", 1, 0, true);
+      const float* c = optionalFloatOutput(env, o.Get("context"), static_cast<size_t>(steps * contextRows) * contextDim_, "context");
+      if (!c) internalError(env, "context is required for a conditional flow");
+      contexts->assign(c, c + steps * contextRows * contextDim_);
+    }
     auto trainer = trainer_;
     return launch(env, o.Get("async").ToBoolean().Value(), [=] {
       iaflow::StepStats s;
-      trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, s, stepLoss);
+      trainer->distillSteps(seed, firstStep, steps, batch, betaStart, betaSlope, forwardWeight, s, stepLoss,
+                            contexts->empty() ? nullptr : contexts->data(), contextRows);
       writeStats(s, stats);
     }, nullptr, {o.Get("stats"), o.Get("stepLoss")}, cancelFrom(env, o));
   }
@@ -955,9 +1013,10 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
     const int64_t rows = countField(env, o, "rows", 1, 0, true);
     const float* x = optionalFloatOutput(env, o.Get("x"), static_cast<size_t>(rows) * dim_, "x");
     if (!x) internalError(env, "x is required");
+    const float* context = optionalFloatOutput(env, o.Get("context"), static_cast<size_t>(rows) * contextDim_, "context");
     auto trainer = trainer_;
     auto value = std::make_shared<double>(0.0);
-    return launch(env, false, [=] { *value = trainer->likelihoodGradient(x, rows); },
+    return launch(env, false, [=] { *value = trainer->likelihoodGradient(x, rows, context); },
                   [value](Napi::Env e) { return Napi::Number::New(e, *value); }, {});
   }
 
@@ -998,6 +1057,7 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
   }
 
   int dim_ = 0;
+  int contextDim_ = 0;
   std::vector<std::vector<int>> widths_;  // per layer: hidden widths (empty but for MADE layers)
   std::vector<iaflow::LayerKind> kinds_;
   void Finalize(Napi::Env env) override { memory_.release(env); }

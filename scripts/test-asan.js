@@ -49,6 +49,7 @@ const driverPath = path.join(outDir, 'leak_driver');
 const defaultSuites = [
   'test/backend.test.ts',
   'test/flow.test.ts',
+  'test/conditional.test.ts',
   'test/train.test.ts',
   'test/normals.test.ts',
   'test/reference.test.ts',

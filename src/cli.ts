@@ -5,25 +5,29 @@
 //   iaflow train DATA            fit a MAF to a CSV or .npy file, save it as .safetensors
 //   iaflow sample MODEL          samples to CSV (stdout or a file) or .npy (float32)
 //   iaflow logprob MODEL DATA    log-densities of data rows, to a file or as a summary
+//   iaflow eval MODEL DATA       log-likelihood per point of data rows, against a Gaussian baseline
+//   iaflow plot MODEL            a picture of the model's samples (and density), and of data
 //   iaflow info MODEL            what a model file holds
 //
 // Exit codes: 0 success, 1 a failure while running (a file that cannot be read, data of the
 // wrong shape), 2 a usage error (unknown option, bad value, missing argument). Errors are one
 // line on stderr, never a stack trace (IAFLOW_DEBUG=1 adds the stack). `main(argv, io)` is the
 // whole CLI as a function, for tests; `runDemo(options, io)` is the demo.
-import { mkdir } from 'node:fs/promises';
+import { mkdir, open, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { datasets } from './datasets';
+import { GaussianBaseline, LogLikelihoodSummary, evaluate, gaussianBaseline } from './evaluate';
 import { Flow, createIAF, createMAF, getThreads, setThreads } from './flow';
-import { loadFlow, saveFlow } from './io';
-import { Activation, isMade } from './layers';
+import { encodeFlow, loadFlow, saveFlow } from './io';
+import { Activation, DEFAULT_SOFT_CLAMP, isMade } from './layers';
 import { writeNpy } from './npy';
-import { Raster, Rgb } from './png';
-import { writeFileAtomic } from './safetensors';
-import { RowFormatter, Table, isNumberField, outputFormat, readTable, rowChunks, writeTable } from './table';
-import { distill, fit } from './train';
+import { BLUE, INK, MAX_PLOT_COLUMNS, ORANGE, Window, drawDensity, drawScatter, renderPlot } from './plot';
+import { Raster } from './png';
+import { MAX_HEADER_BYTES, decodeSafetensors, encodeSafetensors, writeFileAtomic } from './safetensors';
+import { RowFormatter, Table, inputFormat, isNumberField, outputFormat, peekCsvHeader, decodeTable, rowChunks, writeTable } from './table';
+import { distill, fit, fitSchedule } from './train';
 
 // ---------------------------------------------------------------------------------------
 // Input and output
@@ -82,11 +86,118 @@ function outputKind(file: string, option: string): 'npy' | 'csv' {
   return format;
 }
 
-async function readData(file: string): Promise<Table> {
+/** How the data options of a command read files: --columns and --strict. */
+interface DataOptions {
+  /** --columns: names or 0-based indices. */
+  columns?: string[];
+  /** --strict: a row with a bad cell is an error, not skipped. */
+  strict: boolean;
+}
+
+function dataOptions(p: Parsed): DataOptions {
+  const text = str(p, 'columns');
+  let columns: string[] | undefined;
+  if (text !== undefined) {
+    columns = text.split(',').map((c) => c.trim());
+    if (columns.some((c) => c === '')) throw new UsageError(`--columns ${text}: expected comma-separated column names or 0-based indices, e.g. mpg,weight or 0,2`);
+  }
+  return { columns, strict: p.values.strict === true };
+}
+
+/**
+ * Reads a data file. Columns: `data.columns` when given; else, when `wanted` names columns (a
+ * model's, or the training file's) and the file's header has them all, those; else all. Rows
+ * with a bad cell are skipped with a note on stderr (refused with --strict).
+ */
+async function readData(file: string, data: DataOptions = { strict: false }, io?: CliIO, wanted: string[] | null = null, dim?: number): Promise<Table> {
+  let table: Table;
+  let picked: string[] | undefined;
   try {
-    return await readTable(file);
+    const bytes = await readFile(file);
+    let columns: string[] | undefined = data.columns;
+    if (columns === undefined && wanted !== null && inputFormat(file) === 'csv') {
+      const header = peekCsvHeader(bytes);
+      if (header !== null && wanted.every((name) => header.includes(name)) && (header.length !== wanted.length || header.some((h, i) => h !== wanted[i]))) {
+        columns = picked = wanted;
+      }
+    }
+    table = decodeTable(bytes, inputFormat(file), file, { columns, invalidRows: data.strict ? 'error' : 'skip' });
   } catch (error) {
-    throw new CliError(errorMessage(error));
+    const message = errorMessage(error);
+    // A file system error has a code (ENOENT, EISDIR, ...); a problem with the contents names the file itself.
+    throw new CliError(typeof (error as { code?: unknown } | null)?.code === 'string' ? `cannot read ${file} (${message})` : message);
+  }
+  if (dim !== undefined && table.cols !== dim) {
+    throw new CliError(
+      `${file} has ${table.cols} column${table.cols === 1 ? '' : 's'}, but the model's dim is ${dim}` + (data.columns === undefined && table.cols > dim ? ' (choose columns with --columns)' : ''),
+    );
+  }
+  if (io !== undefined) {
+    if (picked !== undefined) io.stderr.write(`note: ${file}: reading its columns ${picked.join(', ')} (the model's, by name)\n`);
+    if (table.skipped !== undefined) {
+      const { count, first } = table.skipped;
+      io.stderr.write(
+        `note: ${file}: skipped ${fmtInt(count)} of ${fmtInt(count + table.rows)} rows with an empty, NA or non-numeric cell ` +
+          `(the first: line ${first.line}, column ${first.column}, ${JSON.stringify(first.field.length > 30 ? first.field.slice(0, 30) + '...' : first.field)}); --strict refuses them\n`,
+      );
+    }
+  }
+  return table;
+}
+
+/** The key of the column names in a model file's __metadata__ (written by train). */
+const COLUMNS_KEY = 'columns';
+/** Column names longer than this in all (as JSON) are not saved: a model's header stays small. */
+const MAX_COLUMN_NAMES_BYTES = 65536;
+
+/** A column name that the CSV writer takes as a header name. */
+function usableColumnName(name: string): boolean {
+  return name.length > 0 && name.length <= 200 && !/[,\r\n]/.test(name) && !isNumberField(name) && name.trim() === name;
+}
+
+/**
+ * The column names saved in a model file by train, or null (none, or not one per dimension).
+ * Reads only the header; call it after loadFlow accepted the file.
+ */
+async function readModelColumns(file: string, dim: number): Promise<string[] | null> {
+  try {
+    const handle = await open(file, 'r');
+    try {
+      const prefix = Buffer.alloc(8);
+      await handle.read(prefix, 0, 8, 0);
+      const length = Number(prefix.readBigUInt64LE(0));
+      if (length > MAX_HEADER_BYTES) return null;
+      const header = Buffer.alloc(length);
+      await handle.read(header, 0, length, 8);
+      const text = (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, unknown> }).__metadata__?.[COLUMNS_KEY];
+      if (typeof text !== 'string') return null;
+      const names: unknown = JSON.parse(text);
+      return Array.isArray(names) && names.length === dim && names.every((n) => typeof n === 'string' && usableColumnName(n)) ? (names as string[]) : null;
+    } finally {
+      await handle.close();
+    }
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Saves a model, with the training file's column names in its __metadata__ when they can be
+ * written back as a CSV header. saveFlow takes no metadata, so its bytes are decoded and
+ * re-encoded with the names added (loadFlow ignores metadata keys it does not know).
+ */
+async function saveModel(flow: Flow, file: string, columns: string[] | null): Promise<boolean> {
+  const namesFit = columns !== null && columns.length === flow.dim && columns.every(usableColumnName) && JSON.stringify(columns).length <= MAX_COLUMN_NAMES_BYTES;
+  try {
+    if (!namesFit) {
+      await saveFlow(flow, file);
+      return false;
+    }
+    const decoded = decodeSafetensors(encodeFlow(flow), file);
+    await writeFileAtomic(file, encodeSafetensors(decoded.tensors, { ...decoded.metadata, [COLUMNS_KEY]: JSON.stringify(columns) }));
+    return true;
+  } catch (error) {
+    throw new CliError(`cannot write ${file} (${errorMessage(error)})`);
   }
 }
 
@@ -126,18 +237,84 @@ async function readModel(file: string): Promise<Flow> {
 // ---------------------------------------------------------------------------------------
 // Options
 
-type OptionSpec = { type: 'string' | 'boolean'; short?: string };
+/** A command's option; `optionalValue`: a string option that may also stand alone (`--baseline` or `--baseline FILE`), giving ''. */
+type OptionSpec = { type: 'string' | 'boolean'; short?: string; optionalValue?: boolean };
 
 interface Parsed {
   values: Record<string, string | boolean | undefined>;
   positionals: string[];
 }
 
-function parse(argv: readonly string[], options: Record<string, OptionSpec>): Parsed {
+/** A negative number, as an option's value: `--seed -1`, `--shift -0.5`, `-n -3`. */
+const NEGATIVE_NUMBER = /^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
+/** Levenshtein distance: insertions, deletions and substitutions. */
+export function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length];
+}
+
+/**
+ * The known word nearest to a misspelt one, if it is near enough to be what was meant: at most
+ * 1 edit for words of up to 4 letters, 2 for longer ones (case ignored), or a word it begins.
+ */
+export function nearestWord(word: string, known: readonly string[]): string | undefined {
+  const w = word.toLowerCase();
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of known) {
+    const distance = editDistance(w, candidate.toLowerCase());
+    if (distance < bestDistance) (best = candidate), (bestDistance = distance);
+  }
+  if (best !== undefined && bestDistance <= (w.length <= 4 ? 1 : 2)) return best;
+  const prefixed = known.filter((k) => w.length >= 3 && k.toLowerCase().startsWith(w));
+  return prefixed.length === 1 ? prefixed[0] : undefined;
+}
+
+/**
+ * Parses a command's arguments (node:util parseArgs, strict), after two rewrites parseArgs does
+ * not do itself: a negative number after a string option is its value (`--seed -1` reads as
+ * `--seed=-1`, where parseArgs would call it ambiguous), and an `optionalValue` option followed
+ * by nothing or by another option gets the value ''. An unknown option's error suggests the
+ * nearest known one.
+ */
+export function parseOptions(argv: readonly string[], options: Record<string, OptionSpec>): Parsed {
+  const specs: Record<string, OptionSpec> = { ...options, help: { type: 'boolean', short: 'h' } };
+  const shorts = new Map(Object.entries(specs).flatMap(([name, spec]) => (spec.short ? [[spec.short, name] as const] : [])));
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--') {
+      args.push(...argv.slice(i));
+      break;
+    }
+    const name = arg.startsWith('--') && !arg.includes('=') ? arg.slice(2) : /^-[A-Za-z]$/.test(arg) ? shorts.get(arg[1]) : undefined;
+    const spec = name !== undefined && Object.hasOwn(specs, name) ? specs[name] : undefined;
+    if (spec?.type === 'string') {
+      const next = argv[i + 1];
+      if (next !== undefined && NEGATIVE_NUMBER.test(next)) {
+        args.push(`--${name}=${next}`);
+        i++;
+        continue;
+      }
+      if (spec.optionalValue && (next === undefined || next.startsWith('-'))) {
+        args.push(`--${name}=`);
+        continue;
+      }
+    }
+    args.push(arg);
+  }
   try {
     const { values, positionals } = parseArgs({
-      args: [...argv],
-      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      args,
+      options: Object.fromEntries(Object.entries(specs).map(([n, { type, short }]) => [n, short ? { type, short } : { type }])),
       allowPositionals: true,
       strict: true,
     });
@@ -145,7 +322,10 @@ function parse(argv: readonly string[], options: Record<string, OptionSpec>): Pa
   } catch (error) {
     // parseArgs' messages, on one line; "Unknown option '--x'" without its advice on positionals.
     const message = errorMessage(error).replace(/\s*\n\s*/g, ' ').trim();
-    throw new UsageError(message.startsWith('Unknown option') ? message.split('. ')[0] : message);
+    const unknown = /^Unknown option '(-{1,2})([^'=]*)/.exec(message);
+    if (unknown === null) throw new UsageError(message);
+    const guess = unknown[1] === '--' ? nearestWord(unknown[2], Object.keys(specs)) : undefined;
+    throw new UsageError(message.split('. ')[0] + (guess !== undefined ? `; did you mean --${guess}?` : ''));
   }
 }
 
@@ -184,7 +364,10 @@ function hiddenOption(p: Parsed, fallback: number[]): number[] {
 }
 
 function seedOption(p: Parsed, fallback: number | undefined): number | undefined {
-  if (str(p, 'seed') === undefined) return fallback;
+  const text = str(p, 'seed');
+  if (text === undefined) return fallback;
+  // Some tools take seed -1 for "random": here that is leaving --seed out.
+  if (NEGATIVE_NUMBER.test(text.trim())) throw new UsageError(`--seed ${text}: expected an integer from 0 to 4,294,967,295 (leave --seed out for a random seed)`);
   return intOption(p, 'seed', 0, 0, 2 ** 32 - 1);
 }
 
@@ -215,6 +398,20 @@ export function formatTable(rows: string[][], align: ('l' | 'r')[]): string[] {
       .map((cell, c) => (align[c] === 'r' ? cell.padStart(widths[c]) : cell.padEnd(widths[c])))
       .join('   ')
       .trimEnd(),
+  );
+}
+
+/** A log-likelihood in nats: 4 decimals, or 4 significant digits when huge; n/a for NaN. */
+function fmtLogLik(v: number): string {
+  if (Number.isNaN(v)) return 'n/a';
+  return Math.abs(v) >= 1e6 ? v.toPrecision(4) : v.toFixed(4);
+}
+
+/** A log-likelihood summary on one line. */
+function formatSummary(s: LogLikelihoodSummary): string {
+  return (
+    `${fmtInt(s.rows)} rows, mean ${fmtLogLik(s.mean)} ± ${fmtLogLik(s.stderr)} nats/point (± standard error), median ${fmtLogLik(s.median)}` +
+    (s.nonFinite > 0 ? `; ${fmtInt(s.nonFinite)} row${s.nonFinite === 1 ? '' : 's'} with log p -Infinity or NaN, left out of these figures` : '')
   );
 }
 
@@ -531,7 +728,8 @@ export async function runDemo(options: DemoOptions = {}, io: CliIO = processIO):
   if (dir !== null) {
     try {
       await mkdir(dir, { recursive: true });
-      const shown = Math.min(trainSize, 20000);
+      // The samples are the timing draws (benchRows of them): never more than those.
+      const shown = Math.min(trainSize, benchRows, 20000);
       const mafSamples = benchInput.subarray(0, shown * dim);
       const iafSamples = klDraw.x.subarray(0, shown * dim);
       const png = await renderDemoPicture({
@@ -560,7 +758,7 @@ export async function runDemo(options: DemoOptions = {}, io: CliIO = processIO):
     }
     out.write(
       `\nWrote ${files[0]} (panels: training data | MAF samples | MAF density | IAF samples),\n` +
-        `  ${files.slice(1, 3).join(' and ')} (${fmtInt(Math.min(trainSize, 20000))} samples each, float32: numpy.load),\n` +
+        `  ${files.slice(1, 3).join(' and ')} (${fmtInt(Math.min(trainSize, benchRows, 20000))} samples each, float32: numpy.load),\n` +
         `  ${files.slice(3).join(' and ')} (try: npx iaflow info ${files[4]})\n`,
     );
   }
@@ -585,40 +783,8 @@ export async function runDemo(options: DemoOptions = {}, io: CliIO = processIO):
 // ---------------------------------------------------------------------------------------
 // The demo's picture
 
-const INK: Rgb = [40, 40, 40];
-const BLUE: Rgb = [31, 119, 180];
-const ORANGE: Rgb = [230, 85, 13];
-
-/** Viridis, sampled at 9 points and interpolated linearly. */
-const VIRIDIS: Rgb[] = [
-  [68, 1, 84],
-  [71, 44, 122],
-  [59, 81, 139],
-  [44, 113, 142],
-  [33, 144, 141],
-  [39, 173, 129],
-  [92, 200, 99],
-  [170, 220, 50],
-  [253, 231, 37],
-];
-
-function viridis(t: number): Rgb {
-  const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
-  const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
-  const f = x - i;
-  const a = VIRIDIS[i];
-  const b = VIRIDIS[i + 1];
-  return [Math.round(a[0] + f * (b[0] - a[0])), Math.round(a[1] + f * (b[1] - a[1])), Math.round(a[2] + f * (b[2] - a[2]))];
-}
-
-interface Extent {
-  x0: number;
-  y0: number;
-  size: number;
-}
-
 /** A square window around the bulk of the data (0.5% to 99.5% quantiles per axis, 10% margin). */
-function extentOf(data: Float32Array): Extent {
+function squareWindow(data: Float32Array): Window {
   const quantiles = (axis: number): [number, number] => {
     const values = new Float64Array(data.length / 2);
     for (let i = 0; i < values.length; i++) values[i] = data[2 * i + axis];
@@ -628,55 +794,9 @@ function extentOf(data: Float32Array): Extent {
   const [xa, xb] = quantiles(0);
   const [ya, yb] = quantiles(1);
   const size = Math.max(xb - xa, yb - ya, 1e-6) * 1.2;
-  return { x0: (xa + xb) / 2 - size / 2, y0: (ya + yb) / 2 - size / 2, size };
-}
-
-/** Points as a density-shaded scatter: each pixel darkens toward `color` with its count of points. */
-function drawScatter(img: Raster, left: number, top: number, side: number, extent: Extent, points: Float32Array, color: Rgb): void {
-  const counts = new Float32Array(side * side);
-  for (let i = 0; i < points.length / 2; i++) {
-    const px = Math.floor(((points[2 * i] - extent.x0) / extent.size) * side);
-    const py = side - 1 - Math.floor(((points[2 * i + 1] - extent.y0) / extent.size) * side);
-    if (px >= 0 && py >= 0 && px < side && py < side) counts[py * side + px]++;
-  }
-  for (let py = 0; py < side; py++) {
-    for (let px = 0; px < side; px++) {
-      const t = 1 - Math.exp(-0.7 * counts[py * side + px]);
-      if (t === 0) continue;
-      img.setPixel(left + px, top + py, [0, 1, 2].map((c) => Math.round(255 + t * (color[c] - 255))) as unknown as Rgb);
-    }
-  }
-}
-
-/** log p on a grid x grid lattice over the extent, colour-mapped (viridis over the top 8 nats), bilinear to side x side. */
-async function drawDensity(img: Raster, left: number, top: number, side: number, extent: Extent, flow: Flow, grid: number): Promise<void> {
-  const points = new Float32Array(grid * grid * 2);
-  for (let gy = 0; gy < grid; gy++) {
-    for (let gx = 0; gx < grid; gx++) {
-      points[2 * (gy * grid + gx)] = extent.x0 + ((gx + 0.5) / grid) * extent.size;
-      points[2 * (gy * grid + gx) + 1] = extent.y0 + ((gy + 0.5) / grid) * extent.size;
-    }
-  }
-  const lp = await flow.logProb(points);
-  let top1 = -Infinity;
-  for (const v of lp) if (Number.isFinite(v) && v > top1) top1 = v;
-  const range = 8;
-  const at = (gx: number, gy: number) => {
-    const v = lp[Math.min(grid - 1, Math.max(0, gy)) * grid + Math.min(grid - 1, Math.max(0, gx))];
-    return Number.isFinite(v) ? Math.max(v, top1 - range) : top1 - range;
-  };
-  for (let py = 0; py < side; py++) {
-    const gyf = ((side - 1 - py + 0.5) / side) * grid - 0.5;
-    const gy = Math.floor(gyf);
-    const fy = gyf - gy;
-    for (let px = 0; px < side; px++) {
-      const gxf = ((px + 0.5) / side) * grid - 0.5;
-      const gx = Math.floor(gxf);
-      const fx = gxf - gx;
-      const v = (1 - fy) * ((1 - fx) * at(gx, gy) + fx * at(gx + 1, gy)) + fy * ((1 - fx) * at(gx, gy + 1) + fx * at(gx + 1, gy + 1));
-      img.setPixel(left + px, top + py, viridis((v - (top1 - range)) / range));
-    }
-  }
+  const x0 = (xa + xb) / 2 - size / 2;
+  const y0 = (ya + yb) / 2 - size / 2;
+  return { xMin: x0, xMax: x0 + size, yMin: y0, yMax: y0 + size };
 }
 
 export async function renderDemoPicture(input: {
@@ -695,7 +815,7 @@ export async function renderDemoPicture(input: {
   const width = 4 * side + 3 * gap;
   const height = titleHeight + side;
   const img = new Raster(width, height);
-  const extent = extentOf(input.data);
+  const win = squareWindow(input.data);
   const titles = [`${DATASET_TITLES[input.dataset] ?? input.dataset} data`, 'MAF samples', 'MAF density', 'IAF samples'];
   for (let k = 0; k < 4; k++) {
     const left = k * (side + gap);
@@ -704,10 +824,11 @@ export async function renderDemoPicture(input: {
     img.text(left + Math.max(2, Math.floor((side - Raster.textWidth(title, scale)) / 2)), Math.floor((titleHeight - 7 * scale) / 2), title, INK, scale);
   }
   img.fillRect(0, titleHeight - 1, width, 1, [160, 160, 160]);
-  drawScatter(img, 0, titleHeight, side, extent, input.data, INK);
-  drawScatter(img, side + gap, titleHeight, side, extent, input.mafSamples, BLUE);
-  await drawDensity(img, 2 * (side + gap), titleHeight, side, extent, input.teacher, input.gridSize);
-  drawScatter(img, 3 * (side + gap), titleHeight, side, extent, input.iafSamples, ORANGE);
+  const panel = (k: number) => ({ left: k * (side + gap), top: titleHeight, width: side, height: side });
+  drawScatter(img, panel(0), win, input.data, INK);
+  drawScatter(img, panel(1), win, input.mafSamples, BLUE);
+  await drawDensity(img, panel(2), win, input.teacher, input.gridSize);
+  drawScatter(img, panel(3), win, input.iafSamples, ORANGE);
   return img.encode();
 }
 
@@ -792,22 +913,40 @@ Fits a MAF (MADE layers with reversals between them) to the rows of DATA by maxi
 With --kind iaf it fits an IAF instead: sampling is then the one-pass direction and scoring the
 sequential one (training runs it too, at about half a MAF's speed).
 
-DATA is a .npy file (float32 or float64, shape (rows, dim)) or a CSV file: comma-separated
-numbers, one row per point, an optional header row of names (a first row with no number in
-it; skipped); lines starting with # are skipped. Flows train best on data of roughly unit
-scale: standardise columns first.
+DATA is a .npy file (float32 or float64, shape (rows, dim)) or a CSV file: numbers separated
+by commas, semicolons or tabs (told from the first lines), one row per point, an optional
+header row of names (a first row with no number in it); lines starting with # are skipped.
+Rows with an empty, NA or non-numeric cell are skipped and counted (--strict refuses them).
+The header's names are saved in the model file: sample writes them as its CSV header, and
+eval, logprob and plot pick those columns from a file that has more.
+
+The model standardises the data itself (an affine layer at its data end, from the training
+rows' means and standard deviations), so sample, logprob and eval work in the data's raw units
+and log-likelihoods count the Jacobian. The batch size, epochs and patience follow from the
+number of training rows (about 10,000 steps at most, early stopping after about 1,500 without
+a better validation loss; the batch is 512 rows from 8192 rows up, else rows / 16 rounded down
+to a power of two, at least 16). A fit that ends no better than a full-covariance Gaussian on
+the validation rows (or not finite) is saved, with a warning, and the exit code is 1.
 
 Options:
+  --columns A,B,...        the columns to fit, by header name or 0-based index (default: all)
+  --strict                 a row with a bad cell is an error naming it, not skipped
+  --validation FILE        validation rows from a file (instead of --validation-fraction)
+  --test FILE              rows to score at the end: their log-likelihood per point
   --out FILE               the model file (default model.safetensors)
   --kind maf|iaf           the layer kind (default maf)
   --layers N               MADE layers (default 5)
   --hidden W,W,...         hidden widths of each MADE (default 64,64)
   --activation NAME        relu (default), tanh or elu
-  --epochs N               passes over the data (default 100)
-  --batch-size N           rows per step (default 512)
+  --soft-clamp C           the conditioners read u / sqrt(1 + (u/C)^2), keeping tail samples sane (default 4; 0: off)
+  --no-standardize         fit the raw columns (no affine layer at the data end)
+  --dequantize W,...       uniform noise of width W added to each value (one W, or one per column; 0: none):
+                           for data on a grid (counts, rounded values); off by default
+  --epochs N               passes over the data (default: from the rows, see above)
+  --batch-size N           rows per step (default: from the rows, see above)
   --lr X                   Adam's learning rate (default 1e-3)
   --validation-fraction X  rows held out for validation and early stopping (default 0.1; 0: none)
-  --patience N             stop after N epochs without a better validation loss (default 10; 0: never)
+  --patience N             stop after N epochs without a better validation loss (default: from the rows; 0: never)
   --ema D                  decay per step of the weight average that is validated and saved (default 0.99; 0: off)
   --seed N                 initialisation, split and minibatch order (default: random, printed)
   --threads N              native threads (default: the number of cores)
@@ -827,9 +966,22 @@ Options:
       ema: { type: 'string' },
       seed: { type: 'string' },
       threads: { type: 'string' },
+      columns: { type: 'string' },
+      strict: { type: 'boolean' },
+      validation: { type: 'string' },
+      test: { type: 'string' },
+      'soft-clamp': { type: 'string' },
+      'no-standardize': { type: 'boolean' },
+      dequantize: { type: 'string' },
     },
     async run(p, io) {
       const [dataFile] = positionals(p, ['data']);
+      const data = dataOptions(p);
+      const validationFile = str(p, 'validation');
+      const testFile = str(p, 'test');
+      if (validationFile !== undefined && str(p, 'validation-fraction') !== undefined) {
+        throw new UsageError('give --validation FILE or --validation-fraction X, not both');
+      }
       const outFile = str(p, 'out') ?? 'model.safetensors';
       const kind = str(p, 'kind') ?? 'maf';
       if (kind !== 'maf' && kind !== 'iaf') throw new UsageError(`--kind ${kind}: expected maf or iaf`);
@@ -837,45 +989,90 @@ Options:
       const hidden = hiddenOption(p, [64, 64]);
       const activation = (str(p, 'activation') ?? 'relu') as Activation;
       if (!['relu', 'tanh', 'elu'].includes(activation)) throw new UsageError(`--activation ${activation}: expected relu, tanh or elu`);
-      const epochs = intOption(p, 'epochs', 100, 1, 1e6);
-      const batchSize = intOption(p, 'batch-size', 512, 1, 1 << 20);
+      const givenEpochs = str(p, 'epochs') === undefined ? undefined : intOption(p, 'epochs', 1, 1, 1e6);
+      const givenBatch = str(p, 'batch-size') === undefined ? undefined : intOption(p, 'batch-size', 1, 1, 1 << 20);
       const lr = numberOption(p, 'lr', 1e-3, (v) => v > 0 && v < 10, 'a number in (0, 10)');
       const fraction = numberOption(p, 'validation-fraction', 0.1, (v) => v >= 0 && v < 1, 'a number in [0, 1)');
-      const patience = intOption(p, 'patience', 10, 0, 1e6);
+      const givenPatience = str(p, 'patience') === undefined ? undefined : intOption(p, 'patience', 0, 0, 1e6);
+      const softClamp = numberOption(p, 'soft-clamp', DEFAULT_SOFT_CLAMP, (v) => v >= 0 && v < 1e30, 'a number >= 0 (0: off)');
+      const standardize = p.values['no-standardize'] !== true;
+      const dequantizeText = str(p, 'dequantize');
       const ema = numberOption(p, 'ema', 0.99, (v) => v >= 0 && v < 1, 'a number in [0, 1)');
       const seed = seedOption(p, undefined) ?? Math.floor(Math.random() * 2 ** 32);
       threadsOption(p);
 
-      const table = await readData(dataFile);
+      const table = await readData(dataFile, data, io);
       const { rows, cols } = table;
       if (rows < 2) throw new CliError(`${dataFile}: ${rows} row; training needs at least 2`);
-      const validRows = Math.round(rows * fraction);
-      const useValidation = fraction > 0 && validRows >= 1 && validRows < rows;
+      // The validation and test files: the same --columns, or else the training header's names
+      // when their header has them all, or else all their columns.
+      const readHeldOut = (file: string) => readData(file, data, io, table.header, cols);
+      const validation = validationFile !== undefined ? await readHeldOut(validationFile) : null;
+      const test = testFile !== undefined ? await readHeldOut(testFile) : null;
+      const validRows = validation !== null ? validation.rows : Math.round(rows * fraction);
+      const useValidation = validation !== null || (fraction > 0 && validRows >= 1 && validRows < rows);
+      const trainRows = validation !== null || !useValidation ? rows : rows - validRows;
+      const schedule = fitSchedule(trainRows, givenBatch);
+      const epochs = givenEpochs ?? schedule.epochs;
+      const patience = givenPatience ?? schedule.patience;
+      const columnName = (c: number) => (table.header ? JSON.stringify(table.header[c]) : `${c}`);
+      let dequantize: number[] | undefined;
+      if (dequantizeText !== undefined) {
+        const widths = dequantizeText.split(',').map((w) => Number(w.trim()));
+        if (widths.some((w) => !(w >= 0 && Number.isFinite(w))) || (widths.length !== 1 && widths.length !== cols)) {
+          throw new UsageError(`--dequantize ${dequantizeText}: expected one width >= 0 or ${cols} of them (one per column), comma-separated`);
+        }
+        dequantize = widths.length === 1 ? new Array<number>(cols).fill(widths[0]) : widths;
+      }
       const scaleNotes: string[] = [];
+      const gridNotes: string[] = [];
       for (let c = 0; c < cols; c++) {
         let m = 0;
         let s = 0;
         for (let r = 0; r < rows; r++) m += table.data[r * cols + c] / rows;
         for (let r = 0; r < rows; r++) s += (table.data[r * cols + c] - m) ** 2 / rows;
         const sd = Math.sqrt(s);
-        if (Math.abs(m) > 100 || sd > 100 || (sd < 1e-3 && rows > 1)) scaleNotes.push(`column ${c + 1}: mean ${m.toPrecision(3)}, std ${sd.toPrecision(3)}`);
+        if (Math.abs(m) > 100 || sd > 100 || (sd < 1e-3 && rows > 1)) scaleNotes.push(`column ${columnName(c)}: mean ${m.toPrecision(3)}, std ${sd.toPrecision(3)}`);
+        const distinct = new Set<number>();
+        for (let r = 0; r < rows && distinct.size <= 50; r++) distinct.add(table.data[r * cols + c]);
+        if (distinct.size <= 50 && rows >= 4 * distinct.size && !(dequantize && dequantize[c] > 0)) {
+          const values = [...distinct].sort((a, b) => a - b);
+          let step = Infinity;
+          for (let k = 1; k < values.length; k++) step = Math.min(step, values[k] - values[k - 1]);
+          gridNotes.push(`column ${columnName(c)} has ${distinct.size} distinct values${Number.isFinite(step) ? ` (closest ${Math.fround(step)} apart)` : ''}`);
+        }
       }
-      const flow = (kind === 'iaf' ? createIAF : createMAF)({ dim: cols, layers, hidden, activation, seed });
+      const flow = (kind === 'iaf' ? createIAF : createMAF)({ dim: cols, layers, hidden, activation, seed, softClamp });
       io.stdout.write(
         `Fitting a${kind === 'iaf' ? 'n IAF' : ' MAF'} (${layers} layers, hidden [${hidden.join(', ')}], ${fmtInt(flow.numParameters)} parameters) to ${fmtInt(rows)} rows of dim ${cols} ` +
           `from ${dataFile}, seed ${seed}` +
-          (useValidation ? `, ${fmtInt(validRows)} rows held out` : ', no validation') +
+          (validation !== null ? `, ${fmtInt(validRows)} validation rows from ${validationFile}` : useValidation ? `, ${fmtInt(validRows)} rows held out` : ', no validation') +
           '\n',
       );
-      if (scaleNotes.length > 0) {
-        io.stdout.write(`  note: flows train best on data of unit scale; consider standardising (${scaleNotes.slice(0, 3).join('; ')})\n`);
+      if (scaleNotes.length > 0 && !standardize) {
+        io.stdout.write(`  note: flows train best on data of unit scale; drop --no-standardize (${scaleNotes.slice(0, 3).join('; ')})\n`);
       }
+      if (gridNotes.length > 0) {
+        io.stdout.write(
+          `  note: ${gridNotes.slice(0, 3).join('; ')}: a flow may pile its density onto such a grid; ` +
+            `--dequantize W (the grid's step) spreads each value over its cell\n`,
+        );
+      }
+      io.stdout.write(
+        `  ${standardize ? 'standardised inside the model' : 'raw columns (--no-standardize)'}; batch ${schedule.batchSize}, up to ${epochs} epochs` +
+          (useValidation && patience > 0 ? `, patience ${patience}` : '') +
+          (dequantize ? `; dequantised by [${dequantize.join(', ')}]` : '') +
+          '\n',
+      );
       const bar = new Progress(io.stdout, epochs);
       const report = await fit(flow, table.data, {
         epochs,
-        batchSize,
+        batchSize: givenBatch,
+        standardize,
+        dequantize,
         learningRate: lr,
-        validationFraction: useValidation ? fraction : undefined,
+        validation: validation !== null ? validation.data : undefined,
+        validationFraction: validation === null && useValidation ? fraction : undefined,
         patience: useValidation && patience > 0 ? patience : undefined,
         ema,
         seed,
@@ -893,12 +1090,20 @@ Options:
           (report.skippedSteps > 0 ? `; ${report.skippedSteps} non-finite steps skipped` : '') +
           '\n',
       );
-      try {
-        await saveFlow(flow, outFile);
-      } catch (error) {
-        throw new CliError(`cannot write ${outFile} (${errorMessage(error)})`);
+      for (const note of report.notes) io.stdout.write(`  note: ${note}\n`);
+      if (report.gaussianValidLoss !== null && best !== null) {
+        io.stdout.write(`  a full-covariance Gaussian's validation NLL: ${report.gaussianValidLoss.toFixed(4)} nats/point (the fit's: ${report.validLoss[best].toFixed(4)})\n`);
       }
-      io.stdout.write(`Saved ${outFile}\n`);
+      if (test !== null) {
+        const result = await evaluate(flow, test.data);
+        io.stdout.write(`  test log-likelihood on ${testFile}: ${formatSummary(result)}\n`);
+      }
+      const named = await saveModel(flow, outFile, table.header);
+      io.stdout.write(`Saved ${outFile}${named ? ` (columns ${table.header!.join(', ')})` : ''}\n`);
+      if (report.diverged || report.warnings.length > 0) {
+        for (const warning of report.warnings) io.stderr.write(`iaflow train: WARNING: ${warning}\n`);
+        throw new CliError(`the fit failed (see the warning above); ${outFile} was saved for inspection, but do not use it as it is`);
+      }
     },
   },
 
@@ -912,7 +1117,8 @@ Draws samples from a model file (.safetensors, from iaflow train, the demo or sa
 Options:
   -n, --count N        number of samples (default 1000)
   --seed N             the same seed gives the same samples (default: random)
-  --out FILE           .npy (float32, shape (n, dim): numpy.load) or .csv (header x1,x2,...)
+  --out FILE           .npy (float32, shape (n, dim): numpy.load) or .csv (a header of the
+                       training file's column names, or x1,x2,...)
   --with-log-prob      add log p(x) as a last column
   --threads N          native threads (default: the number of cores)
   -h, --help           this help
@@ -933,7 +1139,7 @@ Options:
       threadsOption(p);
       const flow = await readModel(modelFile);
       const dim = flow.dim;
-      const header = Array.from({ length: dim }, (_, i) => `x${i + 1}`);
+      const header = (await readModelColumns(modelFile, dim)) ?? Array.from({ length: dim }, (_, i) => `x${i + 1}`);
       let data: Float32Array;
       let cols = dim;
       if (p.values['with-log-prob']) {
@@ -962,29 +1168,43 @@ Options:
     help: `Usage: iaflow logprob MODEL DATA [options]
 
 Computes log p(x) (nats) for every row of DATA (CSV or .npy, as for train) under the model and
-prints a summary (mean, median, min, max); with --out, also writes one value per row.
+prints a summary (mean, median, min, max); with --out, also writes one value per row. Rows
+with an empty, NA or non-numeric cell are skipped (their value in --out is NaN, so the rows
+still line up with DATA's) and counted. A CSV file with more columns than the model, with a
+header holding the model's column names (saved by train), is read in those columns.
 
 Options:
   --out FILE           .npy (float32, shape (n,)) or .csv (header log_prob)
+  --columns A,B,...    the columns of DATA, by header name or 0-based index
+  --strict             a row with a bad cell is an error naming it, not skipped
   --threads N          native threads (default: the number of cores)
   -h, --help           this help
 `,
     options: {
       out: { type: 'string', short: 'o' },
+      columns: { type: 'string' },
+      strict: { type: 'boolean' },
       threads: { type: 'string' },
     },
     async run(p, io) {
       const [modelFile, dataFile] = positionals(p, ['model', 'data']);
       const outFile = str(p, 'out');
       if (outFile !== undefined) outputKind(outFile, '--out');
+      const data = dataOptions(p);
       threadsOption(p);
       const flow = await readModel(modelFile);
-      const table = await readData(dataFile);
-      if (table.cols !== flow.dim) {
-        throw new CliError(`${dataFile} has ${table.cols} column${table.cols === 1 ? '' : 's'}, but the model's dim is ${flow.dim}`);
-      }
+      const table = await readData(dataFile, data, io, await readModelColumns(modelFile, flow.dim), flow.dim);
       const lp = await flow.logProb(table.data);
-      if (outFile !== undefined) await writeData(outFile, lp, 1, ['log_prob'], true);
+      if (outFile !== undefined) {
+        // One value per data row of the file: NaN where a row was skipped.
+        let values = lp;
+        if (table.skipped !== undefined) {
+          values = new Float32Array(table.rows + table.skipped.count).fill(NaN);
+          const skipped = new Set(table.skipped.rows);
+          for (let r = 0, k = 0; r < values.length; r++) if (!skipped.has(r)) values[r] = lp[k++];
+        }
+        await writeData(outFile, values, 1, ['log_prob'], true);
+      }
       let lo = Infinity;
       let hi = -Infinity;
       for (const v of lp) (lo = Math.min(lo, v)), (hi = Math.max(hi, v));
@@ -993,6 +1213,202 @@ Options:
           (outFile !== undefined ? `; wrote ${outFile}` : '') +
           '\n',
       );
+    },
+  },
+
+  eval: {
+    summary: 'log-likelihood per point of data under a model, with a Gaussian baseline',
+    help: `Usage: iaflow eval MODEL DATA [options]
+
+Scores the rows of DATA (CSV or .npy, as for train; usually held-out rows) under the model and
+prints their number, the mean log-likelihood per point (nats, in the data's own units) with
+its standard error, and the median. Rows whose log p is -Infinity or NaN are counted and left
+out of those figures. Rows with an empty, NA or non-numeric cell are skipped and counted.
+
+With --baseline TRAIN, a full-covariance Gaussian fitted to the rows of TRAIN (the model's
+training data) is scored on the same rows: a flow that does not beat it has not learnt much.
+--baseline alone fits the Gaussian to DATA itself, which flatters it (it has seen the rows).
+
+Options:
+  --baseline [TRAIN]   the Gaussian baseline, fitted to TRAIN (or, alone, to DATA)
+  --json               print one JSON object on stdout: { rows, mean, median, stderr, ... }
+  --columns A,B,...    the columns of DATA (and TRAIN), by header name or 0-based index
+  --strict             a row with a bad cell is an error naming it, not skipped
+  --threads N          native threads (default: the number of cores)
+  -h, --help           this help
+`,
+    options: {
+      baseline: { type: 'string', optionalValue: true },
+      json: { type: 'boolean' },
+      columns: { type: 'string' },
+      strict: { type: 'boolean' },
+      threads: { type: 'string' },
+    },
+    async run(p, io) {
+      const [modelFile, dataFile] = positionals(p, ['model', 'data']);
+      const data = dataOptions(p);
+      const baselineFile = str(p, 'baseline');
+      threadsOption(p);
+      const flow = await readModel(modelFile);
+      const names = await readModelColumns(modelFile, flow.dim);
+      const table = await readData(dataFile, data, io, names, flow.dim);
+      const train = baselineFile ? await readData(baselineFile, data, io, names, flow.dim) : null;
+      const result = await evaluate(flow, table.data);
+      let baseline: GaussianBaseline | null = null;
+      if (baselineFile !== undefined) baseline = gaussianBaseline((train ?? table).data, train === null ? null : table.data, { dim: flow.dim });
+      const fittedOn = train === null ? 'the evaluated rows themselves (flattering it)' : baselineFile!;
+      if (p.values.json) {
+        const finite = (v: number) => (Number.isFinite(v) ? v : null);
+        const summary = (r: LogLikelihoodSummary) => ({ rows: r.rows, mean: finite(r.mean), median: finite(r.median), stderr: finite(r.stderr), nonFinite: r.nonFinite });
+        const object: Record<string, unknown> = {
+          ...summary(result),
+          units: 'nats per point',
+          model: modelFile,
+          data: dataFile,
+          skippedRows: table.skipped?.count ?? 0,
+        };
+        if (baseline !== null) {
+          object.baseline = { kind: 'gaussian', fittedOn: train === null ? 'data' : baselineFile, trainRows: baseline.trainRows, ...summary(baseline), ridge: baseline.ridge, note: baseline.note };
+        }
+        io.stdout.write(JSON.stringify(object) + '\n');
+        return;
+      }
+      const lines = [`${dataFile} under ${modelFile}: log-likelihood per point, nats (higher is better)`, `  model      ${formatSummary(result)}`];
+      if (baseline !== null) {
+        lines.push(`  Gaussian   ${formatSummary(baseline)}`);
+        lines.push(`    (full covariance, fitted to ${fmtInt(baseline.trainRows)} rows of ${fittedOn})`);
+        if (baseline.note !== null) lines.push(`    note: ${baseline.note}`);
+        if (Number.isFinite(result.mean) && Number.isFinite(baseline.mean)) {
+          const gap = result.mean - baseline.mean;
+          lines.push(`  the model is ${Math.abs(gap) >= 1e6 ? Math.abs(gap).toPrecision(4) : Math.abs(gap).toFixed(4)} nats/point ${gap >= 0 ? 'better' : 'WORSE'} than the Gaussian`);
+        }
+      }
+      io.stdout.write(lines.join('\n') + '\n');
+    },
+  },
+
+  plot: {
+    summary: "a picture (PNG) of a model's samples and density, next to data",
+    help: `Usage: iaflow plot MODEL [options]
+
+Draws the model, with the rows of a data file when --data is given, as a PNG:
+  - a 2-d model: panels of the data, the model's samples and its density (log p, with a
+    colour bar over the top 8 nats);
+  - more dimensions: a scatter matrix of the first 6 columns (or --columns): each pair of
+    columns with the data in grey and the samples in orange over it, and each column's
+    histogram on the diagonal.
+Axes are in the data's units and named by the model's column names (saved by train).
+
+Options:
+  --out FILE           the picture (default plot.png)
+  --data FILE          data rows to draw (CSV or .npy, as for train)
+  --columns A,B,...    the model's columns to show, by name or 0-based index (at most ${MAX_PLOT_COLUMNS})
+  -n, --count N        samples drawn from the model (default 20000)
+  --seed N             seed of the samples (default 0)
+  --size N             side of each panel in pixels (default: 300 for 2-d, 150 to 220 for a matrix)
+  --strict             a data row with a bad cell is an error naming it, not skipped
+  --threads N          native threads (default: the number of cores)
+  -h, --help           this help
+`,
+    options: {
+      out: { type: 'string', short: 'o' },
+      data: { type: 'string' },
+      columns: { type: 'string' },
+      count: { type: 'string', short: 'n' },
+      seed: { type: 'string' },
+      size: { type: 'string' },
+      strict: { type: 'boolean' },
+      threads: { type: 'string' },
+    },
+    async run(p, io) {
+      const [modelFile] = positionals(p, ['model']);
+      const outFile = str(p, 'out') ?? 'plot.png';
+      if (!outFile.toLowerCase().endsWith('.png')) throw new UsageError(`--out ${outFile}: the file name must end in .png`);
+      const dataFile = str(p, 'data');
+      const count = intOption(p, 'count', 20000, 1, 1e7);
+      const seed = seedOption(p, 0) ?? 0;
+      const size = str(p, 'size') === undefined ? undefined : intOption(p, 'size', 300, 40, 2000);
+      const { columns: columnSpec, strict } = dataOptions(p);
+      threadsOption(p);
+      const flow = await readModel(modelFile);
+      const names = (await readModelColumns(modelFile, flow.dim)) ?? Array.from({ length: flow.dim }, (_, i) => `x${i + 1}`);
+      // --columns names the model's columns; the data file is read in the model's columns.
+      let columns: number[] | undefined;
+      if (columnSpec !== undefined) {
+        columns = columnSpec.map((c) => {
+          const index = /^\d+$/.test(c) ? Number(c) : names.indexOf(c);
+          if (index < 0 || index >= flow.dim) {
+            throw new UsageError(`--columns: ${JSON.stringify(c)} is not a column of the model (${names.join(', ')}; or 0 to ${flow.dim - 1})`);
+          }
+          return index;
+        });
+        if (columns.length > MAX_PLOT_COLUMNS) throw new UsageError(`--columns: at most ${MAX_PLOT_COLUMNS} columns fit in a picture`);
+        if (new Set(columns).size !== columns.length) throw new UsageError('--columns: a column is named twice');
+      }
+      const table = dataFile !== undefined ? await readData(dataFile, { strict }, io, names, flow.dim) : null;
+      const png = await renderPlot({ flow, data: table?.data, columns, names, sampleCount: count, seed, panelSize: size, title: path.basename(modelFile) });
+      try {
+        await writeFileAtomic(outFile, png);
+      } catch (error) {
+        throw new CliError(`cannot write ${outFile} (${errorMessage(error)})`);
+      }
+      io.stdout.write(`Wrote ${outFile} (${fmtInt(count)} samples${table !== null ? `, ${fmtInt(table.rows)} data rows from ${dataFile}` : ''})\n`);
+    },
+  },
+
+  serve: {
+    summary: 'serve a model over HTTP: /sample, /log-prob, /model, /health, /metrics',
+    help: `Usage: iaflow serve MODEL [options]
+
+Serves a model file over HTTP until SIGTERM or SIGINT, then finishes the requests in flight and
+exits. POST /sample { n, seed, firstRow?, format? } answers the bytes flow.sample gives; POST
+/log-prob { rows } (or float32 / .npy bytes) answers { logProb }; GET /model, /health, /metrics.
+A conditional model takes a context in both: { ..., context } (one row, or one per row), or
+?context=c1,c2,... beside a binary /log-prob body.
+Formats: json, csv, ndjson, f32, npy (a format field or the Accept header). Needs the fastify
+package (npm install fastify@5). See the README's "Serving" section.
+
+Options:
+  --port N               port (default 8080; 0: any free port)
+  --host ADDR            address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
+  --max-rows N           most rows per request (default 100,000,000)
+  --max-body-bytes N     largest request body (default 67,108,864)
+  --max-jobs N           requests answered at once (default: the number of cores, at least 2)
+  --max-queue N          requests waiting for a slot before 503 (default 64)
+  --timeout-ms N         per-request deadline (default 300,000)
+  --shutdown-timeout-ms N  after SIGTERM, how long requests in flight may run (default 30,000)
+  --threads N            native threads (default: the number of cores)
+  -h, --help             this help
+`,
+    options: {
+      port: { type: 'string', short: 'p' },
+      host: { type: 'string' },
+      'max-rows': { type: 'string' },
+      'max-body-bytes': { type: 'string' },
+      'max-jobs': { type: 'string' },
+      'max-queue': { type: 'string' },
+      'timeout-ms': { type: 'string' },
+      'shutdown-timeout-ms': { type: 'string' },
+      threads: { type: 'string' },
+    },
+    async run(p, io) {
+      const [model] = positionals(p, ['model']);
+      const optional = (name: string, min: number, max: number) => (str(p, name) === undefined ? undefined : intOption(p, name, 0, min, max));
+      const options = {
+        model,
+        port: intOption(p, 'port', 8080, 0, 65535),
+        host: str(p, 'host') ?? '127.0.0.1',
+        maxRows: optional('max-rows', 1, Number.MAX_SAFE_INTEGER),
+        maxBodyBytes: optional('max-body-bytes', 1, 2 ** 31 - 1),
+        maxConcurrentJobs: optional('max-jobs', 1, 4096),
+        maxQueuedJobs: optional('max-queue', 0, 1e6),
+        timeoutMs: optional('timeout-ms', 1, 2 ** 31 - 1),
+        shutdownTimeoutMs: optional('shutdown-timeout-ms', 0, 2 ** 31 - 1),
+      };
+      threadsOption(p);
+      // Loaded here, not at the top: the server needs fastify (an optional peer dependency), the other commands do not.
+      const server = require('./server') as typeof import('./server');
+      await server.serveModel(options, io.stderr);
     },
   },
 
@@ -1062,8 +1478,9 @@ ${Object.entries(COMMANDS)
   .map(([name, c]) => `  ${name.padEnd(9)}${c.summary}`)
   .join('\n')}
 
-Run 'iaflow <command> --help' for a command's options. Data files are CSV (comma-separated,
-an optional header row) or .npy; samples are written as CSV or .npy (float32, little-endian).
+Run 'iaflow <command> --help' for a command's options. Data files are CSV (separated by
+commas, semicolons or tabs; an optional header row; rows with empty or NA cells skipped and
+counted) or .npy; samples are written as CSV or .npy (float32, little-endian).
 Exit codes: 0 done, 1 failed while running, 2 bad command line.
 `;
 
@@ -1087,12 +1504,17 @@ export async function main(argv: readonly string[], io: CliIO = processIO): Prom
     return 0;
   }
   if (!Object.hasOwn(COMMANDS, name)) {
-    io.stderr.write(`iaflow: unknown command ${JSON.stringify(name)}; expected one of ${Object.keys(COMMANDS).join(', ')} (iaflow --help)\n`);
+    const guess = nearestWord(name, Object.keys(COMMANDS));
+    io.stderr.write(
+      `iaflow: unknown command ${JSON.stringify(name)}` +
+        (guess !== undefined ? `; did you mean ${guess}?` : `; expected one of ${Object.keys(COMMANDS).join(', ')}`) +
+        ' (iaflow --help)\n',
+    );
     return 2;
   }
   const command = COMMANDS[name];
   try {
-    const parsed = parse(rest, command.options);
+    const parsed = parseOptions(rest, command.options);
     if (parsed.values.help) {
       io.stdout.write(command.help);
       return 0;

@@ -9,6 +9,7 @@ import {
   LinearNames,
   MadeOptions,
   MAX_DIM,
+  MAX_CONTEXT_DIM,
   MAX_LAYERS,
   checkFlowConfig,
   iaf as iafLayer,
@@ -18,9 +19,11 @@ import {
   parameterShapes,
   reverse,
 } from './layers';
+import { SampleStream, SampleStreamOptions } from './stream';
 import { LAYOUT_CODES, native, NativeFlowInstance, NativeFlowSpec, NativeLayerSpec, NativeRunOptions } from './native';
 import {
   allocateFloats,
+  checkContext,
   checkInteger,
   checkOptions,
   checkRowCount,
@@ -42,7 +45,16 @@ export type Rows = Float32Array | Float64Array | number[][];
 export interface RunOptions {
   /** Aborts the call: the native work stops within one tile of rows and the promise rejects with an AbortError. */
   signal?: AbortSignal;
+  /**
+   * Conditional flows (createFlow's `context`): the context of every row, as one row of C values
+   * (Float32Array, Float64Array, number[] or [[...]]: the same for all rows) or one row per row
+   * (n*C row-major, or number[][]). Required by a conditional flow, refused by any other.
+   */
+  context?: Rows | number[];
 }
+
+/** The sync twins of logProb, forward and inverse take the context (they cannot be interrupted). */
+export type RunSyncOptions = Omit<RunOptions, 'signal'>;
 
 export interface SampleOptions extends RunOptions {
   /** Seed of the Philox stream; the same seed gives the same samples at any thread count. Default: random. */
@@ -159,6 +171,11 @@ export class Flow {
    */
   get config(): Readonly<FlowConfig> {
     return this.frozenConfig;
+  }
+
+  /** The context width of a conditional flow (0: unconditional). */
+  get contextDim(): number {
+    return this.frozenConfig.contextDim;
   }
 
   /**
@@ -310,6 +327,16 @@ export class Flow {
     return job.x;
   }
 
+  /**
+   * n samples in chunks of options.chunkRows rows: an async iterable of Float32Arrays and, with
+   * toReadable(), a byte stream (float32, little-endian). The chunks, concatenated, are the bytes
+   * of `sample(n, { seed, firstRow })`; memory stays at two chunks for any n (src/stream.ts).
+   */
+  sampleStream(n: number, options?: SampleStreamOptions): SampleStream {
+    this.checkUsable();
+    return new SampleStream(this, n, options);
+  }
+
   sampleSync(n: number, options?: SampleSyncOptions): Float32Array {
     const job = this.sampleJob('sample', n, options, false, false);
     runSync(this.nativeFlow, job.request);
@@ -332,13 +359,13 @@ export class Flow {
   /** log p(x) for each row of x. */
   async logProb(x: Rows, options?: RunOptions): Promise<Float32Array> {
     const signal = runSignal('logProb', options);
-    const job = this.transformJob('x', x, TO_LATENT, 'logProb');
+    const job = this.transformJob('x', x, TO_LATENT, 'logProb', options?.context);
     await runAsync(this.nativeFlow, 'logProb', job.request, signal);
     return job.logProb!;
   }
 
-  logProbSync(x: Rows): Float32Array {
-    const job = this.transformJob('x', x, TO_LATENT, 'logProb');
+  logProbSync(x: Rows, options?: RunSyncOptions): Float32Array {
+    const job = this.transformJob('x', x, TO_LATENT, 'logProb', syncContext('logProbSync', options));
     runSync(this.nativeFlow, job.request);
     return job.logProb!;
   }
@@ -346,13 +373,13 @@ export class Flow {
   /** Latent -> data: x = f(z) and log|det dx/dz| per row. */
   async forward(z: Rows, options?: RunOptions): Promise<{ x: Float32Array; logDet: Float32Array }> {
     const signal = runSignal('forward', options);
-    const job = this.transformJob('z', z, TO_DATA, 'logDet');
+    const job = this.transformJob('z', z, TO_DATA, 'logDet', options?.context);
     await runAsync(this.nativeFlow, 'forward', job.request, signal);
     return { x: job.points!, logDet: job.logDet! };
   }
 
-  forwardSync(z: Rows): { x: Float32Array; logDet: Float32Array } {
-    const job = this.transformJob('z', z, TO_DATA, 'logDet');
+  forwardSync(z: Rows, options?: RunSyncOptions): { x: Float32Array; logDet: Float32Array } {
+    const job = this.transformJob('z', z, TO_DATA, 'logDet', syncContext('forwardSync', options));
     runSync(this.nativeFlow, job.request);
     return { x: job.points!, logDet: job.logDet! };
   }
@@ -360,13 +387,13 @@ export class Flow {
   /** Data -> latent: z = f^-1(x) and log|det dz/dx| per row (the Jacobian of the map computed). */
   async inverse(x: Rows, options?: RunOptions): Promise<{ z: Float32Array; logDet: Float32Array }> {
     const signal = runSignal('inverse', options);
-    const job = this.transformJob('x', x, TO_LATENT, 'logDet');
+    const job = this.transformJob('x', x, TO_LATENT, 'logDet', options?.context);
     await runAsync(this.nativeFlow, 'inverse', job.request, signal);
     return { z: job.points!, logDet: job.logDet! };
   }
 
-  inverseSync(x: Rows): { z: Float32Array; logDet: Float32Array } {
-    const job = this.transformJob('x', x, TO_LATENT, 'logDet');
+  inverseSync(x: Rows, options?: RunSyncOptions): { z: Float32Array; logDet: Float32Array } {
+    const job = this.transformJob('x', x, TO_LATENT, 'logDet', syncContext('inverseSync', options));
     runSync(this.nativeFlow, job.request);
     return { z: job.points!, logDet: job.logDet! };
   }
@@ -375,7 +402,7 @@ export class Flow {
    * @internal The simple path (the 'cpu-reference' backend: dense masked products, dim full
    * passes for the sequential direction): the benchmark's baseline and the tests' second oracle.
    */
-  referenceRun(direction: 'toData' | 'toLatent', input: Float32Array | null, rows: number, seed = 0) {
+  referenceRun(direction: 'toData' | 'toLatent', input: Float32Array | null, rows: number, seed = 0, context?: Rows | number[]) {
     const points = allocateFloats(rows * this.dim, 'the result');
     const logDet = allocateFloats(rows, 'log-determinants');
     const logProb = allocateFloats(rows, 'log-densities');
@@ -389,6 +416,7 @@ export class Flow {
       outLogDet: logDet,
       outLogProb: logProb,
       async: false,
+      ...this.contextFor('context', context, rows),
     });
     return { points, logDet, logProb };
   }
@@ -396,7 +424,7 @@ export class Flow {
   private sampleJob(what: 'sample', n: number, options: SampleOptions | undefined, withLogProb: boolean, async: boolean) {
     this.checkUsable();
     const rows = checkRowCount('n', n, this.dim);
-    const opts = checkOptions(`${what} options`, options, async ? ['seed', 'firstRow', 'signal'] : ['seed', 'firstRow']);
+    const opts = checkOptions(`${what} options`, options, async ? ['seed', 'firstRow', 'signal', 'context'] : ['seed', 'firstRow', 'context']);
     if (opts.firstRow !== undefined && opts.seed === undefined) {
       throw new TypeError(`options.firstRow needs options.seed: rows of a random stream cannot be continued`);
     }
@@ -405,23 +433,41 @@ export class Flow {
     const signal = checkSignal('options.signal', opts.signal);
     const x = allocateFloats(rows * this.dim, `${rows} samples`);
     const logProb = withLogProb ? allocateFloats(rows, 'log-densities') : null;
-    const request = { direction: TO_DATA, rows, seed: seedWords(seed), firstRow, outPoints: x, outLogProb: logProb } as const;
+    const context = this.contextFor('options.context', opts.context, rows);
+    const request = { direction: TO_DATA, rows, seed: seedWords(seed), firstRow, outPoints: x, outLogProb: logProb, ...context } as const;
     return { x, logProb, signal, request };
   }
 
-  private transformJob(name: string, input: Rows, direction: 0 | 1, want: 'logDet' | 'logProb') {
+  /** A conditional flow's context for `rows` rows (required), or nothing for an unconditional one (refused if given). */
+  private contextFor(name: string, value: unknown, rows: number): { context?: Float32Array; contextRows?: number } {
+    const C = this.frozenConfig.contextDim;
+    if (C === 0) {
+      if (value !== undefined) throw new TypeError(`${name}: this flow is not conditional (it was created without a context), so it takes no context`);
+      return {};
+    }
+    if (value === undefined) {
+      throw new TypeError(`This flow is conditional: ${name} is required, one row of ${C} context values (for every row) or one per row`);
+    }
+    return checkContext(name, value, rows, C);
+  }
+
+  private transformJob(name: string, input: Rows, direction: 0 | 1, want: 'logDet' | 'logProb', context?: unknown) {
     this.checkUsable();
     const { data, rows } = rowsForNative(name, input, this.dim);
     const points = want === 'logDet' ? allocateFloats(rows * this.dim, 'the result') : null;
     const logDet = want === 'logDet' ? allocateFloats(rows, 'log-determinants') : null;
     const logProb = want === 'logProb' ? allocateFloats(rows, 'log-densities') : null;
-    const request = { direction, rows, input: data, inputName: name, outPoints: points, outLogDet: logDet, outLogProb: logProb };
+    const request = { direction, rows, input: data, inputName: name, outPoints: points, outLogDet: logDet, outLogProb: logProb, ...this.contextFor('options.context', context, rows) };
     return { points, logDet, logProb, request };
   }
 }
 
 function runSignal(what: string, options: RunOptions | undefined): AbortSignal | undefined {
-  return checkSignal('options.signal', checkOptions(`${what} options`, options, ['signal']).signal);
+  return checkSignal('options.signal', checkOptions(`${what} options`, options, ['signal', 'context']).signal);
+}
+
+function syncContext(what: string, options: RunSyncOptions | undefined): unknown {
+  return checkOptions(`${what} options`, options, ['context']).context;
 }
 
 function buildNative(config: FlowConfig, params: Map<string, Float32Array>, backend: string): NativeFlowInstance {
@@ -449,13 +495,15 @@ export function nativeSpec(config: FlowConfig, params: Map<string, Float32Array>
       scale: SCALE_CODE[layer.scale],
       inputDegrees: Int32Array.from(layer.inputDegrees),
       residual: layer.residual === true,
+      softClamp: layer.softClamp ?? 0,
+      ...(config.contextDim > 0 ? { contextForm: LAYOUT_CODES.contextForm[layer.contextForm!], context: linear(names.context) } : {}),
       hiddenDegrees: layer.hiddenDegrees.map((d) => Int32Array.from(d)),
       hidden: names.hidden.map(linear),
       shift: linear(names.shift),
       rawScale: linear(names.scale),
     };
   });
-  return { dim: config.dim, layers };
+  return { dim: config.dim, contextDim: config.contextDim, layers };
 }
 
 /** An affine layer's scale must be nonzero (finiteness is checked where values come in). */
@@ -484,12 +532,19 @@ export interface FlowOptions {
   layers: LayerDescriptor[];
   /** Seed for the parameter initialisation. Default: random. */
   seed?: number;
+  /**
+   * A conditional flow p(x | c): the width C of the context c, which every MADE layer's first
+   * hidden layer reads (maf/iaf's `contextForm`) and every call then takes (`options.context`).
+   * Default 0: unconditional.
+   */
+  context?: number;
   /** The backend that runs it: 'auto' (default: the fastest usable) or a name from backends(). */
   backend?: string;
 }
 
 export function createFlow(options: FlowOptions): Flow {
-  const opts = checkOptions('createFlow options', options, ['dim', 'layers', 'seed', 'backend']);
+  const opts = checkOptions('createFlow options', options, ['dim', 'layers', 'seed', 'backend', 'context']);
+  const contextDim = opts.context === undefined ? 0 : checkInteger('context', opts.context, 0, MAX_CONTEXT_DIM);
   const backend = checkBackend('backend', opts.backend);
   const dim = checkInteger('dim', opts.dim, 1, MAX_DIM);
   if (!Array.isArray(opts.layers) || opts.layers.length > MAX_LAYERS) {
@@ -499,10 +554,10 @@ export function createFlow(options: FlowOptions): Flow {
     if (!isPlainObject(layer) || typeof layer.resolve !== 'function') {
       throw invalidType(`layers[${k}]`, 'a layer made by iaf(), maf(), reverse(), permute() or affine()', layer);
     }
-    return (layer as unknown as LayerDescriptor).resolve(dim, `layers[${k}]`);
+    return (layer as unknown as LayerDescriptor).resolve(dim, `layers[${k}]`, contextDim);
   });
   const seed = opts.seed === undefined ? randomSeed() : checkSeed('seed', opts.seed);
-  const config = checkFlowConfig({ formatVersion: FORMAT_VERSION, dim, contextDim: 0, layers }, 'config');
+  const config = checkFlowConfig({ formatVersion: FORMAT_VERSION, dim, contextDim, layers }, 'config');
   const params = initialParameters(config, seed);
   (opts.layers as LayerDescriptor[]).forEach((layer, k) => {
     const tensors = layer.initialTensors?.(dim, `layers[${k}]`) ?? {};
@@ -520,9 +575,9 @@ export interface StackOptions extends Omit<MadeOptions, 'hiddenDegrees' | 'order
 }
 
 function createStack(kind: 'iaf' | 'maf', options: StackOptions): Flow {
-  const opts = checkOptions(`create${kind.toUpperCase()} options`, options, ['dim', 'layers', 'seed', 'backend', 'hidden', 'activation', 'scale']);
+  const opts = checkOptions(`create${kind.toUpperCase()} options`, options, ['dim', 'layers', 'seed', 'backend', 'hidden', 'activation', 'scale', 'softClamp']);
   const count = checkInteger('layers', opts.layers ?? 5, 1, MAX_LAYERS / 2);
-  const made = { hidden: opts.hidden, activation: opts.activation, scale: opts.scale } as MadeOptions;
+  const made = { hidden: opts.hidden, activation: opts.activation, scale: opts.scale, softClamp: opts.softClamp } as MadeOptions;
   for (const key of Object.keys(made) as (keyof MadeOptions)[]) if (made[key] === undefined) delete made[key];
   const builder = kind === 'iaf' ? iafLayer : mafLayer;
   const layers: LayerDescriptor[] = [];

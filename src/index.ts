@@ -1,10 +1,13 @@
 // iaflow's public API, in one place.
 export { Flow, backends, createFlow, createIAF, createMAF, setThreads, getThreads, standardNormal } from './flow';
-export type { BackendInfo, FlowOptions, Rows, RunOptions, SampleOptions, SampleSyncOptions, StackOptions } from './flow';
+export type { BackendInfo, FlowOptions, Rows, RunOptions, RunSyncOptions, SampleOptions, SampleSyncOptions, StackOptions } from './flow';
+export { SampleStream } from './stream';
+export type { SampleStreamOptions } from './stream';
 export { iaf, maf, reverse, permute, affine } from './layers';
 export type {
   Activation,
   AffineLayerConfig,
+  ContextForm,
   AffineOptions,
   FlowConfig,
   LayerConfig,
@@ -35,3 +38,7 @@ export type {
   Target,
   TargetEvaluation,
 } from './train';
+export { evaluate, gaussianBaseline, summarizeLogLikelihoods } from './evaluate';
+export type { GaussianBaseline, GaussianBaselineOptions, LogLikelihoodSummary } from './evaluate';
+export { renderPlot, renderPlotWithLayout } from './plot';
+export type { PlotOptions, PlotPanel, PlotResult, Rect, Tick } from './plot';

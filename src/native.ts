@@ -14,6 +14,10 @@ export interface NativeLayerSpec {
   scale?: number | Float32Array;
   inputDegrees?: Int32Array;
   residual?: boolean;
+  softClamp?: number;
+  /** Conditional flows: LAYOUT_CODES.contextForm, and the context term's weights [h0, C] and bias. */
+  contextForm?: number;
+  context?: NativeLinear;
   hiddenDegrees?: Int32Array[];
   hidden?: NativeLinear[];
   shift?: NativeLinear;
@@ -43,6 +47,9 @@ export interface NativeRunOptions {
   outPoints?: Float32Array | null;
   outLogDet?: Float32Array | null;
   outLogProb?: Float32Array | null;
+  /** Conditional flows: contextRows rows (1: every row's) of contextDim values. */
+  context?: Float32Array;
+  contextRows?: number;
   async: boolean;
   cancel?: NativeCancelToken;
 }
@@ -66,16 +73,18 @@ export const LAYOUT_CODES = {
   kind: { iaf: 0, maf: 1, permutation: 2, affine: 3 },
   activation: { relu: 0, tanh: 1, elu: 2 },
   scale: { softplus: 0, exp: 1, gated: 2 },
+  contextForm: { linear: 1, activated: 2 },
   direction: { toData: 0, toLatent: 1 },
 } as const;
 
 export interface NativeFlowSpec {
   dim: number;
+  contextDim?: number;
   layers: NativeLayerSpec[];
 }
 
 /** Where export writes one layer's dense tensors: a MADE layer's, an affine layer's, null for a permutation. */
-export type NativeLayerView = { hidden: NativeLinear[]; shift: NativeLinear; rawScale: NativeLinear } | { loc: Float32Array; scale: Float32Array } | null;
+export type NativeLayerView = { hidden: NativeLinear[]; shift: NativeLinear; rawScale: NativeLinear; context?: NativeLinear } | { loc: Float32Array; scale: Float32Array } | null;
 
 /** Adam with decoupled weight decay, clipping (0: off) and Polyak averaging (ema; 0: off). */
 export interface NativeOptimizerOptions {
@@ -94,11 +103,12 @@ type Seed = [number, number];
 export interface NativeTrainerInstance {
   setOptions(options: NativeOptimizerOptions): void;
   setStickingTheLanding(on: boolean): void;
-  setData(options: { train: Float32Array; trainRows: number; valid?: Float32Array | null; validRows?: number }): void;
+  /** Conditional flows: trainContext / validContext, each row's context (contextDim floats). */
+  setData(options: { train: Float32Array; trainRows: number; valid?: Float32Array | null; validRows?: number; trainContext?: Float32Array; validContext?: Float32Array }): void;
   /** Stops before its next batch once `cancel` is raised (stats count the batches done). */
   fitBatches(options: { seed: Seed; epoch: number; firstBatch: number; batches: number; batchSize: number; stats: Float64Array; async: boolean; cancel?: NativeCancelToken }): Promise<void> | undefined;
   validationLoss(options: { async: boolean }): Promise<number> | number;
-  reverseForward(options: { seed: Seed; step: number; batch: number; z?: Float32Array | null; x: Float32Array; logq: Float32Array; async: boolean }): Promise<void> | undefined;
+  reverseForward(options: { seed: Seed; step: number; batch: number; z?: Float32Array | null; x: Float32Array; logq: Float32Array; async: boolean; context?: Float32Array; contextRows?: number }): Promise<void> | undefined;
   reverseBackward(options: { targetValue: Float32Array; targetGrad: Float32Array; update: boolean; stats: Float64Array; stepLoss: Float64Array; async: boolean }): Promise<void> | undefined;
   distillSteps(options: {
     seed: Seed;
@@ -113,8 +123,11 @@ export interface NativeTrainerInstance {
     async: boolean;
     /** Stops before its next step once raised (stats count the steps done). */
     cancel?: NativeCancelToken;
+    /** Conditional flows: each step's contexts, contextRows (1 or batch) rows per step, steps after steps. */
+    context?: Float32Array;
+    contextRows?: number;
   }): Promise<void> | undefined;
-  likelihoodGradient(options: { x: Float32Array; rows: number }): number;
+  likelihoodGradient(options: { x: Float32Array; rows: number; context?: Float32Array }): number;
   logProbGradient(options: { x: Float32Array; rows: number; logProb: Float32Array; grad: Float32Array }): void;
   parametersTo(views: NativeLayerView[]): void;
   gradientTo(views: NativeLayerView[]): void;

@@ -419,6 +419,19 @@ function encodeHeader(descr: string, shape: readonly number[]): Buffer {
 }
 
 /**
+ * The header of a float32 (`<f4`, C order) .npy file of the given shape: the bytes `encodeNpy`
+ * puts before the values. For writing a big array in pieces (a streamed HTTP response): the
+ * header, then the values as little-endian float32, make the file encodeNpy would make.
+ */
+export function encodeNpyHeaderFloat32(shape: readonly number[]): Buffer {
+  if (!Array.isArray(shape)) throw invalidType('shape', 'an array of non-negative integers', shape);
+  shape.forEach((dim: unknown, axis) => {
+    if (typeof dim !== 'number' || !Number.isSafeInteger(dim) || dim < 0) throw invalidRange(`shape[${axis}]`, 'a non-negative integer', dim);
+  });
+  return encodeHeader('<f4', shape);
+}
+
+/**
  * The bytes of a .npy file holding `data` (C order) with the given shape (default: 1-d,
  * `[data.length]`): the bytes numpy.save writes for the same array. Float32Array data is
  * stored as `<f4`, Float64Array as `<f8`.

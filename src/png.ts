@@ -1,5 +1,6 @@
-// A small PNG writer and raster for the demo's picture: 8-bit RGB images, no dependencies
-// beyond node:zlib. Not part of the public API (not exported from index.ts).
+// A small PNG writer and raster for the pictures (the demo's, and renderPlot's in plot.ts):
+// 8-bit RGB images, no dependencies beyond node:zlib, and a 5x7 bitmap font for titles, tick
+// labels and column names. Not part of the public API itself (renderPlot is).
 //
 // PNG layout (https://www.w3.org/TR/png/): the 8-byte signature, then chunks, each
 // `length (u32 BE) | type (4 ASCII) | data | CRC-32 of type + data (u32 BE)`: IHDR (width,
@@ -113,6 +114,24 @@ export class Raster {
     }
   }
 
+  /**
+   * Text turned a quarter turn counter-clockwise (read from the bottom up, as a y axis's name):
+   * (x, y) is the bottom-left corner of the turned text, which is 7 * scale wide and
+   * textWidth(value, scale) high.
+   */
+  textUp(x: number, y: number, value: string, color: Rgb, scale = 1): void {
+    let cy = y;
+    for (const ch of value.toUpperCase()) {
+      const glyph = FONT[ch] ?? FONT['?'];
+      for (let row = 0; row < 7; row++) {
+        for (let col = 0; col < 5; col++) {
+          if ((glyph[row] >> (4 - col)) & 1) this.fillRect(x + row * scale, cy - (col + 1) * scale, scale, scale, color);
+        }
+      }
+      cy -= 6 * scale;
+    }
+  }
+
   /** Width in pixels of `text(…, value, …, scale)`. */
   static textWidth(value: string, scale = 1): number {
     return value.length === 0 ? 0 : (value.length * 6 - 1) * scale;
@@ -175,4 +194,20 @@ const FONT: Readonly<Record<string, readonly number[]>> = {
   ']': [0x0e, 0x02, 0x02, 0x02, 0x02, 0x02, 0x0e],
   '|': [0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
   '?': [0x0e, 0x11, 0x01, 0x02, 0x04, 0, 0x04],
+  _: [0, 0, 0, 0, 0, 0, 0x1f],
+  '%': [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
+  '#': [0x0a, 0x0a, 0x1f, 0x0a, 0x1f, 0x0a, 0x0a],
+  '*': [0, 0x04, 0x15, 0x0e, 0x15, 0x04, 0],
+  '<': [0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02],
+  '>': [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08],
+  "'": [0x04, 0x04, 0x08, 0, 0, 0, 0],
+  '"': [0x0a, 0x0a, 0, 0, 0, 0, 0],
+  '!': [0x04, 0x04, 0x04, 0x04, 0x04, 0, 0x04],
+  ';': [0, 0x0c, 0x0c, 0, 0x0c, 0x04, 0x08],
+  '&': [0x0c, 0x12, 0x14, 0x08, 0x15, 0x12, 0x0d],
+  '^': [0x04, 0x0a, 0x11, 0, 0, 0, 0],
+  '~': [0, 0, 0x08, 0x15, 0x02, 0, 0],
+  '$': [0x04, 0x0f, 0x14, 0x0e, 0x05, 0x1e, 0x04],
+  '@': [0x0e, 0x11, 0x17, 0x15, 0x17, 0x10, 0x0f],
+  '\\': [0, 0x10, 0x08, 0x04, 0x02, 0x01, 0],
 };

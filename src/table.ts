@@ -3,11 +3,15 @@
  * the text formats a stream of rows goes out in (CSV, NDJSON, JSON). Shared by the command
  * line (src/cli.ts) and, later, the HTTP server, so that both read and write the same bytes.
  *
- * - CSV: comma-separated numbers, one row per line, fields trimmed. Blank lines and lines that
- *   start with '#' (numpy.savetxt's header) are skipped. The first remaining line is a header
- *   when NONE of its fields is a number; a first line with some numbers and some non-numbers is
- *   a malformed data row (`0x10,2`, a Unicode minus `−1,2`) and an error, never silently dropped.
- *   Values are written in the shortest decimal that reads back as the same float32.
+ * - CSV: numbers separated by commas, semicolons or tabs (told from the first lines), one row
+ *   per line, fields trimmed; a field in double quotes may hold the separator ("" is a quote).
+ *   Blank lines and lines that start with '#' (numpy.savetxt's header) are skipped. The first
+ *   remaining line is a header when NONE of its fields is a number; a first line with some
+ *   numbers and some non-numbers is a malformed data row (`0x10,2`, a Unicode minus `−1,2`).
+ *   A row with a cell that is not a finite number (empty, NA, a word) is an error naming its line
+ *   and column, or, with `invalidRows: 'skip'`, left out and counted: never dropped in silence.
+ *   Columns can be selected by header name or 0-based index. Values are written with commas,
+ *   in the shortest decimal that reads back as the same float32.
  * - .npy: float32 or float64, shape (rows, cols) or (rows,); the codec is src/npy.ts. Tables
  *   read from it are converted to float32, the precision the flows compute in.
  * - NDJSON: one JSON array per row and line. JSON: one array of row arrays. JSON has no
@@ -20,7 +24,7 @@
 import { readFile } from 'node:fs/promises';
 import { encodeNpy, decodeNpy } from './npy';
 import { writeFileAtomic } from './safetensors';
-import { checkEnum, checkInteger, invalidRange, invalidType, isFloat32Array } from './validation';
+import { checkEnum, checkInteger, checkOptions, invalidRange, invalidType, isFloat32Array } from './validation';
 
 /** Rows of float32 values, row-major. */
 export interface Table {
@@ -28,8 +32,10 @@ export interface Table {
   data: Float32Array;
   rows: number;
   cols: number;
-  /** The CSV header's names, or null (a CSV file without a header, or a .npy file). */
+  /** The CSV header's names (of the kept columns), or null (a CSV file without a header, or a .npy file). */
   header: string[] | null;
+  /** Rows left out for a bad cell (ReadTableOptions.invalidRows 'skip'); absent when none was. */
+  skipped?: SkippedRows;
 }
 
 /** A table file or text that cannot be read; the message names the source. */
@@ -60,62 +66,287 @@ function quoted(field: string): string {
   return JSON.stringify(field.length > 30 ? field.slice(0, 30) + '...' : field);
 }
 
+/** The field separators a CSV file may use; detected from its first lines unless given. */
+export const CSV_DELIMITERS = [',', ';', '\t'] as const;
+export type CsvDelimiter = (typeof CSV_DELIMITERS)[number];
+
+/** How a table file is read (parseCsv, decodeTable, readTable). */
+export interface ReadTableOptions {
+  /**
+   * The columns to keep, in this order: header names (CSV with a header) or 0-based indices
+   * (numbers, or strings of digits). Default: every column.
+   */
+  columns?: readonly (string | number)[];
+  /**
+   * A CSV row with a cell that is not a finite number (empty, NA, a word, 1e39) in a kept column:
+   * 'error' (the default) throws a TableError naming its line and column; 'skip' leaves the row
+   * out and counts it in the table's `skipped`.
+   */
+  invalidRows?: 'error' | 'skip';
+  /** The CSV field separator; default: detected from the first lines (comma, semicolon or tab). */
+  delimiter?: CsvDelimiter;
+}
+
+/** Rows of a CSV file left out by `invalidRows: 'skip'`. */
+export interface SkippedRows {
+  /** How many rows were left out. */
+  count: number;
+  /** The first one's problem: 1-based line and column in the file, and the cell's text. */
+  first: { line: number; column: number; field: string };
+  /** 0-based positions of the left-out rows among all the file's data rows (kept and skipped). */
+  rows: number[];
+  /** Per kept column, the number of left-out rows whose cell there was bad. */
+  byColumn: number[];
+}
+
+const READ_OPTION_KEYS = ['columns', 'invalidRows', 'delimiter'] as const;
+
+function checkReadOptions(options: unknown): ReadTableOptions {
+  const opts = checkOptions('options', options, READ_OPTION_KEYS);
+  if (opts.invalidRows !== undefined) checkEnum('options.invalidRows', opts.invalidRows, ['error', 'skip'] as const);
+  if (opts.delimiter !== undefined) checkEnum('options.delimiter', opts.delimiter, CSV_DELIMITERS);
+  if (opts.columns !== undefined) {
+    const columns = opts.columns;
+    if (!Array.isArray(columns) || columns.length === 0) throw invalidType('options.columns', 'a non-empty array of column names or 0-based indices', columns);
+    columns.forEach((c: unknown, i) => {
+      if (typeof c === 'string') return;
+      if (typeof c !== 'number' || !Number.isInteger(c) || c < 0) throw invalidType(`options.columns[${i}]`, 'a column name (string) or a 0-based index (integer >= 0)', c);
+    });
+  }
+  return opts as ReadTableOptions;
+}
+
+/**
+ * The fields of one line: split at `delimiter` and trimmed. A field in double quotes may hold
+ * the delimiter, and "" stands for one quote inside it (RFC 4180); its quotes are removed.
+ */
+export function splitCsvLine(line: string, delimiter: string): string[] {
+  if (!line.includes('"')) return line.split(delimiter).map((f) => f.trim());
+  const fields: string[] = [];
+  let i = 0;
+  for (;;) {
+    while (i < line.length && (line[i] === ' ' || (line[i] === '\t' && delimiter !== '\t'))) i++;
+    let field = '';
+    if (line[i] === '"') {
+      i++;
+      for (;;) {
+        const quote = line.indexOf('"', i);
+        if (quote < 0) {
+          // An unclosed quote runs to the end of the line.
+          field += line.slice(i);
+          i = line.length;
+          break;
+        }
+        field += line.slice(i, quote);
+        if (line[quote + 1] === '"') {
+          field += '"';
+          i = quote + 2;
+        } else {
+          i = quote + 1;
+          break;
+        }
+      }
+      // Anything between the closing quote and the delimiter belongs to the field.
+      const end = line.indexOf(delimiter, i);
+      field += line.slice(i, end < 0 ? line.length : end);
+      i = end < 0 ? line.length : end;
+    } else {
+      const end = line.indexOf(delimiter, i);
+      field = line.slice(i, end < 0 ? line.length : end);
+      i = end < 0 ? line.length : end;
+    }
+    fields.push(field.trim());
+    if (i >= line.length) break;
+    i += delimiter.length; // past the delimiter
+    if (i === line.length) {
+      fields.push(''); // a trailing delimiter ends in an empty field
+      break;
+    }
+  }
+  return fields;
+}
+
+/** Lines looked at to tell the delimiter. */
+const DELIMITER_SAMPLE_LINES = 20;
+
+/**
+ * The delimiter of CSV text, from its first (up to 20) lines that are not blank or comments:
+ * among comma, semicolon and tab, those that split every such line into the same number (> 1)
+ * of fields; of these, the one that gives the most number fields, ties going to tab, then
+ * semicolon, then comma. Comma when none does (one column).
+ */
+export function detectDelimiter(text: string): CsvDelimiter {
+  if (typeof text !== 'string') throw invalidType('text', 'CSV text (a string)', text);
+  const sample: string[] = [];
+  let at = text.charCodeAt(0) === 0xfeff ? 1 : 0;
+  while (at < text.length && sample.length < DELIMITER_SAMPLE_LINES) {
+    let end = text.indexOf('\n', at);
+    if (end < 0) end = text.length;
+    const line = text.slice(at, end).trim();
+    at = end + 1;
+    if (line !== '' && !line.startsWith('#')) sample.push(line);
+  }
+  let best: CsvDelimiter = ',';
+  let bestScore = -1;
+  for (const delimiter of ['\t', ';', ','] as const) {
+    let count = -1;
+    let numbers = 0;
+    let consistent = true;
+    for (const line of sample) {
+      const fields = splitCsvLine(line, delimiter);
+      if (count < 0) count = fields.length;
+      if (fields.length !== count || count < 2) {
+        consistent = false;
+        break;
+      }
+      for (const f of fields) if (NUMBER.test(f)) numbers++;
+    }
+    if (consistent && count > 1 && numbers > bestScore) {
+      best = delimiter;
+      bestScore = numbers;
+    }
+  }
+  return best;
+}
+
+const DELIMITER_NAMES: Record<CsvDelimiter, string> = { ',': 'commas', ';': 'semicolons', '\t': 'tabs' };
+
+/** The 0-based file columns that `columns` names (all of them when undefined). */
+function resolveColumns(columns: readonly (string | number)[] | undefined, header: string[] | null, fileCols: number, source: string): number[] {
+  if (columns === undefined) return Array.from({ length: fileCols }, (_, i) => i);
+  const seen = new Set<number>();
+  return columns.map((column) => {
+    let index: number;
+    if (typeof column === 'number' || /^\d+$/.test(column.trim())) {
+      index = Number(column);
+      if (index >= fileCols) {
+        throw new TableError(`${source}: no column ${index} (0-based): the file has ${fileCols} column${fileCols === 1 ? '' : 's'}, 0 to ${fileCols - 1}`);
+      }
+    } else {
+      if (header === null) throw new TableError(`${source}: no header row, so column ${quoted(column)} cannot be found by name (select columns by 0-based index)`);
+      index = header.indexOf(column.trim());
+      if (index < 0) {
+        const names = header.map((h) => quoted(h)).slice(0, 20).join(', ') + (header.length > 20 ? ', ...' : '');
+        throw new TableError(`${source}: no column named ${quoted(column)}; the header has ${names}`);
+      }
+    }
+    if (seen.has(index)) throw new TableError(`${source}: column ${quoted(String(column))} is selected twice`);
+    seen.add(index);
+    return index;
+  });
+}
+
 /**
  * Parses CSV text (see the module comment) into a float32 table. `source` names the text in
- * error messages (a file name).
+ * error messages (a file name). `options` selects columns, skips rows with bad cells, or fixes
+ * the delimiter (see ReadTableOptions).
  * @throws TableError naming the source, line and column of the first problem: a ragged row, a
- * field that is not a number or not finite in float32, a malformed first row, no data rows.
+ * field that is not a number or not finite in float32 (unless such rows are skipped), a
+ * malformed first row, a column that is not there, no data rows.
  */
-export function parseCsv(text: string, source = 'CSV text'): Table {
+export function parseCsv(text: string, source = 'CSV text', options: ReadTableOptions = {}): Table {
   if (typeof text !== 'string') throw invalidType('text', 'CSV text (a string)', text);
+  const opts = checkReadOptions(options);
+  const skip = opts.invalidRows === 'skip';
+  const delimiter = opts.delimiter ?? detectDelimiter(text);
   const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
   const values: number[] = [];
   let header: string[] | null = null;
-  let cols = -1;
+  let fileCols = -1;
+  let selected: number[] = [];
   let rows = 0;
+  let dataRows = 0;
+  let skipped: SkippedRows | undefined;
   let seenFirst = false;
+  const separated = delimiter === ',' ? '' : ` (fields separated by ${DELIMITER_NAMES[delimiter]})`;
   for (let l = 0; l < lines.length; l++) {
     const line = lines[l].trim();
     if (line === '' || line.startsWith('#')) continue;
-    const fields = line.split(',').map((f) => f.trim());
+    const fields = splitCsvLine(line, delimiter);
+    let firstRow = false;
     if (!seenFirst) {
       seenFirst = true;
-      const numeric = fields.map((f) => NUMBER.test(f));
-      if (!numeric.some(Boolean)) {
+      firstRow = true;
+      fileCols = fields.length;
+      if (!fields.some((f) => NUMBER.test(f))) {
         header = fields;
+        selected = resolveColumns(opts.columns, header, fileCols, source);
         continue;
       }
-      const bad = numeric.indexOf(false);
-      if (bad >= 0) {
-        throw new TableError(
-          `${source}, line ${l + 1}, column ${bad + 1}: ${quoted(fields[bad])} is not a number ` +
-            `(the first row holds numbers, so it is data, not a header; a header holds no numbers)`,
-        );
-      }
+      selected = resolveColumns(opts.columns, null, fileCols, source);
     }
-    if (cols < 0) cols = fields.length;
-    if (fields.length !== cols) {
-      throw new TableError(`${source}, line ${l + 1}: ${fields.length} value${fields.length === 1 ? '' : 's'}, but the first row has ${cols}`);
+    if (fields.length !== fileCols) {
+      throw new TableError(
+        header !== null && dataRows === 0
+          ? `${source}: the header has ${fileCols} name${fileCols === 1 ? '' : 's'}, but the rows have ${fields.length} values${separated}`
+          : `${source}, line ${l + 1}: ${fields.length} value${fields.length === 1 ? '' : 's'}, but the ${header !== null ? 'header has' : 'first row has'} ${fileCols}${separated}`,
+      );
     }
-    for (let c = 0; c < cols; c++) {
+    const row = dataRows++;
+    const start = values.length;
+    for (let k = 0; k < selected.length; k++) {
+      const c = selected[k];
       const field = fields[c];
-      const value = Number(field);
-      if (!NUMBER.test(field) || !Number.isFinite(Math.fround(value))) {
-        throw new TableError(`${source}, line ${l + 1}, column ${c + 1}: ${quoted(field)} is not a finite number`);
+      if (NUMBER.test(field)) {
+        const value = Number(field);
+        if (Number.isFinite(Math.fround(value))) {
+          values.push(value);
+          continue;
+        }
       }
-      values.push(value);
+      if (!skip) {
+        // A first row with numbers and non-numbers is data gone wrong, not a header.
+        const why = firstRow && !NUMBER.test(field) ? ' is not a number (the first row holds numbers, so it is data, not a header; a header holds no numbers)' : ' is not a finite number';
+        const other = CSV_DELIMITERS.find((d) => d !== delimiter && field.includes(d));
+        const hint = other !== undefined ? ` (fields are read as separated by ${DELIMITER_NAMES[delimiter]})` : '';
+        throw new TableError(`${source}, line ${l + 1}, column ${c + 1}: ${quoted(field)}${why}${hint}`);
+      }
+      values.length = start;
+      if (skipped === undefined) skipped = { count: 0, first: { line: l + 1, column: c + 1, field }, rows: [], byColumn: new Array<number>(selected.length).fill(0) };
+      skipped.count++;
+      skipped.rows.push(row);
+      skipped.byColumn[k]++;
+      break;
     }
-    rows++;
+    if (values.length > start) rows++;
   }
-  if (header !== null && cols >= 0 && header.length !== cols) {
-    throw new TableError(`${source}: the header has ${header.length} name${header.length === 1 ? '' : 's'}, but the rows have ${cols} values`);
+  if (rows === 0) {
+    let message = `${source}: no data rows (expected numbers separated by commas, semicolons or tabs, one row per point)`;
+    if (skipped !== undefined) {
+      const worst = skipped.byColumn.indexOf(Math.max(...skipped.byColumn));
+      const name = header !== null ? ` (${quoted(header[selected[worst]])})` : '';
+      message =
+        `${source}: every one of the ${skipped.count} data row${skipped.count === 1 ? ' has' : 's has'} a cell that is not a number; ` +
+        `column ${selected[worst] + 1}${name} in ${skipped.byColumn[worst]} of them (choose numeric columns)`;
+    }
+    throw new TableError(message);
   }
-  if (rows === 0) throw new TableError(`${source}: no data rows (expected comma-separated numbers, one row per point)`);
-  return { data: Float32Array.from(values), rows, cols, header };
+  const table: Table = { data: Float32Array.from(values), rows, cols: selected.length, header: header === null ? null : selected.map((c) => header![c]) };
+  if (skipped !== undefined) table.skipped = skipped;
+  return table;
+}
+
+/** Bytes of a CSV file looked at by peekCsvHeader: its header is in the first lines. */
+const PEEK_BYTES = 1 << 20;
+
+/**
+ * The header of CSV bytes (the names of its first row, when that row holds no number, as
+ * parseCsv reads it), from the first megabyte only; null when the file has none.
+ */
+export function peekCsvHeader(bytes: Uint8Array): string[] | null {
+  if (Object.prototype.toString.call(bytes) !== '[object Uint8Array]') throw invalidType('bytes', 'a Uint8Array (or Buffer)', bytes);
+  // A multi-byte character cut at the end of the peek decodes as U+FFFD; the last line is dropped anyway.
+  const text = new TextDecoder('utf-8').decode(bytes.subarray(0, PEEK_BYTES)).replace(/^\uFEFF/, '');
+  const lines = text.split(/\r?\n/);
+  if (bytes.length > PEEK_BYTES) lines.pop(); // perhaps cut short
+  const first = lines.map((l) => l.trim()).find((l) => l !== '' && !l.startsWith('#'));
+  if (first === undefined) return null;
+  const fields = splitCsvLine(first, detectDelimiter(lines.join('\n')));
+  return fields.some((f) => NUMBER.test(f)) ? null : fields;
 }
 
 /** A table from .npy bytes: float32/float64, shape (rows, cols) or (rows,), finite in float32. */
-function tableFromNpy(bytes: Uint8Array, source: string): Table {
+function tableFromNpy(bytes: Uint8Array, source: string, columns?: readonly (string | number)[]): Table {
   const { data, shape } = decodeNpy(bytes, source);
   if (shape.length !== 1 && shape.length !== 2) {
     throw new TableError(`${source}: expected a 2-d array (rows, dim), got shape (${shape.join(', ')})`);
@@ -130,7 +361,11 @@ function tableFromNpy(bytes: Uint8Array, source: string): Table {
       throw new TableError(`${source}: row ${Math.floor(i / cols)}, column ${(i % cols) + 1} holds a non-finite value (${data[i]}${range})`);
     }
   }
-  return { data: values, rows, cols, header: null };
+  if (columns === undefined) return { data: values, rows, cols, header: null };
+  const selected = resolveColumns(columns, null, cols, source);
+  const kept = new Float32Array(rows * selected.length);
+  for (let r = 0; r < rows; r++) for (let k = 0; k < selected.length; k++) kept[r * selected.length + k] = values[r * cols + selected[k]];
+  return { data: kept, rows, cols: selected.length, header: null };
 }
 
 /** The format a file is read in: .npy by its name, CSV otherwise. */
@@ -148,26 +383,28 @@ export function outputFormat(file: string): 'npy' | 'csv' | null {
  * A table from a file's bytes: .npy bytes, or CSV text (UTF-8). `source` names it in errors.
  * @throws TableError (or NpyFileError for a broken .npy file) naming the source.
  */
-export function decodeTable(bytes: Uint8Array, format: 'csv' | 'npy', source: string): Table {
+export function decodeTable(bytes: Uint8Array, format: 'csv' | 'npy', source: string, options: ReadTableOptions = {}): Table {
   if (Object.prototype.toString.call(bytes) !== '[object Uint8Array]') throw invalidType('bytes', 'a Uint8Array (or Buffer)', bytes);
   checkEnum('format', format, ['csv', 'npy'] as const);
-  if (format === 'npy') return tableFromNpy(bytes, source);
+  const opts = checkReadOptions(options);
+  if (format === 'npy') return tableFromNpy(bytes, source, opts.columns);
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
     throw new TableError(`${source}: not UTF-8 text (expected CSV: comma-separated numbers, or a .npy file named *.npy)`);
   }
-  return parseCsv(text, source);
+  return parseCsv(text, source, opts);
 }
 
 /**
  * Reads a data file: .npy (float32/float64, shape (rows, dim) or (rows,)) or, any other
- * name, CSV.
+ * name, CSV; `options` as for parseCsv (a .npy file's columns are selected by index only).
  * @throws TableError (or NpyFileError) naming the file when it cannot be read or used.
  */
-export async function readTable(file: string): Promise<Table> {
+export async function readTable(file: string, options: ReadTableOptions = {}): Promise<Table> {
   if (typeof file !== 'string' || file.length === 0) throw invalidType('file', 'a file path string', file);
+  checkReadOptions(options);
   let bytes: Buffer;
   try {
     bytes = await readFile(file);
@@ -175,7 +412,7 @@ export async function readTable(file: string): Promise<Table> {
     const message = (error as { message?: unknown } | null)?.message;
     throw new TableError(`cannot read ${file} (${typeof message === 'string' ? message : String(error)})`);
   }
-  return decodeTable(bytes, inputFormat(file), file);
+  return decodeTable(bytes, inputFormat(file), file, options);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,15 +3,18 @@
 // passes, Adam and clipping on the core's thread pool, a run of steps per native call. This file
 // validates, schedules the chunks, reports progress and handles cancellation.
 import { Flow, Rows, nativeSpec } from './flow';
+import { gaussianBaseline } from './evaluate';
 import { affineTensorNames, FlowConfig, isMade, LinearNames, madeTensorNames } from './layers';
 import { native, NativeCancelToken, NativeLayerView, NativeOptimizerOptions, NativeTrainerInstance } from './native';
 import {
+  checkContext,
   checkInteger,
   checkOptions,
   checkSeed,
   checkSignal,
   invalidRange,
   invalidType,
+  isPlainObject,
   isFloat32Array,
   isFloat64Array,
   randomSeed,
@@ -31,8 +34,13 @@ export interface TargetEvaluation {
 export interface Target {
   /** Dimension of x. */
   dim: number;
-  /** Evaluated at x (row-major, n * dim) for every step; may be async. */
-  logDensity(x: Float32Array): TargetEvaluation | Promise<TargetEvaluation>;
+  /**
+   * Evaluated at x (row-major, n * dim) for every step; may be async. For a conditional flow
+   * (amortised inference) the second argument holds each row's context (n * contextDim): the
+   * target is then the unnormalised density of x given that context, e.g. log p(theta) +
+   * log p(y | theta) with y as the context.
+   */
+  logDensity(x: Float32Array, context?: Float32Array): TargetEvaluation | Promise<TargetEvaluation>;
   /** log of the normalizing constant of exp(logDensity), when known: the report then gives KL = logZ - ELBO. */
   logZ?: number;
 }
@@ -157,6 +165,13 @@ export interface FitReport {
   batchSize: number;
   /** With `standardize`: the loc and scale of the affine layer at the data end (null when none was added). */
   standardization: { loc: number[]; scale: number[] } | null;
+  /**
+   * With validation data: the mean NLL of the validation rows under a full-covariance Gaussian
+   * fitted to the training rows, the floor any useful flow beats. A kept validation loss that is
+   * not finite or is worse than it by more than 0.1 nats/point adds a warning (the CLI then exits
+   * non-zero). Null without validation data.
+   */
+  gaussianValidLoss: number | null;
 }
 
 /**
@@ -198,6 +213,12 @@ export interface ReverseKLOptions extends OptimizerOptions {
   batchSize?: number;
   /** Called between native chunks (about every 0.2 s) and at the end; may return a promise. */
   onProgress?: (progress: ReverseKLProgress) => void | Promise<void>;
+  /**
+   * fitReverseKL of a conditional flow (amortised VI): the contexts of step `step`'s batch, one row
+   * (every draw's) or batchSize rows (number[], number[][] or row-major Float32Array); the
+   * target's logDensity gets them row by row. Required for a conditional flow.
+   */
+  context?: (step: number) => Rows | number[];
   /**
    * The gradient estimator. true: "sticking the landing" (Roeder et al. 2017), which leaves out
    * the score term d log q / d params at fixed x (its mean is zero), so only the path through
@@ -392,7 +413,8 @@ function denseViews(flow: Flow, fill: 'copy' | 'zero'): { map: Map<string, Float
       return { loc: get(names.loc), scale: get(names.scale) };
     }
     const names = madeTensorNames(k, layer.hidden.length);
-    return { hidden: names.hidden.map(linear), shift: linear(names.shift), rawScale: linear(names.scale) };
+    const view = { hidden: names.hidden.map(linear), shift: linear(names.shift), rawScale: linear(names.scale) };
+    return flow.contextDim > 0 ? { ...view, context: linear(names.context) } : view;
   });
   return { map, views };
 }
@@ -451,6 +473,8 @@ class FiniteResultsGuard {
     private readonly data: Float32Array | null,
     /** Whether the trainer's best-weights slot is free for snapshots (fit with restoreBest uses it). */
     private readonly snapshots: boolean,
+    /** A conditional flow's contexts for the probes: one row, or one per probe row. */
+    private readonly context?: Float32Array,
   ) {
     // pushParameters swaps in a fresh map, so this one is never written again.
     this.before = flow.currentParameters();
@@ -482,9 +506,12 @@ class FiniteResultsGuard {
       for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
       return true;
     };
-    const { x, logProb } = this.flow.sampleWithLogProbSync(PROBE_ROWS, { seed: 0 });
+    const C = this.flow.contextDim;
+    // The probes' contexts: one row for the samples; the data rows' own for their log-densities.
+    const sampleContext = C > 0 && this.context ? { context: this.context.subarray(0, C) } : {};
+    const { x, logProb } = this.flow.sampleWithLogProbSync(PROBE_ROWS, { seed: 0, ...sampleContext });
     if (!allFinite(x) || !allFinite(logProb)) return false;
-    return this.data === null || allFinite(this.flow.logProbSync(this.data));
+    return this.data === null || allFinite(this.flow.logProbSync(this.data, C > 0 ? { context: this.context } : undefined));
   }
 }
 
@@ -567,7 +594,32 @@ class LossHistory {
  * log-densities: where those reached do not (finite weights whose products overflow), the flow
  * keeps the last ones that did and the report says so (`diverged`, `warnings`).
  */
-export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise<FitReport> {
+/** A conditional flow's training rows: the points and each point's context (the same number of rows). */
+export interface ConditionalRows {
+  x: Rows;
+  context: Rows;
+}
+
+/** Rows (and, for a conditional flow, their contexts) as row-major float32. */
+function trainingRows(name: string, value: unknown, flow: Flow): { data: Float32Array; rows: number; context: Float32Array | null } {
+  const C = flow.contextDim;
+  if (C === 0) {
+    if (isPlainObject(value) && 'context' in value) throw new TypeError(`${name}: this flow is not conditional (it was created without a context), so its data takes no context`);
+    return { ...toRowMajor(name, value, flow.dim), context: null };
+  }
+  if (!isPlainObject(value) || value.x === undefined || value.context === undefined) {
+    throw invalidType(name, `{ x, context } (the flow is conditional: each row of x needs its context of ${C} values)`, value);
+  }
+  const { data, rows } = toRowMajor(`${name}.x`, value.x, flow.dim);
+  const context = toRowMajor(`${name}.context`, value.context, C);
+  if (context.rows !== rows) throw invalidRange(`${name}.context`, `${rows} rows (one per row of ${name}.x)`, `${context.rows} rows`);
+  for (let i = 0; i < context.data.length; i++) {
+    if (!Number.isFinite(context.data[i])) throw invalidRange(`${name}.context[${Math.floor(i / C)}][${i % C}]`, 'a finite number', context.data[i]);
+  }
+  return { data, rows, context: context.data };
+}
+
+export async function fit(flow: Flow, data: Rows | ConditionalRows, options?: FitOptions): Promise<FitReport> {
   checkFlow('flow', flow);
   requireTrainable(flow, 'fit');
   const opts = checkOptions('fit options', options, [
@@ -593,21 +645,24 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
   const restoreBest = opts.restoreBest ?? true;
   const ema = checkNumber('options.ema', opts.ema ?? 0.99, 'a number in [0, 1)', (v) => v >= 0 && v < 1);
   const dim = flow.dim;
-  let { data: train, rows: trainRows } = toRowMajor('data', data, dim);
+  let { data: train, rows: trainRows, context: trainContext } = trainingRows('data', data, flow);
   let valid: Float32Array | null = null;
+  let validContext: Float32Array | null = null;
   let validRows = 0;
   if (opts.validation !== undefined && opts.validationFraction !== undefined) {
     throw new TypeError('Give either options.validation or options.validationFraction, not both');
   }
   if (opts.validation !== undefined) {
-    ({ data: valid, rows: validRows } = toRowMajor('options.validation', opts.validation, dim));
+    ({ data: valid, rows: validRows, context: validContext } = trainingRows('options.validation', opts.validation, flow));
   } else if (opts.validationFraction !== undefined) {
     const fraction = checkNumber('options.validationFraction', opts.validationFraction, 'a number in (0, 1)', (v) => v > 0 && v < 1);
     validRows = Math.round(trainRows * fraction);
     if (validRows < 1 || validRows >= trainRows) {
       throw invalidRange('options.validationFraction', `a fraction that leaves at least one row on each side of the ${trainRows} rows`, fraction);
     }
-    ({ train, valid } = splitRows(train, trainRows, validRows, dim, optimizer.seed));
+    const held = heldOutRows(trainRows, validRows, optimizer.seed);
+    ({ train, valid } = splitRows(train, trainRows, held, dim));
+    if (trainContext) ({ train: trainContext, valid: validContext } = splitRows(trainContext, trainRows, held, flow.contextDim));
     trainRows -= validRows;
   }
   const patience = opts.patience === undefined ? Infinity : checkInteger('options.patience', opts.patience, 1, MAX_STEPS);
@@ -636,7 +691,8 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     const dequantizer = dequantize ? new Dequantizer(dequantize, optimizer.seed) : null;
     if (dequantizer && valid) valid = dequantizer.noisy(valid, validRows, -1);
     const trainer = newTrainer(flow, TO_LATENT, null, { ...optimizer.options, ema });
-    trainer.setData({ train: dequantizer ? dequantizer.noisy(train, trainRows, 0) : train, trainRows, valid, validRows });
+    const contexts = trainContext ? { trainContext, ...(validContext ? { validContext } : {}) } : {};
+    trainer.setData({ train: dequantizer ? dequantizer.noisy(train, trainRows, 0) : train, trainRows, valid, validRows, ...contexts });
     const [lo, hi] = seedWords(optimizer.seed);
     const batchesPerEpoch = Math.ceil(trainRows / batchSize);
     const stats = new Float64Array(5);
@@ -655,10 +711,11 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       notes,
       batchSize,
       standardization,
+      gaussianValidLoss: valid ? gaussianNll(train, valid, dim, notes) : null,
     };
     const keepBest = valid !== null && restoreBest;
     const probeRows = Math.min(PROBE_ROWS, trainRows);
-    const guard = new FiniteResultsGuard(flow, trainer, 'fit', train.slice(0, probeRows * dim), !keepBest);
+    const guard = new FiniteResultsGuard(flow, trainer, 'fit', train.slice(0, probeRows * dim), !keepBest, trainContext?.slice(0, probeRows * flow.contextDim));
     const started = now();
     let trainSeconds = 0;
     let rowsSeen = 0;
@@ -674,6 +731,15 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
       pushParameters(flow, trainer);
       Object.assign(report, guard.settle());
       report.bestEpoch = keepBest && bestEpoch >= 0 && !report.diverged ? bestEpoch : null;
+      const kept = report.bestEpoch !== null ? report.validLoss[report.bestEpoch] : report.validLoss[report.validLoss.length - 1];
+      // A flow of Gaussian data may end a little behind the Gaussian's exact fit: only a clear loss is a failure.
+      if (report.gaussianValidLoss !== null && kept !== undefined && !(kept <= report.gaussianValidLoss + GAUSSIAN_MARGIN)) {
+        report.warnings.push(
+          `fit failed: the kept weights' validation NLL (${kept.toPrecision(4)} nats/point) is ${Number.isFinite(kept) ? 'worse than' : 'not finite, against'} ` +
+            `a full-covariance Gaussian's on the same rows (${report.gaussianValidLoss.toPrecision(4)}); ` +
+            `${report.standardization || flow.config.layers[flow.config.layers.length - 1]?.type === 'affine' ? 'try more epochs or a smaller learningRate' : 'try standardize: true (flows train best on unit-scale data)'}`,
+        );
+      }
       report.seconds = now() - started;
       report.samplesPerSec = trainSeconds > 0 ? rowsSeen / trainSeconds : 0;
     };
@@ -692,7 +758,7 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
     try {
       for (let epoch = 0; epoch < epochs; epoch++) {
         // Fresh dequantisation noise every epoch (the first epoch's was set with the data).
-        if (dequantizer && epoch > 0) trainer.setData({ train: dequantizer.noisy(train, trainRows, epoch), trainRows, valid, validRows });
+        if (dequantizer && epoch > 0) trainer.setData({ train: dequantizer.noisy(train, trainRows, epoch), trainRows, valid, validRows, ...contexts });
         let lossSum = 0;
         let lossRows = 0;
         for (let batch = 0; batch < batchesPerEpoch; ) {
@@ -745,6 +811,20 @@ export async function fit(flow: Flow, data: Rows, options?: FitOptions): Promise
   }
 }
 
+/**
+ * Mean negative log-likelihood of `valid` under the full-covariance Gaussian fitted to `train`
+ * (evaluate.ts). Null, with a note, where no Gaussian is a fair floor: a constant column, or
+ * collinear columns, give it an infinite density where a flow's stays finite.
+ */
+function gaussianNll(train: Float32Array, valid: Float32Array, dim: number, notes: string[]): number | null {
+  const baseline = gaussianBaseline(train, valid, { dim });
+  if (baseline.ridge > 0) {
+    notes.push(`no Gaussian baseline: ${baseline.note ?? 'its covariance is singular'}`);
+    return null;
+  }
+  return -baseline.mean;
+}
+
 /** Per column: the mean and standard deviation of the rows (float64); a constant column gets scale 1. */
 function columnStandardization(data: Float32Array, rows: number, dim: number, notes: string[]): { loc: number[]; scale: number[] } {
   const loc: number[] = [];
@@ -795,8 +875,8 @@ class Dequantizer {
   }
 }
 
-/** Holds out `validRows` rows chosen by the seed; the rest keep their order. */
-function splitRows(data: Float32Array, rows: number, validRows: number, dim: number, seed: number) {
+/** The `validRows` rows (of `rows`) held out for validation, chosen by the seed, in the order chosen. */
+function heldOutRows(rows: number, validRows: number, seed: number): Int32Array {
   // A seeded Fisher-Yates prefix picks the held-out rows (xorshift on the seed's two words).
   let state = (seedWords(seed)[0] ^ 0x9e3779b9 ^ Math.imul(seedWords(seed)[1], 0x85ebca6b)) >>> 0 || 1;
   const random = () => {
@@ -814,14 +894,19 @@ function splitRows(data: Float32Array, rows: number, validRows: number, dim: num
     index[i] = index[j];
     index[j] = t;
   }
+  return index.slice(0, validRows);
+}
+
+/** The held-out rows (in their chosen order) and the rest (in their order), of `width` values each. */
+function splitRows(data: Float32Array, rows: number, heldOut: Int32Array, width: number) {
   const held = new Uint8Array(rows);
-  const valid = new Float32Array(validRows * dim);
-  for (let i = 0; i < validRows; i++) {
-    held[index[i]] = 1;
-    valid.set(data.subarray(index[i] * dim, (index[i] + 1) * dim), i * dim);
-  }
-  const train = new Float32Array((rows - validRows) * dim);
-  for (let r = 0, t = 0; r < rows; r++) if (!held[r]) train.set(data.subarray(r * dim, (r + 1) * dim), dim * t++);
+  const valid = new Float32Array(heldOut.length * width);
+  heldOut.forEach((row, i) => {
+    held[row] = 1;
+    valid.set(data.subarray(row * width, (row + 1) * width), i * width);
+  });
+  const train = new Float32Array((rows - heldOut.length) * width);
+  for (let r = 0, t = 0; r < rows; r++) if (!held[r]) train.set(data.subarray(r * width, (r + 1) * width), width * t++);
   return { train, valid };
 }
 
@@ -864,6 +949,9 @@ interface ReverseDefaults {
   ema: number;
   anneal: number;
 }
+
+/** How far (nats/point) a fit's kept validation NLL may trail the Gaussian's before fit calls it failed. */
+const GAUSSIAN_MARGIN = 0.1;
 
 /** Gradient clipping for reverse KL and distillation unless the caller says otherwise. */
 const REVERSE_CLIP_GRAD_NORM = 5;
@@ -925,10 +1013,11 @@ async function runReverse(
   what: string,
   logZ: number | null,
   runChunk: (firstStep: number, count: number, stepLoss: Float64Array, stats: Float64Array) => Promise<void>,
+  probeContext?: Float32Array,
 ): Promise<ReverseKLReport> {
   const { steps, batchSize, optimizer, onProgress } = setup;
   const history = new LossHistory(steps, lossHistoryLimit);
-  const guard = new FiniteResultsGuard(flow, trainer, what, null, true);
+  const guard = new FiniteResultsGuard(flow, trainer, what, null, true, probeContext);
   let chunkLoss = new Float64Array(0);
   const stats = new Float64Array(5);
   let skipped = 0;
@@ -1004,7 +1093,12 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
   checkFlow('flow', flow);
   requireTrainable(flow, 'fitReverseKL');
   const t = checkTarget('target', target, flow.dim);
-  const setup = checkReverseOptions('fitReverseKL options', options, [], { ema: 0.99, anneal: 0.3 });
+  const setup = checkReverseOptions('fitReverseKL options', options, ['context'], { ema: 0.99, anneal: 0.3 });
+  const contextOf = setup.opts.context;
+  if (flow.contextDim > 0 && typeof contextOf !== 'function') {
+    throw invalidType('options.context', `a function (step) => the batch's contexts (the flow is conditional: ${flow.contextDim} values per row)`, contextOf);
+  }
+  if (flow.contextDim === 0 && contextOf !== undefined) throw new TypeError('options.context: this flow is not conditional, so it takes no context');
   const [betaStart, betaSlope] = annealLine(setup, 0);
   if (setup.optimizer.signal?.aborted) throw abortError('fitReverseKL', 'its weights from before the call');
   claim(flow, 'fitReverseKL');
@@ -1020,8 +1114,16 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
       for (let s = 0; s < count; s++) {
         if (s > 0 && setup.optimizer.signal?.aborted) break;
         const x = new Float32Array(batchSize * dim);
-        await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, x, logq, async: true });
-        const { value, grad } = checkEvaluation(await t.logDensity(x), batchSize, dim);
+        let rowContexts: Float32Array | undefined;
+        if (flow.contextDim > 0) {
+          const C = flow.contextDim;
+          const { context, contextRows } = checkContext(`options.context(${firstStep + s})`, await (contextOf as (step: number) => unknown)(firstStep + s), batchSize, C);
+          await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, x, logq, async: true, context, contextRows });
+          rowContexts = contextRows === batchSize ? context : Float32Array.from({ length: batchSize * C }, (_, i) => context[i % C]);
+        } else {
+          await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, x, logq, async: true });
+        }
+        const { value, grad } = checkEvaluation(await (rowContexts ? t.logDensity(x, rowContexts) : t.logDensity(x)), batchSize, dim);
         // Annealed steps weight the target's gradient by beta; the reported loss stays at beta = 1.
         const beta = Math.min(1, betaStart + betaSlope * (firstStep + s));
         await trainer.reverseBackward({
@@ -1036,7 +1138,7 @@ export async function fitReverseKL(flow: Flow, target: Target, options?: Reverse
         skipped += stats[3];
       }
       stats[3] = skipped;
-    });
+    }, flow.contextDim > 0 ? checkContext('options.context(0)', await (contextOf as (step: number) => unknown)(0), batchSize, flow.contextDim).context : undefined);
   } finally {
     training.delete(flow);
   }
@@ -1063,7 +1165,21 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
   requireTrainable(student, 'distill (the student)');
   if (teacher.dim !== student.dim) throw invalidRange('teacher.dim', `the student's dim, ${student.dim}`, teacher.dim);
   if (teacher === student) throw new TypeError('distill needs a teacher other than the student');
-  const setup = checkReverseOptions('distill options', options, ['match', 'forwardKL'], { ema: 0.999, anneal: 0 });
+  if (teacher.contextDim !== student.contextDim) {
+    throw invalidRange('teacher.contextDim', `the student's context width, ${student.contextDim}`, teacher.contextDim);
+  }
+  const setup = checkReverseOptions('distill options', options, ['match', 'forwardKL', 'context'], { ema: 0.999, anneal: 0 });
+  const C = student.contextDim;
+  const contextOf = setup.opts.context;
+  if (C > 0 && typeof contextOf !== 'function') {
+    throw invalidType('options.context', `a function (step) => the batch's contexts (the flows are conditional: ${C} values per row)`, contextOf);
+  }
+  if (C === 0 && contextOf !== undefined) throw new TypeError('options.context: these flows are not conditional, so they take no context');
+  /** Step `step`'s contexts, batchSize rows (a broadcast row repeated). */
+  const stepContexts = async (step: number, batch: number): Promise<Float32Array> => {
+    const { context, contextRows } = checkContext(`options.context(${step})`, await (contextOf as (s: number) => unknown)(step), batch, C);
+    return contextRows === batch ? context : Float32Array.from({ length: batch * C }, (_, i) => context[i % C]);
+  };
   const match = checkNumber('options.match', setup.opts.match ?? 0.2, 'a number in [0, 1]', (v) => v >= 0 && v <= 1);
   const forwardKL = checkNumber('options.forwardKL', setup.opts.forwardKL ?? 1, 'a finite number >= 0', (v) => v >= 0 && Number.isFinite(v));
   const matchSteps = Math.round(setup.steps * match);
@@ -1078,20 +1194,30 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
     const { batchSize } = setup;
     const dim = student.dim;
     const matcher = matchSteps > 0 ? mapMatcher(teacher, dim, batchSize, lo, hi) : null;
+    const probeContext = C > 0 ? await stepContexts(0, batchSize) : undefined;
     const cancel = cancelTokenFor(setup.optimizer.signal);
     return await runReverse(student, trainer, setup, 'distill', 0, async (firstStep, count, stepLoss, stats) => {
       let s = 0;
       let skipped = 0;
       for (; s < count && firstStep + s < matchSteps; s++) {
         if (s > 0 && setup.optimizer.signal?.aborted) break;
-        const { z, value, grad, x, logq } = await matcher!.begin(firstStep + s);
-        await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, z, x, logq, async: true });
+        const context = C > 0 ? await stepContexts(firstStep + s, batchSize) : undefined;
+        const { z, value, grad, x, logq } = await matcher!.begin(firstStep + s, context);
+        const contextOptions = context ? { context, contextRows: batchSize } : {};
+        await trainer.reverseForward({ seed: [lo, hi], step: firstStep + s, batch: batchSize, z, x, logq, async: true, ...contextOptions });
         matcher!.finish(value, grad);
         await trainer.reverseBackward({ targetValue: value, targetGrad: grad, update: true, stats, stepLoss: stepLoss.subarray(s, s + 1), async: true });
         skipped += stats[3];
       }
       if (s < count) {
+        let contextOptions = {};
+        if (C > 0) {
+          const all = new Float32Array((count - s) * batchSize * C);
+          for (let k = s; k < count; k++) all.set(await stepContexts(firstStep + k, batchSize), (k - s) * batchSize * C);
+          contextOptions = { context: all, contextRows: batchSize };
+        }
         await trainer.distillSteps({
+          ...contextOptions,
           seed: [lo, hi],
           firstStep: firstStep + s,
           steps: count - s,
@@ -1108,7 +1234,7 @@ export async function distill(student: Flow, teacher: Flow, options?: DistillOpt
       }
       stats[3] = skipped;
       for (let i = 0; i < count; i++) if (!Number.isFinite(stepLoss[i])) stepLoss[i] = NaN;
-    });
+    }, probeContext);
   } finally {
     training.delete(student);
   }
@@ -1128,9 +1254,9 @@ function mapMatcher(teacher: Flow, dim: number, batch: number, seedLo: number, s
   let teacherX: Float32Array = new Float32Array(0);
   let precision = 0;
   return {
-    async begin(step: number) {
+    async begin(step: number, context?: Float32Array) {
       native.standardNormal({ seed: [seedLo, seedHi], firstRow: step * batch, rows: batch, dim, out: z });
-      teacherX = (await teacher.forward(z)).x;
+      teacherX = (await teacher.forward(z, context ? { context } : undefined)).x;
       if (precision === 0) {
         let mean = 0;
         let square = 0;
@@ -1182,9 +1308,9 @@ export const __trainingInternals = {
   },
 
   /** Mean negative log-likelihood of x and its gradient wrt every parameter (MAF flows). */
-  likelihoodGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}): { loss: number; grads: Record<string, Float32Array> } {
+  likelihoodGradient(flow: Flow, x: Float32Array, kernels: KernelChoice = {}, context?: Float32Array): { loss: number; grads: Record<string, Float32Array> } {
     const trainer = newTrainer(flow, TO_LATENT, null, TEST_OPTIMIZER, kernels);
-    const loss = trainer.likelihoodGradient({ x, rows: x.length / flow.dim });
+    const loss = trainer.likelihoodGradient({ x, rows: x.length / flow.dim, ...(context ? { context } : {}) });
     return { loss, grads: gradientRecord(flow, trainer) };
   },
 
@@ -1205,13 +1331,15 @@ export const __trainingInternals = {
     target: Target,
     kernels: KernelChoice = {},
     stickingTheLanding = false,
+    context?: Float32Array,
   ): Promise<{ loss: number; x: Float32Array; grads: Record<string, Float32Array> }> {
     const trainer = newTrainer(flow, TO_DATA, null, TEST_OPTIMIZER, kernels);
     trainer.setStickingTheLanding(stickingTheLanding);
     const rows = z.length / flow.dim;
     const x = new Float32Array(z.length);
-    trainer.reverseForward({ seed: [0, 0], step: 0, batch: rows, z, x, logq: new Float32Array(rows), async: false });
-    const { value, grad } = checkEvaluation(await target.logDensity(x), rows, flow.dim);
+    const contextRows = context ? context.length / flow.contextDim : 0;
+    trainer.reverseForward({ seed: [0, 0], step: 0, batch: rows, z, x, logq: new Float32Array(rows), async: false, ...(context ? { context, contextRows } : {}) });
+    const { value, grad } = checkEvaluation(await target.logDensity(x, context), rows, flow.dim);
     const stepLoss = new Float64Array(1);
     trainer.reverseBackward({ targetValue: value, targetGrad: grad, update: false, stats: new Float64Array(5), stepLoss, async: false });
     return { loss: stepLoss[0], x, grads: gradientRecord(flow, trainer) };

@@ -250,3 +250,29 @@ export function rowsForNative(name: string, value: unknown, dim: number): { data
   }
   return toRowMajor(name, value, dim);
 }
+
+/**
+ * A conditional flow's context for a call of `rows` rows: one row (a typed array or number[] of
+ * contextDim values, or [[...]]) is every row's; otherwise one row per row. Returned as float32,
+ * row-major, checked finite.
+ */
+export function checkContext(name: string, value: unknown, rows: number, contextDim: number): { context: Float32Array; contextRows: number } {
+  const expected = `one row of ${contextDim} context values (for every row), or ${rows} rows of them (one per row)`;
+  let data: Float32Array;
+  if (isFloat32Array(value) || isFloat64Array(value)) {
+    if (value.length !== contextDim && value.length !== rows * contextDim) {
+      throw invalidRange(`${name}.length`, `${contextDim} (${expected.split(',')[0]}) or ${rows * contextDim} (${rows} rows)`, value.length);
+    }
+    data = isFloat32Array(value) ? value : Float32Array.from(value);
+  } else if (Array.isArray(value) && value.length === contextDim && value.every((v) => typeof v === 'number')) {
+    data = Float32Array.from(value as number[]);
+  } else if (Array.isArray(value) && (value.length === 1 || value.length === rows)) {
+    data = toRowMajor(name, value, contextDim).data;
+  } else {
+    throw invalidType(name, expected, value);
+  }
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) throw invalidRange(`${name}[${Math.floor(i / contextDim)}][${i % contextDim}]`, 'a finite number', data[i]);
+  }
+  return { context: data, contextRows: data.length / contextDim };
+}

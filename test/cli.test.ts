@@ -6,8 +6,8 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inflateSync } from 'node:zlib';
-import { CliIO, main } from '../src/cli';
-import { datasets, loadFlow, readNpy, writeNpy } from '../src';
+import { CliIO, editDistance, main, nearestWord, parseOptions } from '../src/cli';
+import { datasets, evaluate, gaussianBaseline, loadFlow, readNpy, writeNpy } from '../src';
 import { crc32, PNG_SIGNATURE } from '../src/png';
 import { formatCsv, parseCsv } from '../src/table';
 
@@ -58,7 +58,8 @@ describe('iaflow train', () => {
   test('--kind iaf fits an IAF by maximum likelihood: its log-likelihood of the data rises', async () => {
     const iafModel = join(dir, 'iaf.safetensors');
     const untrained = join(dir, 'iaf0.safetensors');
-    const args = ['--kind', 'iaf', '--layers', '2', '--hidden', '16,16', '--seed', '2', '--validation-fraction', '0'];
+    // Raw columns, so "untrained" is the flow's own initialisation (standardised, it would be a fitted diagonal Gaussian already).
+    const args = ['--kind', 'iaf', '--layers', '2', '--hidden', '16,16', '--seed', '2', '--validation-fraction', '0', '--no-standardize'];
     expect((await run(['train', csv, ...args, '--epochs', '1', '--lr', '1e-9', '--ema', '0', '--out', untrained])).code).toBe(0);
     const trained = await run(['train', csv, ...args, '--epochs', '60', '--batch-size', '100', '--out', iafModel]);
     expect(trained.code).toBe(0);
@@ -108,7 +109,7 @@ describe('iaflow sample', () => {
     const file = join(dir, 's.csv');
     expect((await run(['sample', model, '--count', '300', '--seed', '7', '--out', file])).code).toBe(0);
     const text = readFileSync(file, 'utf8');
-    expect(text.split('\n')[0]).toBe('x1,x2');
+    expect(text.split('\n')[0]).toBe('x,y'); // the training file's column names, saved in the model
     const table = parseCsv(text, file);
     expect([table.rows, table.cols]).toEqual([300, 2]);
     const npy = (await readNpy(join(dir, 's.npy'))).data;
@@ -117,7 +118,7 @@ describe('iaflow sample', () => {
     expect(printed.out).toBe(text);
     const withLp = await run(['sample', model, '-n', '5', '--seed', '7', '--with-log-prob']);
     const rows = parseCsv(withLp.out, 'stdout');
-    expect(withLp.out.split('\n')[0]).toBe('x1,x2,log_prob');
+    expect(withLp.out.split('\n')[0]).toBe('x,y,log_prob');
     expect(rows.cols).toBe(3);
     const flow = await loadFlow(model);
     const { logProb } = await flow.sampleWithLogProb(5, { seed: 7 });
@@ -149,13 +150,209 @@ describe('iaflow logprob', () => {
   });
 });
 
+describe('option parsing', () => {
+  test('a negative number after a string option is its value, long or short; elsewhere nothing changes', () => {
+    const options = { shift: { type: 'string' as const }, count: { type: 'string' as const, short: 'n' }, json: { type: 'boolean' as const } };
+    expect(parseOptions(['--shift', '-0.5', '-n', '-3', 'file.csv', '--json'], options)).toEqual({
+      values: { shift: '-0.5', count: '-3', json: true },
+      positionals: ['file.csv'],
+    });
+    expect(parseOptions(['--shift', '-1e-3'], options).values.shift).toBe('-1e-3');
+    expect(parseOptions(['--shift=-2'], options).values.shift).toBe('-2');
+    // Not a number: still parseArgs' error, which says how to pass a value that starts with a dash.
+    expect(() => parseOptions(['--shift', '-x'], options)).toThrow(/argument is ambiguous/);
+    // After --, everything is positional.
+    expect(parseOptions(['--', '--shift', '-1'], options).positionals).toEqual(['--shift', '-1']);
+  });
+
+  test('an optional-value option stands alone before another option or at the end, and takes a file otherwise', () => {
+    const options = { baseline: { type: 'string' as const, optionalValue: true }, json: { type: 'boolean' as const } };
+    expect(parseOptions(['m', 'd', '--baseline'], options).values.baseline).toBe('');
+    expect(parseOptions(['m', 'd', '--baseline', '--json'], options).values).toEqual({ baseline: '', json: true });
+    expect(parseOptions(['m', 'd', '--baseline', 'train.csv'], options)).toEqual({ values: { baseline: 'train.csv' }, positionals: ['m', 'd'] });
+  });
+
+  test('"did you mean": the nearest known word within 1 edit (short words) or 2, or the one it begins', () => {
+    expect(editDistance('kitten', 'sitting')).toBe(3);
+    expect(editDistance('', 'abc')).toBe(3);
+    expect(editDistance('seed', 'seed')).toBe(0);
+    const known = ['epochs', 'seed', 'batch-size', 'validation', 'validation-fraction', 'out'];
+    expect(nearestWord('epoch', known)).toBe('epochs');
+    expect(nearestWord('Seed', known)).toBe('seed');
+    expect(nearestWord('batch_size', known)).toBe('batch-size');
+    expect(nearestWord('validatoin', known)).toBe('validation');
+    expect(nearestWord('validation-frac', known)).toBe('validation-fraction');
+    expect(nearestWord('ot', known)).toBe('out');
+    expect(nearestWord('xyzzy', known)).toBeUndefined();
+    expect(nearestWord('valid', known)).toBeUndefined(); // begins two of them: no guess
+  });
+});
+
+describe('real data: columns, bad cells, delimiters, test files, eval and plot', () => {
+  // Three numeric columns around raw-unit values, a text column, a few NA cells; semicolons.
+  const rowsOf = (n: number, seed: number) => {
+    let state = seed;
+    const uniform = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) + 0.5) / 2 ** 32;
+    const normal = () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
+    return Array.from({ length: n }, () => {
+      const a = normal();
+      const b = normal();
+      return [15 + 2 * a, 10 + 0.5 * (0.6 * a + 0.8 * b), 3 + Math.tanh(b)];
+    });
+  };
+  const writeWeather = (file: string, rows: number[][], naEvery: number) => {
+    const lines = ['station;temp;pressure;humidity'];
+    rows.forEach((r, i) => lines.push(`"st ${i % 3}";${r[0].toFixed(3)};${r[1].toFixed(3)};${i % naEvery === 4 ? 'NA' : r[2].toFixed(3)}`));
+    writeFileSync(file, lines.join('\n') + '\n');
+  };
+  let train: string;
+  let testFile: string;
+  let weatherModel: string;
+  const columns = ['temp', 'pressure', 'humidity'];
+  const numeric = (file: string) => parseCsv(readFileSync(file, 'utf8'), file, { columns, invalidRows: 'skip' });
+
+  beforeAll(async () => {
+    train = join(dir, 'weather-train.csv');
+    testFile = join(dir, 'weather-test.csv');
+    weatherModel = join(dir, 'weather.safetensors');
+    writeWeather(train, rowsOf(400, 1), 50);
+    writeWeather(testFile, rowsOf(150, 2), 40);
+  });
+
+  test('train --columns by name on a semicolon file with NA cells: skipped rows said, names saved, --test scored with evaluate()', async () => {
+    const { code, out, err } = await run(['train', train, '--columns', 'temp,pressure,humidity', '--test', testFile, '--epochs', '30', '--layers', '2', '--hidden', '16', '--seed', '4', '--out', weatherModel]);
+    expect(err).toContain(`note: ${train}: skipped 8 of 400 rows with an empty, NA or non-numeric cell (the first: line 6, column 4, "NA")`);
+    expect(err).toContain(`note: ${testFile}: skipped 4 of 150 rows`);
+    expect(code).toBe(0);
+    expect(out).toContain('to 392 rows of dim 3');
+    expect(out).toContain(`Saved ${weatherModel} (columns temp, pressure, humidity)`);
+    const flow = await loadFlow(weatherModel);
+    const expected = await evaluate(flow, numeric(testFile).data);
+    expect(expected.rows).toBe(146);
+    expect(out).toContain(`test log-likelihood on ${testFile}: 146 rows, mean ${expected.mean.toFixed(4)} ± ${expected.stderr.toFixed(4)} nats/point (± standard error), median ${expected.median.toFixed(4)}`);
+    // The names come back as sample's CSV header.
+    const sampled = await run(['sample', weatherModel, '-n', '2', '--seed', '1']);
+    expect(sampled.out.split('\n')[0]).toBe('temp,pressure,humidity');
+    // --strict refuses the first NA, naming its line and column.
+    const strict = await run(['train', train, '--columns', 'temp,pressure,humidity', '--strict', '--out', join(dir, 'never.safetensors')]);
+    expect(strict.code).toBe(1);
+    expect(strict.err).toContain(`${train}, line 6, column 4: "NA" is not a finite number`);
+    // A column that is not there.
+    const missing = await run(['train', train, '--columns', 'temp,wind']);
+    expect(missing.code).toBe(1);
+    expect(missing.err).toContain(`${train}: no column named "wind"; the header has "station", "temp", "pressure", "humidity"`);
+  });
+
+  test('--validation FILE: its rows are the validation split; the file is read in the training columns', async () => {
+    const { code, out } = await run(['train', train, '--columns', '1,2,3', '--validation', testFile, '--layers', '1', '--hidden', '8', '--seed', '1', '--out', join(dir, 'v.safetensors')]);
+    expect(code).toBe(0);
+    expect(out).toContain(`392 rows of dim 3 from ${train}, seed 1, 146 validation rows from ${testFile}`);
+    expect(out).toMatch(/kept epoch \d+, validation NLL -?\d+\.\d{4}/);
+  });
+
+  test('eval: rows, mean, median and standard error as evaluate() gives them; the Gaussian baseline; --json is one object', async () => {
+    const flow = await loadFlow(weatherModel);
+    const rows = numeric(testFile).data;
+    const expected = await evaluate(flow, rows);
+    const gaussian = gaussianBaseline(numeric(train).data, rows, { dim: 3 });
+    const text = await run(['eval', weatherModel, testFile, '--baseline', train]);
+    expect(text.code).toBe(0);
+    // The model's columns are picked from the file's header by name.
+    expect(text.err).toContain(`note: ${testFile}: reading its columns temp, pressure, humidity (the model's, by name)`);
+    expect(text.out).toContain(`  model      146 rows, mean ${expected.mean.toFixed(4)} ± ${expected.stderr.toFixed(4)} nats/point`);
+    expect(text.out).toContain(`  Gaussian   146 rows, mean ${gaussian.mean.toFixed(4)} ± ${gaussian.stderr.toFixed(4)} nats/point`);
+    expect(text.out).toContain(`(full covariance, fitted to 392 rows of ${train})`);
+
+    const json = await run(['eval', weatherModel, testFile, '--json', '--baseline', train]);
+    expect(json.code).toBe(0);
+    const object = JSON.parse(json.out);
+    expect(json.out.trim().split('\n')).toHaveLength(1);
+    expect(object).toMatchObject({ rows: 146, nonFinite: 0, skippedRows: 4, units: 'nats per point', model: weatherModel, data: testFile });
+    expect(object.mean).toBeCloseTo(expected.mean, 10);
+    expect(object.median).toBeCloseTo(expected.median, 10);
+    expect(object.stderr).toBeCloseTo(expected.stderr, 10);
+    expect(object.baseline).toMatchObject({ kind: 'gaussian', fittedOn: train, trainRows: 392, rows: 146, ridge: 0, note: null });
+    expect(object.baseline.mean).toBeCloseTo(gaussian.mean, 10);
+
+    // --baseline alone: fitted to the evaluated rows, and said to flatter the Gaussian.
+    const self = await run(['eval', weatherModel, testFile, '--baseline']);
+    expect(self.out).toContain('(full covariance, fitted to 146 rows of the evaluated rows themselves (flattering it))');
+    const selfJson = JSON.parse((await run(['eval', weatherModel, testFile, '--baseline', '--json'])).out);
+    expect(selfJson.baseline.fittedOn).toBe('data');
+    expect(selfJson.baseline.mean).toBeCloseTo(gaussianBaseline(rows, null, { dim: 3 }).mean, 10);
+  });
+
+  test('logprob --out keeps one value per row of the file: NaN where a row was skipped', async () => {
+    const out = join(dir, 'weather-lp.npy');
+    const { code } = await run(['logprob', weatherModel, testFile, '--out', out]);
+    expect(code).toBe(0);
+    const { data, shape } = await readNpy(out);
+    expect(shape).toEqual([150]);
+    const flow = await loadFlow(weatherModel);
+    const kept = await flow.logProb(numeric(testFile).data);
+    const nan = Array.from(data, (v, i) => (Number.isNaN(v) ? i : -1)).filter((i) => i >= 0);
+    expect(nan).toEqual([4, 44, 84, 124]); // the rows with NA (i % 40 === 4)
+    expect(Float32Array.from(Array.from(data).filter((v) => !Number.isNaN(v)))).toEqual(kept);
+  });
+
+  test('tab- and comma-separated files with quoted names read the same', async () => {
+    const text = readFileSync(testFile, 'utf8');
+    for (const [name, d] of [['tabs.tsv', '\t'], ['commas.csv', ',']]) {
+      const file = join(dir, name);
+      writeFileSync(file, text.replace(/;/g, d));
+      const json = JSON.parse((await run(['eval', weatherModel, file, '--json'])).out);
+      const base = JSON.parse((await run(['eval', weatherModel, testFile, '--json'])).out);
+      expect({ ...json, data: testFile }).toEqual(base);
+    }
+  });
+
+  test('plot: a 2-d model gives the panels, a 3-d one a scatter matrix; PNGs of the sizes renderPlot lays out', async () => {
+    const png2 = join(dir, 'moons.png');
+    const two = await run(['plot', model, '--data', csv, '--out', png2, '-n', '2000']);
+    expect([two.code, two.err]).toEqual([0, '']);
+    expect(two.out).toContain(`Wrote ${png2} (2,000 samples, 500 data rows from ${csv})`);
+    const png3 = join(dir, 'weather.png');
+    const three = await run(['plot', weatherModel, '--data', testFile, '--out', png3, '-n', '2000', '--size', '100']);
+    expect(three.code).toBe(0);
+    const size = (file: string) => {
+      const png = readFileSync(file);
+      expect(png.subarray(0, 8)).toEqual(PNG_SIGNATURE);
+      const idatLength = png.readUInt32BE(33);
+      const [width, height] = [png.readUInt32BE(16), png.readUInt32BE(20)];
+      expect(inflateSync(png.subarray(41, 41 + idatLength)).length).toBe((width * 3 + 1) * height);
+      return [width, height];
+    };
+    const [w2, h2] = size(png2);
+    const [w3, h3] = size(png3);
+    expect(w2).toBeGreaterThan(3 * 300); // three 300-pixel panels side by side
+    expect(h2).toBeGreaterThan(300);
+    expect(h2).toBeLessThan(2 * 300);
+    expect(w3).toBeGreaterThan(3 * 100);
+    expect(h3).toBeGreaterThan(3 * 100); // a 3 x 3 matrix of 100-pixel panels
+    const two2 = await run(['plot', weatherModel, '--columns', 'humidity,temp', '--out', join(dir, 'two.png'), '-n', '500', '--size', '100']);
+    expect(two2.code).toBe(0);
+    expect(size(join(dir, 'two.png'))[1]).toBeLessThan(h3);
+    const bad = await run(['plot', weatherModel, '--columns', 'wind', '--out', join(dir, 'never.png')]);
+    expect(bad.code).toBe(2);
+    expect(bad.err).toContain('--columns: "wind" is not a column of the model (temp, pressure, humidity; or 0 to 2)');
+  });
+});
+
 describe('errors', () => {
   test.each([
     [[], 'Usage: iaflow <command>'],
     [['frobnicate'], 'unknown command "frobnicate"'],
     [['train'], 'iaflow train: missing DATA'],
     [['train', 'x.csv', '--epochs', 'ten'], '--epochs ten: expected an integer'],
-    [['train', 'x.csv', '--hiden', '64'], "Unknown option '--hiden'"],
+    [['train', 'x.csv', '--hiden', '64'], "Unknown option '--hiden'; did you mean --hidden?"],
+    [['train', 'x.csv', '--batchsize', '64'], "Unknown option '--batchsize'; did you mean --batch-size?"],
+    [['eval', 'm.safetensors', 'x.csv', '--basline'], "Unknown option '--basline'; did you mean --baseline?"],
+    [['trian', 'x.csv'], 'unknown command "trian"; did you mean train?'],
+    [['sample', 'm.safetensors', '--seed', '-1'], '--seed -1: expected an integer from 0 to 4,294,967,295 (leave --seed out for a random seed)'],
+    [['train', 'x.csv', '--lr', '-0.5'], '--lr -0.5: expected a number in (0, 10)'],
+    [['train', 'x.csv', '--validation', 'v.csv', '--validation-fraction', '0.2'], 'give --validation FILE or --validation-fraction X, not both'],
+    [['train', 'x.csv', '--columns', 'a,,b'], '--columns a,,b: expected comma-separated column names'],
+    [['plot', 'm.safetensors', '--out', 'p.jpg'], '--out p.jpg: the file name must end in .png'],
     [['train', 'x.csv', '--lr', '0'], '--lr 0: expected a number in (0, 10)'],
     [['train', 'x.csv', '--ema', '1'], '--ema 1: expected a number in [0, 1)'],
     [['train', 'x.csv', '--activation', 'sigmoid'], 'expected relu, tanh or elu'],
@@ -188,26 +385,35 @@ describe('errors', () => {
     expect(mismatch.err).toContain(`${wrongDim} has 3 columns, but the model's dim is 2`);
     const bad = join(dir, 'bad.csv');
     writeFileSync(bad, 'x,y\n1,2\n3,oops\n');
-    expect((await run(['train', bad])).err).toContain('bad.csv, line 3, column 2: "oops" is not a finite number');
+    expect((await run(['train', bad, '--strict'])).err).toContain('bad.csv, line 3, column 2: "oops" is not a finite number');
+    // Without --strict the row is skipped, and one row is too few to train on.
+    const few = await run(['train', bad, '--out', join(dir, 'never.safetensors')]);
+    expect(few.code).toBe(1);
+    expect(few.err).toContain('skipped 1 of 2 rows with an empty, NA or non-numeric cell (the first: line 3, column 2, "oops")');
+    expect(few.err).toContain('bad.csv: 1 row; training needs at least 2');
     for (const r of [missing, notModel, mismatch]) expect(r.err).not.toMatch(/\n\s+at /);
   });
 
-  test('a malformed first data row is an error naming its line and field, not a header dropped in silence', async () => {
+  test('a malformed first data row is an error naming its line and field with --strict, else a skipped row said so, never a header dropped in silence', async () => {
     // A header holds no number; a first row with numbers and non-numbers is data gone wrong.
-    const cases: [string, string][] = [
-      ['0x10,2\n1,2\n', 'line 1, column 1: "0x10" is not a number'],
-      ['\u22121,2\n1,2\n', 'line 1, column 1: "\u22121" is not a number'],
-      ['# saved by hand\n\n1,two\n3,4\n', 'line 3, column 2: "two" is not a number'],
+    const cases: [string, string, string][] = [
+      ['0x10,2\n1,2\n', 'line 1, column 1: "0x10" is not a number', 'line 1, column 1, "0x10"'],
+      ['\u22121,2\n1,2\n', 'line 1, column 1: "\u22121" is not a number', 'line 1, column 1, "\u22121"'],
+      ['# saved by hand\n\n1,two\n3,4\n', 'line 3, column 2: "two" is not a number', 'line 3, column 2, "two"'],
     ];
-    for (const [i, [text, message]] of cases.entries()) {
+    for (const [i, [text, message, skipped]] of cases.entries()) {
       const file = join(dir, `first-row-${i}.csv`);
       writeFileSync(file, text);
       for (const argv of [['logprob', model, file], ['train', file, '--epochs', '1', '--out', join(dir, 'never.safetensors')]]) {
-        const { code, out, err } = await run(argv);
+        const { code, out, err } = await run([...argv, '--strict']);
         expect(code).toBe(1);
         expect(err).toContain(`${file}, ${message}`);
         expect(out).not.toContain('rows:');
       }
+      const lenient = await run(['logprob', model, file]);
+      expect(lenient.code).toBe(0);
+      expect(lenient.err).toContain(`note: ${file}: skipped 1 of 2 rows with an empty, NA or non-numeric cell (the first: ${skipped})`);
+      expect(lenient.out).toMatch(/^1 rows: /);
     }
     expect(existsSync(join(dir, 'never.safetensors'))).toBe(false);
     // A header of names is still skipped: the data rows alone are scored.
@@ -219,7 +425,7 @@ describe('errors', () => {
   });
 
   test('--help for each command, exit code 0', async () => {
-    for (const command of ['demo', 'train', 'sample', 'logprob', 'info']) {
+    for (const command of ['demo', 'train', 'sample', 'logprob', 'eval', 'plot', 'info']) {
       const { code, out } = await run([command, '--help']);
       expect(code).toBe(0);
       expect(out).toContain(`Usage: iaflow ${command}`);

@@ -92,6 +92,11 @@ function cases(): Case[] {
     });
   }
   out.push({
+    name: 'tight soft clamps (0.5, 2) and none, residual too d6',
+    dim: 6,
+    layers: [iaf({ hidden: [12, 12], softClamp: 0.5, activation: 'tanh' }), reverse(), maf({ hidden: [10, 10, 10], residual: true, softClamp: 2 }), permute({ seed: 1 }), maf({ hidden: [8], softClamp: 0 })],
+  });
+  out.push({
     name: 'affine layers (trainable and fixed, scales of both signs) at both ends and between d5',
     dim: 5,
     layers: [affine({ trainable: true }), iaf({ hidden: [12] }), affine(), reverse(), maf({ hidden: [10] }), affine()],
@@ -344,6 +349,29 @@ describe('parameters', () => {
   });
 });
 
+describe('the soft clamp of the conditioner inputs', () => {
+  test('an input far outside the data leaves the conditioner where the clamp bound puts it (without the clamp, it extrapolates)', () => {
+    // One MAF layer on 2-D: z2 = (x2 - shift(x1)) / scale(x1). With c = 1 the conditioner reads
+    // about 1 for x1 = 1e3 and for x1 = 1e4 alike.
+    const run = (softClamp: number) => {
+      const flow = createFlow({ dim: 2, seed: 5, layers: [maf({ hidden: [16, 16], softClamp })] });
+      randomize(flow, 3);
+      const z = flow.inverseSync(new Float32Array([1e3, 0.5, 1e4, 0.5])).z;
+      return Math.abs(z[3] - z[1]);
+    };
+    expect(run(1)).toBeLessThan(1e-2);
+    expect(run(0)).toBeGreaterThan(10);
+  });
+
+  test('softClamp is stored in the config (absent when 0) and checked', () => {
+    expect(createFlow({ dim: 2, seed: 1, layers: [iaf({ hidden: [4] })] }).config.layers[0]).toMatchObject({ softClamp: 4 });
+    expect(createFlow({ dim: 2, seed: 1, layers: [iaf({ hidden: [4], softClamp: 0 })] }).config.layers[0]).not.toHaveProperty('softClamp');
+    expect(createMAF({ dim: 2, layers: 1, seed: 1, softClamp: 2.5 }).config.layers[0]).toMatchObject({ softClamp: 2.5 });
+    expect(() => iaf({ softClamp: -1 })).toThrow(/Expected a finite number >= 0 \(0: off\) for iaf\(\).softClamp but received -1/);
+    expect(() => maf({ softClamp: Infinity })).toThrow(/for maf\(\).softClamp but received Infinity/);
+  });
+});
+
 describe('affine layers', () => {
   test('affine({ loc, scale }) at the data end maps samples to loc + scale * x and counts the Jacobian in logProb', () => {
     const layers = () => [iaf({ hidden: [8] }), reverse(), maf({ hidden: [8] })];
@@ -460,5 +488,14 @@ describe('residual MADE blocks (nflows style)', () => {
     expect(() =>
       createFlow({ dim: 3, seed: 1, layers: [maf({ hidden: [3, 3, 3], residual: true, hiddenDegrees: [[1, 2, 2], [1, 2, 1], [1, 2, 2]] })] }),
     ).toThrow(/the same degrees as hidden layer 0/);
+  });
+});
+
+describe('the soft clamp at the edges of float32', () => {
+  test('values that are not a finite float32 with a finite reciprocal are refused, in the builder and in a config', () => {
+    for (const bad of [1e39, 1e-46, -0.5, NaN]) {
+      expect(() => maf({ softClamp: bad })).toThrow(/Expected a finite number >= 0 \(0: off\) for maf\(\).softClamp/);
+    }
+    expect(createFlow({ dim: 2, seed: 1, layers: [maf({ hidden: [4], softClamp: 3e38 })] }).config.layers[0]).toMatchObject({ softClamp: Math.fround(3e38) });
   });
 });

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createFlow, iaf, maf, permute, reverse } from '../src/index';
+import { affine, createFlow, iaf, maf, permute, reverse } from '../src/index';
 import { encodeFlow, loadFlow } from '../src/io';
 
 export interface FuzzReport {
@@ -48,6 +48,15 @@ function seedFiles(): Buffer[] {
   return [
     encodeFlow(createFlow({ dim: 3, seed: 1, layers: [iaf({ hidden: [8, 8] }), reverse(), maf({ hidden: [6], scale: 'gated' })] })),
     encodeFlow(createFlow({ dim: 2, seed: 2, layers: [maf({ hidden: [4, 4, 4], residual: true }), permute([1, 0]), iaf({ hidden: 5, activation: 'elu', scale: 'exp' })] })),
+    // A conditional flow with both context forms, soft clamps and an affine layer at the data end.
+    encodeFlow(
+      createFlow({
+        dim: 3,
+        context: 2,
+        seed: 3,
+        layers: [maf({ hidden: [6, 6], softClamp: 2 }), reverse(), iaf({ hidden: [5], contextForm: 'activated' }), affine({ loc: [1, 2, 3], scale: [0.5, -2, 4], trainable: true })],
+      }),
+    ),
   ];
 }
 
@@ -339,7 +348,9 @@ export async function fuzzModelFiles(seed: number, budgetMs: number, maxRuns = I
       const start = performance.now();
       try {
         const flow = await loadFlow(file);
-        flow.logProbSync(flow.sampleSync(4, { seed: 1 }).map((v) => (Number.isFinite(v) ? v : 0)));
+        // A conditional flow (the mutant may have any context width) runs at a zero context.
+        const context = flow.contextDim > 0 ? { context: new Float32Array(flow.contextDim) } : {};
+        flow.logProbSync(flow.sampleSync(4, { seed: 1, ...context }).map((v) => (Number.isFinite(v) ? v : 0)), context);
         report.loaded++;
       } catch (error) {
         if (error instanceof Error && error.name === 'ModelFileError') report.refused++;

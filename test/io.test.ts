@@ -240,7 +240,7 @@ describe('importTorch: MAFs trained in PyTorch (zuko, nflows)', () => {
     });
 
     test('bad arguments', async () => {
-      await expect(importTorch(join(fixtures, 'zuko-maf-d3.safetensors'), { from: 'pyro-iaf' as never })).rejects.toThrow(/Expected one of 'zuko-maf', 'nflows-maf' for options\.from/);
+      await expect(importTorch(join(fixtures, 'zuko-maf-d3.safetensors'), { from: 'pyro-iaf' as never })).rejects.toThrow(/Expected one of 'zuko-maf', 'nflows-maf', 'sbi-maf' for options\.from/);
       await expect(importTorch(join(fixtures, 'zuko-maf-d3.safetensors'), { from: 'zuko-maf', actvation: 'relu' } as never)).rejects.toThrow(/Unknown option "actvation"/);
     });
   });

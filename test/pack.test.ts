@@ -178,14 +178,14 @@ describePack('the packed package, installed offline with no compiler on PATH', (
       /^README\.md$/,
       /^LICEN[CS]E(\.\w+)?$/,
       /^dist\/[\w-]+\.(js|d\.ts)$/,
-      /^dist\/index\.(mjs|d\.mts)$/,
+      /^dist\/(index|server)\.(mjs|d\.mts)$/,
       /^prebuilds\/[\w-]+\/iaflow(\.[\w-]+)*\.node$/,
       /^native\/[\w/-]+\.(cc|h|cu|cuh)$/,
       /^binding\.gyp$/,
       /^CMakeLists\.txt$/,
     ];
     expect(paths.filter((p) => !allowed.some((pattern) => pattern.test(p)))).toEqual([]);
-    for (const required of ['dist/index.js', 'dist/index.d.ts', 'dist/index.mjs', 'dist/index.d.mts', 'dist/npy.js', 'binding.gyp', 'native/addon.cc', `prebuilds/${platformArch}/iaflow.node`]) {
+    for (const required of ['dist/index.js', 'dist/index.d.ts', 'dist/index.mjs', 'dist/index.d.mts', 'dist/server.mjs', 'dist/server.d.mts', 'dist/npy.js', 'binding.gyp', 'native/addon.cc', `prebuilds/${platformArch}/iaflow.node`]) {
       expect(paths).toContain(required);
     }
     expect(paths.filter((p) => /^(test|bench|examples|scripts|src|build|\.ci|\.github)\//.test(p) || p.endsWith('.map') || p.endsWith('.o'))).toEqual([]);
@@ -233,7 +233,12 @@ const addon = require('node-gyp-build').path(path.dirname(require.resolve('iaflo
   await iaflow.writeNpy(path.join(__dirname, 'x.npy'), await make(iaflow).sample(4, { seed: 5 }), [4, 3]);
   const cjsKeys = Object.keys(iaflow).filter((k) => k !== '__esModule').sort();
   const esmKeys = Object.keys(esm).filter((k) => k !== 'default' && k !== 'module.exports').sort();
-  console.log(JSON.stringify({ addon, viaRequire, viaImport, cjsKeys, esmKeys, sameClass: esm.Flow === iaflow.Flow }));
+  // iaflow/server loads without fastify (an optional peer, not installed here): only serveModel needs it.
+  const server = require('iaflow/server');
+  const serverEsm = await import('iaflow/server');
+  const serverKinds = [typeof server.iaflowPlugin, typeof server.sampleSharded, typeof serverEsm.iaflowPlugin, typeof serverEsm.sampleSharded];
+  const noFastify = await server.serveModel({ model: 'x.safetensors' }).then(() => 'served', (e) => e.message);
+  console.log(JSON.stringify({ addon, viaRequire, viaImport, cjsKeys, esmKeys, sameClass: esm.Flow === iaflow.Flow, serverKinds, noFastify }));
 })().catch((e) => { console.error(e); process.exit(1); });
 `,
     );
@@ -248,7 +253,16 @@ console.log(JSON.stringify({ sample, isFlow: flow instanceof Flow, npy: Array.fr
     );
     const cjs = run(process.execPath, ['use.cjs'], { cwd: app, env: appEnv });
     expectSuccess('node use.cjs', cjs);
-    const fromCjs = JSON.parse(cjs.stdout) as { addon: string; viaRequire: number[]; viaImport: number[]; cjsKeys: string[]; esmKeys: string[]; sameClass: boolean };
+    const fromCjs = JSON.parse(cjs.stdout) as {
+      addon: string;
+      viaRequire: number[];
+      viaImport: number[];
+      cjsKeys: string[];
+      esmKeys: string[];
+      sameClass: boolean;
+      serverKinds: string[];
+      noFastify: string;
+    };
     const esm = run(process.execPath, ['use.mjs'], { cwd: app, env: appEnv });
     expectSuccess('node use.mjs', esm);
     const fromEsm = JSON.parse(esm.stdout) as { sample: number[]; isFlow: boolean; npy: number[]; npyShape: number[] };
@@ -263,6 +277,8 @@ console.log(JSON.stringify({ sample, isFlow: flow instanceof Flow, npy: Array.fr
     expect(fromCjs.sameClass).toBe(true);
     expect(fromCjs.esmKeys).toEqual(fromCjs.cjsKeys);
     expect(fromCjs.cjsKeys).toEqual(expect.arrayContaining(['createFlow', 'loadFlow', 'readNpy', 'writeNpy', 'Flow']));
+    expect(fromCjs.serverKinds).toEqual(['function', 'function', 'function', 'function']);
+    expect(fromCjs.noFastify).toMatch(/iaflow serve needs the fastify package \(an optional peer dependency of iaflow\): npm install fastify@5/);
   });
 
   test('TypeScript consumers of the installed package: import and require both typed, misspelt options rejected', () => {

@@ -30,6 +30,13 @@ export interface RefMadeLayer {
    * h = h + W2 act(W1 act(h) + b1) + b2, and the heads read h (no activation).
    */
   residual?: boolean;
+  /** The conditioner reads u / sqrt(1 + (u / softClamp)^2); absent or 0: u. */
+  softClamp?: number;
+  /**
+   * Conditional flows: hidden layer 0's pre-activation gets Wc c + bc ('linear') or
+   * act(Wc c + bc) ('activated'), tensors `layers.{k}.context.weight` [h0, C] and `.bias` [h0].
+   */
+  contextForm?: 'linear' | 'activated';
 }
 
 export interface RefPermutation {
@@ -48,7 +55,21 @@ export type RefLayer = RefMadeLayer | RefPermutation | RefAffine;
 
 export interface RefConfig {
   dim: number;
+  /** Conditional flows: the context width C (absent or 0: none). */
+  contextDim?: number;
   layers: RefLayer[];
+}
+
+/**
+ * A batch's context: one row of C values (every row's) or n rows, row-major. Row r's context;
+ * undefined for an unconditional flow.
+ */
+export type RefContext = ArrayLike<number> | undefined;
+
+function contextRow(context: RefContext, r: number, C: number): Float64Array | undefined {
+  if (context === undefined || C === 0) return undefined;
+  const offset = context.length === C ? 0 : r * C;
+  return Float64Array.from({ length: C }, (_, k) => context[offset + k]);
 }
 
 export type RefParams = Record<string, ArrayLike<number>>;
@@ -220,21 +241,36 @@ export function refMadeConditioner(
   params: RefParams,
   k: number,
   u: ArrayLike<number>,
+  context?: ArrayLike<number>,
 ): RefConditionerOutput {
   checkMadeLayer(layer);
   const D = layer.inputDegrees.length;
   if (u.length !== D) throw new Error(`reference: conditioner input has length ${u.length}, expected ${D}`);
   const masks = buildMasks(layer);
 
+  const act = (values: Float64Array) => values.map((value) => activate(layer.activation, value));
   const hiddenLayer = (l: number, input: ArrayLike<number>): Float64Array => {
     const weight = getTensor(params, `layers.${k}.hidden.${l}.weight`, layer.hidden[l] * input.length);
     const bias = getTensor(params, `layers.${k}.hidden.${l}.bias`, layer.hidden[l]);
-    return maskedAffine(weight, bias, masks.hidden[l], input);
+    const pre = maskedAffine(weight, bias, masks.hidden[l], input);
+    if (l === 0 && layer.contextForm !== undefined) {
+      if (context === undefined) throw new Error('reference: a conditional MADE needs a context row');
+      const C = context.length;
+      const cw = getTensor(params, `layers.${k}.context.weight`, layer.hidden[0] * C);
+      const cb = getTensor(params, `layers.${k}.context.bias`, layer.hidden[0]);
+      const all = layer.hidden.map(() => [] as boolean[][]);
+      all[0] = Array.from({ length: layer.hidden[0] }, () => new Array<boolean>(C).fill(true));
+      let term = maskedAffine(cw, cb, all[0], context);
+      if (layer.contextForm === 'activated') term = act(term);
+      return pre.map((v, j) => v + term[j]);
+    }
+    return pre;
   };
-  const act = (values: Float64Array) => values.map((value) => activate(layer.activation, value));
-  let activations: ArrayLike<number> = u;
+  const c = layer.softClamp ?? 0;
+  const read = c > 0 ? Float64Array.from(u, (v) => v / Math.sqrt(1 + (v / c) ** 2)) : u;
+  let activations: ArrayLike<number> = read;
   if (layer.residual) {
-    let stream = hiddenLayer(0, u);
+    let stream = hiddenLayer(0, read);
     for (let l = 1; l + 1 < layer.hidden.length; l += 2) {
       const inner = act(hiddenLayer(l, act(stream)));
       const update = hiddenLayer(l + 1, inner);
@@ -286,6 +322,8 @@ export function refMadeLayerParallel(
   k: number,
   u: ArrayLike<number>,
   n: number,
+  context?: RefContext,
+  contextDim = 0,
 ): RefLayerResult {
   const D = layer.inputDegrees.length;
   checkBatch(u, n, D, 'input');
@@ -293,7 +331,7 @@ export function refMadeLayerParallel(
   const logDet = new Float64Array(n);
   for (let r = 0; r < n; r++) {
     const row = Float64Array.from({ length: D }, (_, i) => u[r * D + i]);
-    const { scale, logScale, shift } = refMadeConditioner(layer, params, k, row);
+    const { scale, logScale, shift } = refMadeConditioner(layer, params, k, row, contextRow(context, r, contextDim));
     for (let i = 0; i < D; i++) out[r * D + i] = row[i] * scale[i] + shift[i];
     logDet[r] = sumOf(logScale);
   }
@@ -314,6 +352,8 @@ export function refMadeLayerSequential(
   k: number,
   v: ArrayLike<number>,
   n: number,
+  context?: RefContext,
+  contextDim = 0,
 ): RefLayerResult {
   const D = layer.inputDegrees.length;
   checkBatch(v, n, D, 'input');
@@ -322,13 +362,14 @@ export function refMadeLayerSequential(
   for (let r = 0; r < n; r++) {
     const target = Float64Array.from({ length: D }, (_, i) => v[r * D + i]);
     let u = new Float64Array(D);
+    const c = contextRow(context, r, contextDim);
     for (let pass = 0; pass < D; pass++) {
-      const { scale, shift } = refMadeConditioner(layer, params, k, u);
+      const { scale, shift } = refMadeConditioner(layer, params, k, u, c);
       u = target.map((value, i) => (value - shift[i]) / scale[i]);
     }
     // One more network pass at the final u, so the log-det is plainly "at u" (it equals the
     // last pass's scales anyway: the last-updated dimension has the top degree and feeds nothing).
-    const { logScale } = refMadeConditioner(layer, params, k, u);
+    const { logScale } = refMadeConditioner(layer, params, k, u, c);
     out.set(u, r * D);
     logDet[r] = -sumOf(logScale);
   }
@@ -398,7 +439,8 @@ function addInto(total: Float64Array, part: Float64Array): void {
  * IAF layers run their parallel direction (log-det +sum logScale at the latent side);
  * MAF layers run their sequential direction (log-det -sum logScale at the data side).
  */
-export function refForward(cfg: RefConfig, params: RefParams, z: ArrayLike<number>, n: number): RefForwardResult {
+export function refForward(cfg: RefConfig, params: RefParams, z: ArrayLike<number>, n: number, context?: RefContext): RefForwardResult {
+  const C = cfg.contextDim ?? 0;
   checkConfig(cfg);
   checkBatch(z, n, cfg.dim, 'z');
   let value: Float64Array = Float64Array.from(z);
@@ -416,8 +458,8 @@ export function refForward(cfg: RefConfig, params: RefParams, z: ArrayLike<numbe
     }
     const step =
       layer.type === 'iaf'
-        ? refMadeLayerParallel(layer, params, k, value, n)
-        : refMadeLayerSequential(layer, params, k, value, n);
+        ? refMadeLayerParallel(layer, params, k, value, n, context, C)
+        : refMadeLayerSequential(layer, params, k, value, n, context, C);
     value = step.out;
     addInto(logDet, step.logDet);
   });
@@ -428,7 +470,8 @@ export function refForward(cfg: RefConfig, params: RefParams, z: ArrayLike<numbe
  * Data x -> latent z through layers[K-1], ..., layers[0]; logDet[r] = log|det dz/dx|.
  * IAF layers run their sequential direction, MAF layers their parallel direction.
  */
-export function refInverse(cfg: RefConfig, params: RefParams, x: ArrayLike<number>, n: number): RefInverseResult {
+export function refInverse(cfg: RefConfig, params: RefParams, x: ArrayLike<number>, n: number, context?: RefContext): RefInverseResult {
+  const C = cfg.contextDim ?? 0;
   checkConfig(cfg);
   checkBatch(x, n, cfg.dim, 'x');
   let value: Float64Array = Float64Array.from(x);
@@ -447,8 +490,8 @@ export function refInverse(cfg: RefConfig, params: RefParams, x: ArrayLike<numbe
     }
     const step =
       layer.type === 'iaf'
-        ? refMadeLayerSequential(layer, params, k, value, n)
-        : refMadeLayerParallel(layer, params, k, value, n);
+        ? refMadeLayerSequential(layer, params, k, value, n, context, C)
+        : refMadeLayerParallel(layer, params, k, value, n, context, C);
     value = step.out;
     addInto(logDet, step.logDet);
   }
@@ -456,8 +499,8 @@ export function refInverse(cfg: RefConfig, params: RefParams, x: ArrayLike<numbe
 }
 
 /** log p(x) = sum_i log N(z_i; 0, 1) + log|det dz/dx| with z the inverse of x. */
-export function refLogProb(cfg: RefConfig, params: RefParams, x: ArrayLike<number>, n: number): Float64Array {
-  const { z, logDet } = refInverse(cfg, params, x, n);
+export function refLogProb(cfg: RefConfig, params: RefParams, x: ArrayLike<number>, n: number, context?: RefContext): Float64Array {
+  const { z, logDet } = refInverse(cfg, params, x, n, context);
   const D = cfg.dim;
   const logProb = new Float64Array(n);
   for (let r = 0; r < n; r++) {
@@ -589,6 +632,11 @@ export function randomParams(cfg: RefConfig, seed: number, scale = 0.5): Record<
     });
     params[`layers.${k}.shift.weight`] = weightMatrix(cfg.dim, inSize, HEAD_GAIN);
     params[`layers.${k}.shift.bias`] = biasVector(cfg.dim);
+    const C = cfg.contextDim ?? 0;
+    if (C > 0) {
+      params[`layers.${k}.context.weight`] = weightMatrix(layer.hidden[0], C, HIDDEN_GAIN);
+      params[`layers.${k}.context.bias`] = biasVector(layer.hidden[0]);
+    }
     params[`layers.${k}.scale.weight`] = weightMatrix(cfg.dim, inSize, HEAD_GAIN);
     params[`layers.${k}.scale.bias`] = biasVector(cfg.dim);
   });

@@ -9,13 +9,16 @@ import {
   TEXT_FORMATS,
   TextFormat,
   decodeTable,
+  detectDelimiter,
   encodeTable,
   formatCsv,
   formatFloat32,
   formatRows,
   parseCsv,
+  peekCsvHeader,
   readTable,
   rowChunks,
+  splitCsvLine,
   writeTable,
 } from '../src/table';
 
@@ -68,6 +71,91 @@ describe('parseCsv', () => {
     expect(() => parseCsv('', 'f.csv')).toThrow('f.csv: no data rows');
     expect(() => parseCsv(`1,${'9'.repeat(100)}x\n`, 'f.csv')).toThrow(/"9{30}\.\.\." is not a number/);
     expect(() => parseCsv(42 as unknown as string)).toThrow(/Expected CSV text \(a string\) for text but received 42/);
+  });
+});
+
+describe('delimiters, quotes, column selection and bad rows', () => {
+  test('comma, semicolon and tab are told from the first lines; the same values come back', () => {
+    const expected = Float32Array.of(1.5, -2, 3e-3, 4, 5, 6);
+    for (const d of [',', ';', '\t']) {
+      const text = `a${d}b${d}c\n1.5${d}-2${d}3e-3\n4${d} 5${d}6\n`;
+      expect(detectDelimiter(text)).toBe(d);
+      expect(parseCsv(text, 'f.csv')).toEqual({ data: expected, rows: 2, cols: 3, header: ['a', 'b', 'c'] });
+    }
+    // Names with commas in a tab-separated file; a comma file with a space after each comma.
+    expect(detectDelimiter('x, m\ty, m\n1\t2\n')).toBe('\t');
+    expect(parseCsv('x, m\ty, m\n1\t2\n', 'f').header).toEqual(['x, m', 'y, m']);
+    expect(detectDelimiter('1,\t2\n3,\t4\n')).toBe(',');
+    expect(detectDelimiter('1\n2\n')).toBe(',');
+    // Given explicitly, the delimiter is not guessed.
+    expect(parseCsv('1;2\n3;4\n', 'f', { delimiter: ';' }).cols).toBe(2);
+    expect(() => parseCsv('1;2\n3;4\n', 'f', { delimiter: ',' })).toThrow('f, line 2, column 1: "3;4" is not a finite number (fields are read as separated by commas)');
+  });
+
+  test('quoted fields: the delimiter and "" inside quotes; a quoted header and quoted numbers', () => {
+    expect(splitCsvLine('"a, b",c,"say ""hi""" , ', ',')).toEqual(['a, b', 'c', 'say "hi"', '']);
+    expect(splitCsvLine('1,2,', ',')).toEqual(['1', '2', '']);
+    expect(splitCsvLine('"1";"2"', ';')).toEqual(['1', '2']);
+    const text = '"weight, kg","height"\n"70.5",180\n"64",175\n';
+    expect(detectDelimiter(text)).toBe(',');
+    expect(parseCsv(text, 'q.csv')).toEqual({ data: Float32Array.of(70.5, 180, 64, 175), rows: 2, cols: 2, header: ['weight, kg', 'height'] });
+  });
+
+  test('columns by header name or 0-based index, in the order given; errors name what is missing', () => {
+    const text = 'id,mpg,name,hp\n1,21,ford,110\n2,33.5,fiat,65\n';
+    expect(parseCsv(text, 'cars.csv', { columns: ['hp', 'mpg'] })).toEqual({ data: Float32Array.of(110, 21, 65, 33.5), rows: 2, cols: 2, header: ['hp', 'mpg'] });
+    expect(parseCsv(text, 'cars.csv', { columns: [3, '1'] })).toEqual({ data: Float32Array.of(110, 21, 65, 33.5), rows: 2, cols: 2, header: ['hp', 'mpg'] });
+    expect(parseCsv('1,2,3\n4,5,6\n', 'n.csv', { columns: [2, 0] })).toEqual({ data: Float32Array.of(3, 1, 6, 4), rows: 2, cols: 2, header: null });
+    expect(() => parseCsv(text, 'cars.csv', { columns: ['weight'] })).toThrow('cars.csv: no column named "weight"; the header has "id", "mpg", "name", "hp"');
+    expect(() => parseCsv(text, 'cars.csv', { columns: [4] })).toThrow('cars.csv: no column 4 (0-based): the file has 4 columns, 0 to 3');
+    expect(() => parseCsv(text, 'cars.csv', { columns: ['mpg', 1] })).toThrow('column "1" is selected twice');
+    expect(() => parseCsv('1,2\n', 'n.csv', { columns: ['x'] })).toThrow('n.csv: no header row, so column "x" cannot be found by name');
+    // The text column, kept, is refused row by row; left out, it does not matter.
+    expect(() => parseCsv(text, 'cars.csv')).toThrow('cars.csv, line 2, column 3: "ford" is not a finite number');
+    expect(() => parseCsv(text, 'f', { columns: [] })).toThrow(/Expected a non-empty array of column names or 0-based indices for options.columns/);
+    expect(() => parseCsv(text, 'f', { columns: [-1] })).toThrow(/for options.columns\[0\] but received -1/);
+    expect(() => parseCsv(text, 'f', { invalidRows: 'drop' as 'skip' })).toThrow(/Expected one of 'error', 'skip' for options.invalidRows/);
+    expect(() => parseCsv(text, 'f', { delimiter: '|' as ',' })).toThrow(/for options.delimiter/);
+    expect(() => parseCsv(text, 'f', { colums: [1] } as object)).toThrow(/Unknown option "colums"/);
+  });
+
+  test("invalidRows 'skip': rows with an empty, NA, word or overflowing cell are left out and counted", () => {
+    const text = 'a;b\n1;2\nNA;3\n4;\n5;6\n7;1e39\n8;x\n9;10\n';
+    const table = parseCsv(text, 's.csv', { invalidRows: 'skip' });
+    expect([table.rows, table.cols, Array.from(table.data)]).toEqual([3, 2, [1, 2, 5, 6, 9, 10]]);
+    expect(table.skipped).toEqual({ count: 4, first: { line: 3, column: 1, field: 'NA' }, rows: [1, 2, 4, 5], byColumn: [1, 3] });
+    // Only kept columns count: leave out the bad column and nothing is skipped.
+    const onlyA = parseCsv(text, 's.csv', { invalidRows: 'skip', columns: ['a'] });
+    expect(onlyA.rows).toBe(6);
+    expect(Array.from(onlyA.data)).toEqual([1, 4, 5, 7, 8, 9]);
+    expect(onlyA.skipped).toEqual({ count: 1, first: { line: 3, column: 1, field: 'NA' }, rows: [1], byColumn: [1] });
+    // The default refuses the first bad row, naming line and column.
+    expect(() => parseCsv(text, 's.csv')).toThrow('s.csv, line 3, column 1: "NA" is not a finite number');
+    // A clean file has no `skipped`; ragged rows stay errors either way.
+    expect(parseCsv('1,2\n', 'f', { invalidRows: 'skip' })).toEqual({ data: Float32Array.of(1, 2), rows: 1, cols: 2, header: null });
+    expect(() => parseCsv('1,2\n3\n', 'f', { invalidRows: 'skip' })).toThrow('f, line 2: 1 value, but the first row has 2');
+    // Nothing left: the error says which column is to blame.
+    expect(() => parseCsv('x,name\n1,ford\n2,fiat\n', 'c.csv', { invalidRows: 'skip' })).toThrow(
+      'c.csv: every one of the 2 data rows has a cell that is not a number; column 2 ("name") in 2 of them (choose numeric columns)',
+    );
+  });
+
+  test('peekCsvHeader: the names of a header row as parseCsv reads them, from the first lines only', () => {
+    expect(peekCsvHeader(Buffer.from('\uFEFF# c\n\n"a;b";c;d\n1;2;3\n'))).toEqual(['a;b', 'c', 'd']);
+    expect(peekCsvHeader(Buffer.from('x\ty\n1\t2\n'))).toEqual(['x', 'y']);
+    expect(peekCsvHeader(Buffer.from('1,2\n'))).toBeNull();
+    expect(peekCsvHeader(Buffer.from('# only a comment\n'))).toBeNull();
+    // A big file: its header is read without decoding the rest.
+    const big = Buffer.from('u,v\n' + '1,2\n'.repeat(400000));
+    expect(peekCsvHeader(big)).toEqual(['u', 'v']);
+    expect(() => peekCsvHeader('a,b' as unknown as Buffer)).toThrow(/Expected a Uint8Array \(or Buffer\) for bytes/);
+  });
+
+  test('.npy files: columns by index; names are refused (no header)', () => {
+    const bytes = encodeNpy(Float32Array.of(1, 2, 3, 4, 5, 6), [2, 3]);
+    expect(decodeTable(bytes, 'npy', 'a.npy', { columns: [2, 0] })).toEqual({ data: Float32Array.of(3, 1, 6, 4), rows: 2, cols: 2, header: null });
+    expect(() => decodeTable(bytes, 'npy', 'a.npy', { columns: ['x'] })).toThrow('a.npy: no header row, so column "x" cannot be found by name');
+    expect(() => decodeTable(bytes, 'npy', 'a.npy', { columns: [3] })).toThrow('a.npy: no column 3 (0-based)');
   });
 });
 

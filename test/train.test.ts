@@ -188,6 +188,11 @@ function mixedCases(): Case[] {
       layers: [maf({ hidden: [6, 6, 6], residual: true, activation: 'tanh' }), reverse(), iaf({ hidden: [5, 5, 5, 5, 5], residual: true, activation: 'elu', scale: 'exp' })],
     },
     {
+      name: 'tight soft clamps (0.7, 1.3) and none: the clamp bends every input',
+      dim: 4,
+      layers: [maf({ hidden: [7, 6], softClamp: 0.7, activation: 'elu' }), permute({ seed: 5 }), iaf({ hidden: [9], softClamp: 1.3, scale: 'exp' }), reverse(), maf({ hidden: [5], softClamp: 0 })],
+    },
+    {
       name: 'affine layers, trainable (scales of both signs) and fixed, around maf + iaf',
       dim: 3,
       layers: [
@@ -794,6 +799,19 @@ describe('fit on raw data: standardisation, dequantisation, the schedule', () =>
     expect(report.notes.join('\n')).toMatch(/batchSize 512 is larger than the 300 training rows: each step uses all 300 rows/);
     expect(report.batchSize).toBe(300);
     expect(report.steps).toBe(2);
+  });
+
+  test('a fit that ends worse than a full-covariance Gaussian says it failed; a good one does not', async () => {
+    const raw = rawRows(800, 6);
+    // Raw units (1017, -90) and one epoch: nowhere near the data.
+    const bad = await fit(createMAF({ dim: 2, layers: 2, hidden: [16, 16], seed: 1 }), raw, { epochs: 1, seed: 1, validationFraction: 0.2 });
+    // The Gaussian's NLL of this data: 0.5 log det(2 pi e cov) ~ log(2 pi e) + log(7 * 14.5 * 0.8).
+    expect(bad.gaussianValidLoss!).toBeCloseTo(Math.log(2 * Math.PI * Math.E) + Math.log(7 * 14.5 * 0.8), 0);
+    expect(bad.warnings.join('\n')).toMatch(/fit failed: the kept weights' validation NLL \(.*\) is worse than a full-covariance Gaussian's on the same rows \(.*\); try standardize: true/);
+    const good = await fit(createMAF({ dim: 2, layers: 2, hidden: [16, 16], seed: 1 }), raw, { epochs: 20, seed: 1, validationFraction: 0.2, standardize: true });
+    expect(good.warnings).toEqual([]);
+    expect(good.validLoss[good.bestEpoch!]).toBeLessThan(good.gaussianValidLoss! + 0.1);
+    expect(good.gaussianValidLoss).toBe(bad.gaussianValidLoss);
   });
 
   test('the default schedule depends on the rows: never one step per epoch on small data', async () => {

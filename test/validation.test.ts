@@ -189,7 +189,7 @@ describe('createFlow', () => {
     expectError(
       () => createFlow(options as unknown as FlowOptions),
       'TypeError',
-      new RegExp(`^Unknown option "${key}" in createFlow options; expected one of: dim, layers, seed, backend$`),
+      new RegExp(`^Unknown option "${key}" in createFlow options; expected one of: dim, layers, seed, backend, context$`),
     );
   });
 
@@ -202,7 +202,7 @@ describe('createFlow', () => {
     expectError(
       () => createFlow({ dim: DIM, layers: value as unknown as LayerDescriptor[] }),
       'TypeError',
-      /^Expected an array of layers made by iaf\(\), maf\(\), reverse\(\) or permute\(\) for layers but received /,
+      /^Expected an array of layers made by iaf\(\), maf\(\), reverse\(\), permute\(\) or affine\(\) for layers but received /,
     );
   });
 
@@ -216,7 +216,7 @@ describe('createFlow', () => {
     expectError(
       () => createFlow({ dim: DIM, layers: [maf(SMALL), layer as unknown as LayerDescriptor] }),
       'TypeError',
-      new RegExp(`^Expected a layer made by iaf\\(\\), maf\\(\\), reverse\\(\\) or permute\\(\\) for layers\\[1\\] but ${received.source.slice(0, -1)}$`),
+      new RegExp(`^Expected a layer made by iaf\\(\\), maf\\(\\), reverse\\(\\), permute\\(\\) or affine\\(\\) for layers\\[1\\] but ${received.source.slice(0, -1)}$`),
     );
   });
 
@@ -225,7 +225,7 @@ describe('createFlow', () => {
     expectError(
       () => createFlow({ dim: DIM, layers: [fake as unknown as LayerDescriptor] }),
       'TypeError',
-      /^Expected one of 'iaf', 'maf', 'permutation' for config\.layers\[0\]\.type but received the string "linear"$/,
+      /^Expected one of 'iaf', 'maf', 'permutation', 'affine' for config\.layers\[0\]\.type but received the string "linear"$/,
     );
   });
 
@@ -257,7 +257,7 @@ describe('createIAF / createMAF', () => {
     expectError(
       () => createIAF({ dim: DIM, hiden: [8] } as unknown as Parameters<typeof createIAF>[0]),
       'TypeError',
-      /^Unknown option "hiden" in createIAF options; expected one of: dim, layers, seed, backend, hidden, activation, scale$/,
+      /^Unknown option "hiden" in createIAF options; expected one of: dim, layers, seed, backend, hidden, activation, scale, softClamp$/,
     );
     expectError(
       () => createMAF({ dim: DIM, order: [0, 1, 2] } as unknown as Parameters<typeof createMAF>[0]),
@@ -290,7 +290,7 @@ describe.each([
     expectError(
       () => build({ hidden: [8], [key]: 1 }),
       'TypeError',
-      new RegExp(`^Unknown option "${key}" in ${b} options; expected one of: hidden, activation, scale, order, hiddenDegrees, residual$`),
+      new RegExp(`^Unknown option "${key}" in ${b} options; expected one of: hidden, activation, scale, order, hiddenDegrees, residual, softClamp, contextForm$`),
     );
   });
 
@@ -473,7 +473,7 @@ describe('sample / sampleSync / sampleWithLogProb(Sync)', () => {
     ['{ seed: 1.5 }', { seed: 1.5 }, 'RangeError', /for options\.seed but received 1\.5$/],
     ['{ seed: 2^60 }', { seed: 2 ** 60 }, 'RangeError', /for options\.seed but received 1152921504606847000$/],
     ['{ seed: NaN }', { seed: NaN }, 'TypeError', /for options\.seed but received NaN$/],
-    ['{ sed: 1 }', { sed: 1 }, 'TypeError', /^Unknown option "sed" in sample options; expected one of: seed, firstRow(, signal)?$/],
+    ['{ sed: 1 }', { sed: 1 }, 'TypeError', /^Unknown option "sed" in sample options; expected one of: seed, firstRow(, signal)?, context$/],
     ["'x'", 'x', 'TypeError', /^Expected an options object for sample options but received the string "x"$/],
     ['42', 42, 'TypeError', /^Expected an options object for sample options but received 42$/],
     ['null', null, 'TypeError', /^Expected an options object for sample options but received null$/],

@@ -47,6 +47,10 @@ struct RunRequest {
   float* outPoints = nullptr;   // rows * dim, or null
   float* outLogDet = nullptr;   // rows: log|det d(output)/d(input)|, or null
   float* outLogProb = nullptr;  // rows: log-density of the data-side point, or null
+  // Conditional flows (FlowPlan::contextDim = C > 0): contextRows rows of C floats, row-major;
+  // one row is every row's context (broadcast), else row r's context is row r.
+  const float* context = nullptr;
+  int64_t contextRows = 0;
   const CancelFlag* cancel = nullptr;  // optional
 };
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <stdexcept>
 #include <vector>
 
 #include "backend.h"
@@ -24,24 +25,35 @@ struct Scratch {
   std::vector<float> point;      // tileRows * dim, original dimension order, row-major
   std::vector<float> sortedIn;   // dim * tileRows (kernels: feature-major; reference: row-major)
   std::vector<float> sortedOut;  // dim * tileRows
+  std::vector<float> condIn;     // dim * tileRows: what the conditioner reads, with a soft clamp (MadePlan::softClampInv)
+  std::vector<float> contextIn;   // contextDim * tileRows: the tile's context rows (kernels: feature-major; reference: row-major)
+  std::vector<float> contextTerm; // widest * tileRows: g(Wc c + bc) of the MADE at hand, added to hidden layer 0
+  // A broadcast context's term of the MADE at hand, computed once per call (null: compute per row).
+  const std::vector<float>* broadcastTerm = nullptr;
   std::vector<std::vector<float>> hidden;  // per hidden layer: widest * tileRows (after the activation)
   std::vector<std::vector<float>> stream;  // residual MADEs: the pre-activation stream h of layers 0, 2, 4, ...
   std::vector<float> output;     // reference path only: tileRows * (2 dim, padded)
   std::vector<float> logDet;
   std::vector<float> baseLogDensity;
-  int tileRows = -1, dim = -1, depth = -1, widest = -1;
+  int tileRows = -1, dim = -1, depth = -1, widest = -1, contextDim = -1;
 
   // Sized for the plan at hand; a scratch may serve plans of different shapes.
   void ensure(const FlowPlan& plan, int rowsPerTile) {
-    if (tileRows == rowsPerTile && dim == plan.dim && depth == plan.deepestHidden && widest == plan.widestHidden) return;
+    if (tileRows == rowsPerTile && dim == plan.dim && depth == plan.deepestHidden && widest == plan.widestHidden &&
+        contextDim == plan.contextDim)
+      return;
     tileRows = rowsPerTile;
     dim = plan.dim;
+    contextDim = plan.contextDim;
+    contextIn.assign(static_cast<size_t>(tileRows) * contextDim, 0.0f);
+    contextTerm.assign(contextDim > 0 ? static_cast<size_t>(tileRows) * plan.widestHidden : 0, 0.0f);
     depth = plan.deepestHidden;
     widest = plan.widestHidden;
     const size_t cells = static_cast<size_t>(tileRows) * dim;
     point.assign(cells, 0.0f);
     sortedIn.assign(cells, 0.0f);
     sortedOut.assign(cells, 0.0f);
+    condIn.assign(cells, 0.0f);
     hidden.assign(depth, std::vector<float>(static_cast<size_t>(tileRows) * widest, 0.0f));
     stream.assign(depth, std::vector<float>(static_cast<size_t>(tileRows) * widest, 0.0f));
     const int outStride = ((2 * dim + kColumnBlock - 1) / kColumnBlock) * kColumnBlock;
@@ -73,8 +85,10 @@ struct HiddenStep {
   float* preAct;
 };
 
+// Hidden layer 0 of a conditional MADE adds the context term (as a residual input).
 HiddenStep wire(const MadePlan& m, Scratch& s, size_t l, const float* firstInput) {
   HiddenStep step{l == 0 ? firstInput : s.hidden[l - 1].data(), s.hidden[l].data(), nullptr, nullptr};
+  if (l == 0 && m.contextForm != ContextForm::None) step.residual = s.contextTerm.data();
   if (m.residual && l % 2 == 0) {
     step.preAct = s.stream[l].data();
     if (l > 0) step.residual = s.stream[l - 2].data();
@@ -104,6 +118,47 @@ void unitsOfDegree(LinearKernel linear, const MadePlan& m, Scratch& s, float* u,
   }
 }
 
+// What the conditioner reads of `count` inputs: the inputs themselves, or their soft clamp in `out`.
+const float* conditionerInput(const MadePlan& m, const float* in, float* out, size_t count) {
+  if (m.softClampInv == 0.0f) return in;
+  for (size_t k = 0; k < count; ++k) out[k] = softClamp(in[k], m.softClampInv);
+  return out;
+}
+
+// The context term g(Wc c + bc) of a conditional MADE for the tile's (or the one row's) context,
+// into s.contextTerm: g is the MADE's activation (Activated) or none (Linear).
+// With one context for the whole call (s.broadcastTerm), the term computed once is spread over
+// the tile's rows (tile: feature-major) or copied (one row): the same bits as computing it per
+// row, since the one-row and the tile kernels round alike.
+void contextTerm(LinearKernel linear, const MadePlan& m, Scratch& s, const float* contextIn, bool tile) {
+  if (m.contextForm == ContextForm::None) return;
+  if (s.broadcastTerm) {
+    const float* term = s.broadcastTerm->data();
+    const int T = s.tileRows;
+    if (tile)
+      for (int j = 0; j < m.context.out; ++j) std::fill_n(s.contextTerm.data() + static_cast<size_t>(j) * T, T, term[j]);
+    else
+      std::copy_n(term, m.context.out, s.contextTerm.data());
+    return;
+  }
+  const int g = m.contextForm == ContextForm::Activated ? kernelActivation(m.activation) : kActNone;
+  linear(view(m.context), contextIn, s.contextTerm.data(), 0, m.context.out, g, nullptr, nullptr);
+}
+
+// Each MADE layer's term g(Wc c + bc) of one context row (indexed by layer; empty for others).
+std::vector<std::vector<float>> broadcastTerms(const KernelTable& K, const FlowPlan& plan, const float* context) {
+  std::vector<std::vector<float>> out(plan.layers.size());
+  for (size_t k = 0; k < plan.layers.size(); ++k) {
+    const LayerPlan& layer = plan.layers[k];
+    if ((layer.kind != LayerKind::IAF && layer.kind != LayerKind::MAF) || layer.made.contextForm == ContextForm::None) continue;
+    const MadePlan& m = layer.made;
+    out[k].assign(m.context.outStride, 0.0f);
+    const int g = m.contextForm == ContextForm::Activated ? kernelActivation(m.activation) : kActNone;
+    K.linearRow(view(m.context), context, out[k].data(), 0, m.context.out, g, nullptr, nullptr);
+  }
+  return out;
+}
+
 // ---- fast path: kernels on feature-major tiles ----
 
 void gatherSorted(const MadePlan& m, const Scratch& s, float* outT) {
@@ -125,9 +180,11 @@ void scatterSorted(const MadePlan& m, Scratch& s, const float* inT) {
 // v = u * scale(u) + shift(u); logDet += sum log scale.
 void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
+  contextTerm(K.linear, m, s, s.contextIn.data(), true);
+  const float* cond = conditionerInput(m, s.sortedIn.data(), s.condIn.data(), static_cast<size_t>(m.dim) * s.tileRows);
   const int act = kernelActivation(m.activation);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
-    const HiddenStep w = wire(m, s, l, s.sortedIn.data());
+    const HiddenStep w = wire(m, s, l, cond);
     K.linear(view(m.hidden[l]), w.input, w.output, 0, m.hidden[l].out, act, w.residual, w.preAct);
   }
   K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), s.sortedOut.data(), s.logDet.data(), 0, m.dim,
@@ -139,11 +196,16 @@ void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
 // hidden unit exactly once; logDet -= sum log scale.
 void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
+  contextTerm(K.linear, m, s, s.contextIn.data(), true);  // once per row, before the degrees
   float* u = s.sortedOut.data();
+  const bool clamp = m.softClampInv != 0.0f;
+  float* cond = clamp ? s.condIn.data() : u;
+  const int T = s.tileRows;
   for (int p = 0; p < m.dim; ++p) {
-    unitsOfDegree(K.linear, m, s, u, p);
+    unitsOfDegree(K.linear, m, s, cond, p);
     K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
              static_cast<int>(m.scale), true);
+    if (clamp) conditionerInput(m, u + static_cast<size_t>(p) * T, cond + static_cast<size_t>(p) * T, T);
   }
   scatterSorted(m, s, u);
 }
@@ -153,13 +215,16 @@ void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
 // a whole tile; below kRowPathRows rows each row runs alone instead.
 constexpr int kRowPathRows = 8;
 
+// The one-row paths read row r's context from s.contextIn, row-major (C per row).
 void madeParallelRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r) {
   float* point = s.point.data() + static_cast<size_t>(r) * m.dim;
+  contextTerm(K.linearRow, m, s, s.contextIn.data() + static_cast<size_t>(r) * s.contextDim, false);
   float* u = s.sortedIn.data();
   for (int p = 0; p < m.dim; ++p) u[p] = point[m.dimAtPosition[p]];
+  const float* cond = conditionerInput(m, u, s.condIn.data(), m.dim);
   const int act = kernelActivation(m.activation);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
-    const HiddenStep w = wire(m, s, l, u);
+    const HiddenStep w = wire(m, s, l, cond);
     K.linearRow(view(m.hidden[l]), w.input, w.output, 0, m.hidden[l].out, act, w.residual, w.preAct);
   }
   float* raw = s.output.data();
@@ -171,14 +236,17 @@ void madeParallelRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r)
 
 void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r) {
   float* point = s.point.data() + static_cast<size_t>(r) * m.dim;
+  contextTerm(K.linearRow, m, s, s.contextIn.data() + static_cast<size_t>(r) * s.contextDim, false);
   float* v = s.sortedIn.data();
   float* u = s.sortedOut.data();
   for (int p = 0; p < m.dim; ++p) v[p] = point[m.dimAtPosition[p]];
   float* raw = s.output.data();
+  float* cond = m.softClampInv != 0.0f ? s.condIn.data() : u;
   for (int p = 0; p < m.dim; ++p) {
-    unitsOfDegree(K.linearRow, m, s, u, p);
+    unitsOfDegree(K.linearRow, m, s, cond, p);
     K.linearRow(view(m.output), headInput(m, s), raw, 2 * p, 2 * p + 2, kActNone, nullptr, nullptr);
     K.affineRow(raw, v, u, &s.logDet[r], p, p + 1, static_cast<int>(m.scale), true);
+    if (cond != u) cond[p] = softClamp(u[p], m.softClampInv);
   }
   for (int p = 0; p < m.dim; ++p) point[m.dimAtPosition[p]] = u[p];
 }
@@ -202,25 +270,47 @@ void linearDense(const StaircaseLinear& L, const float* X, int xStride, int rows
 }
 
 // Raw conditioner outputs for the sorted rows `x` (rows x dim) into s.output, densely.
+// Adds g(Wc c + bc) of the rows' contexts (s.contextIn, row-major) to y (rows x outStride of hidden layer 0).
+template <Activation A>
+void addReferenceContext(const MadePlan& m, Scratch& s, int rows, float* y) {
+  if (m.contextForm == ContextForm::None) return;
+  float* term = s.contextTerm.data();
+  if (m.contextForm == ContextForm::Activated) linearDense<true, A>(m.context, s.contextIn.data(), s.contextDim, rows, term);
+  else linearDense<false, A>(m.context, s.contextIn.data(), s.contextDim, rows, term);
+  const int stride = m.hidden[0].outStride;
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < m.hidden[0].out; ++j) y[r * stride + j] += term[r * stride + j];
+}
+
 template <Activation A>
 void referenceConditioner(const MadePlan& m, Scratch& s, const float* x, int rows) {
   int xStride = m.dim;
   if (!m.residual) {
     for (size_t l = 0; l < m.hidden.size(); ++l) {
-      linearDense<true, A>(m.hidden[l], x, xStride, rows, s.hidden[l].data());
-      x = s.hidden[l].data();
+      float* y = s.hidden[l].data();
+      if (l == 0 && m.contextForm != ContextForm::None) {
+        linearDense<false, A>(m.hidden[0], x, xStride, rows, y);
+        addReferenceContext<A>(m, s, rows, y);
+        const int stride = m.hidden[0].outStride;
+        for (int r = 0; r < rows; ++r)
+          for (int j = 0; j < m.hidden[0].out; ++j) y[r * stride + j] = activate<A>(y[r * stride + j]);
+      } else {
+        linearDense<true, A>(m.hidden[l], x, xStride, rows, y);
+      }
+      x = y;
       xStride = m.hidden[l].outStride;
     }
     linearDense<false, A>(m.output, x, xStride, rows, s.output.data());
     return;
   }
-  // Residual: h = W0 x; per block h += W2 act(W1 act(h)); heads read h.
+  // Residual: h = W0 x (+ the context term); per block h += W2 act(W1 act(h)); heads read h.
   const int stride = m.hidden[0].outStride;
   const int width = m.hidden[0].out;
   float* h = s.stream[0].data();
   float* a = s.hidden[0].data();
   float* t = s.hidden[1].data();
   linearDense<false, A>(m.hidden[0], x, xStride, rows, h);
+  addReferenceContext<A>(m, s, rows, h);
   for (size_t l = 1; l + 1 < m.hidden.size(); l += 2) {
     for (int r = 0; r < rows; ++r)
       for (int j = 0; j < width; ++j) a[r * stride + j] = activate<A>(h[r * stride + j]);
@@ -237,7 +327,7 @@ void referenceParallel(const MadePlan& m, Scratch& s, int rows) {
   const int dim = m.dim;
   for (int r = 0; r < rows; ++r)
     for (int p = 0; p < dim; ++p) s.sortedIn[r * dim + p] = s.point[r * dim + m.dimAtPosition[p]];
-  referenceConditioner<A>(m, s, s.sortedIn.data(), rows);
+  referenceConditioner<A>(m, s, conditionerInput(m, s.sortedIn.data(), s.condIn.data(), static_cast<size_t>(rows) * dim), rows);
   const int os = m.output.outStride;
   for (int r = 0; r < rows; ++r) {
     for (int p = 0; p < dim; ++p) {
@@ -262,7 +352,7 @@ void madeSequentialByPasses(const MadePlan& m, Scratch& s, int rows) {
     }
   const int os = m.output.outStride;
   for (int pass = 0; pass < dim; ++pass) {
-    referenceConditioner<A>(m, s, u, rows);
+    referenceConditioner<A>(m, s, conditionerInput(m, u, s.condIn.data(), static_cast<size_t>(rows) * dim), rows);
     const bool last = pass == dim - 1;
     for (int r = 0; r < rows; ++r)
       for (int p = 0; p < dim; ++p) {
@@ -339,8 +429,22 @@ void sumBaseLogDensity(Scratch& s, int rows, int dim) {
   }
 }
 
+// The context rows of request rows [firstRow, firstRow + rows) into s.contextIn: row-major (the
+// reference and one-row paths) or feature-major (the tile kernels); the rest of a tile is zeros.
+void gatherContext(const RunRequest& req, Scratch& s, int64_t firstRow, int rows, bool rowMajor) {
+  const int C = s.contextDim, T = s.tileRows;
+  std::fill(s.contextIn.begin(), s.contextIn.end(), 0.0f);
+  for (int r = 0; r < rows; ++r) {
+    const float* c = req.context + (req.contextRows == 1 ? 0 : (firstRow + r)) * C;
+    for (int k = 0; k < C; ++k) {
+      if (rowMajor) s.contextIn[static_cast<size_t>(r) * C + k] = c[k];
+      else s.contextIn[static_cast<size_t>(k) * T + r] = c[k];
+    }
+  }
+}
+
 void runTile(const KernelTable& K, bool reference, const FlowPlan& plan, const RunRequest& req, Scratch& s,
-             int64_t firstRow, int rows) {
+             int64_t firstRow, int rows, const std::vector<std::vector<float>>* broadcast) {
   const int dim = plan.dim;
   s.ensure(plan, K.tileRows);
   if (req.input) {
@@ -350,6 +454,7 @@ void runTile(const KernelTable& K, bool reference, const FlowPlan& plan, const R
   }
   // Rows past the end of a short tile ride along as zeros (finite, then ignored).
   std::fill(s.point.begin() + static_cast<size_t>(rows) * dim, s.point.end(), 0.0f);
+  if (plan.contextDim > 0) gatherContext(req, s, firstRow, rows, reference || rows <= kRowPathRows);
   std::fill(s.logDet.begin(), s.logDet.end(), 0.0f);
   const bool toData = req.direction == Direction::ToData;
   if (toData && req.outLogProb) sumBaseLogDensity(s, rows, dim);
@@ -366,6 +471,7 @@ void runTile(const KernelTable& K, bool reference, const FlowPlan& plan, const R
     }
     // The parallel pass runs when we travel the way the layer's parallel direction points.
     const bool parallel = toData == layer.made.parallelTowardData;
+    s.broadcastTerm = broadcast ? &(*broadcast)[toData ? step : count - 1 - step] : nullptr;
     if (reference) {
       runReferenceMade(layer.made, s, rows, parallel);
     } else if (rows <= kRowPathRows) {
@@ -408,13 +514,19 @@ class CpuRunner final : public Runner {
 
   void run(const RunRequest& req) const override {
     if (req.rows <= 0) return;
+    if (plan_->contextDim > 0 && (!req.context || (req.contextRows != 1 && req.contextRows != req.rows)))
+      throw std::invalid_argument("this flow is conditional: a run needs one context row, or one per row");
     if (cancelled(req)) throw Cancelled();
     const KernelTable& K = activeKernels();
     const int tileRows = K.tileRows;
     const int64_t tiles = (req.rows + tileRows - 1) / tileRows;
+    // One context for every row: each MADE's context term once per call, not once per row.
+    std::vector<std::vector<float>> terms;
+    if (!reference_ && plan_->contextDim > 0 && req.contextRows == 1) terms = broadcastTerms(K, *plan_, req.context);
+    const std::vector<std::vector<float>>* broadcast = terms.empty() ? nullptr : &terms;
     if (tiles == 1) {
       // Small batches skip the pool: no wake-up latency.
-      runTile(K, reference_, *plan_, req, threadScratch(), 0, static_cast<int>(req.rows));
+      runTile(K, reference_, *plan_, req, threadScratch(), 0, static_cast<int>(req.rows), broadcast);
       return;
     }
     std::shared_ptr<ThreadPool> pool = currentPool();
@@ -422,7 +534,7 @@ class CpuRunner final : public Runner {
       if (cancelled(req)) return;  // the remaining tiles are skipped
       const int64_t first = tile * tileRows;
       const int rows = static_cast<int>(std::min<int64_t>(tileRows, req.rows - first));
-      runTile(K, reference_, *plan_, req, threadScratch(), first, rows);
+      runTile(K, reference_, *plan_, req, threadScratch(), first, rows, broadcast);
     });
     if (cancelled(req)) throw Cancelled();
   }

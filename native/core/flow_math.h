@@ -48,6 +48,25 @@ IAF_HD float activate(Activation a, float x) {
   }
 }
 
+// The MADE conditioner's soft clamp of its inputs (docs/DESIGN.md, MADE option softClamp c):
+// the conditioner reads u / sqrt(1 + (u / c)^2), which is u near 0 and never beyond c, so a
+// value far outside the data (a tail sample of an earlier layer) cannot make the conditioner
+// extrapolate its shift and scale; they stay near those at |u| = c. invC = 1 / c; 0 turns it
+// off. Only exactly rounded operations, so every instruction set gets the same bits.
+IAF_HD float softClamp(float u, float invC) {
+  if (invC == 0.0f) return u;
+  const float q = u * invC;
+  return u / sqrtf(1.0f + q * q);
+}
+
+// d softClamp / du = (1 + (u / c)^2)^(-3/2).
+IAF_HD float softClampGrad(float u, float invC) {
+  if (invC == 0.0f) return 1.0f;
+  const float q = u * invC;
+  const float t = 1.0f + q * q;
+  return 1.0f / (t * sqrtf(t));
+}
+
 // What the conditioner's two raw outputs mean for one dimension.
 struct Affine {
   float scale;

@@ -53,7 +53,7 @@ StaircaseLinear packStaircase(const DenseLinear& dense, const std::vector<int>& 
   return s;
 }
 
-MadePlan buildMade(const LayerSpec& layer, int dim, const std::string& name) {
+MadePlan buildMade(const LayerSpec& layer, int dim, int contextDim, const std::string& name) {
   require(isPermutation(layer.inputDegrees, 1, dim), name + ".inputDegrees must be a permutation of 1..dim");
   const size_t depth = layer.hidden.size();
   require(depth >= 1, name + " needs at least one hidden layer");
@@ -65,10 +65,13 @@ MadePlan buildMade(const LayerSpec& layer, int dim, const std::string& name) {
       require(layer.hiddenDegrees[l] == layer.hiddenDegrees[0],
               name + " (residual) needs the same degrees in every hidden layer");
   }
+  require(contextDim > 0 || layer.contextForm == ContextForm::None, name + " has a context form but the flow has no context");
   MadePlan plan;
   plan.dim = dim;
   plan.residual = layer.residual;
   plan.parallelTowardData = layer.kind == LayerKind::IAF;
+  require(std::isfinite(layer.softClamp) && layer.softClamp >= 0.0f, name + ".softClamp must be finite and >= 0");
+  plan.softClampInv = layer.softClamp > 0.0f ? 1.0f / layer.softClamp : 0.0f;
   plan.activation = layer.activation;
   plan.scale = layer.scale;
   plan.dimAtPosition.resize(dim);
@@ -96,6 +99,15 @@ MadePlan buildMade(const LayerSpec& layer, int dim, const std::string& name) {
     std::vector<int> upTo(dim + 1, 0);
     for (int d : degrees) upTo[d] += 1;
     for (int d = 1; d <= dim; ++d) upTo[d] += upTo[d - 1];
+    if (l == 0 && contextDim > 0) {
+      require(layer.contextForm == ContextForm::Linear || layer.contextForm == ContextForm::Activated,
+              name + " needs a context form (the flow has a context)");
+      checkDense(layer.context, width, contextDim, name + ".context");
+      std::vector<int> contextColumns(contextDim);
+      std::iota(contextColumns.begin(), contextColumns.end(), 0);
+      plan.contextForm = layer.contextForm;
+      plan.context = packStaircase(layer.context, contextColumns, order, std::vector<int>(width, contextDim));
+    }
     plan.unitsUpToDegree.push_back(upTo);
     plan.unitSource.push_back(order);
     previousSource = order;
@@ -133,8 +145,10 @@ MadePlan buildMade(const LayerSpec& layer, int dim, const std::string& name) {
 
 std::shared_ptr<const FlowPlan> buildPlan(const FlowSpec& spec) {
   require(spec.dim >= 1, "dim must be at least 1");
+  require(spec.contextDim >= 0, "contextDim must be at least 0");
   auto plan = std::make_shared<FlowPlan>();
   plan->dim = spec.dim;
+  plan->contextDim = spec.contextDim;
   for (size_t k = 0; k < spec.layers.size(); ++k) {
     const LayerSpec& layer = spec.layers[k];
     const std::string name = "layers." + std::to_string(k);
@@ -158,7 +172,7 @@ std::shared_ptr<const FlowPlan> buildPlan(const FlowSpec& spec) {
       lp.affine.trainable = layer.trainable;
     } else {
       require(layer.kind == LayerKind::IAF || layer.kind == LayerKind::MAF, name + " has an unknown kind");
-      lp.made = buildMade(layer, spec.dim, name);
+      lp.made = buildMade(layer, spec.dim, spec.contextDim, name);
       for (const StaircaseLinear& h : lp.made.hidden) plan->widestHidden = std::max(plan->widestHidden, h.outStride);
       plan->deepestHidden = std::max(plan->deepestHidden, static_cast<int>(lp.made.hidden.size()));
     }

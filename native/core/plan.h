@@ -13,6 +13,12 @@ namespace iaflow {
 
 enum class LayerKind : int { IAF = 0, MAF = 1, Permutation = 2, Affine = 3 };
 
+// How a conditional MADE's context c enters its first hidden layer (docs/DESIGN.md):
+// Linear: h1 = act(W0 u + b0 + Wc c + bc) (zuko: c as extra input columns);
+// Activated: h1 = act(W0 u + b0 + act(Wc c + bc)) (nflows' context_layer, as sbi builds it).
+// In a residual MADE the stream starts h = W0 u + b0 + g(Wc c + bc).
+enum class ContextForm : int { None = 0, Linear = 1, Activated = 2 };
+
 // One dense [out, in] matrix (row-major, PyTorch's Linear layout) with its bias.
 struct DenseLinear {
   int out = 0;
@@ -32,6 +38,11 @@ struct LayerSpec {
   // after it, then pairs (2b+1, 2b+2) form blocks h += W2 act(W1 act(h)), and the heads read h
   // itself. All hidden layers then share one width and one set of degrees.
   bool residual = false;
+  // The conditioner reads softClamp(u) (flow_math.h) with c = softClamp; 0: u itself.
+  float softClamp = 0.0f;
+  // Conditional flows (FlowSpec::contextDim > 0): the context term of the first hidden layer.
+  ContextForm contextForm = ContextForm::None;
+  DenseLinear context;                         // [h0, contextDim]
   std::vector<DenseLinear> hidden;             // hidden[0]: [h0, dim], hidden[l]: [h_l, h_{l-1}]
   DenseLinear shift;                           // [dim, h_last], rows by original dimension
   DenseLinear rawScale;                        // [dim, h_last]
@@ -45,6 +56,7 @@ struct LayerSpec {
 
 struct FlowSpec {
   int dim = 0;
+  int contextDim = 0;  // C: every MADE layer's first hidden layer reads a context row of C values
   std::vector<LayerSpec> layers;  // in sampling order: layers[0] acts on the latent z
 };
 
@@ -65,6 +77,11 @@ struct MadePlan {
   int dim = 0;
   bool residual = false;
   bool parallelTowardData = true;  // IAF: true, MAF: false
+  float softClampInv = 0.0f;       // 1 / softClamp; 0: the conditioner reads its inputs as they are
+  // The context term g(Wc c + bc) of hidden layer 0, as a staircase whose units are hidden layer
+  // 0's (sorted) and which reads every context value (prefix C): the kernels' dense case.
+  ContextForm contextForm = ContextForm::None;
+  StaircaseLinear context;
   Activation activation = Activation::ReLU;
   ScaleKind scale = ScaleKind::Softplus;
   std::vector<int> dimAtPosition;        // sorted position p (degree p + 1) -> original dimension
@@ -93,6 +110,7 @@ struct LayerPlan {
 
 struct FlowPlan {
   int dim = 0;
+  int contextDim = 0;
   std::vector<LayerPlan> layers;
   int widestHidden = 0;  // largest outStride among hidden layers
   int deepestHidden = 0; // most hidden layers in one MADE

@@ -66,6 +66,8 @@ TLinear makeLinear(const StaircaseLinear& s, std::vector<float>& params, size_t&
 void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
   std::shared_ptr<const FlowPlan> plan = buildPlan(spec);
   net.dim = plan->dim;
+  net.contextDim = plan->contextDim;
+  net.contextStride = plan->contextDim > 0 ? roundUp(plan->contextDim, kBlock) : 0;
   net.dimStride = roundUp(net.dim, kBlock);
   net.pass = pass;
   net.reference = reference;
@@ -111,7 +113,19 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
     m.unitsUpToDegree = lp.made.unitsUpToDegree;
     m.cacheInput = net.cachePerRow;
     net.cachePerRow += net.dimStride;
+    m.softClampInv = lp.made.softClampInv;
+    m.cacheCond = m.cacheInput;
+    if (m.softClampInv != 0.0f) {
+      m.cacheCond = net.cachePerRow;
+      net.cachePerRow += net.dimStride;
+    }
     m.residual = lp.made.residual;
+    m.contextForm = lp.made.contextForm;
+    if (m.contextForm != ContextForm::None) {
+      m.context = makeLinear(lp.made.context, net.params, transposedSize, reference);
+      m.cacheContext = net.cachePerRow;
+      net.cachePerRow += lp.made.hidden[0].outStride;
+    }
     for (size_t l = 0; l < lp.made.hidden.size(); ++l) {
       const StaircaseLinear& s = lp.made.hidden[l];
       m.hidden.push_back(makeLinear(s, net.params, transposedSize, reference));
@@ -129,6 +143,7 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
   }
   for (TLayer& layer : net.layers) {
     if (layer.kind != LayerKind::IAF && layer.kind != LayerKind::MAF) continue;
+    if (layer.made.contextForm != ContextForm::None) net.linears.push_back(&layer.made.context);
     for (const TLinear& L : layer.made.hidden) net.linears.push_back(&L);
     net.linears.push_back(&layer.made.output);
   }
@@ -250,6 +265,15 @@ void exportFlat(const Net& net, const float* flat, const std::vector<DenseMadeVi
           v.hiddenWeight[l][static_cast<size_t>(row) * L.in + inSource[kk]] = flat[L.w + static_cast<size_t>(kk) * L.outStride + j];
       }
     }
+    if (m.contextForm != ContextForm::None) {
+      if (!v.contextWeight || !v.contextBias) throw std::invalid_argument("export view of a conditional MADE needs its context tensors");
+      const TLinear& Cx = m.context;
+      for (int j = 0; j < Cx.out; ++j) {
+        const int row = m.unitSource[0][j];
+        v.contextBias[row] = flat[Cx.b + j];
+        for (int kk = 0; kk < Cx.in; ++kk) v.contextWeight[static_cast<size_t>(row) * Cx.in + kk] = flat[Cx.w + static_cast<size_t>(kk) * Cx.outStride + j];
+      }
+    }
     const TLinear& O = m.output;
     const std::vector<int>& lastSource = m.unitSource.back();
     for (int p = 0; p < net.dim; ++p) {
@@ -284,6 +308,25 @@ struct Trainer::Impl {
   std::vector<Workspace> workspaces, teacherWorkspaces;
   std::vector<float> train, valid;
   int64_t trainRows = 0, validRows = 0;
+  // Conditional flows: each data row's context (row-major, net.contextDim each); reverse KL's batch contexts.
+  std::vector<float> trainContext, validContext, batchContext;
+  int64_t batchContextRows = 0;
+
+  // Puts the contexts of rows [first, first + count) into ws.context (index maps them to source
+  // rows when given; a one-row source is every row's), padded to the net's context stride.
+  void loadContext(Workspace& ws, const float* source, int64_t sourceRows, const int64_t* index, int64_t first, int count) const {
+    loadContextFor(net, ws, source, sourceRows, index, first, count);
+  }
+  static void loadContextFor(const Net& net, Workspace& ws, const float* source, int64_t sourceRows, const int64_t* index,
+                             int64_t first, int count) {
+    const int C = net.contextDim, cs = net.contextStride;
+    if (C == 0) return;
+    if (!source) throw std::invalid_argument("this flow is conditional: training needs a context for every row");
+    for (int r = 0; r < count; ++r) {
+      const int64_t row = sourceRows == 1 ? 0 : (index ? index[first + r] : first + r);
+      std::copy_n(source + row * C, C, ws.context.data() + static_cast<size_t>(r) * cs);
+    }
+  }
   std::vector<int64_t> order;
   int64_t orderEpoch = -1;
   uint64_t orderSeed = 0;
@@ -527,13 +570,21 @@ void Trainer::setStickingTheLanding(bool on) { impl_->stickingTheLanding = on; }
 
 void Trainer::setCancel(const CancelFlag* flag) { impl_->cancel = flag; }
 
-void Trainer::setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows) {
+void Trainer::setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows,
+                      const float* trainContext, const float* validContext) {
   const int dim = impl_->net.dim;
+  const int C = impl_->net.contextDim;
+  if (C > 0 && (!trainContext || (valid && validRows > 0 && !validContext)))
+    throw std::invalid_argument("this flow is conditional: every training and validation row needs its context");
   impl_->train.assign(train, train + trainRows * dim);
   impl_->trainRows = trainRows;
   if (valid && validRows > 0) impl_->valid.assign(valid, valid + validRows * dim);
   else impl_->valid.clear();
   impl_->validRows = valid ? validRows : 0;
+  if (C > 0) {
+    impl_->trainContext.assign(trainContext, trainContext + trainRows * C);
+    if (impl_->validRows > 0) impl_->validContext.assign(validContext, validContext + validRows * C);
+  }
   impl_->orderEpoch = -1;
 }
 
@@ -555,6 +606,7 @@ void Trainer::fitBatches(uint64_t seed, int64_t epoch, int64_t firstBatch, int64
       Workspace& ws = I.workspaces[worker];
       for (int r = 0; r < count; ++r)
         std::copy_n(I.train.data() + I.order[start + first + r] * dim, dim, ws.points.data() + r * dim);
+      I.loadContext(ws, I.trainContext.data(), I.trainRows, I.order.data() + start, first, count);
       return I.likelihoodTile(ws, count, G, scale);
     });
     I.finishStep(*p, loss, rows, S, stats);
@@ -583,6 +635,7 @@ double Trainer::validationLoss() {
     const int64_t first = t * kTile;
     const int count = static_cast<int>(std::min<int64_t>(kTile, I.validRows - first));
     std::copy_n(I.valid.data() + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
+    I.loadContext(ws, I.validContext.data(), I.validRows, nullptr, first, count);
     sums[t] = I.likelihoodTile(ws, count, nullptr, 0.0f);
   });
   double total = 0.0;
@@ -590,7 +643,7 @@ double Trainer::validationLoss() {
   return total / static_cast<double>(I.validRows);
 }
 
-double Trainer::likelihoodGradient(const float* x, int64_t rows) {
+double Trainer::likelihoodGradient(const float* x, int64_t rows, const float* context) {
   Impl& I = *impl_;
   if (I.net.pass != Direction::ToLatent) throw std::logic_error("likelihoodGradient needs a flow trained along x -> z");
   std::shared_ptr<ThreadPool> p = I.pool();
@@ -600,6 +653,7 @@ double Trainer::likelihoodGradient(const float* x, int64_t rows) {
   const double loss = I.accumulate(*p, rows, S, true, [&](int64_t first, int count, int worker, int /*slot*/, float* G) {
     Workspace& ws = I.workspaces[worker];
     std::copy_n(x + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
+    I.loadContext(ws, context, rows, nullptr, first, count);
     return I.likelihoodTile(ws, count, G, scale);
   });
   I.reduce(*p, S);
@@ -610,6 +664,7 @@ void Trainer::logProbGradient(const float* x, int64_t rows, float* logProb, floa
   Impl& I = *impl_;
   const Net& model = I.teacher ? *I.teacher : I.net;
   if (model.pass != Direction::ToLatent) throw std::logic_error("logProbGradient needs a flow evaluated along x -> z");
+  if (model.contextDim > 0) throw std::invalid_argument("logProbGradient takes no context: not for a conditional flow");
   std::shared_ptr<ThreadPool> p = I.pool();
   std::vector<Workspace>& spaces = I.teacher ? I.teacherWorkspaces : I.workspaces;
   const int dim = model.dim;
@@ -624,11 +679,19 @@ void Trainer::logProbGradient(const float* x, int64_t rows, float* logProb, floa
   });
 }
 
-void Trainer::reverseForward(uint64_t seed, int64_t step, int64_t batchRows, const float* z, float* x, float* logq) {
+void Trainer::reverseForward(uint64_t seed, int64_t step, int64_t batchRows, const float* z, float* x, float* logq,
+                             const float* context, int64_t contextRows) {
   Impl& I = *impl_;
   if (I.net.pass != Direction::ToData) throw std::logic_error("reverseForward needs a flow trained along z -> x");
   std::shared_ptr<ThreadPool> p = I.pool();
   const int dim = I.net.dim;
+  const int C = I.net.contextDim;
+  if (C > 0) {
+    if (!context || (contextRows != 1 && contextRows != batchRows))
+      throw std::invalid_argument("this flow is conditional: each step needs one context row, or one per row");
+    I.batchContext.assign(context, context + contextRows * C);
+    I.batchContextRows = contextRows;
+  }
   I.batch = batchRows;
   I.latent.resize(static_cast<size_t>(batchRows) * dim);
   I.logq.resize(batchRows);
@@ -641,6 +704,7 @@ void Trainer::reverseForward(uint64_t seed, int64_t step, int64_t batchRows, con
     float* zt = I.latent.data() + first * dim;
     if (!z) fillNormalRows(seed, static_cast<uint64_t>(step) * batchRows + first, count, dim, zt);
     std::copy_n(zt, static_cast<size_t>(count) * dim, ws.points.data());
+    I.loadContext(ws, I.batchContext.data(), I.batchContextRows, nullptr, first, count);
     netForward(I.net, ws, count);
     std::copy_n(ws.points.data(), static_cast<size_t>(count) * dim, x + first * dim);
     for (int r = 0; r < count; ++r) {
@@ -666,6 +730,7 @@ void Trainer::reverseBackward(const float* targetLogDensity, const float* target
     Workspace& ws = I.workspaces[worker];
     std::copy_n(I.latent.data() + first * dim, static_cast<size_t>(count) * dim, ws.points.data());
     std::copy_n(I.latent.data() + first * dim, static_cast<size_t>(count) * dim, ws.latent.data());
+    I.loadContext(ws, I.batchContext.data(), I.batchContextRows, nullptr, first, count);
     netForward(I.net, ws, count);  // recomputed: the activations are not kept between calls
     for (int i = 0; i < count * dim; ++i) ws.gpoints[i] = -targetGrad[first * dim + i] * scale;
     I.reverseTileBackward(ws, count, scale, G);
@@ -680,9 +745,14 @@ void Trainer::reverseBackward(const float* targetLogDensity, const float* target
 }
 
 void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batchRows, double betaStart,
-                           double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss) {
+                           double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss,
+                           const float* contexts, int64_t contextRowsPerStep) {
   Impl& I = *impl_;
   if (!I.teacher) throw std::logic_error("distillSteps needs a teacher");
+  const int C = I.net.contextDim;
+  if (I.teacher->contextDim != C) throw std::invalid_argument("the teacher's context width differs from the student's");
+  if (C > 0 && (!contexts || (contextRowsPerStep != 1 && contextRowsPerStep != batchRows)))
+    throw std::invalid_argument("conditional distillation needs each step's contexts: one row, or one per row");
   std::shared_ptr<ThreadPool> p = I.pool();
   const int dim = I.net.dim;
   const int S = I.slotCount(batchRows);
@@ -692,9 +762,13 @@ void Trainer::distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int6
     const double beta = std::min(1.0, betaStart + betaSlope * static_cast<double>(firstStep + s));
     const float gradScale = static_cast<float>(beta) * scale;
     std::vector<double> klSums(S, 0.0);  // the loss at beta = 1, per slot (summed in order)
+    const float* stepContext = C > 0 ? contexts + s * contextRowsPerStep * C : nullptr;
     const double loss = I.accumulate(*p, batchRows, S, true, [&](int64_t first, int count, int worker, int slot, float* G) {
       Workspace& ws = I.workspaces[worker];
       Workspace& tws = I.teacherWorkspaces[worker];
+      // The student and the teacher see each row's context (teacher samples for the forward term too).
+      Impl::loadContextFor(I.net, ws, stepContext, contextRowsPerStep, nullptr, first, count);
+      Impl::loadContextFor(*I.teacher, tws, stepContext, contextRowsPerStep, nullptr, first, count);
       fillNormalRows(seed, firstRow + first, count, dim, ws.latent.data());
       std::copy_n(ws.latent.data(), static_cast<size_t>(count) * dim, ws.points.data());
       netForward(I.net, ws, count);

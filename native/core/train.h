@@ -54,6 +54,9 @@ struct DenseMadeView {
   // an affine layer's (dim each)
   float* loc = nullptr;
   float* scale = nullptr;
+  // a conditional MADE's context term: [h0, contextDim] and [h0]
+  float* contextWeight = nullptr;
+  float* contextBias = nullptr;
 };
 
 struct StepStats {
@@ -92,7 +95,9 @@ class Trainer {
   void setCancel(const CancelFlag* flag);
 
   // Maximum likelihood. Copies the data (row-major).
-  void setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows);
+  // Conditional flows: trainContext / validContext hold each row's context (contextDim floats).
+  void setData(const float* train, int64_t trainRows, const float* valid, int64_t validRows,
+               const float* trainContext = nullptr, const float* validContext = nullptr);
   // Runs minibatches [firstBatch, firstBatch + batches) of epoch `epoch` (the epoch's
   // order is a shuffle of the training rows reproducible from (seed, epoch)).
   void fitBatches(uint64_t seed, int64_t epoch, int64_t firstBatch, int64_t batches, int64_t batchSize,
@@ -105,7 +110,9 @@ class Trainer {
   // x = f(z) and log q(x); reverseBackward takes the target's log-density and its
   // gradient at those x, and applies one step (or, with update false, leaves the
   // gradient for gradientTo).
-  void reverseForward(uint64_t seed, int64_t step, int64_t batch, const float* z, float* x, float* logq);
+  // Conditional flows: the step's contexts, contextRows rows (1: every row's, or batch).
+  void reverseForward(uint64_t seed, int64_t step, int64_t batch, const float* z, float* x, float* logq,
+                      const float* context = nullptr, int64_t contextRows = 0);
   void reverseBackward(const float* targetLogDensity, const float* targetGrad, bool update, StepStats& stats,
                        double* stepLoss);
   // Distillation: `steps` steps of reverse KL against the teacher, all in the core:
@@ -116,13 +123,15 @@ class Trainer {
   // z -> x and the student is evaluated and differentiated along x -> z, sequentially where its
   // layers are IAF). Reverse KL is mode-seeking and never sees where the student puts too little
   // mass; the forward term does. stepLoss gets the reverse-KL loss at beta = 1, the KL from the teacher.
+  // Conditional flows: contexts holds each step's contexts, contextRowsPerStep rows (1 or batch) per step.
   void distillSteps(uint64_t seed, int64_t firstStep, int64_t steps, int64_t batch, double betaStart,
-                    double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss);
+                    double betaSlope, double forwardWeight, StepStats& stats, double* stepLoss,
+                    const float* contexts = nullptr, int64_t contextRowsPerStep = 0);
 
   // Test hooks. Gradient of the mean negative log-likelihood of x (kept for gradientTo);
   // returns the mean. logProbGradient: log p(x) and its gradient wrt x, of this flow
   // (ToLatent) or of the teacher when there is one.
-  double likelihoodGradient(const float* x, int64_t rows);
+  double likelihoodGradient(const float* x, int64_t rows, const float* context = nullptr);
   void logProbGradient(const float* x, int64_t rows, float* logProb, float* grad);
 
   // views[k] for MADE layer k: the averaged weights when `ema` is on (and a step was applied), else the raw ones

@@ -228,6 +228,38 @@ inline float* headInput(const TMade& m, Workspace& ws) {
   return ws.cache.data() + kTile * (m.residual ? m.cacheStream[last] : m.cacheHidden[last]);
 }
 
+// A conditional MADE's context term t = g(Wc c + bc) for the tile's rows (ws.context), into the
+// cache (stride hidden 0's outStride); null for an unconditional MADE.
+template <Activation A>
+const float* made_context_term(const Net& net, const TMade& m, Workspace& ws, int rows) {
+  if (m.contextForm == ContextForm::None) return nullptr;
+  const float* P = net.params.data();
+  const TLinear& Cx = m.context;
+  float* t = ws.cache.data() + kTile * m.cacheContext;
+  if (m.contextForm == ContextForm::Activated)
+    linearForward<true, A>(Cx, P + Cx.w, P + Cx.b, ws.context.data(), net.contextStride, rows, t, net.reference);
+  else
+    linearForward<false, A>(Cx, P + Cx.w, P + Cx.b, ws.context.data(), net.contextStride, rows, t, net.reference);
+  return t;
+}
+
+// The context term's parameter gradient from delta = dL/d(hidden 0's pre-activation) (rows x
+// hidden 0's outStride): through g' (the 'activated' form) into ws.gC, then the weight product.
+template <Activation A>
+void contextBackward(const Net& net, const TMade& m, Workspace& ws, int rows, const float* delta, float* G) {
+  if (m.contextForm == ContextForm::None || !G) return;
+  const TLinear& Cx = m.context;
+  const int hs = Cx.outStride;
+  const float* gy = delta;
+  if (m.contextForm == ContextForm::Activated) {
+    const float* t = ws.cache.data() + kTile * m.cacheContext;
+    float* g = ws.gC.data();
+    for (int i = 0; i < rows * hs; ++i) g[i] = delta[i] * activationGradFromOutput<A>(t[i]);
+    gy = g;
+  }
+  weightGrad(Cx, ws.context.data(), net.contextStride, gy, rows, G + Cx.w, G + Cx.b, net.reference);
+}
+
 template <Activation A, ScaleKind S>
 void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   const int dim = net.dim, ds = net.dimStride;
@@ -235,21 +267,29 @@ void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   float* u = ws.cache.data() + kTile * m.cacheInput;
   for (int r = 0; r < rows; ++r)
     for (int p = 0; p < dim; ++p) u[r * ds + p] = ws.points[r * dim + m.dimAtPosition[p]];
-  const float* x = u;
+  float* c = ws.cache.data() + kTile * m.cacheCond;
+  if (m.softClampInv != 0.0f)
+    for (int r = 0; r < rows; ++r)
+      for (int p = 0; p < dim; ++p) c[r * ds + p] = softClamp(u[r * ds + p], m.softClampInv);
+  const float* x = c;
   int xs = ds;
+  const float* contextTerm = made_context_term<A>(net, m, ws, rows);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
     float* h = ws.cache.data() + kTile * m.cacheHidden[l];
     if (m.residual && l % 2 == 0) {
-      // The stream: h_l = W_l x + b_l (+ h_{l-2}); this layer's output is act(h_l).
+      // The stream: h_l = W_l x + b_l (+ h_{l-2}, or the context term at l = 0); this layer's output is act(h_l).
       float* stream = ws.cache.data() + kTile * m.cacheStream[l];
       linearForward<false, A>(L, P + L.w, P + L.b, x, xs, rows, stream, net.reference);
       const int hs = L.outStride;
-      const float* before = l > 0 ? ws.cache.data() + kTile * m.cacheStream[l - 2] : nullptr;
+      const float* before = l > 0 ? ws.cache.data() + kTile * m.cacheStream[l - 2] : contextTerm;
       for (int i = 0; i < rows * hs; ++i) {
         if (before) stream[i] += before[i];
         h[i] = activate<A>(stream[i]);
       }
+    } else if (l == 0 && contextTerm) {
+      linearForward<false, A>(L, P + L.w, P + L.b, x, xs, rows, h, net.reference);
+      for (int i = 0; i < rows * L.outStride; ++i) h[i] = activate<A>(h[i] + contextTerm[i]);
     } else {
       linearForward<true, A>(L, P + L.w, P + L.b, x, xs, rows, h, net.reference);
     }
@@ -279,9 +319,19 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
   const int ds = net.dimStride;
   const float* P = net.params.data();
   const float* PT = net.transposed.data();
-  const float* u = ws.cache.data() + kTile * m.cacheInput;
+  const float* u = ws.cache.data() + kTile * m.cacheCond;  // what hidden layer 0 read
+  const float* uIn = ws.cache.data() + kTile * m.cacheInput;
   const TLinear& O = m.output;
   const float* gOut = ws.gOut.data();
+  // dL/du through the conditioner: into gU directly, or through the soft clamp's derivative.
+  const bool clamp = m.softClampInv != 0.0f;
+  auto inputGradToU = [&](const TLinear& L0, const float* gHidden) {
+    if (!clamp) return inputGrad(L0, P + L0.w, PT + L0.wt, gHidden, rows, gU, ds, true, net.reference);
+    float* gc = ws.gCond.data();
+    inputGrad(L0, P + L0.w, PT + L0.wt, gHidden, rows, gc, ds, false, net.reference);
+    for (int r = 0; r < rows; ++r)
+      for (int p = 0; p < net.dim; ++p) gU[r * ds + p] += gc[r * ds + p] * softClampGrad(uIn[r * ds + p], m.softClampInv);
+  };
   const size_t depth = m.hidden.size();
   const float* hLast = headInput(m, ws);
   if (G) weightGrad(O, hLast, m.hidden[depth - 1].outStride, gOut, rows, G + O.w, G + O.b, net.reference);
@@ -309,7 +359,8 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
     }
     const TLinear& L0 = m.hidden[0];
     if (G) weightGrad(L0, u, ds, gS, rows, G + L0.w, G + L0.b, net.reference);
-    if (gU) inputGrad(L0, P + L0.w, PT + L0.wt, gS, rows, gU, ds, true, net.reference);
+    contextBackward<A>(net, m, ws, rows, gS, G);
+    if (gU) inputGradToU(L0, gS);
     return;
   }
   float* gCur = ws.gA.data();
@@ -324,11 +375,12 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
     const float* x = l == 0 ? u : ws.cache.data() + kTile * m.cacheHidden[l - 1];
     const int xs = l == 0 ? ds : m.hidden[l - 1].outStride;
     if (G) weightGrad(L, x, xs, gCur, rows, G + L.w, G + L.b, net.reference);
+    if (l == 0) contextBackward<A>(net, m, ws, rows, gCur, G);
     if (l > 0) {
       inputGrad(L, P + L.w, PT + L.wt, gCur, rows, gNext, m.hidden[l - 1].outStride, false, net.reference);
       std::swap(gCur, gNext);
     } else if (gU) {
-      inputGrad(L, P + L.w, PT + L.wt, gCur, rows, gU, ds, true, net.reference);
+      inputGradToU(L, gCur);
     }
   }
 }
@@ -448,11 +500,13 @@ inline void forRuns(const TLinear& L, int first, int end, const F& f) {
 // out alike, for the gradients).
 struct SeqTile {
   float* u;
+  float* c;  // what the conditioner reads: u, or its soft clamp
   std::vector<float*> h, stream;  // stream: residual MADE, even layers; else null
   float* out;
   int ds, os;
   SeqTile(const TMade& m, float* base, int dimStride) : ds(dimStride), os(m.output.outStride) {
     u = base + kTile * m.cacheInput;
+    c = base + kTile * m.cacheCond;
     out = base + kTile * m.cacheOutput;
     for (size_t l = 0; l < m.hidden.size(); ++l) {
       h.push_back(base + kTile * m.cacheHidden[l]);
@@ -465,12 +519,13 @@ struct SeqTile {
 
 // Computes, for every row, the hidden units not yet done up to `degree`, in every layer.
 template <Activation A>
-inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, int rows, int* done, int degree) {
+inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, int rows, int* done, int degree,
+                            const float* contextTerm) {
   const float* P = net.params.data();
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
     const int hs = L.outStride;
-    const float* in = l == 0 ? t.u : t.h[l - 1];
+    const float* in = l == 0 ? t.c : t.h[l - 1];
     const int xs = l == 0 ? t.ds : m.hidden[l - 1].outStride;
     float* y = t.stream[l] ? t.stream[l] : t.h[l];
     forRuns(L, done[l], m.unitsUpToDegree[l][degree], [&](int a, int b) {
@@ -478,6 +533,7 @@ inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, in
       for (int r = 0; r < rows; ++r)
         for (int j = a; j < b; ++j) {
           if (t.stream[l] && l > 0) y[r * hs + j] += t.stream[l - 2][r * hs + j];
+          if (l == 0 && contextTerm) y[r * hs + j] += contextTerm[r * hs + j];
           t.h[l][r * hs + j] = activate<A>(y[r * hs + j]);
         }
     });
@@ -497,6 +553,7 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
   std::vector<int> done(depth, 0);
   for (int r = 0; r < rows; ++r) {
     std::fill(t.u + r * ds + dim, t.u + (r + 1) * ds, 0.0f);
+    std::fill(t.c + r * ds + dim, t.c + (r + 1) * ds, 0.0f);
     std::fill(t.out + r * os + 2 * dim, t.out + (r + 1) * os, 0.0f);
     for (size_t l = 0; l < depth; ++l) {
       const int hs = t.hs(m, l), n = m.hidden[l].out;
@@ -506,17 +563,19 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
   }
   const float* heads = t.heads(m);
   const int headStride = m.hidden[depth - 1].outStride;
+  const float* contextTerm = made_context_term<A>(net, m, ws, rows);  // once per row, before the degrees
   for (int p = 0; p < dim; ++p) {
-    hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), p);  // degree <= p: they read positions < p only
+    hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), p, contextTerm);  // degree <= p: they read positions < p only
     groupForward(O, P, heads, headStride, rows, 2 * p, 2 * p + 2, t.out, os);
     const int i = m.dimAtPosition[p];
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       t.u[r * ds + p] = (ws.points[r * dim + i] - a.shift) / a.scale;
+      if (m.softClampInv != 0.0f) t.c[r * ds + p] = softClamp(t.u[r * ds + p], m.softClampInv);
       ws.logDet[r] -= a.logScale;
     }
   }
-  hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), dim);  // units of degree dim feed no output; kept for a full cache
+  hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), dim, contextTerm);  // units of degree dim feed no output; kept for a full cache
   for (int r = 0; r < rows; ++r)
     for (int p = 0; p < dim; ++p) ws.points[r * dim + m.dimAtPosition[p]] = t.u[r * ds + p];
 }
@@ -576,7 +635,9 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       float* g = ws.gpoints.data() + static_cast<size_t>(r) * dim;
-      const float w = (g[i] - gt.u[r * ds + p]) / a.scale;
+      // gt.u holds dL/d(what the conditioner read) at position p; through the soft clamp to u.
+      const float condGrad = gt.u[r * ds + p] * softClampGrad(t.u[r * ds + p], m.softClampInv);
+      const float w = (g[i] - condGrad) / a.scale;
       adj[2 * r] = w * a.dShiftDM;
       adj[2 * r + 1] = w * (t.u[r * ds + p] * a.dScale + a.dShiftDA) + gld * a.dLogScale;
       gOut[r * os + 2 * p] = -adj[2 * r];

@@ -38,9 +38,18 @@ struct TMade {
   std::vector<std::vector<int>> unitsUpToDegree;  // [hidden layer][degree 0..dim]
   std::vector<TLinear> hidden;
   TLinear output;
+  // The conditioner reads softClamp(u) (flow_math.h); 0: u itself.
+  float softClampInv = 0.0f;
   // Per-row offsets (in floats) of what the backward pass needs, within a tile's cache.
-  size_t cacheInput = 0, cacheOutput = 0;
+  // cacheCond: what the conditioner read (cacheInput itself without a soft clamp).
+  size_t cacheInput = 0, cacheOutput = 0, cacheCond = 0;
   std::vector<size_t> cacheHidden;  // act(...) of each hidden layer
+  // Conditional MADE: the context term t = g(Wc c + bc) (plan.h's ContextForm) added to hidden
+  // layer 0's pre-activation; context is [C][outStride of hidden 0], in the flat parameters.
+  // cacheContext: t per row (stride hidden 0's outStride), for the backward pass.
+  ContextForm contextForm = ContextForm::None;
+  TLinear context;
+  size_t cacheContext = 0;
   // Residual MADE (see LayerSpec::residual): the pre-activation stream h of hidden layers
   // 0, 2, 4, ... (h_0 = W_0 u + b_0, h_l = W_l act(a_{l-1}) + b_l + h_{l-2}); the heads read h.
   bool residual = false;
@@ -70,6 +79,7 @@ struct TLayer {
 
 struct Net {
   int dim = 0, dimStride = 0;
+  int contextDim = 0, contextStride = 0;  // conditional flows: a tile's context rows have stride contextStride
   Direction pass = Direction::ToLatent;
   bool reference = false;
   std::vector<TLayer> layers;
@@ -91,7 +101,8 @@ struct Net {
 
 // Per-worker buffers for one tile of rows.
 struct Workspace {
-  std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gC, gU;
+  std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gC, gU, gCond;
+  std::vector<float> context;  // conditional flows: the tile's context rows (kTile x contextStride), set by the caller
   std::vector<float> rowGrad;  // a tile's gradients along a sequential step, laid out as the cache
   const Net* sizedFor = nullptr;
 
@@ -111,6 +122,8 @@ struct Workspace {
     gB.assign(gA.size(), 0.0f);
     gC.assign(gA.size(), 0.0f);
     gU.assign(static_cast<size_t>(kTile) * net.dimStride, 0.0f);
+    gCond.assign(gU.size(), 0.0f);
+    context.assign(static_cast<size_t>(kTile) * net.contextStride, 0.0f);
   }
 };
 

@@ -72,9 +72,14 @@ struct MadeShape {
 
 // A MADE layer of `dim` inputs with random degree orders (hidden degrees in 1..dim-1, as MADE
 // assigns them; with dim 1 they are 0, units that read nothing) and small random weights.
-LayerSpec randomMade(int dim, const MadeShape& shape, int width) {
+LayerSpec randomMade(int dim, const MadeShape& shape, int width, int contextDim = 0, bool softClamp = false) {
   LayerSpec layer;
   layer.kind = shape.kind;
+  layer.softClamp = softClamp ? 2.0f : 0.0f;
+  if (contextDim > 0) {
+    layer.contextForm = rng() % 2 ? ContextForm::Linear : ContextForm::Activated;
+    layer.context = randomDense(width, contextDim);
+  }
   layer.activation = shape.activation;
   layer.scale = shape.scale;
   layer.residual = shape.residual;
@@ -107,12 +112,22 @@ LayerSpec randomPermutation(int dim) {
   return layer;
 }
 
-FlowSpec randomFlow(int dim, const std::vector<MadeShape>& shapes, int width) {
+// extras: soft clamps on the MADEs and an affine layer at the data end (trainable or fixed, scales of both signs).
+FlowSpec randomFlow(int dim, const std::vector<MadeShape>& shapes, int width, int contextDim = 0, bool extras = false) {
   FlowSpec spec;
   spec.dim = dim;
+  spec.contextDim = contextDim;
   for (size_t k = 0; k < shapes.size(); ++k) {
     if (k > 0) spec.layers.push_back(randomPermutation(dim));
-    spec.layers.push_back(randomMade(dim, shapes[k], width));
+    spec.layers.push_back(randomMade(dim, shapes[k], width, contextDim, extras));
+  }
+  if (extras) {
+    LayerSpec affine;
+    affine.kind = LayerKind::Affine;
+    affine.affineLoc = randomVector(dim, 1.0f);
+    for (int i = 0; i < dim; ++i) affine.affineScale.push_back((i % 2 ? -1.0f : 1.0f) * (0.5f + static_cast<float>(rng() % 100) / 50.0f));
+    affine.trainable = rng() % 2 == 0;
+    spec.layers.push_back(affine);
   }
   return spec;
 }
@@ -140,7 +155,15 @@ void runInference(const Backend& backend, const FlowSpec& spec, const std::strin
   const int dim = spec.dim;
   for (int64_t rows : {1, 3, 67}) {
     std::vector<float> x(rows * dim), logDet(rows), logProb(rows), z(rows * dim), logDetBack(rows), logProbBack(rows);
+    // A conditional flow: one context per row (and, below, one broadcast context).
+    const std::vector<float> contexts = randomVector(rows * spec.contextDim, 1.0f);
+    auto withContext = [&](RunRequest& req) {
+      if (spec.contextDim == 0) return;
+      req.context = contexts.data();
+      req.contextRows = rows;
+    };
     RunRequest sample;
+    withContext(sample);
     sample.direction = Direction::ToData;
     sample.seed = 7;
     sample.firstRow = 5;
@@ -152,6 +175,7 @@ void runInference(const Backend& backend, const FlowSpec& spec, const std::strin
     check(allFinite(x) && allFinite(logDet) && allFinite(logProb), label + ": non-finite sample");
 
     RunRequest density;
+    withContext(density);
     density.direction = Direction::ToLatent;
     density.input = x.data();
     density.rows = rows;
@@ -168,6 +192,8 @@ void runInference(const Backend& backend, const FlowSpec& spec, const std::strin
 
     // One output at a time, and given latent rows instead of the stream.
     RunRequest partial;
+    withContext(partial);
+    if (spec.contextDim > 0) partial.contextRows = 1;  // the first row's context, broadcast
     partial.direction = Direction::ToData;
     partial.input = noise.data();
     partial.rows = rows;
@@ -184,7 +210,10 @@ void runInference(const Backend& backend, const FlowSpec& spec, const std::strin
   }
   CancelFlag cancel(true);
   std::vector<float> x(1000 * dim);
+  const std::vector<float> oneContext = randomVector(spec.contextDim, 1.0f);
   RunRequest cancelled;
+  cancelled.context = spec.contextDim > 0 ? oneContext.data() : nullptr;
+  cancelled.contextRows = spec.contextDim > 0 ? 1 : 0;
   cancelled.rows = 1000;
   cancelled.outPoints = x.data();
   cancelled.cancel = &cancel;
@@ -212,6 +241,16 @@ std::vector<DenseMadeView> denseViews(const FlowSpec& spec, std::vector<std::vec
       views.push_back(view);
       continue;
     }
+    if (layer.kind == LayerKind::Affine) {
+      view.loc = slot(layer.affineLoc.size());
+      view.scale = slot(layer.affineScale.size());
+      views.push_back(view);
+      continue;
+    }
+    if (layer.contextForm != ContextForm::None) {
+      view.contextWeight = slot(layer.context.weight.size());
+      view.contextBias = slot(layer.context.bias.size());
+    }
     for (const DenseLinear& h : layer.hidden) {
       view.hiddenWeight.push_back(slot(h.weight.size()));
       view.hiddenBias.push_back(slot(h.bias.size()));
@@ -238,7 +277,10 @@ void runTraining(const Backend& backend, const FlowSpec& spec, const FlowSpec& t
     std::unique_ptr<Trainer> trainer = backend.makeTrainer(spec, Direction::ToLatent, nullptr, options);
     const int64_t trainRows = 100, validRows = 20;
     std::vector<float> train = randomVector(trainRows * dim, 1.0f), valid = randomVector(validRows * dim, 1.0f);
-    trainer->setData(train.data(), trainRows, valid.data(), validRows);
+    const int C = spec.contextDim;
+    std::vector<float> trainContext = randomVector(trainRows * C, 1.0f), validContext = randomVector(validRows * C, 1.0f);
+    trainer->setData(train.data(), trainRows, valid.data(), validRows, C > 0 ? trainContext.data() : nullptr,
+                     C > 0 ? validContext.data() : nullptr);
     StepStats stats;
     for (int64_t epoch = 0; epoch < 2; ++epoch) trainer->fitBatches(3, epoch, 0, 4, 32, stats);
     check(stats.steps + stats.skipped == 8, label + ": fitBatches did not take 8 steps");
@@ -249,11 +291,13 @@ void runTraining(const Backend& backend, const FlowSpec& spec, const FlowSpec& t
     trainer->restoreBest();
     check(trainer->validationLoss() == loss, label + ": restoreBest did not restore the saved weights");
     trainer->setOptions(OptimizerOptions{});
-    const double nll = trainer->likelihoodGradient(train.data(), 10);
+    const double nll = trainer->likelihoodGradient(train.data(), 10, C > 0 ? trainContext.data() : nullptr);
     check(std::isfinite(nll), label + ": non-finite likelihood");
-    std::vector<float> logProb(10), grad(10 * dim);
-    trainer->logProbGradient(train.data(), 10, logProb.data(), grad.data());
-    check(allFinite(logProb) && allFinite(grad), label + ": non-finite logProbGradient");
+    if (C == 0) {
+      std::vector<float> logProb(10), grad(10 * dim);
+      trainer->logProbGradient(train.data(), 10, logProb.data(), grad.data());
+      check(allFinite(logProb) && allFinite(grad), label + ": non-finite logProbGradient");
+    }
     std::vector<std::vector<float>> store;
     std::vector<DenseMadeView> views = denseViews(spec, store);
     trainer->parametersTo(views);
@@ -285,8 +329,11 @@ void runTraining(const Backend& backend, const FlowSpec& spec, const FlowSpec& t
     std::vector<float> z = randomVector(batch * dim, 1.0f), x(batch * dim), logq(batch), target(batch),
         targetGrad(batch * dim);
     StepStats stats;
+    const std::vector<float> contexts = randomVector(batch * spec.contextDim, 1.0f);
     for (int64_t step = 0; step < 3; ++step) {
-      trainer->reverseForward(11, step, batch, step == 1 ? z.data() : nullptr, x.data(), logq.data());
+      // Conditional: one context per row, then one for the batch.
+      trainer->reverseForward(11, step, batch, step == 1 ? z.data() : nullptr, x.data(), logq.data(),
+                              spec.contextDim > 0 ? contexts.data() : nullptr, step == 2 ? 1 : batch);
       for (int64_t r = 0; r < batch; ++r) {
         double sum = 0.0;
         for (int i = 0; i < dim; ++i) {
@@ -311,7 +358,8 @@ void runTraining(const Backend& backend, const FlowSpec& spec, const FlowSpec& t
     std::unique_ptr<Trainer> trainer = backend.makeTrainer(spec, Direction::ToData, &teacher, options);
     StepStats stats;
     std::vector<double> losses(3);
-    trainer->distillSteps(21, 0, 3, 16, 0.5, 0.25, 0.5, stats, losses.data());
+    const std::vector<float> contexts = randomVector(3 * 16 * spec.contextDim, 1.0f);
+    trainer->distillSteps(21, 0, 3, 16, 0.5, 0.25, 0.5, stats, losses.data(), spec.contextDim > 0 ? contexts.data() : nullptr, 16);
     for (double loss : losses) check(std::isfinite(loss), label + ": non-finite distillation loss");
   }
 }
@@ -397,7 +445,12 @@ int main() {
             runInference(*backend, spec, label);
             // Training is thread-count independent by design; one thread count covers it.
             if (threads == 2) runTraining(*backend, spec, teacher, label);
-            ++paths;
+            // The same shapes conditional (a context of 3), with soft clamps and an affine layer.
+            const FlowSpec conditional = randomFlow(dim, {shapes[s], shapes[(s + 1) % shapes.size()]}, dim == 19 ? 40 : 12, 3, true);
+            const FlowSpec conditionalTeacher = randomFlow(dim, {shapes[(s + 2) % shapes.size()]}, 10, 3, true);
+            runInference(*backend, conditional, label + " conditional");
+            if (threads == 2) runTraining(*backend, conditional, conditionalTeacher, label + " conditional");
+            paths += 2;
           }
         }
       }

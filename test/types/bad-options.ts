@@ -6,6 +6,7 @@ import {
   createIAF,
   createMAF,
   iaf,
+  importTorch,
   maf,
   permute,
   reverse,
@@ -28,6 +29,8 @@ export async function misuse(flow: Flow): Promise<void> {
   await flow.sampleWithLogProb(10, { seed: 1, threads: 2 }); // error TS2353
   standardNormal(4, 2, { seeed: 3 }); // error TS2561
   await writeNpy('x.npy', new Int32Array(3)); // error TS2345
+  await importTorch('f.safetensors', { from: 'sbi-nsf' }); // error TS2322
+  flow.sampleStream(10, { contxt: [1] }); // error TS2561
   const wrongArray: Float64Array = await flow.sample(3); // error TS2322
   void wrongArray;
 }

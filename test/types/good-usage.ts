@@ -8,6 +8,7 @@ import {
   encodeNpy,
   getThreads,
   iaf,
+  importTorch,
   loadFlow,
   maf,
   ModelFileError,
@@ -22,6 +23,7 @@ import {
   type Flow,
   type FlowConfig,
   type FlowOptions,
+  type ImportTorchOptions,
   type MadeOptions,
   type NpyArray,
   type SampleOptions,
@@ -51,6 +53,13 @@ export async function use(): Promise<number> {
   const shape: number[] = read.shape;
   const bytes: Buffer = encodeNpy(data, shape);
   const again: NpyArray = decodeNpy(bytes, 'bytes');
+  // A conditional flow from sbi: the context in sample, logProb and sampleStream.
+  const sbi: ImportTorchOptions = { from: 'sbi-maf', activation: 'tanh' };
+  const posterior: Flow = await importTorch('posterior.safetensors', sbi);
+  const draws: Float32Array = await posterior.sample(100, { context: [0.1, 0.2], seed: 1 });
+  const scored: Float32Array = await posterior.logProb(draws, { context: [[0.1, 0.2]] });
+  for await (const chunk of posterior.sampleStream(100, { context: new Float32Array(200), chunkRows: 10 })) void chunk;
+  void scored;
   setThreads(getThreads());
   for (const error of [new ModelFileError('f', 'p'), new NpyFileError('f', 'p')]) {
     const where: string = error.source;
