@@ -1283,7 +1283,11 @@ async function main(): Promise<void> {
     console.log(text);
     const write = args.write ?? (!args.quick && !args.only && args.ort && args.tfjs);
     if (write) {
-      fs.writeFileSync(path.join(BENCH_DIR, 'RESULTS.md'), `${text}\n`);
+      // bench/realdata.ts keeps its section in the same file, between its markers: carry it over.
+      const file = path.join(BENCH_DIR, 'RESULTS.md');
+      const old = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+      const realData = /<!-- bench\/realdata\.ts: begin[\s\S]*?<!-- bench\/realdata\.ts: end -->\n?/.exec(old)?.[0];
+      fs.writeFileSync(file, `${text}\n${realData ? `\n${realData}` : ''}`);
       log('wrote bench/RESULTS.md');
     } else log('bench/RESULTS.md not written (partial or quick run; pass --write to write it anyway)');
   } finally {
