@@ -44,6 +44,7 @@ import {
   createFlow,
   createMAF,
   fit,
+  defaultActivation,
   fitSchedule,
   gaussianBaseline,
   getThreads,
@@ -306,11 +307,12 @@ export function cliTrainOptions(
   seed: number,
 ): { layers: number; hidden: number[]; activation: Activation; softClamp: number; fit: FitOptions } {
   const validationFraction = 0.1;
-  const schedule = fitSchedule(trainRows - Math.round(trainRows * validationFraction));
+  const fitRows = trainRows - Math.round(trainRows * validationFraction);
+  const schedule = fitSchedule(fitRows);
   return {
     layers: 5,
     hidden: [64, 64],
-    activation: 'relu',
+    activation: defaultActivation(fitRows),
     softClamp: DEFAULT_SOFT_CLAMP,
     fit: { standardize: true, validationFraction, epochs: schedule.epochs, patience: schedule.patience, learningRate: 1e-3, ema: 0.99, seed },
   };
