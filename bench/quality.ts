@@ -19,6 +19,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { BuiltinTarget, Flow, ScaleKind, Target, createIAF, createMAF, distill, fit, fitReverseKL, getThreads, setThreads, targets } from '../src/index';
+import { rng as uniform } from './network'; // mulberry32, independent of the library's generators
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -33,18 +34,6 @@ const reverseSeeds = (arg('reverse-seeds') ?? '0,1,2,3,4,5').split(',').map(Numb
 const distillSeeds = (arg('distill-seeds') ?? '0,1,2,3,4').split(',').map(Number);
 const stl = process.argv.includes('--stl');
 const anneal = arg('anneal') === undefined ? undefined : Number(arg('anneal'));
-
-/** mulberry32: the data's own seeded generator (independent of the library's). */
-function uniform(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** n two-moons points, row-major. */
 export function twoMoons(n: number, seed: number): Float32Array {

@@ -59,6 +59,7 @@ import { main as cli, runDemo } from '../src/cli';
 import { datasets } from '../src/datasets';
 import { DEFAULT_SOFT_CLAMP } from '../src/layers';
 import { __trainingInternals } from '../src/train';
+import { rng as uniform } from './network'; // mulberry32, independent of the library's generators
 
 const BENCH_DIR = __dirname;
 const DATA_DIR = path.join(BENCH_DIR, 'data');
@@ -126,18 +127,6 @@ function gridStep(texts: string[]): number {
   let g = 0;
   for (const t of texts) g = gcd(g, Math.abs(Math.round(Number(t) * 10 ** decimals)));
   return g / 10 ** decimals;
-}
-
-/** mulberry32: the bench's own seeded generator (independent of the library's). */
-function uniform(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** A seeded 80/20 split (Fisher-Yates on mulberry32(seed)): the source files are sorted (by code, by date). */
