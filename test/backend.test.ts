@@ -157,6 +157,25 @@ describe('firstRow', () => {
     }
   });
 
+  // The sequential direction of an IAF (logProb) pushes each degree's new hidden units into the
+  // heads still to come; the one-row path pulls each head's sum. Both add the same terms in the
+  // same order, so a row scores the same bits alone or inside a tile.
+  it.each(native.kernelInfo().available.split(','))('logProb of a row alone equals its score inside a tile, bit for bit (%s kernels)', async (isa) => {
+    const best = native.kernelInfo().isa;
+    expect(native.selectKernels(isa)).toBe(true);
+    try {
+      const wide = createFlow({ dim: 7, layers: [iaf({ hidden: [40, 33] }), reverse(), iaf({ hidden: [24, 24, 24], residual: true }), maf({ hidden: [24] })], seed: 5 });
+      const x = await wide.sample(300, { seed: 3 });
+      const whole = await wide.logProb(x);
+      for (const r of [0, 1, 150, 299]) {
+        const one = wide.logProbSync(x.subarray(7 * r, 7 * r + 7));
+        expect(Buffer.from(one.buffer).equals(Buffer.from(whole.buffer, 4 * r, 4))).toBe(true);
+      }
+    } finally {
+      native.selectKernels(best);
+    }
+  });
+
   async function samplePiecewise() {
     const whole = await flow.sampleWithLogProb(1000, { seed: 77 });
     const pieces = [

@@ -98,13 +98,11 @@ inline vf activate(vf x) {
   return x;
 }
 
-// A register block: kColumns units x the tile's rows, over `depth` inputs.
+// Terms [k0, k1) of a register block's sums: kColumns units x the tile's rows, in k order.
 template <int kColumns>
-inline void accumulate(const LinearView& L, const float* xT, int j0, int depth, vf (&acc)[kColumns][kRowVectors]) {
-  for (int c = 0; c < kColumns; ++c)
-    for (int v = 0; v < kRowVectors; ++v) acc[c][v] = splat(L.bias[j0 + c]);
+inline void multiplyAdd(const LinearView& L, const float* xT, int j0, int k0, int k1, vf (&acc)[kColumns][kRowVectors]) {
   const float* w = L.weightKM + j0;
-  for (int k = 0; k < depth; ++k) {
+  for (int k = k0; k < k1; ++k) {
     vf x[kRowVectors];
     for (int v = 0; v < kRowVectors; ++v) x[v] = load(xT + k * kTile + v * kVec);
     const float* wk = w + static_cast<long>(k) * L.outStride;
@@ -112,6 +110,32 @@ inline void accumulate(const LinearView& L, const float* xT, int j0, int depth, 
       const vf b = splat(wk[c]);
       for (int v = 0; v < kRowVectors; ++v) acc[c][v] = IAF_FMADD(b, x[v], acc[c][v]);
     }
+  }
+}
+
+// A register block: kColumns units x the tile's rows, over `depth` inputs.
+template <int kColumns>
+inline void accumulate(const LinearView& L, const float* xT, int j0, int depth, vf (&acc)[kColumns][kRowVectors]) {
+  for (int c = 0; c < kColumns; ++c)
+    for (int v = 0; v < kRowVectors; ++v) acc[c][v] = splat(L.bias[j0 + c]);
+  multiplyAdd<kColumns>(L, xT, j0, 0, depth, acc);
+}
+
+// Units [lo, hi) in the fewest blocks of at most kGroup units, their widths as even as possible:
+// a degree group of 8 units in the sequential direction runs as 4 + 4 (16 accumulators each)
+// rather than 6 + 2, whose second block has too few independent sums to hide the FMA latency.
+// Calls block(first unit, width) for each.
+template <typename Block>
+inline void evenBlocks(int lo, int hi, Block&& block) {
+  const int units = hi - lo;
+  if (units <= 0) return;
+  const int blocks = (units + kGroup - 1) / kGroup;
+  const int narrow = units / blocks;  // each block has narrow or narrow + 1 units
+  const int wide = units % blocks;    // the first `wide` blocks have narrow + 1
+  for (int b = 0, j = lo; b < blocks; ++b) {
+    const int width = narrow + (b < wide ? 1 : 0);
+    block(j, width);
+    j += width;
   }
 }
 
@@ -145,22 +169,10 @@ inline void columnBlockOfWidth(int width, const LinearView& L, const float* xT, 
   else if (kColumns > 1) columnBlockOfWidth<(kColumns > 1 ? kColumns - 1 : 1), kAct>(width, L, xT, yT, j, residualT, preActT);
 }
 
-// Units [lo, hi) in the fewest blocks of at most kGroup units, their widths as even as possible:
-// a degree group of 8 units in the sequential direction runs as 4 + 4 (16 accumulators each)
-// rather than 6 + 2, whose second block has too few independent sums to hide the FMA latency.
 template <int kAct>
 void linearFor(const LinearView& L, const float* xT, float* yT, int lo, int hi, const float* residualT,
                float* preActT) {
-  const int units = hi - lo;
-  if (units <= 0) return;
-  const int blocks = (units + kGroup - 1) / kGroup;
-  const int narrow = units / blocks;  // each block has narrow or narrow + 1 units
-  const int wide = units % blocks;    // the first `wide` blocks have narrow + 1
-  for (int b = 0, j = lo; b < blocks; ++b) {
-    const int width = narrow + (b < wide ? 1 : 0);
-    columnBlockOfWidth<kGroup, kAct>(width, L, xT, yT, j, residualT, preActT);
-    j += width;
-  }
+  evenBlocks(lo, hi, [&](int j, int width) { columnBlockOfWidth<kGroup, kAct>(width, L, xT, yT, j, residualT, preActT); });
 }
 
 void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation,
@@ -171,6 +183,32 @@ void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int h
     case kActELU: return linearFor<kActELU>(L, xT, yT, lo, hi, residualT, preActT);
     default: return linearFor<kActNone>(L, xT, yT, lo, hi, residualT, preActT);
   }
+}
+
+// Adds terms [k0, k1) to the running sums of units [lo, hi) in accT (feature-major), kColumns at
+// a time: the sequential direction pushes each degree's new hidden units into every head column
+// still to come, so a head column gets the multiply-adds `accumulate` would give it, in the same
+// order (accT starts as the bias), while each product runs kGroup columns wide instead of the two
+// columns of one position.
+template <int kColumns>
+inline void addBlock(const LinearView& L, const float* xT, float* accT, int j0, int k0, int k1) {
+  vf acc[kColumns][kRowVectors];
+  for (int c = 0; c < kColumns; ++c)
+    for (int v = 0; v < kRowVectors; ++v) acc[c][v] = load(accT + (j0 + c) * kTile + v * kVec);
+  multiplyAdd<kColumns>(L, xT, j0, k0, k1, acc);
+  for (int c = 0; c < kColumns; ++c)
+    for (int v = 0; v < kRowVectors; ++v) store(accT + (j0 + c) * kTile + v * kVec, acc[c][v]);
+}
+
+template <int kColumns>
+inline void addBlockOfWidth(int width, const LinearView& L, const float* xT, float* accT, int j, int k0, int k1) {
+  if (width == kColumns) addBlock<kColumns>(L, xT, accT, j, k0, k1);
+  else if (kColumns > 1) addBlockOfWidth<(kColumns > 1 ? kColumns - 1 : 1)>(width, L, xT, accT, j, k0, k1);
+}
+
+void linearAddKernel(const LinearView& L, const float* xT, float* accT, int k0, int k1, int lo, int hi) {
+  if (k1 <= k0) return;
+  evenBlocks(lo, hi, [&](int j, int width) { addBlockOfWidth<kGroup>(width, L, xT, accT, j, k0, k1); });
 }
 
 // ---- one row at a time, vectorised across units ----
@@ -235,6 +273,24 @@ inline void scaleOf(vf a, vf& scale, vf& logScale) {
   }
 }
 
+// One vector of rows of position p: out = in * scale + shift (logDet += log scale), or the inverse
+// (as flow_math.h's solveAffine: a solution past float32 is +-infinity, its log-scale left out).
+template <int kScale, bool kInverse>
+inline vf affineElement(vf rawShift, vf rawScale, vf in, vf& ld) {
+  vf scale, logScale;
+  scaleOf<kScale>(rawScale, scale, logScale);
+  vf shift = rawShift;
+  if (kScale == 2) shift = (1.0f - scale) * shift;
+  if (kInverse) {
+    const vf u = (in - shift) / scale;
+    const vi finite = vabs(u) <= iaflow::kFloatMax;
+    ld -= select(finite, logScale, splat(0.0f));
+    return select(finite, u, select(u < 0.0f, splat(-__builtin_huge_valf()), splat(__builtin_huge_valf())));
+  }
+  ld += logScale;
+  return in * scale + shift;
+}
+
 template <int kPositions, int kScale, bool kInverse>
 inline void affineBlock(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0) {
   vf acc[2 * kPositions][kRowVectors];
@@ -242,21 +298,8 @@ inline void affineBlock(const LinearView& head, const float* hT, const float* in
   for (int v = 0; v < kRowVectors; ++v) {
     vf ld = load(logDet + v * kVec);
     for (int q = 0; q < kPositions; ++q) {
-      const int p = p0 + q;
-      vf scale, logScale;
-      scaleOf<kScale>(acc[2 * q + 1][v], scale, logScale);
-      vf shift = acc[2 * q][v];
-      if (kScale == 2) shift = (1.0f - scale) * shift;
-      const vf in = load(inT + p * kTile + v * kVec);
-      if (kInverse) {  // as flow_math.h's solveAffine: a solution past float32 is +-infinity
-        const vf u = (in - shift) / scale;
-        const vi finite = vabs(u) <= iaflow::kFloatMax;
-        store(outT + p * kTile + v * kVec, select(finite, u, select(u < 0.0f, splat(-__builtin_huge_valf()), splat(__builtin_huge_valf()))));
-        ld -= select(finite, logScale, splat(0.0f));
-      } else {
-        store(outT + p * kTile + v * kVec, in * scale + shift);
-        ld += logScale;
-      }
+      const long at = (p0 + q) * kTile + v * kVec;
+      store(outT + at, affineElement<kScale, kInverse>(acc[2 * q][v], acc[2 * q + 1][v], load(inT + at), ld));
     }
     store(logDet + v * kVec, ld);
   }
@@ -289,8 +332,35 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
   }
 }
 
-// The one-row affine step: up to kVec positions per vector, the same scaleOf and the same
-// expressions as affineBlock, so each element is computed by the same operations.
+// The affine step for positions [p0, p1) from the head's finished sums rawT (feature-major:
+// column 2p the raw shift, 2p + 1 the raw scale), as affineBlock does after its product.
+template <int kScale, bool kInverse>
+void affineRawFor(const float* rawT, const float* inT, float* outT, float* logDet, int p0, int p1) {
+  for (int v = 0; v < kRowVectors; ++v) {
+    vf ld = load(logDet + v * kVec);
+    for (int p = p0; p < p1; ++p) {
+      const long at = p * kTile + v * kVec;
+      const vf rawShift = load(rawT + 2 * p * kTile + v * kVec), rawScale = load(rawT + (2 * p + 1) * kTile + v * kVec);
+      store(outT + at, affineElement<kScale, kInverse>(rawShift, rawScale, load(inT + at), ld));
+    }
+    store(logDet + v * kVec, ld);
+  }
+}
+
+void affineRawKernel(const float* rawT, const float* inT, float* outT, float* logDet, int p0, int p1, int scaleKind,
+                     bool inverse) {
+  switch (scaleKind * 2 + (inverse ? 1 : 0)) {
+    case 0: return affineRawFor<0, false>(rawT, inT, outT, logDet, p0, p1);
+    case 1: return affineRawFor<0, true>(rawT, inT, outT, logDet, p0, p1);
+    case 2: return affineRawFor<1, false>(rawT, inT, outT, logDet, p0, p1);
+    case 3: return affineRawFor<1, true>(rawT, inT, outT, logDet, p0, p1);
+    case 4: return affineRawFor<2, false>(rawT, inT, outT, logDet, p0, p1);
+    default: return affineRawFor<2, true>(rawT, inT, outT, logDet, p0, p1);
+  }
+}
+
+// The one-row affine step: up to kVec positions per vector through affineElement, as affineBlock,
+// so each element is computed by the same operations.
 template <int kScale, bool kInverse>
 void affineRowFor(const float* raw, const float* in, float* out, float* logDet, int p0, int p1) {
   alignas(64) float rawScale[kVec], rawShift[kVec], value[kVec], result[kVec], logScales[kVec];
@@ -301,25 +371,14 @@ void affineRowFor(const float* raw, const float* in, float* out, float* logDet, 
       rawScale[q] = q < n ? raw[2 * (p + q) + 1] : 0.0f;
       value[q] = q < n ? in[p + q] : 0.0f;
     }
-    vf scale, logScale;
-    scaleOf<kScale>(load(rawScale), scale, logScale);
-    vf shift = load(rawShift);
-    if (kScale == 2) shift = (1.0f - scale) * shift;
-    const vf x = load(value);
-    if (kInverse) {  // as affineBlock: a solution past float32 is +-infinity, its log-scale left out
-      const vf u = (x - shift) / scale;
-      const vi finite = vabs(u) <= iaflow::kFloatMax;
-      store(result, select(finite, u, select(u < 0.0f, splat(-__builtin_huge_valf()), splat(__builtin_huge_valf()))));
-      store(logScales, select(finite, logScale, splat(0.0f)));
-    } else {
-      store(result, x * scale + shift);
-      store(logScales, logScale);
-    }
+    // lanes: each position's signed log-scale (0 - x is -x exactly), summed in position order below.
+    vf lanes = splat(0.0f);
+    store(result, affineElement<kScale, kInverse>(load(rawShift), load(rawScale), load(value), lanes));
+    store(logScales, lanes);
     float ld = *logDet;
     for (int q = 0; q < n; ++q) {
       out[p + q] = result[q];
-      if (kInverse) ld -= logScales[q];
-      else ld += logScales[q];
+      ld += logScales[q];
     }
     *logDet = ld;
   }
