@@ -17,9 +17,10 @@
 constexpr int kVec = IAF_TRAIN_VEC;
 static_assert(kBlock % kVec == 0, "a column block must be a whole number of vectors");
 constexpr int kBlockVectors = kBlock / kVec;  // vectors per column block
-// Rows per register tile: about eight independent accumulators in flight, enough to hide the
-// multiply-add latency (one 16-float vector per block on AVX-512, two 8-float ones on AVX2).
-constexpr int kRowBlock = kBlockVectors == 1 ? 8 : 4;
+// Rows per register tile: twelve independent accumulators (one 16-float vector per block on
+// AVX-512, two 8-float ones on AVX2), half again the eight that two FMA pipes of four cycles' latency
+// need, so loads and broadcasts never leave a pipe waiting; on AVX2 that uses 15 of 16 registers.
+constexpr int kRowBlock = kBlockVectors == 1 ? 12 : 6;
 
 #if defined(__GNUC__) || defined(__clang__)
 typedef float Vec __attribute__((vector_size(IAF_TRAIN_VEC * 4)));
