@@ -1366,8 +1366,8 @@ exits. POST /sample { n, seed, firstRow?, format? } answers the bytes flow.sampl
 /log-prob { rows } (or float32 / .npy bytes) answers { logProb }; GET /model, /health, /metrics.
 A conditional model takes a context in both: { ..., context } (one row, or one per row), or
 ?context=c1,c2,... beside a binary /log-prob body.
-Formats: json, csv, ndjson, f32, npy (a format field or the Accept header). Needs the fastify
-package (npm install fastify@5). See the README's "Serving" section.
+Formats: json, csv, ndjson, f32, npy (a format field or the Accept header). Runs on fastify,
+which npm installs with iaflow. See the README's "Serving" section.
 
 Options:
   --port N               port (default 8080; 0: any free port)
@@ -1407,7 +1407,7 @@ Options:
         shutdownTimeoutMs: optional('shutdown-timeout-ms', 0, 2 ** 31 - 1),
       };
       threadsOption(p);
-      // Loaded here, not at the top: the server needs fastify (an optional peer dependency), the other commands do not.
+      // Loaded here, not at the top: only the server loads fastify (a dependency, ~15 MB); the other commands never do.
       const server = require('./server') as typeof import('./server');
       await server.serveModel(options, io.stderr);
     },

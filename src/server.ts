@@ -21,7 +21,9 @@
  * client goes away or the per-request timeout passes, and the native work stops within one tile.
  *
  * Nothing here imports fastify at run time: the plugin uses the instance it is registered on, and
- * only serveModel (the CLI's server) loads it, so `sampleSharded` works without fastify installed.
+ * only serveModel (the CLI's server) loads it. fastify is a dependency of iaflow (so `iaflow serve`
+ * works right after `npm install iaflow`), but `require('iaflow')`, `require('iaflow/server')` and
+ * `sampleSharded` never load it.
  */
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { cpus } from 'node:os';
@@ -725,7 +727,7 @@ export async function serveModel(options: ServeOptions, log: ServeOutput = proce
 
 type FastifyFactory = typeof import('fastify').default;
 
-/** fastify, an optional peer dependency: loaded only here, with a clear message when it is missing. */
+/** fastify, a dependency of iaflow: loaded only here, with a clear message if an install left it out. */
 function loadFastify(): FastifyFactory {
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -734,7 +736,7 @@ function loadFastify(): FastifyFactory {
   } catch (error) {
     const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
     if (code === 'MODULE_NOT_FOUND' && typeof message === 'string' && message.includes("'fastify'")) {
-      throw new Error('iaflow serve needs the fastify package (an optional peer dependency of iaflow): npm install fastify@5');
+      throw new Error('iaflow serve cannot find the fastify package, a dependency of iaflow: reinstall iaflow (npm install iaflow)');
     }
     throw error;
   }
