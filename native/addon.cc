@@ -3,6 +3,7 @@
 // reaches this file, and the checks below only keep a buggy caller from
 // crashing the process.
 #include <napi.h>
+#include <uv.h>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -159,15 +160,31 @@ uint64_t seedFrom(Napi::Env env, const Napi::Value& lo, const Napi::Value& hi) {
 // ---- Per-environment state ----
 // Each Node environment (the main thread, every worker_thread) that loads the
 // addon gets its own: the cancel flags of its calls in flight, and whether it
-// is closing. When a worker_thread ends with a call running, the environment's
-// cleanup hook raises every flag (the native work stops within one tile) and
-// marks it closing, so the completion never touches a dying environment.
+// is closing. When a worker_thread ends with a call running, every flag is
+// raised (the native work stops within one tile) and the environment is marked
+// closing, so the completion never touches a dying environment.
+//
+// Node runs an environment's cleanup hooks only after the thread-pool work it
+// queued has finished, so the cleanup hook alone would let a long call hold a
+// worker's teardown (worker.terminate(), process.exit) for as long as the call
+// runs. While async calls are in flight, a timer on the environment's loop
+// (unreferenced: it keeps nothing alive) therefore asks every
+// kTeardownPollMs whether the environment can still run JavaScript; once it
+// is stopping (or tearing down, where Node's loop still turns while it waits
+// for that work) it cannot, and the timer raises the flags itself.
 // (The thread pool and the backends are process-wide: setThreads too.)
+constexpr uint64_t kTeardownPollMs = 10;
+
 struct EnvState {
   std::mutex mutex;
   std::unordered_set<std::shared_ptr<iaflow::CancelFlag>> inFlight;
   std::atomic<bool> closing{false};
   Napi::FunctionReference cancelTokenClass;
+  napi_env env = nullptr;
+  // Async jobs queued and not yet completed, and the teardown timer that runs
+  // while there are any (touched only on the environment's own thread).
+  size_t asyncJobs = 0;
+  uv_timer_t* teardownTimer = nullptr;
 };
 
 void closeEnv(void* arg) {
@@ -175,6 +192,66 @@ void closeEnv(void* arg) {
   state->closing = true;
   std::lock_guard<std::mutex> lock(state->mutex);
   for (const auto& flag : state->inFlight) flag->store(true);
+}
+
+// Whether the environment still runs JavaScript: Node-API calls that may enter
+// JavaScript fail once it is stopping (worker.terminate(), process.exit) or
+// being torn down. A strict comparison of two undefineds is such a call that
+// does nothing else; on a live environment, between calls, it cannot fail.
+bool envRunsJavaScript(napi_env env) {
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return false;
+  napi_value undefined;
+  bool equal = false;
+  bool alive = napi_get_undefined(env, &undefined) == napi_ok && napi_strict_equals(env, undefined, undefined, &equal) == napi_ok;
+  napi_close_handle_scope(env, scope);
+  return alive;
+}
+
+void onTeardownPoll(uv_timer_t* timer) {
+  auto* state = static_cast<EnvState*>(timer->data);
+  if (state->closing || !envRunsJavaScript(state->env)) {
+    closeEnv(state);
+    uv_timer_stop(timer);
+  }
+}
+
+// On the environment's thread, as an async job is queued or completes.
+void asyncJobStarted(EnvState& state) {
+  if (state.asyncJobs++ > 0 || state.closing) return;
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(state.env, &loop) != napi_ok || loop == nullptr) return;
+  auto* timer = new uv_timer_t;
+  if (uv_timer_init(loop, timer) != 0) {
+    delete timer;
+    return;
+  }
+  timer->data = &state;
+  uv_unref(reinterpret_cast<uv_handle_t*>(timer));
+  uv_timer_start(timer, onTeardownPoll, kTeardownPollMs, kTeardownPollMs);
+  state.teardownTimer = timer;
+}
+
+void closeTeardownTimer(EnvState& state) {
+  if (state.teardownTimer == nullptr) return;
+  uv_close(reinterpret_cast<uv_handle_t*>(state.teardownTimer), [](uv_handle_t* handle) { delete reinterpret_cast<uv_timer_t*>(handle); });
+  state.teardownTimer = nullptr;
+}
+
+void asyncJobEnded(EnvState& state) {
+  if (state.asyncJobs > 0) state.asyncJobs--;
+  // Closed, not kept: its close callback runs in this same turn of the loop,
+  // so no handle of ours is left open when a worker's loop is closed.
+  if (state.asyncJobs == 0) closeTeardownTimer(state);
+}
+
+// The environment's cleanup hook. Node has waited for the thread-pool work,
+// so every job has completed and the timer is closed already; the flags and
+// the closing mark still matter for anything that completes later.
+void cleanupEnv(void* arg) {
+  auto* state = static_cast<EnvState*>(arg);
+  closeEnv(state);
+  closeTeardownTimer(*state);
 }
 
 EnvState& envState(Napi::Env env) {
@@ -325,6 +402,7 @@ class Job final : public Napi::AsyncWorker {
     }
     auto* job = new Job(env, std::move(work), std::move(result), pinned, std::move(cancel), std::move(busy));
     Napi::Promise promise = job->deferred_.Promise();
+    asyncJobStarted(*job->state_);
     job->Queue();
     return promise;
   }
@@ -344,6 +422,7 @@ class Job final : public Napi::AsyncWorker {
       state_->inFlight.erase(cancel_);
     }
     if (busy_) *busy_ = false;
+    asyncJobEnded(*state_);
     if (!state_->closing && status != napi_cancelled) {
       // Nothing may escape into the event loop: a failure to settle (the
       // environment shutting down between the check and here) is dropped.
@@ -1069,8 +1148,9 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   auto* state = new EnvState();
+  state->env = env;
   env.SetInstanceData<EnvState>(state);  // deleted with the environment, after its cleanup hooks
-  napi_add_env_cleanup_hook(env, closeEnv, state);
+  napi_add_env_cleanup_hook(env, cleanupEnv, state);
   Napi::Function cancelToken = CancelToken::define(env);
   state->cancelTokenClass = Napi::Persistent(cancelToken);
   exports.Set("CancelToken", cancelToken);

@@ -28,7 +28,7 @@ import {
   Tensor,
   writeFileAtomic,
 } from './safetensors';
-import { checkEnum, checkOptions, invalidType } from './validation';
+import { checkEnum, checkOptions, invalidType, warnOnHugeWeights } from './validation';
 
 export { ModelFileError };
 
@@ -89,7 +89,21 @@ export async function saveFlow(flow: Flow, path: string): Promise<void> {
   } catch (error) {
     throw new RangeError(`saveFlow: this flow's model file would be refused by loadFlow: ${(error as ModelFileError).problem}`);
   }
+  // Finite but huge weights (set by hand, or loaded) give NaN samples: saved, but said once.
+  warnOnHugeWeights('saveFlow', maxAbsWeight(flow.currentParameters().values()));
   await writeFileAtomic(path, bytes);
+}
+
+/** The largest |weight| of a flow's tensors (see warnOnHugeWeights). */
+function maxAbsWeight(tensors: Iterable<Float32Array>): number {
+  let maxAbs = 0;
+  for (const data of tensors) {
+    for (let i = 0; i < data.length; i++) {
+      const a = Math.abs(data[i]);
+      if (a > maxAbs) maxAbs = a;
+    }
+  }
+  return maxAbs;
 }
 
 /** The bytes saveFlow writes. */
@@ -157,6 +171,7 @@ export async function loadFlow(path: string): Promise<Flow> {
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
   }
+  warnOnHugeWeights('loadFlow', maxAbsWeight(params.values()));
   return new Flow(config, params);
 }
 
@@ -205,6 +220,7 @@ export async function importTorch(path: string, options: ImportTorchOptions): Pr
   } catch (error) {
     throw new ModelFileError(path, `the state dict maps to an invalid flow: ${shorten((error as Error).message, MAX_QUOTED_PROBLEM)}`);
   }
+  warnOnHugeWeights('importTorch', maxAbsWeight(params.values()));
   return new Flow(checked, params);
 }
 

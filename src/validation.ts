@@ -111,21 +111,23 @@ export function checkRowCount(name: string, value: unknown, dim: number): number
  * their weights far below (a few units to hundreds).
  */
 export const HUGE_WEIGHT = 1e18;
-let hugeWeightsWarned = false;
+/** The callers (setParameters, saveFlow, loadFlow, importTorch) that have warned in this process. */
+const hugeWeightsWarned = new Set<string>();
 
 /**
- * The warning path for finite weights too large for float32 arithmetic (setParameters: give it the
- * largest |value| it copied). Such weights are accepted, since they are valid float32 values and
- * a caller may mean them, but the first time in the process a warning (code IAFLOW_HUGE_WEIGHTS)
- * says what they will do; later calls stay quiet, so a loop of setParameters does not spam.
+ * The warning path for finite weights too large for float32 arithmetic (give it the largest
+ * |value| of the weights set, saved or loaded). Such weights are accepted, since they are valid
+ * float32 values and a caller may mean them, but the first time in the process that each caller
+ * meets them a warning (code IAFLOW_HUGE_WEIGHTS) says what they will do; later calls stay quiet,
+ * so a loop of setParameters or of checkpoint saves does not spam.
  * Returns whether `maxAbs` is over HUGE_WEIGHT.
  */
 export function warnOnHugeWeights(where: string, maxAbs: number): boolean {
   if (!(maxAbs > HUGE_WEIGHT)) return false;
-  if (!hugeWeightsWarned) {
-    hugeWeightsWarned = true;
+  if (!hugeWeightsWarned.has(where)) {
+    hugeWeightsWarned.add(where);
     process.emitWarning(
-      `${where}: a weight of magnitude ${maxAbs.toPrecision(3)} (over ${HUGE_WEIGHT}) makes float32 products overflow, so samples and log-densities will be NaN or infinite. This warning is given once per process.`,
+      `${where}: a weight of magnitude ${maxAbs.toPrecision(3)} (over ${HUGE_WEIGHT.toExponential()}) makes float32 products overflow, so samples and log-densities will be NaN or infinite. ${where} gives this warning once per process.`,
       { code: 'IAFLOW_HUGE_WEIGHTS' },
     );
   }

@@ -318,6 +318,51 @@ describe('hostile model files (issue 11) are refused quickly with a ModelFileErr
   });
 });
 
+describe('finite but huge weights (issue 11)', () => {
+  test('saveFlow, loadFlow and importTorch warn once per process each about weights that overflow float32', async () => {
+    const emitted: string[] = [];
+    const spy = jest.spyOn(process, 'emitWarning').mockImplementation(((warning: string | Error, options?: { code?: string }) => {
+      if (options?.code === 'IAFLOW_HUGE_WEIGHTS') emitted.push(String(warning));
+    }) as typeof process.emitWarning);
+    try {
+      // Weights of a trained size say nothing.
+      const saneFile = join(dir, 'sane.safetensors');
+      await saveFlow(sampleFlow(), saneFile);
+      await loadFlow(saneFile);
+      expect(emitted).toEqual([]);
+
+      // 3e38 is a finite float32, so it is accepted, but the products overflow: NaN samples.
+      const flow = sampleFlow();
+      const params = flow.getParameters();
+      for (const value of Object.values(params)) value.forEach((_, i) => (value[i] = i % 2 ? -3e38 : 3e38));
+      flow.setParameters(params);
+      expect(flow.sampleSync(4, { seed: 1 }).some((v) => !Number.isFinite(v))).toBe(true);
+      const file = join(dir, 'huge.safetensors');
+      await saveFlow(flow, file);
+      const loaded = await loadFlow(file);
+      expect(loaded.sampleSync(4, { seed: 1 }).some((v) => !Number.isFinite(v))).toBe(true);
+      // Once per process for each: a loop of checkpoint saves does not repeat it.
+      await saveFlow(loaded, file);
+      await loadFlow(file);
+      expect(emitted).toEqual([
+        expect.stringMatching(/^setParameters: a weight of magnitude 3\.00e\+38 \(over 1e\+18\) makes float32 products overflow/),
+        expect.stringMatching(/^saveFlow: a weight of magnitude 3\.00e\+38 .* NaN or infinite\. saveFlow gives this warning once per process\.$/),
+        expect.stringMatching(/^loadFlow: a weight of magnitude 3\.00e\+38 .* NaN or infinite\. loadFlow gives this warning once per process\.$/),
+      ]);
+
+      const torch = decodeSafetensors(readFileSync(join(__dirname, 'fixtures/torch/zuko-maf-d3.safetensors')));
+      const [name, tensor] = [...torch.tensors].find(([n]) => n.endsWith('.weight'))!;
+      torch.tensors.set(name, { ...tensor, data: (tensor.data as Float32Array).map(() => 1e30) });
+      const torchFile = join(dir, 'torch-huge.safetensors');
+      writeFileSync(torchFile, encodeSafetensors(torch.tensors, torch.metadata));
+      await importTorch(torchFile, { from: 'zuko-maf' });
+      expect(emitted.slice(3)).toEqual([expect.stringMatching(/^importTorch: a weight of magnitude 1\.00e\+30 /)]);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+});
+
 describe('saving (issue 11)', () => {
   test('names of 250 and 255 bytes save and load', async () => {
     const flow = sampleFlow();
