@@ -32,7 +32,7 @@ struct Scratch {
   const std::vector<float>* broadcastTerm = nullptr;
   std::vector<std::vector<float>> hidden;  // per hidden layer: widest * tileRows (after the activation)
   std::vector<std::vector<float>> stream;  // residual MADEs: the pre-activation stream h of layers 0, 2, 4, ...
-  std::vector<float> output;     // the heads' raw outputs: tileRows * (2 dim, padded); tiles: feature-major
+  std::vector<float> output;     // reference path only: tileRows * (2 dim, padded)
   std::vector<float> logDet;
   std::vector<float> baseLogDensity;
   int tileRows = -1, dim = -1, depth = -1, widest = -1, contextDim = -1;
@@ -201,18 +201,10 @@ void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   const bool clamp = m.softClampInv != 0.0f;
   float* cond = clamp ? s.condIn.data() : u;
   const int T = s.tileRows;
-  // The heads' sums, pushed: each degree's new units go into every head column still to come,
-  // kGroup columns per product rather than the two of one position (the same sums, bit for bit).
-  const LinearView head = view(m.output);
-  float* raw = s.output.data();
-  for (int j = 0; j < 2 * m.dim; ++j) std::fill_n(raw + static_cast<size_t>(j) * T, T, head.bias[j]);
-  int pushed = 0;  // head inputs already in every later column's sum
   for (int p = 0; p < m.dim; ++p) {
     unitsOfDegree(K.linear, m, s, cond, p);
-    const int ready = head.prefix[2 * p + 1];  // the inputs position p reads, all known now
-    K.linearAdd(head, headInput(m, s), raw, pushed, ready, 2 * p, 2 * m.dim);
-    pushed = std::max(pushed, ready);
-    K.affineRaw(raw, s.sortedIn.data(), u, s.logDet.data(), p, p + 1, static_cast<int>(m.scale), true);
+    K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
+             static_cast<int>(m.scale), true);
     if (clamp) conditionerInput(m, u + static_cast<size_t>(p) * T, cond + static_cast<size_t>(p) * T, T);
   }
   scatterSorted(m, s, u);

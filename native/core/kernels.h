@@ -38,15 +38,6 @@ struct KernelTable {
   // Inverse: outT[p] = (inT[p] - shift) / scale, logDet -= log scale.
   void (*affine)(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
                  int p1, int scaleKind, bool inverse);
-  // For units j in [lo, hi): accT[j] += sum_{k0 <= k < k1} W[k][j] * xT[k], terms in k order, all
-  // k below prefix[j]. The sequential direction pushes each degree's new hidden units into the head
-  // columns still to come (accT starts as the bias): once every range is in, a column holds the
-  // sum `affine` computes, bit for bit.
-  void (*linearAdd)(const LinearView& layer, const float* xT, float* accT, int k0, int k1, int lo, int hi);
-  // `affine`'s step for positions [p0, p1) from the head's finished sums rawT (feature-major,
-  // columns 2p shift and 2p + 1 scale) instead of a product.
-  void (*affineRaw)(const float* rawT, const float* inT, float* outT, float* logDet, int p0, int p1, int scaleKind,
-                    bool inverse);
   // The affine step of ONE row for positions [p0, p1) (the one-row path), from the head's raw
   // outputs raw[2p] (shift) and raw[2p + 1] (scale), with `affine`'s per-element operations, so a
   // row gives the same bits whichever path (tile or row) runs it: a sample split in pieces of

@@ -26,7 +26,8 @@ typedef int vi __attribute__((vector_size(IAF_VEC * 4), aligned(4)));
 #endif
 
 // The register blocks pass their accumulators by reference: they must be inlined, or the sums
-// live in memory (an out-of-line accumulate<4> ran the sequential direction at half speed).
+// live in memory (GCC kept accumulate<2>, the sequential direction's heads, out of line: a quarter
+// of that direction's time went to spilled sums).
 #define IAF_ALWAYS_INLINE inline __attribute__((always_inline))
 
 constexpr int kVec = IAF_VEC;
@@ -102,11 +103,13 @@ inline vf activate(vf x) {
   return x;
 }
 
-// Terms [k0, k1) of a register block's sums: kColumns units x the tile's rows, in k order.
+// A register block: kColumns units x the tile's rows, over `depth` inputs.
 template <int kColumns>
-IAF_ALWAYS_INLINE void multiplyAdd(const LinearView& L, const float* xT, int j0, int k0, int k1, vf (&acc)[kColumns][kRowVectors]) {
+IAF_ALWAYS_INLINE void accumulate(const LinearView& L, const float* xT, int j0, int depth, vf (&acc)[kColumns][kRowVectors]) {
+  for (int c = 0; c < kColumns; ++c)
+    for (int v = 0; v < kRowVectors; ++v) acc[c][v] = splat(L.bias[j0 + c]);
   const float* w = L.weightKM + j0;
-  for (int k = k0; k < k1; ++k) {
+  for (int k = 0; k < depth; ++k) {
     vf x[kRowVectors];
     for (int v = 0; v < kRowVectors; ++v) x[v] = load(xT + k * kTile + v * kVec);
     const float* wk = w + static_cast<long>(k) * L.outStride;
@@ -114,32 +117,6 @@ IAF_ALWAYS_INLINE void multiplyAdd(const LinearView& L, const float* xT, int j0,
       const vf b = splat(wk[c]);
       for (int v = 0; v < kRowVectors; ++v) acc[c][v] = IAF_FMADD(b, x[v], acc[c][v]);
     }
-  }
-}
-
-// A register block: kColumns units x the tile's rows, over `depth` inputs.
-template <int kColumns>
-IAF_ALWAYS_INLINE void accumulate(const LinearView& L, const float* xT, int j0, int depth, vf (&acc)[kColumns][kRowVectors]) {
-  for (int c = 0; c < kColumns; ++c)
-    for (int v = 0; v < kRowVectors; ++v) acc[c][v] = splat(L.bias[j0 + c]);
-  multiplyAdd<kColumns>(L, xT, j0, 0, depth, acc);
-}
-
-// Units [lo, hi) in the fewest blocks of at most kGroup units, their widths as even as possible:
-// a degree group of 8 units in the sequential direction runs as 4 + 4 (16 accumulators each)
-// rather than 6 + 2, whose second block has too few independent sums to hide the FMA latency.
-// Calls block(first unit, width) for each.
-template <typename Block>
-inline void evenBlocks(int lo, int hi, Block&& block) {
-  const int units = hi - lo;
-  if (units <= 0) return;
-  const int blocks = (units + kGroup - 1) / kGroup;
-  const int narrow = units / blocks;  // each block has narrow or narrow + 1 units
-  const int wide = units % blocks;    // the first `wide` blocks have narrow + 1
-  for (int b = 0, j = lo; b < blocks; ++b) {
-    const int width = narrow + (b < wide ? 1 : 0);
-    block(j, width);
-    j += width;
   }
 }
 
@@ -173,10 +150,22 @@ inline void columnBlockOfWidth(int width, const LinearView& L, const float* xT, 
   else if (kColumns > 1) columnBlockOfWidth<(kColumns > 1 ? kColumns - 1 : 1), kAct>(width, L, xT, yT, j, residualT, preActT);
 }
 
+// Units [lo, hi) in the fewest blocks of at most kGroup units, their widths as even as possible:
+// a degree group of 8 units in the sequential direction runs as 4 + 4 (16 accumulators each)
+// rather than 6 + 2, whose second block has too few independent sums to hide the FMA latency.
 template <int kAct>
 void linearFor(const LinearView& L, const float* xT, float* yT, int lo, int hi, const float* residualT,
                float* preActT) {
-  evenBlocks(lo, hi, [&](int j, int width) { columnBlockOfWidth<kGroup, kAct>(width, L, xT, yT, j, residualT, preActT); });
+  const int units = hi - lo;
+  if (units <= 0) return;
+  const int blocks = (units + kGroup - 1) / kGroup;
+  const int narrow = units / blocks;  // each block has narrow or narrow + 1 units
+  const int wide = units % blocks;    // the first `wide` blocks have narrow + 1
+  for (int b = 0, j = lo; b < blocks; ++b) {
+    const int width = narrow + (b < wide ? 1 : 0);
+    columnBlockOfWidth<kGroup, kAct>(width, L, xT, yT, j, residualT, preActT);
+    j += width;
+  }
 }
 
 void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int hi, int activation,
@@ -187,32 +176,6 @@ void linearKernel(const LinearView& L, const float* xT, float* yT, int lo, int h
     case kActELU: return linearFor<kActELU>(L, xT, yT, lo, hi, residualT, preActT);
     default: return linearFor<kActNone>(L, xT, yT, lo, hi, residualT, preActT);
   }
-}
-
-// Adds terms [k0, k1) to the running sums of units [lo, hi) in accT (feature-major), kColumns at
-// a time: the sequential direction pushes each degree's new hidden units into every head column
-// still to come, so a head column gets the multiply-adds `accumulate` would give it, in the same
-// order (accT starts as the bias), while each product runs kGroup columns wide instead of the two
-// columns of one position.
-template <int kColumns>
-IAF_ALWAYS_INLINE void addBlock(const LinearView& L, const float* xT, float* accT, int j0, int k0, int k1) {
-  vf acc[kColumns][kRowVectors];
-  for (int c = 0; c < kColumns; ++c)
-    for (int v = 0; v < kRowVectors; ++v) acc[c][v] = load(accT + (j0 + c) * kTile + v * kVec);
-  multiplyAdd<kColumns>(L, xT, j0, k0, k1, acc);
-  for (int c = 0; c < kColumns; ++c)
-    for (int v = 0; v < kRowVectors; ++v) store(accT + (j0 + c) * kTile + v * kVec, acc[c][v]);
-}
-
-template <int kColumns>
-inline void addBlockOfWidth(int width, const LinearView& L, const float* xT, float* accT, int j, int k0, int k1) {
-  if (width == kColumns) addBlock<kColumns>(L, xT, accT, j, k0, k1);
-  else if (kColumns > 1) addBlockOfWidth<(kColumns > 1 ? kColumns - 1 : 1)>(width, L, xT, accT, j, k0, k1);
-}
-
-void linearAddKernel(const LinearView& L, const float* xT, float* accT, int k0, int k1, int lo, int hi) {
-  if (k1 <= k0) return;
-  evenBlocks(lo, hi, [&](int j, int width) { addBlockOfWidth<kGroup>(width, L, xT, accT, j, k0, k1); });
 }
 
 // ---- one row at a time, vectorised across units ----
@@ -333,33 +296,6 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
     case 3: return affineFor<1, true>(head, hT, inT, outT, logDet, p0, p1);
     case 4: return affineFor<2, false>(head, hT, inT, outT, logDet, p0, p1);
     default: return affineFor<2, true>(head, hT, inT, outT, logDet, p0, p1);
-  }
-}
-
-// The affine step for positions [p0, p1) from the head's finished sums rawT (feature-major:
-// column 2p the raw shift, 2p + 1 the raw scale), as affineBlock does after its product.
-template <int kScale, bool kInverse>
-void affineRawFor(const float* rawT, const float* inT, float* outT, float* logDet, int p0, int p1) {
-  for (int v = 0; v < kRowVectors; ++v) {
-    vf ld = load(logDet + v * kVec);
-    for (int p = p0; p < p1; ++p) {
-      const long at = p * kTile + v * kVec;
-      const vf rawShift = load(rawT + 2 * p * kTile + v * kVec), rawScale = load(rawT + (2 * p + 1) * kTile + v * kVec);
-      store(outT + at, affineElement<kScale, kInverse>(rawShift, rawScale, load(inT + at), ld));
-    }
-    store(logDet + v * kVec, ld);
-  }
-}
-
-void affineRawKernel(const float* rawT, const float* inT, float* outT, float* logDet, int p0, int p1, int scaleKind,
-                     bool inverse) {
-  switch (scaleKind * 2 + (inverse ? 1 : 0)) {
-    case 0: return affineRawFor<0, false>(rawT, inT, outT, logDet, p0, p1);
-    case 1: return affineRawFor<0, true>(rawT, inT, outT, logDet, p0, p1);
-    case 2: return affineRawFor<1, false>(rawT, inT, outT, logDet, p0, p1);
-    case 3: return affineRawFor<1, true>(rawT, inT, outT, logDet, p0, p1);
-    case 4: return affineRawFor<2, false>(rawT, inT, outT, logDet, p0, p1);
-    default: return affineRawFor<2, true>(rawT, inT, outT, logDet, p0, p1);
   }
 }
 

@@ -21,7 +21,7 @@ namespace {
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", kVec, kTile, linearKernel, linearRowKernel, affineKernel, linearAddKernel, affineRawKernel, affineRowKernel, normalsKernel};
+  static const KernelTable table{"portable", kVec, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow
@@ -93,30 +93,6 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
   }
 }
 
-void linearAddKernel(const LinearView& L, const float* xT, float* accT, int k0, int k1, int lo, int hi) {
-  for (int j = lo; j < hi; ++j)
-    for (int k = k0; k < k1; ++k) {
-      const float w = L.weightKM[static_cast<long>(k) * L.outStride + j];
-      for (int r = 0; r < kTile; ++r) accT[j * kTile + r] += w * xT[k * kTile + r];
-    }
-}
-
-void affineRawKernel(const float* rawT, const float* inT, float* outT, float* logDet, int p0, int p1, int scaleKind,
-                     bool inverse) {
-  for (int p = p0; p < p1; ++p)
-    for (int r = 0; r < kTile; ++r) {
-      const iaflow::Affine a = iaflow::affineFromRaw(static_cast<iaflow::ScaleKind>(scaleKind),
-                                                     rawT[(2 * p + 1) * kTile + r], rawT[2 * p * kTile + r]);
-      const float in = inT[p * kTile + r];
-      if (inverse) {
-        outT[p * kTile + r] = iaflow::solveAffine(in, a, logDet[r]);
-      } else {
-        outT[p * kTile + r] = in * a.scale + a.shift;
-        logDet[r] += a.logScale;
-      }
-    }
-}
-
 void affineRowKernel(const float* raw, const float* in, float* out, float* logDet, int p0, int p1, int scaleKind,
                      bool inverse) {
   for (int p = p0; p < p1; ++p) {
@@ -141,7 +117,7 @@ void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* o
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", 1, kTile, linearKernel, linearRowKernel, affineKernel, linearAddKernel, affineRawKernel, affineRowKernel, normalsKernel};
+  static const KernelTable table{"portable", 1, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow
