@@ -6,7 +6,7 @@
 //   large   POST /sample { n: 100000, format: 'f32' }   the same, and the server's rows/s as a
 //           fraction of the bare library's (flow.sample(100000) back to back in this process)
 //   memory  a fresh server's RSS after 10^3 requests (small JSON, 1000-row f32, 100-row CSV,
-//           200-row /log-prob in turn) and after 10^4
+//           200-row /log-prob in turn), after 10^4 and after 3 x 10^4 (a leak keeps its slope)
 //
 // Rows/s of the large cell come from the bytes received (headers are ~200 of 6.4 MB a response),
 // requests/s of it are rows/s / 10^5. The machine's CPU share moves (bench/timing.ts), so the large cell is interleaved: rounds of a
@@ -200,6 +200,7 @@ async function main(): Promise<void> {
     const fresh = await startServer(model);
     let rssAfter1k = NaN;
     let rssAfter10k = NaN;
+    let rssAfter30k = NaN;
     try {
       // Read after a pause: V8 collects garbage when idle, so the figure is the settled size, not a GC's timing.
       const settled = async () => (await new Promise((resolve) => setTimeout(resolve, 1000)), fresh.rssMiB());
@@ -207,13 +208,17 @@ async function main(): Promise<void> {
       rssAfter1k = await settled();
       await mixed(fresh.base, flow, 9000);
       rssAfter10k = await settled();
+      // 2 x 10^4 more: a leak keeps growing at the same rate, a heap still finding its size does not.
+      await mixed(fresh.base, flow, 20000);
+      rssAfter30k = await settled();
     } finally {
       await fresh.stop();
     }
     const growth = rssAfter10k / rssAfter1k - 1;
     lines.push(
       `Memory: a fresh \`iaflow serve\` answered 10^4 requests (8 connections; n=32 JSON, n=1000 f32, n=100 CSV /sample and 200-row JSON /log-prob in turn): ` +
-        `RSS ${rssAfter1k.toFixed(1)} MiB after the first 10^3, ${rssAfter10k.toFixed(1)} MiB after 10^4 (${growth >= 0 ? '+' : ''}${(100 * growth).toFixed(1)}%; ${Math.abs(growth) <= 0.1 ? 'PASS' : 'MISS'} within 10%).`,
+        `RSS ${rssAfter1k.toFixed(1)} MiB after the first 10^3, ${rssAfter10k.toFixed(1)} MiB after 10^4 (${growth >= 0 ? '+' : ''}${(100 * growth).toFixed(1)}%; ${Math.abs(growth) <= 0.1 ? 'PASS' : 'MISS'} within 10%), ` +
+        `${rssAfter30k.toFixed(1)} MiB after 3 x 10^4 (${(((rssAfter30k - rssAfter10k) / 2) * 1024 / 10).toFixed(1)} KiB per 10^3 requests past 10^4).`,
       '',
     );
     const text = lines.join('\n');
