@@ -10,6 +10,9 @@ import { madeTensorNames } from '../src/layers';
 import { LAYOUT_CODES, native } from '../src/native';
 import { __trainingInternals } from '../src/train';
 
+// Sanitized builds run slower: scripts/test-asan.js sets this factor for the explicit time limits.
+const TIME_SCALE = Number(process.env.IAFLOW_TEST_TIME_SCALE) || 1;
+
 const DIM = 5;
 
 function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, atol: number, rtol: number, what: string) {
@@ -352,7 +355,7 @@ describe('event loop', () => {
     expect(Buffer.from(logProb.buffer).equals(Buffer.from(expected.buffer))).toBe(true);
     expect(callMs).toBeLessThan(syncMs / 4);
     expect(worstGap).toBeLessThan(syncMs / 4);
-  }, 120_000);
+  }, 120_000 * TIME_SCALE);
 });
 
 // ---- the addon in worker_threads that end with a call in flight ----
@@ -414,5 +417,5 @@ describe('worker_threads that end with a call in flight', () => {
       // loaded machine.
       expect(r.ms).toBeLessThan(10_000);
     }
-  }, 120_000);
+  }, 120_000 * TIME_SCALE);
 });

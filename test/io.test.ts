@@ -8,6 +8,9 @@ import { encodeFlow } from '../src/io';
 import { fuzzModelFiles, HOSTILE_CASES, loadHostileCases } from './fuzz';
 import { decodeSafetensors, encodeSafetensors, __testing } from '../src/safetensors';
 
+// Sanitized builds run slower: scripts/test-asan.js sets this factor for the explicit time limits.
+const TIME_SCALE = Number(process.env.IAFLOW_TEST_TIME_SCALE) || 1;
+
 let dir: string;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'iaflow-io-'));
@@ -390,5 +393,5 @@ describe('saving (issue 11)', () => {
     await saveFlow(flow, file);
     const loaded = await loadFlow(file);
     expect(loaded.config).toEqual(flow.config);
-  }, 60_000);
+  }, 60_000 * TIME_SCALE);
 });
