@@ -12,7 +12,8 @@
         "native/core/kernels_avx512.cc",
         "native/core/kernels_avx2.cc",
         "native/core/kernels_portable.cc",
-        "native/core/train.cc"
+        "native/core/train.cc",
+        "native/core/block_emulator.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -1,5 +1,6 @@
 // The backend registry (backend.h): the CPU backends from the start, others
 // (CUDA) added when they load. Backends live as long as the process.
+#include <cstdlib>
 #include <mutex>
 
 #include "backend.h"
@@ -13,6 +14,8 @@ struct Registry {
   Registry() {
     owned.push_back(makeCpuBackend(false));
     owned.push_back(makeCpuBackend(true));
+    const char* emulator = std::getenv("IAFLOW_CUDA_EMULATOR");
+    if (emulator && std::string(emulator) == "1") owned.push_back(makeCudaEmulatorBackend());
   }
 };
 

@@ -50,7 +50,8 @@
 #define IAF_NORMALS_NOINLINE
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__)
+// (nvcc's device code gets --fmad=false from the CUDA build instead.)
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 #endif
@@ -168,7 +169,7 @@ IAF_NORMALS_NOINLINE IAF_HD void boxMuller(typename L::U radiusWord, typename L:
   second = radius * sine;
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
 #pragma GCC pop_options
 #endif
 #undef IAF_NORMALS_NO_CONTRACT
