@@ -26,9 +26,14 @@ struct Scratch {
   std::vector<float> sortedIn;   // dim * tileRows (kernels: feature-major; reference: row-major)
   std::vector<float> sortedOut;  // dim * tileRows
   std::vector<float> condIn;     // dim * tileRows: what the conditioner reads, with a soft clamp (MadePlan::softClampInv)
-  std::vector<float> contextIn;   // contextDim * tileRows: the tile's context rows (kernels: feature-major; reference: row-major)
+  // The tile's context rows (kernels: feature-major; reference and one-row paths: row-major). The
+  // tile kernels' buffer has room for dim more features after the context: with the context
+  // folded into hidden layer 0 (MadePlan::contextFirst), the conditioner's input goes there.
+  std::vector<float> contextIn;
+  std::vector<float> rowContextInput;  // one row's [c; u] for contextFirst (the one-row path)
   std::vector<float> contextTerm; // widest * tileRows: g(Wc c + bc) of the MADE at hand, added to hidden layer 0
   // A broadcast context's term of the MADE at hand, computed once per call (null: compute per row).
+  // Linear form: t = b0 + bc + Wc c (hidden layer 0's bias for the call); Activated: g(Wc c + bc).
   const std::vector<float>* broadcastTerm = nullptr;
   std::vector<std::vector<float>> hidden;  // per hidden layer: widest * tileRows (after the activation)
   std::vector<std::vector<float>> stream;  // residual MADEs: the pre-activation stream h of layers 0, 2, 4, ...
@@ -45,7 +50,8 @@ struct Scratch {
     tileRows = rowsPerTile;
     dim = plan.dim;
     contextDim = plan.contextDim;
-    contextIn.assign(static_cast<size_t>(tileRows) * contextDim, 0.0f);
+    contextIn.assign(contextDim > 0 ? static_cast<size_t>(tileRows) * (contextDim + plan.dim) : 0, 0.0f);
+    rowContextInput.assign(contextDim > 0 ? static_cast<size_t>(contextDim + plan.dim) : 0, 0.0f);
     contextTerm.assign(contextDim > 0 ? static_cast<size_t>(tileRows) * plan.widestHidden : 0, 0.0f);
     depth = plan.deepestHidden;
     widest = plan.widestHidden;
@@ -107,14 +113,35 @@ const float* headInput(const MadePlan& m, Scratch& s) {
 // `linear` is the tiled kernel or the one-row kernel: both have this signature.
 using LinearKernel = void (*)(const LinearView&, const float*, float*, int, int, int, const float*, float*);
 
-void unitsOfDegree(LinearKernel linear, const MadePlan& m, Scratch& s, float* u, int p) {
+bool contextFolded(const MadePlan& m) { return m.contextForm == ContextForm::Linear; }
+
+// Units [lo, hi) of hidden layer l. `cond` is what the conditioner reads; with the context folded
+// (Linear form), layer 0 reads [c; cond] from `contextAndCond` through contextFirst, or, with one
+// context for the call, cond alone through hidden layer 0 with the call's bias t.
+void hiddenUnits(LinearKernel linear, const MadePlan& m, Scratch& s, size_t l, const float* cond,
+                 const float* contextAndCond, int lo, int hi) {
   const int act = kernelActivation(m.activation);
+  const HiddenStep w = wire(m, s, l, cond);
+  if (l == 0 && contextFolded(m)) {
+    if (s.broadcastTerm) {
+      LinearView first = view(m.hidden[0]);
+      first.bias = s.broadcastTerm->data();
+      linear(first, cond, w.output, lo, hi, act, nullptr, w.preAct);
+    } else {
+      linear(view(m.contextFirst), contextAndCond, w.output, lo, hi, act, nullptr, w.preAct);
+    }
+    return;
+  }
+  linear(view(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
+}
+
+void unitsOfDegree(LinearKernel linear, const MadePlan& m, Scratch& s, const float* cond, const float* contextAndCond,
+                   int p) {
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
     const int hi = m.unitsUpToDegree[l][p];
     if (hi == lo) continue;
-    const HiddenStep w = wire(m, s, l, u);
-    linear(view(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
+    hiddenUnits(linear, m, s, l, cond, contextAndCond, lo, hi);
   }
 }
 
@@ -131,7 +158,7 @@ const float* conditionerInput(const MadePlan& m, const float* in, float* out, si
 // the tile's rows (tile: feature-major) or copied (one row): the same bits as computing it per
 // row, since the one-row and the tile kernels round alike.
 void contextTerm(LinearKernel linear, const MadePlan& m, Scratch& s, const float* contextIn, bool tile) {
-  if (m.contextForm == ContextForm::None) return;
+  if (m.contextForm != ContextForm::Activated) return;  // none, or folded into hidden layer 0
   if (s.broadcastTerm) {
     const float* term = s.broadcastTerm->data();
     const int T = s.tileRows;
@@ -153,8 +180,10 @@ std::vector<std::vector<float>> broadcastTerms(const KernelTable& K, const FlowP
     if ((layer.kind != LayerKind::IAF && layer.kind != LayerKind::MAF) || layer.made.contextForm == ContextForm::None) continue;
     const MadePlan& m = layer.made;
     out[k].assign(m.context.outStride, 0.0f);
-    const int g = m.contextForm == ContextForm::Activated ? kernelActivation(m.activation) : kActNone;
-    K.linearRow(view(m.context), context, out[k].data(), 0, m.context.out, g, nullptr, nullptr);
+    if (contextFolded(m))
+      K.linearRow(view(m.contextOnly), context, out[k].data(), 0, m.context.out, kActNone, nullptr, nullptr);
+    else
+      K.linearRow(view(m.context), context, out[k].data(), 0, m.context.out, kernelActivation(m.activation), nullptr, nullptr);
   }
   return out;
 }
@@ -181,12 +210,12 @@ void scatterSorted(const MadePlan& m, Scratch& s, const float* inT) {
 void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
   contextTerm(K.linear, m, s, s.contextIn.data(), true);
-  const float* cond = conditionerInput(m, s.sortedIn.data(), s.condIn.data(), static_cast<size_t>(m.dim) * s.tileRows);
-  const int act = kernelActivation(m.activation);
-  for (size_t l = 0; l < m.hidden.size(); ++l) {
-    const HiddenStep w = wire(m, s, l, cond);
-    K.linear(view(m.hidden[l]), w.input, w.output, 0, m.hidden[l].out, act, w.residual, w.preAct);
-  }
+  const size_t cells = static_cast<size_t>(m.dim) * s.tileRows;
+  const float* cond = conditionerInput(m, s.sortedIn.data(), s.condIn.data(), cells);
+  float* contextAndCond = s.contextIn.data();
+  if (contextFolded(m) && !s.broadcastTerm)
+    std::copy_n(cond, cells, contextAndCond + static_cast<size_t>(s.contextDim) * s.tileRows);
+  for (size_t l = 0; l < m.hidden.size(); ++l) hiddenUnits(K.linear, m, s, l, cond, contextAndCond, 0, m.hidden[l].out);
   K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), s.sortedOut.data(), s.logDet.data(), 0, m.dim,
            static_cast<int>(m.scale), false);
   scatterSorted(m, s, s.sortedOut.data());
@@ -197,12 +226,15 @@ void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
 void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   gatherSorted(m, s, s.sortedIn.data());
   contextTerm(K.linear, m, s, s.contextIn.data(), true);  // once per row, before the degrees
-  float* u = s.sortedOut.data();
-  const bool clamp = m.softClampInv != 0.0f;
-  float* cond = clamp ? s.condIn.data() : u;
   const int T = s.tileRows;
+  const bool clamp = m.softClampInv != 0.0f;
+  // With the context folded, what the conditioner reads is written right after the context rows.
+  float* const afterContext = s.contextIn.data() + static_cast<size_t>(s.contextDim) * T;
+  const bool folded = contextFolded(m) && !s.broadcastTerm;
+  float* u = folded && !clamp ? afterContext : s.sortedOut.data();
+  float* cond = !clamp ? u : folded ? afterContext : s.condIn.data();
   for (int p = 0; p < m.dim; ++p) {
-    unitsOfDegree(K.linear, m, s, cond, p);
+    unitsOfDegree(K.linear, m, s, cond, s.contextIn.data(), p);
     K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
              static_cast<int>(m.scale), true);
     if (clamp) conditionerInput(m, u + static_cast<size_t>(p) * T, cond + static_cast<size_t>(p) * T, T);
@@ -222,11 +254,13 @@ void madeParallelRow(const KernelTable& K, const MadePlan& m, Scratch& s, int r)
   float* u = s.sortedIn.data();
   for (int p = 0; p < m.dim; ++p) u[p] = point[m.dimAtPosition[p]];
   const float* cond = conditionerInput(m, u, s.condIn.data(), m.dim);
-  const int act = kernelActivation(m.activation);
-  for (size_t l = 0; l < m.hidden.size(); ++l) {
-    const HiddenStep w = wire(m, s, l, cond);
-    K.linearRow(view(m.hidden[l]), w.input, w.output, 0, m.hidden[l].out, act, w.residual, w.preAct);
+  float* contextAndCond = s.rowContextInput.data();
+  if (contextFolded(m) && !s.broadcastTerm) {
+    std::copy_n(s.contextIn.data() + static_cast<size_t>(r) * s.contextDim, s.contextDim, contextAndCond);
+    std::copy_n(cond, m.dim, contextAndCond + s.contextDim);
   }
+  for (size_t l = 0; l < m.hidden.size(); ++l)
+    hiddenUnits(K.linearRow, m, s, l, cond, contextAndCond, 0, m.hidden[l].out);
   float* raw = s.output.data();
   K.linearRow(view(m.output), headInput(m, s), raw, 0, 2 * m.dim, kActNone, nullptr, nullptr);
   float* v = s.sortedOut.data();
@@ -238,12 +272,18 @@ void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int 
   float* point = s.point.data() + static_cast<size_t>(r) * m.dim;
   contextTerm(K.linearRow, m, s, s.contextIn.data() + static_cast<size_t>(r) * s.contextDim, false);
   float* v = s.sortedIn.data();
-  float* u = s.sortedOut.data();
   for (int p = 0; p < m.dim; ++p) v[p] = point[m.dimAtPosition[p]];
+  const bool clamp = m.softClampInv != 0.0f;
+  // With the context folded, what the conditioner reads is written right after the row's context.
+  const bool folded = contextFolded(m) && !s.broadcastTerm;
+  float* const contextAndCond = s.rowContextInput.data();
+  float* const afterContext = contextAndCond + s.contextDim;
+  if (folded) std::copy_n(s.contextIn.data() + static_cast<size_t>(r) * s.contextDim, s.contextDim, contextAndCond);
+  float* u = folded && !clamp ? afterContext : s.sortedOut.data();
+  float* cond = !clamp ? u : folded ? afterContext : s.condIn.data();
   float* raw = s.output.data();
-  float* cond = m.softClampInv != 0.0f ? s.condIn.data() : u;
   for (int p = 0; p < m.dim; ++p) {
-    unitsOfDegree(K.linearRow, m, s, cond, p);
+    unitsOfDegree(K.linearRow, m, s, cond, contextAndCond, p);
     K.linearRow(view(m.output), headInput(m, s), raw, 2 * p, 2 * p + 2, kActNone, nullptr, nullptr);
     K.affineRow(raw, v, u, &s.logDet[r], p, p + 1, static_cast<int>(m.scale), true);
     if (cond != u) cond[p] = softClamp(u[p], m.softClampInv);

@@ -53,6 +53,24 @@ StaircaseLinear packStaircase(const DenseLinear& dense, const std::vector<int>& 
   return s;
 }
 
+// MadePlan::contextFirst and contextOnly from hidden layer 0 and the context layer (Linear form).
+void foldContext(MadePlan& plan) {
+  const StaircaseLinear& c = plan.context;
+  const StaircaseLinear& h = plan.hidden[0];
+  StaircaseLinear& both = plan.contextFirst;
+  both.in = c.in + h.in;
+  both.out = h.out;
+  both.outStride = h.outStride;
+  both.weightKM = c.weightKM;
+  both.weightKM.insert(both.weightKM.end(), h.weightKM.begin(), h.weightKM.end());
+  both.bias.resize(h.outStride);
+  for (int j = 0; j < h.outStride; ++j) both.bias[j] = h.bias[j] + c.bias[j];
+  both.prefix.resize(h.out);
+  for (int j = 0; j < h.out; ++j) both.prefix[j] = c.in + h.prefix[j];
+  plan.contextOnly = c;
+  plan.contextOnly.bias = both.bias;
+}
+
 MadePlan buildMade(const LayerSpec& layer, int dim, int contextDim, const std::string& name) {
   require(isPermutation(layer.inputDegrees, 1, dim), name + ".inputDegrees must be a permutation of 1..dim");
   const size_t depth = layer.hidden.size();
@@ -107,6 +125,7 @@ MadePlan buildMade(const LayerSpec& layer, int dim, int contextDim, const std::s
       std::iota(contextColumns.begin(), contextColumns.end(), 0);
       plan.contextForm = layer.contextForm;
       plan.context = packStaircase(layer.context, contextColumns, order, std::vector<int>(width, contextDim));
+      if (plan.contextForm == ContextForm::Linear) foldContext(plan);
     }
     plan.unitsUpToDegree.push_back(upTo);
     plan.unitSource.push_back(order);

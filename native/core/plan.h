@@ -82,6 +82,12 @@ struct MadePlan {
   // 0's (sorted) and which reads every context value (prefix C): the kernels' dense case.
   ContextForm contextForm = ContextForm::None;
   StaircaseLinear context;
+  // The Linear form folded into hidden layer 0 for the CPU kernels: contextFirst reads [c; u]
+  // (C context inputs of degree 0, then the sorted inputs): weights [Wc; W0], bias b0 + bc,
+  // prefix C + layer 0's prefix, so the context costs no pass of its own. contextOnly is its
+  // first C rows (bias b0 + bc): with one context row for a whole call, t = contextOnly(c) is
+  // computed once and serves as layer 0's bias, which rounds exactly as contextFirst does per row.
+  StaircaseLinear contextFirst, contextOnly;
   Activation activation = Activation::ReLU;
   ScaleKind scale = ScaleKind::Softplus;
   std::vector<int> dimAtPosition;        // sorted position p (degree p + 1) -> original dimension
