@@ -15,7 +15,10 @@ struct Registry {
     owned.push_back(makeCpuBackend(false));
     owned.push_back(makeCpuBackend(true));
     const char* emulator = std::getenv("IAFLOW_CUDA_EMULATOR");
-    if (emulator && std::string(emulator) == "1") owned.push_back(makeCudaEmulatorBackend());
+    if (emulator && std::string(emulator) == "1") {
+      owned.push_back(makeCudaEmulatorBackend(false));
+      owned.push_back(makeCudaEmulatorBackend(true));
+    }
   }
 };
 

@@ -99,8 +99,9 @@ void registerBackend(std::unique_ptr<Backend> backend);
 // The CPU backends (cpu_backend.cc).
 std::unique_ptr<Backend> makeCpuBackend(bool reference);
 // The CUDA backend's kernels run on the CPU with emulated thread blocks (block_emulator.cc), for
-// tests; registered last (never preferred) when env IAFLOW_CUDA_EMULATOR=1 at the first use.
-std::unique_ptr<Backend> makeCudaEmulatorBackend();
+// tests: "cuda-emulator" (5 threads a block) and "cuda-emulator-wide" (67); registered last
+// (never preferred) when env IAFLOW_CUDA_EMULATOR=1 at the first use.
+std::unique_ptr<Backend> makeCudaEmulatorBackend(bool wide);
 
 // rows * dim standard normals from the Philox stream (the latent draws `sample` uses).
 void fillStandardNormal(uint64_t seed, uint64_t firstRow, int64_t rows, int dim, float* out);

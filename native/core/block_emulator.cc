@@ -15,8 +15,11 @@
 namespace iaflow {
 namespace {
 
-// Threads per emulated block: odd, so no loop over rows or units divides evenly among them.
-constexpr int kEmulatedThreads = 5;
+// Threads per emulated block: odd, so no loop over rows or units divides evenly among them. The
+// narrow block takes the kernels' widest unit groups everywhere; the wide one (as wide as a CUDA
+// block's lanes would make a small degree group) also takes the narrow groups of linearUnits.
+constexpr int kNarrowBlock = 5;
+constexpr int kWideBlock = 67;
 
 class Barrier {
  public:
@@ -48,7 +51,8 @@ struct HostSync {
 
 class EmulatorRunner final : public Runner {
  public:
-  explicit EmulatorRunner(std::shared_ptr<const FlowPlan> plan) : plan_(std::move(plan)), packed_(block::packPlan(*plan_)) {}
+  EmulatorRunner(std::shared_ptr<const FlowPlan> plan, int threads)
+      : plan_(std::move(plan)), packed_(block::packPlan(*plan_)), threads_(threads) {}
 
   const FlowPlan& plan() const override { return *plan_; }
 
@@ -71,11 +75,11 @@ class EmulatorRunner final : public Runner {
     const block::ScratchLayout layout = block::scratchLayout(P);
     std::vector<float> scratch(static_cast<size_t>(layout.total), 0.0f);
     const int64_t tiles = (req.rows + block::kTileRows - 1) / block::kTileRows;
-    Barrier barrier(kEmulatedThreads);
+    Barrier barrier(threads_);
     bool stop = false;  // written by thread 0 before a barrier, read by all after it
     auto thread = [&](int id) {
       HostSync sync{&barrier};
-      const block::Threads t{id, kEmulatedThreads};
+      const block::Threads t{id, threads_};
       for (int64_t tile = 0; tile < tiles; ++tile) {
         if (id == 0) stop = req.cancel && req.cancel->load(std::memory_order_relaxed);
         sync();
@@ -86,7 +90,7 @@ class EmulatorRunner final : public Runner {
       }
     };
     std::vector<std::thread> threads;
-    for (int id = 1; id < kEmulatedThreads; ++id) threads.emplace_back(thread, id);
+    for (int id = 1; id < threads_; ++id) threads.emplace_back(thread, id);
     thread(0);
     for (std::thread& th : threads) th.join();
     if (stop) throw Cancelled();
@@ -95,28 +99,34 @@ class EmulatorRunner final : public Runner {
  private:
   std::shared_ptr<const FlowPlan> plan_;
   block::PackedPlan packed_;
+  int threads_;
 };
 
 class EmulatorBackend final : public Backend {
  public:
+  explicit EmulatorBackend(bool wide) : wide_(wide) {}
   BackendInfo info() const override {
     BackendInfo out;
-    out.name = "cuda-emulator";
+    out.name = wide_ ? "cuda-emulator-wide" : "cuda-emulator";
     out.usable = true;
-    out.detail = "the CUDA kernels run on the CPU with emulated thread blocks (for tests; slow)";
+    out.detail = "the CUDA kernels run on the CPU with emulated thread blocks of " +
+                 std::to_string(wide_ ? kWideBlock : kNarrowBlock) + " threads (for tests; slow)";
     return out;
   }
   bool supports(const FlowPlan&, std::string*) const override { return true; }
   std::shared_ptr<const Runner> prepare(std::shared_ptr<const FlowPlan> plan) const override {
-    return std::make_shared<EmulatorRunner>(std::move(plan));
+    return std::make_shared<EmulatorRunner>(std::move(plan), wide_ ? kWideBlock : kNarrowBlock);
   }
   std::unique_ptr<Trainer> makeTrainer(const FlowSpec&, Direction, const FlowSpec*, const OptimizerOptions&) const override {
     return nullptr;  // as the CUDA backend: training runs on the CPU
   }
+
+ private:
+  bool wide_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> makeCudaEmulatorBackend() { return std::make_unique<EmulatorBackend>(); }
+std::unique_ptr<Backend> makeCudaEmulatorBackend(bool wide) { return std::make_unique<EmulatorBackend>(wide); }
 
 }  // namespace iaflow

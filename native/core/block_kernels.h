@@ -49,39 +49,42 @@ IAF_BLOCK void load4(const float* p, float out[4]) {
 
 // For units j in [lo, hi) of L and every row r of the tile (feature-major buffers):
 // s = bias[j] + sum_{k < prefix[j]} W[k][j] xT[k][r] (+ residualT[j][r]); preActT[j][r] = s;
-// yT[j][r] = act(s). Each thread takes 4 units (from a 4-aligned start, so the weight loads are
+// yT[j][r] = act(s). Each thread takes W units (from a W-aligned start, so the weight loads are
 // aligned; units outside [lo, hi) are computed and dropped) by 4 rows, and reads k up to the
 // prefix of the highest of its units: the masked zeros above it are never read.
-IAF_BLOCK void linearUnits(Threads t, const BlockPlan& P, const LinearDesc& L, const float* xT, float* yT, int lo,
-                           int hi, int activation, const float* residualT, float* preActT) {
+template <int W>
+IAF_BLOCK void linearUnitsOfWidth(Threads t, const BlockPlan& P, const LinearDesc& L, const float* xT, float* yT,
+                                  int lo, int hi, int activation, const float* residualT, float* preActT) {
   constexpr int T = kTileRows;
-  if (hi <= lo) return;
-  const float* W = P.floats + L.weight;
+  const float* weights = P.floats + L.weight;
   const float* bias = P.floats + L.bias;
   const int* prefix = P.ints + L.prefix;
   const int stride = L.outStride;
-  const int firstUnit = lo & ~3;
-  const int unitGroups = (hi - firstUnit + 3) / 4;
+  const int firstUnit = lo - lo % W;
+  const int unitGroups = (hi - firstUnit + W - 1) / W;
   constexpr int rowGroups = T / 4;
   const int items = unitGroups * rowGroups;
   // Neighbouring threads share a unit group (one weight load serves them) and read
   // neighbouring rows (the activation loads coalesce).
   for (int item = t.id; item < items; item += t.count) {
     const int row0 = (item % rowGroups) * 4;
-    const int unit0 = firstUnit + (item / rowGroups) * 4;
-    const int lastUnit = unit0 + 3 < hi - 1 ? unit0 + 3 : hi - 1;
+    const int unit0 = firstUnit + (item / rowGroups) * W;
+    const int lastUnit = unit0 + W - 1 < hi - 1 ? unit0 + W - 1 : hi - 1;
     const int kEnd = prefix[lastUnit];
-    float acc[4][4];
-    for (int i = 0; i < 4; ++i)
+    float acc[W][4];
+    for (int i = 0; i < W; ++i)
       for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
     for (int k = 0; k < kEnd; ++k) {
       float w[4], x[4];
-      load4(W + static_cast<int64_t>(k) * stride + unit0, w);
+      const float* wk = weights + static_cast<int64_t>(k) * stride + unit0;
+      if (W == 4) load4(wk, w);
+      else
+        for (int i = 0; i < W; ++i) w[i] = wk[i];
       load4(xT + k * T + row0, x);
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < W; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(w[i], x[j], acc[i][j]);
     }
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < W; ++i) {
       const int unit = unit0 + i;
       if (unit < lo || unit >= hi) continue;
       for (int j = 0; j < 4; ++j) {
@@ -93,6 +96,21 @@ IAF_BLOCK void linearUnits(Threads t, const BlockPlan& P, const LinearDesc& L, c
       }
     }
   }
+}
+
+// linearUnitsOfWidth with the widest unit group that still gives every thread of the block work:
+// 4 units in the parallel direction, fewer for the sequential direction's small degree groups.
+IAF_BLOCK void linearUnits(Threads t, const BlockPlan& P, const LinearDesc& L, const float* xT, float* yT, int lo,
+                           int hi, int activation, const float* residualT, float* preActT) {
+  if (hi <= lo) return;
+  constexpr int rowGroups = kTileRows / 4;
+  const int span = hi - (lo & ~3);
+  if ((span + 3) / 4 * rowGroups >= t.count)
+    linearUnitsOfWidth<4>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
+  else if ((hi - (lo & ~1) + 1) / 2 * rowGroups >= t.count)
+    linearUnitsOfWidth<2>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
+  else
+    linearUnitsOfWidth<1>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
 }
 
 // The affine head for positions [p0, p1): raw shift and raw scale are output columns 2p and
