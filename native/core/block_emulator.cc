@@ -16,10 +16,11 @@ namespace iaflow {
 namespace {
 
 // Threads per emulated block: odd, so no loop over rows or units divides evenly among them. The
-// narrow block takes the kernels' widest unit groups everywhere; the wide one (as wide as a CUDA
-// block's lanes would make a small degree group) also takes the narrow groups of linearUnits.
-constexpr int kNarrowBlock = 5;
-constexpr int kWideBlock = 67;
+// narrow block (32-row tiles) takes the kernels' widest unit groups everywhere; the wide one
+// (64-row tiles), as wide as a CUDA block's lanes would make a small degree group, also takes
+// the narrow groups of linearUnits.
+constexpr int kNarrowBlock = 5, kNarrowTileRows = 32;
+constexpr int kWideBlock = 67, kWideTileRows = 64;
 
 class Barrier {
  public:
@@ -51,8 +52,8 @@ struct HostSync {
 
 class EmulatorRunner final : public Runner {
  public:
-  EmulatorRunner(std::shared_ptr<const FlowPlan> plan, int threads)
-      : plan_(std::move(plan)), packed_(block::packPlan(*plan_)), threads_(threads) {}
+  EmulatorRunner(std::shared_ptr<const FlowPlan> plan, int threads, int tileRows)
+      : plan_(std::move(plan)), packed_(block::packPlan(*plan_)), threads_(threads), tileRows_(tileRows) {}
 
   const FlowPlan& plan() const override { return *plan_; }
 
@@ -71,10 +72,17 @@ class EmulatorRunner final : public Runner {
     args.outLogProb = req.outLogProb;
     args.context = req.context;
     args.contextRows = req.contextRows;
+    if (tileRows_ == 32) runTiles<32>(req, args);
+    else runTiles<64>(req, args);
+  }
+
+ private:
+  template <int T>
+  void runTiles(const RunRequest& req, const block::RunArgs& args) const {
     const block::BlockPlan P = packed_.view();
-    const block::ScratchLayout layout = block::scratchLayout(P);
+    const block::ScratchLayout layout = block::scratchLayout(P, T);
     std::vector<float> scratch(static_cast<size_t>(layout.total), 0.0f);
-    const int64_t tiles = (req.rows + block::kTileRows - 1) / block::kTileRows;
+    const int64_t tiles = (req.rows + T - 1) / T;
     Barrier barrier(threads_);
     bool stop = false;  // written by thread 0 before a barrier, read by all after it
     auto thread = [&](int id) {
@@ -84,9 +92,9 @@ class EmulatorRunner final : public Runner {
         if (id == 0) stop = req.cancel && req.cancel->load(std::memory_order_relaxed);
         sync();
         if (stop) return;
-        const int64_t first = tile * block::kTileRows;
-        const int rows = static_cast<int>(std::min<int64_t>(block::kTileRows, req.rows - first));
-        block::runTile(t, sync, P, layout, args, scratch.data(), first, rows);
+        const int64_t first = tile * T;
+        const int rows = static_cast<int>(std::min<int64_t>(T, req.rows - first));
+        block::runTile<T>(t, sync, P, layout, args, scratch.data(), first, rows);
       }
     };
     std::vector<std::thread> threads;
@@ -96,10 +104,10 @@ class EmulatorRunner final : public Runner {
     if (stop) throw Cancelled();
   }
 
- private:
   std::shared_ptr<const FlowPlan> plan_;
   block::PackedPlan packed_;
   int threads_;
+  int tileRows_;
 };
 
 class EmulatorBackend final : public Backend {
@@ -110,12 +118,14 @@ class EmulatorBackend final : public Backend {
     out.name = wide_ ? "cuda-emulator-wide" : "cuda-emulator";
     out.usable = true;
     out.detail = "the CUDA kernels run on the CPU with emulated thread blocks of " +
-                 std::to_string(wide_ ? kWideBlock : kNarrowBlock) + " threads (for tests; slow)";
+                 std::to_string(wide_ ? kWideBlock : kNarrowBlock) + " threads and " +
+                 std::to_string(wide_ ? kWideTileRows : kNarrowTileRows) + "-row tiles (for tests; slow)";
     return out;
   }
   bool supports(const FlowPlan&, std::string*) const override { return true; }
   std::shared_ptr<const Runner> prepare(std::shared_ptr<const FlowPlan> plan) const override {
-    return std::make_shared<EmulatorRunner>(std::move(plan), wide_ ? kWideBlock : kNarrowBlock);
+    return std::make_shared<EmulatorRunner>(std::move(plan), wide_ ? kWideBlock : kNarrowBlock,
+                                            wide_ ? kWideTileRows : kNarrowTileRows);
   }
   std::unique_ptr<Trainer> makeTrainer(const FlowSpec&, Direction, const FlowSpec*, const OptimizerOptions&) const override {
     return nullptr;  // as the CUDA backend: training runs on the CPU

@@ -1,5 +1,5 @@
 // The CUDA backend's kernels, written once for a thread block: a block carries a tile of
-// kTileRows rows through every layer of the flow (the CPU backend's tile walk, with the
+// T rows (a template parameter: 32, 64 or 128) through every layer of the flow (the CPU backend's tile walk, with the
 // block's threads sharing each step), its workspace in one per-block buffer.
 //  - parallel direction: each product over 4 units x 4 rows stops at the 4 units' prefix,
 //    so the zero tiles of the staircase are never read;
@@ -52,10 +52,9 @@ IAF_BLOCK void load4(const float* p, float out[4]) {
 // yT[j][r] = act(s). Each thread takes W units (from a W-aligned start, so the weight loads are
 // aligned; units outside [lo, hi) are computed and dropped) by 4 rows, and reads k up to the
 // prefix of the highest of its units: the masked zeros above it are never read.
-template <int W>
+template <int T, int W>
 IAF_BLOCK void linearUnitsOfWidth(Threads t, const BlockPlan& P, const LinearDesc& L, const float* xT, float* yT,
                                   int lo, int hi, int activation, const float* residualT, float* preActT) {
-  constexpr int T = kTileRows;
   const float* weights = P.floats + L.weight;
   const float* bias = P.floats + L.bias;
   const int* prefix = P.ints + L.prefix;
@@ -100,17 +99,18 @@ IAF_BLOCK void linearUnitsOfWidth(Threads t, const BlockPlan& P, const LinearDes
 
 // linearUnitsOfWidth with the widest unit group that still gives every thread of the block work:
 // 4 units in the parallel direction, fewer for the sequential direction's small degree groups.
+template <int T>
 IAF_BLOCK void linearUnits(Threads t, const BlockPlan& P, const LinearDesc& L, const float* xT, float* yT, int lo,
                            int hi, int activation, const float* residualT, float* preActT) {
   if (hi <= lo) return;
-  constexpr int rowGroups = kTileRows / 4;
+  constexpr int rowGroups = T / 4;
   const int span = hi - (lo & ~3);
   if ((span + 3) / 4 * rowGroups >= t.count)
-    linearUnitsOfWidth<4>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
+    linearUnitsOfWidth<T, 4>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
   else if ((hi - (lo & ~1) + 1) / 2 * rowGroups >= t.count)
-    linearUnitsOfWidth<2>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
+    linearUnitsOfWidth<T, 2>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
   else
-    linearUnitsOfWidth<1>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
+    linearUnitsOfWidth<T, 1>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
 }
 
 // The affine head for positions [p0, p1): raw shift and raw scale are output columns 2p and
@@ -118,10 +118,10 @@ IAF_BLOCK void linearUnits(Threads t, const BlockPlan& P, const LinearDesc& L, c
 // Inverse (solve): outT[p] = (inT[p] - shift) / scale (flow_math.h's solveAffine), logScaleT[p] =
 // minus its log scale (0 for a solution outside float32); with clampInv != 0, condT[p] =
 // softClamp(outT[p]) for the conditioner's next steps. Each thread: one position, 4 rows.
+template <int T>
 IAF_BLOCK void affineHead(Threads t, const BlockPlan& P, const LinearDesc& H, const float* hT, const float* inT,
                           float* outT, float* logScaleT, int p0, int p1, int scaleKind, bool inverse, float* condT,
                           float clampInv) {
-  constexpr int T = kTileRows;
   const float* W = P.floats + H.weight;
   const float* bias = P.floats + H.bias;
   const int* prefix = P.ints + H.prefix;
@@ -180,20 +180,22 @@ struct Tile {
   float* logDet;
   float* baseLogDensity;
   int widest;
+  int tileRows;
 
-  IAF_BLOCK float* hiddenAt(int l) const { return hidden + static_cast<int64_t>(l) * widest * kTileRows; }
-  IAF_BLOCK float* streamAt(int l) const { return stream + static_cast<int64_t>(l) * widest * kTileRows; }
+  IAF_BLOCK float* hiddenAt(int l) const { return hidden + static_cast<int64_t>(l) * widest * tileRows; }
+  IAF_BLOCK float* streamAt(int l) const { return stream + static_cast<int64_t>(l) * widest * tileRows; }
 };
 
-IAF_BLOCK Tile tileIn(float* base, const ScratchLayout& s, int widest) {
+IAF_BLOCK Tile tileIn(float* base, const ScratchLayout& s, int widest, int tileRows) {
   return Tile{base + s.point,     base + s.sortedIn,    base + s.sortedOut, base + s.condIn,
               base + s.logScale,  base + s.contextIn,   base + s.contextTerm, base + s.hidden,
-              base + s.stream,    base + s.logDet,      base + s.baseLogDensity, widest};
+              base + s.stream,    base + s.logDet,      base + s.baseLogDensity, widest, tileRows};
 }
 
 // Hidden layer l of MADE d: chained act(W x + b), hidden layer 0 plus the context term, and in a
 // residual MADE the pre-activation stream of layers 0, 2, 4, ... (each block's second layer adds
 // the stream two layers back). firstInput is what the conditioner reads.
+template <int T>
 IAF_BLOCK void hiddenUnits(Threads t, const BlockPlan& P, const LayerDesc& d, const Tile& s, int l,
                            const float* firstInput, int lo, int hi) {
   const float* input = l == 0 ? firstInput : s.hiddenAt(l - 1);
@@ -204,7 +206,7 @@ IAF_BLOCK void hiddenUnits(Threads t, const BlockPlan& P, const LayerDesc& d, co
     preAct = s.streamAt(l);
     if (l > 0) residual = s.streamAt(l - 2);
   }
-  linearUnits(t, P, P.linears[d.firstHidden + l], input, s.hiddenAt(l), lo, hi, d.activation, residual, preAct);
+  linearUnits<T>(t, P, P.linears[d.firstHidden + l], input, s.hiddenAt(l), lo, hi, d.activation, residual, preAct);
 }
 
 IAF_BLOCK const float* headInput(const LayerDesc& d, const Tile& s) {
@@ -212,9 +214,8 @@ IAF_BLOCK const float* headInput(const LayerDesc& d, const Tile& s) {
 }
 
 // Sorted feature-major copy of the tile's points, and the context term g(Wc c + bc).
-template <class Sync>
+template <int T, class Sync>
 IAF_BLOCK void madeStart(Threads t, Sync& sync, const BlockPlan& P, const LayerDesc& d, const Tile& s) {
-  constexpr int T = kTileRows;
   const int dim = P.dim;
   const int* dimAtPosition = P.ints + d.dimAtPosition;
   for (int item = t.id; item < dim * T; item += t.count) {
@@ -224,16 +225,15 @@ IAF_BLOCK void madeStart(Threads t, Sync& sync, const BlockPlan& P, const LayerD
   if (d.contextForm != static_cast<int>(ContextForm::None)) {
     const LinearDesc& C = P.linears[d.context];
     const int g = d.contextForm == static_cast<int>(ContextForm::Activated) ? d.activation : kNoActivation;
-    linearUnits(t, P, C, s.contextIn, s.contextTerm, 0, C.out, g, nullptr, nullptr);
+    linearUnits<T>(t, P, C, s.contextIn, s.contextTerm, 0, C.out, g, nullptr, nullptr);
   }
   sync();
 }
 
 // Back to row-major original order, and each row's log-det (positions summed in order).
-template <class Sync>
+template <int T, class Sync>
 IAF_BLOCK void madeFinish(Threads t, Sync& sync, const BlockPlan& P, const LayerDesc& d, const Tile& s,
                           const float* resultT) {
-  constexpr int T = kTileRows;
   const int dim = P.dim;
   const int* dimAtPosition = P.ints + d.dimAtPosition;
   for (int item = t.id; item < dim * T; item += t.count) {
@@ -249,10 +249,9 @@ IAF_BLOCK void madeFinish(Threads t, Sync& sync, const BlockPlan& P, const Layer
 }
 
 // v = u * scale(u) + shift(u) for every position at once.
-template <class Sync>
+template <int T, class Sync>
 IAF_BLOCK void madeParallel(Threads t, Sync& sync, const BlockPlan& P, const LayerDesc& d, const Tile& s) {
-  constexpr int T = kTileRows;
-  madeStart(t, sync, P, d, s);
+  madeStart<T>(t, sync, P, d, s);
   const float* cond = s.sortedIn;
   if (d.softClampInv != 0.0f) {
     for (int item = t.id; item < P.dim * T; item += t.count) s.condIn[item] = softClamp(s.sortedIn[item], d.softClampInv);
@@ -260,20 +259,20 @@ IAF_BLOCK void madeParallel(Threads t, Sync& sync, const BlockPlan& P, const Lay
     sync();
   }
   for (int l = 0; l < d.hiddenCount; ++l) {
-    hiddenUnits(t, P, d, s, l, cond, 0, P.linears[d.firstHidden + l].out);
+    hiddenUnits<T>(t, P, d, s, l, cond, 0, P.linears[d.firstHidden + l].out);
     sync();
   }
-  affineHead(t, P, P.linears[d.output], headInput(d, s), s.sortedIn, s.sortedOut, s.logScale, 0, P.dim, d.scale,
+  affineHead<T>(t, P, P.linears[d.output], headInput(d, s), s.sortedIn, s.sortedOut, s.logScale, 0, P.dim, d.scale,
              false, nullptr, 0.0f);
   sync();
-  madeFinish(t, sync, P, d, s, s.sortedOut);
+  madeFinish<T>(t, sync, P, d, s, s.sortedOut);
 }
 
 // Solves v = u * scale(u) + shift(u) for u one position at a time; each hidden unit is
 // computed once, at the step of its degree.
-template <class Sync>
+template <int T, class Sync>
 IAF_BLOCK void madeSequential(Threads t, Sync& sync, const BlockPlan& P, const LayerDesc& d, const Tile& s) {
-  madeStart(t, sync, P, d, s);
+  madeStart<T>(t, sync, P, d, s);
   const int dim = P.dim;
   float* u = s.sortedOut;
   const bool clamp = d.softClampInv != 0.0f;
@@ -284,19 +283,19 @@ IAF_BLOCK void madeSequential(Threads t, Sync& sync, const BlockPlan& P, const L
       const int lo = p == 0 ? 0 : upTo[l * (dim + 1) + p - 1];
       const int hi = upTo[l * (dim + 1) + p];
       if (hi == lo) continue;  // the same for every thread of the block
-      hiddenUnits(t, P, d, s, l, cond, lo, hi);
+      hiddenUnits<T>(t, P, d, s, l, cond, lo, hi);
       sync();
     }
-    affineHead(t, P, P.linears[d.output], headInput(d, s), s.sortedIn, u, s.logScale, p, p + 1, d.scale, true,
+    affineHead<T>(t, P, P.linears[d.output], headInput(d, s), s.sortedIn, u, s.logScale, p, p + 1, d.scale, true,
                s.condIn, clamp ? d.softClampInv : 0.0f);
     sync();
   }
-  madeFinish(t, sync, P, d, s, u);
+  madeFinish<T>(t, sync, P, d, s, u);
 }
 
-template <class Sync>
+template <int T, class Sync>
 IAF_BLOCK void baseLogDensity(Threads t, Sync& sync, const BlockPlan& P, const Tile& s) {
-  for (int r = t.id; r < kTileRows; r += t.count) {
+  for (int r = t.id; r < T; r += t.count) {
     float sum = 0.0f;
     for (int i = 0; i < P.dim; ++i) sum += standardNormalLogDensity(s.point[r * P.dim + i]);
     s.baseLogDensity[r] = sum;
@@ -304,15 +303,14 @@ IAF_BLOCK void baseLogDensity(Threads t, Sync& sync, const BlockPlan& P, const T
   sync();
 }
 
-// Rows [first, first + rows) of the chunk (rows <= kTileRows) through every layer of the flow;
+// Rows [first, first + rows) of the chunk (rows <= T) through every layer of the flow;
 // a short tile's missing rows ride along as zeros. `base` is the block's workspace, laid out
 // as `layout` (scratchLayout(P), computed once on the host).
-template <class Sync>
+template <int T, class Sync>
 IAF_BLOCK void runTile(Threads t, Sync& sync, const BlockPlan& P, const ScratchLayout& layout, const RunArgs& a,
                        float* base, int64_t first, int rows) {
-  constexpr int T = kTileRows;
   const int dim = P.dim, C = P.contextDim;
-  const Tile s = tileIn(base, layout, P.widest);
+  const Tile s = tileIn(base, layout, P.widest, T);
   if (a.input) {
     for (int i = t.id; i < T * dim; i += t.count) s.point[i] = i < rows * dim ? a.input[first * dim + i] : 0.0f;
   } else {
@@ -333,7 +331,7 @@ IAF_BLOCK void runTile(Threads t, Sync& sync, const BlockPlan& P, const ScratchL
   for (int r = t.id; r < T; r += t.count) s.logDet[r] = 0.0f;
   sync();
   const bool toData = a.toData != 0;
-  if (toData && a.outLogProb) baseLogDensity(t, sync, P, s);
+  if (toData && a.outLogProb) baseLogDensity<T>(t, sync, P, s);
   for (int step = 0; step < P.layerCount; ++step) {
     const LayerDesc& d = P.layers[toData ? step : P.layerCount - 1 - step];
     if (d.kind == static_cast<int>(LayerKind::Permutation)) {
@@ -357,12 +355,12 @@ IAF_BLOCK void runTile(Threads t, Sync& sync, const BlockPlan& P, const ScratchL
       for (int r = t.id; r < T; r += t.count) s.logDet[r] += toData ? d.logAbsScaleSum : -d.logAbsScaleSum;
       sync();
     } else if ((d.parallelTowardData != 0) == toData) {
-      madeParallel(t, sync, P, d, s);
+      madeParallel<T>(t, sync, P, d, s);
     } else {
-      madeSequential(t, sync, P, d, s);
+      madeSequential<T>(t, sync, P, d, s);
     }
   }
-  if (!toData && a.outLogProb) baseLogDensity(t, sync, P, s);
+  if (!toData && a.outLogProb) baseLogDensity<T>(t, sync, P, s);
   if (a.outPoints)
     for (int i = t.id; i < rows * dim; i += t.count) a.outPoints[first * dim + i] = s.point[i];
   for (int r = t.id; r < rows; r += t.count) {

@@ -13,9 +13,9 @@
 namespace iaflow {
 namespace block {
 
-// Rows per tile: a thread block carries a tile of rows through every layer of the flow.
-// A multiple of 4 (threads work on 4 rows x 4 units).
-constexpr int kTileRows = 32;
+// Rows per tile (a thread block carries a tile of rows through every layer of the flow): the
+// kernels are templates on it, instantiated for 32, 64 and 128; a multiple of 4 (threads work
+// on 4 rows at a time).
 
 // One staircase layer: offsets into BlockPlan::floats (weight [in][outStride], bias) and ints (prefix).
 struct LinearDesc {
@@ -66,7 +66,7 @@ struct PackedPlan {
 };
 
 // Where each buffer of a block's tile workspace starts, in floats (every buffer holds
-// kTileRows values per feature, feature-major: buffer[k * kTileRows + r]).
+// tileRows values per feature, feature-major: buffer[k * tileRows + r]).
 struct ScratchLayout {
   int64_t point = 0;        // rows x dim, row-major (original dimension order), like the request
   int64_t sortedIn = 0;     // dim x T
@@ -82,8 +82,8 @@ struct ScratchLayout {
   int64_t total = 0;        // floats per block
 };
 
-inline ScratchLayout scratchLayout(int dim, int contextDim, int widest, int depth, int streamDepth) {
-  const int64_t T = kTileRows;
+inline ScratchLayout scratchLayout(int tileRows, int dim, int contextDim, int widest, int depth, int streamDepth) {
+  const int64_t T = tileRows;
   ScratchLayout s;
   int64_t at = 0;
   auto take = [&](int64_t floats) {
@@ -106,8 +106,8 @@ inline ScratchLayout scratchLayout(int dim, int contextDim, int widest, int dept
   return s;
 }
 
-inline ScratchLayout scratchLayout(const BlockPlan& p) {
-  return scratchLayout(p.dim, p.contextDim, p.widest, p.depth, p.streamDepth);
+inline ScratchLayout scratchLayout(const BlockPlan& p, int tileRows) {
+  return scratchLayout(tileRows, p.dim, p.contextDim, p.widest, p.depth, p.streamDepth);
 }
 
 namespace detail {

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,7 @@ struct DeviceSync {
   __device__ void operator()() const { __syncthreads(); }
 };
 
+template <int T>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     runFlowKernel(block::BlockPlan plan, block::ScratchLayout layout, block::RunArgs args, float* scratch,
                   int64_t tiles) {
@@ -41,11 +43,26 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const block::Threads t{static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x)};
   float* base = scratch + static_cast<int64_t>(blockIdx.x) * layout.total;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t first = tile * block::kTileRows;
+    const int64_t first = tile * T;
     const int64_t left = args.rows - first;
-    const int rows = static_cast<int>(left < block::kTileRows ? left : block::kTileRows);
-    block::runTile(t, sync, plan, layout, args, base, first, rows);
+    const int rows = static_cast<int>(left < T ? left : T);
+    block::runTile<T>(t, sync, plan, layout, args, base, first, rows);
   }
+}
+
+using FlowKernel = void (*)(block::BlockPlan, block::ScratchLayout, block::RunArgs, float*, int64_t);
+
+// Rows per block's tile: 64 unless env IAFLOW_CUDA_TILE_ROWS says 32 or 128 (for the benchmark's
+// sweep; the default is a guess until the kernels have run on hardware).
+int tileRowsFromEnv() {
+  const char* value = std::getenv("IAFLOW_CUDA_TILE_ROWS");
+  if (!value) return 64;
+  const std::string v(value);
+  return v == "32" ? 32 : v == "128" ? 128 : 64;
+}
+
+FlowKernel kernelFor(int tileRows) {
+  return tileRows == 32 ? runFlowKernel<32> : tileRows == 128 ? runFlowKernel<128> : runFlowKernel<64>;
 }
 
 // Device memory, freed with its owner.
@@ -149,9 +166,11 @@ class CudaRunner final : public Runner {
                              linears_.as<block::LinearDesc>(),
                              floats_.as<float>(),
                              ints_.as<int>()};
-    layout_ = block::scratchLayout(view_);
+    tileRows_ = tileRowsFromEnv();
+    kernel_ = kernelFor(tileRows_);
+    layout_ = block::scratchLayout(view_, tileRows_);
     int perSm = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, runFlowKernel, kThreadsPerBlock, 0),
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel_, kThreadsPerBlock, 0),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     int sms = 0;
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
@@ -168,8 +187,8 @@ class CudaRunner final : public Runner {
     check(cudaSetDevice(device_), "cudaSetDevice");
     std::unique_ptr<Workspace> ws = takeWorkspace();
     const int64_t chunkRows = std::max<int64_t>(
-        block::kTileRows, std::min<int64_t>({req.rows, kMaxChunkRows, kMaxChunkFloats / std::max(dim, C)}));
-    const int64_t chunkTiles = (chunkRows + block::kTileRows - 1) / block::kTileRows;
+        tileRows_, std::min<int64_t>({req.rows, kMaxChunkRows, kMaxChunkFloats / std::max(dim, C)}));
+    const int64_t chunkTiles = (chunkRows + tileRows_ - 1) / tileRows_;
     const int blocks = static_cast<int>(std::min<int64_t>(maxBlocks_, chunkTiles));
     const size_t pointBytes = static_cast<size_t>(chunkRows) * dim * sizeof(float);
     const size_t rowBytes = static_cast<size_t>(chunkRows) * sizeof(float);
@@ -234,9 +253,9 @@ class CudaRunner final : public Runner {
       args.outPoints = req.outPoints ? ws->points.as<float>() : nullptr;
       args.outLogDet = req.outLogDet ? ws->logDet.as<float>() : nullptr;
       args.outLogProb = req.outLogProb ? ws->logProb.as<float>() : nullptr;
-      const int64_t tiles = (rows + block::kTileRows - 1) / block::kTileRows;
+      const int64_t tiles = (rows + tileRows_ - 1) / tileRows_;
       const int grid = static_cast<int>(std::min<int64_t>(blocks, tiles));
-      runFlowKernel<<<grid, kThreadsPerBlock, 0, ws->stream>>>(view_, layout_, args, ws->scratch.as<float>(), tiles);
+      kernel_<<<grid, kThreadsPerBlock, 0, ws->stream>>>(view_, layout_, args, ws->scratch.as<float>(), tiles);
       check(cudaGetLastError(), "the flow kernel's launch");
       const size_t pointsBytes = static_cast<size_t>(rows) * dim * sizeof(float);
       const size_t rowsBytes = static_cast<size_t>(rows) * sizeof(float);
@@ -290,6 +309,8 @@ class CudaRunner final : public Runner {
   DeviceBuffer layers_, linears_, floats_, ints_;
   block::BlockPlan view_;
   block::ScratchLayout layout_;
+  int tileRows_ = 64;
+  FlowKernel kernel_ = nullptr;
   int maxBlocks_ = 1;
   mutable std::mutex mutex_;
   mutable std::vector<std::unique_ptr<Workspace>> free_;
