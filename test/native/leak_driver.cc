@@ -413,7 +413,29 @@ void runBadSpecs(const Backend& backend) {
 
 }  // namespace
 
-int main() {
+// The CUDA backend's kernels (block_kernels.h) under the CPU emulator of thread blocks, both
+// block shapes (5 threads and 32-row tiles, 67 threads and 64-row tiles): every layer shape, plain
+// and conditional. Under ASan an index past a buffer in the kernels' code is caught here; under
+// ThreadSanitizer (--emulator-only, scripts/test-races.js) a missing __syncthreads() is.
+int runEmulators(const std::vector<MadeShape>& shapes) {
+  int paths = 0;
+  for (bool wide : {false, true}) {
+    const std::unique_ptr<Backend> emulator = makeCudaEmulatorBackend(wide);
+    const std::string name = emulator->info().name;
+    for (int dim : {1, 5, 19}) {
+      for (size_t s = 0; s < shapes.size(); ++s) {
+        const FlowSpec spec = randomFlow(dim, {shapes[s], shapes[(s + 1) % shapes.size()]}, dim == 19 ? 40 : 12);
+        runInference(*emulator, spec, describe("block", name, dim, shapes[s]));
+        const FlowSpec conditional = randomFlow(dim, {shapes[s], shapes[(s + 1) % shapes.size()]}, dim == 19 ? 40 : 12, 3, true);
+        runInference(*emulator, conditional, describe("block", name, dim, shapes[s]) + " conditional");
+        paths += 2;
+      }
+    }
+  }
+  return paths;
+}
+
+int main(int argc, char** argv) {
   const std::vector<MadeShape> shapes = {
       {LayerKind::IAF, Activation::ReLU, ScaleKind::Softplus, false},
       {LayerKind::MAF, Activation::Tanh, ScaleKind::Exp, false},
@@ -422,6 +444,12 @@ int main() {
       {LayerKind::IAF, Activation::Tanh, ScaleKind::Exp, true},
       {LayerKind::MAF, Activation::ELU, ScaleKind::Softplus, false},
   };
+  if (argc > 1 && std::string(argv[1]) == "--emulator-only") {
+    const int paths = runEmulators(shapes);
+    std::printf("leak_driver --emulator-only: %d flows on the CUDA kernels' emulator: %s\n", paths,
+                failures == 0 ? "all checks passed" : "FAILED");
+    return failures == 0 ? 0 : 1;
+  }
   std::vector<std::string> isas;
   {
     std::stringstream list(availableKernels());
@@ -456,13 +484,14 @@ int main() {
       }
     }
   }
+  paths += runEmulators(shapes);
   runBadSpecs(*findBackend("cpu"));
   std::vector<float> normals(13 * 7);
   fillStandardNormal(1, 2, 13, 7, normals.data());
   check(allFinite(normals), "non-finite standard normals");
   check(measureMatmulGflops(32, 0.01) > 0.0, "measureMatmulGflops gave no rate");
   selectKernels(isas.front().c_str());
-  std::printf("leak_driver: %d flows on %zu instruction sets (%s), both CPU backends: %s\n", paths, isas.size(),
+  std::printf("leak_driver: %d flows on %zu instruction sets (%s), both CPU backends and the CUDA kernels' emulator: %s\n", paths, isas.size(),
               availableKernels(), failures == 0 ? "all checks passed" : "FAILED");
   return failures == 0 ? 0 : 1;
 }
