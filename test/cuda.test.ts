@@ -333,19 +333,17 @@ const listed = backends();
 const cudaInfo = listed.find((b) => b.name === 'cuda')!;
 describeBackend('cuda', cudaInfo.usable ? '' : `no usable CUDA device: ${cudaInfo.whyNot}`);
 
-const emulatorInfo = listed.find((b) => b.name === 'cuda-emulator');
-const emulatorWhyNot = emulatorInfo
-  ? emulatorInfo.whyNot
-  : emulatorWanted
-    ? 'cuda-emulator not registered: this build has none yet (native/core/block_emulator.cc)'
-    : 'cuda-emulator not registered (set IAFLOW_CUDA_EMULATOR=1)';
-describeBackend('cuda-emulator', emulatorInfo?.usable ? '' : emulatorWhyNot);
+// The emulators: 'cuda-emulator' (5 threads a block) and 'cuda-emulator-wide' (67).
+const EMULATORS = ['cuda-emulator', 'cuda-emulator-wide'];
+for (const name of EMULATORS) {
+  const info = listed.find((b) => b.name === name);
+  describeBackend(name, info?.usable ? '' : info ? info.whyNot : `${name} not registered (set IAFLOW_CUDA_EMULATOR=1)`);
+}
 
-describe('cuda-emulator, when registered', () => {
-  it("is never what 'auto' picks", () => {
-    if (!emulatorInfo) return;
+describe('the emulators, when registered', () => {
+  it("are never what 'auto' picks", () => {
     const names = backends().map((b) => b.name);
-    expect(names.indexOf('cuda-emulator')).toBeGreaterThan(names.indexOf('cpu-reference'));
-    expect(createFlow({ dim: 2, layers: [iaf()], seed: 1 }).backend).not.toBe('cuda-emulator');
+    for (const name of EMULATORS.filter((e) => names.includes(e))) expect(names.indexOf(name)).toBeGreaterThan(names.indexOf('cpu-reference'));
+    expect(EMULATORS).not.toContain(createFlow({ dim: 2, layers: [iaf()], seed: 1 }).backend);
   });
 });
