@@ -21,6 +21,9 @@
       "cflags_cc!": ["-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-O3", "-fvisibility=hidden", "-ffp-contract=off"],
       "conditions": [
+        ["OS=='linux'", {
+          "libraries": ["-ldl"]
+        }],
         ["OS=='win'", {
           "defines!": ["_HAS_EXCEPTIONS=0"],
           "defines": ["_HAS_EXCEPTIONS=1"],

@@ -722,6 +722,21 @@ Napi::Value listBackends(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// loadBackendLibrary(path): loads and registers a backend library (the CUDA one); "" when it is
+// registered (or already was), else why not. The search for the library is src/native.ts's.
+Napi::Value loadBackendLibrary(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) internalError(env, "loadBackendLibrary(path)");
+  return Napi::String::New(env, iaflow::loadBackendLibrary(info[0].As<Napi::String>().Utf8Value()));
+}
+
+// __registerCudaEmulator(): test hook; registers "cuda-emulator" and "cuda-emulator-wide"
+// (idempotent), as IAFLOW_CUDA_EMULATOR=1 does at the registry's first use.
+Napi::Value registerCudaEmulator(const Napi::CallbackInfo& info) {
+  iaflow::registerCudaEmulatorBackends();
+  return info.Env().Undefined();
+}
+
 // layout(spec?): the native enum codes the spec uses and, given a spec, the [out, in] shape of
 // every tensor as parseSpec read it: for the test that pins src/native.ts and src/layers.ts to them.
 Napi::Value layout(const Napi::CallbackInfo& info) {
@@ -857,8 +872,12 @@ class NativeTrainer final : public Napi::ObjectWrap<NativeTrainer> {
         widths_.push_back(std::move(widths));
         kinds_.push_back(layer.kind);
       }
-      trainer_ = backend.makeTrainer(spec, static_cast<iaflow::Direction>(pass), teacher.get(),
-                                     optimizerOptions(env, o.Get("optimizer")));
+      const iaflow::OptimizerOptions optimizer = optimizerOptions(env, o.Get("optimizer"));
+      trainer_ = backend.makeTrainer(spec, static_cast<iaflow::Direction>(pass), teacher.get(), optimizer);
+      // A backend without a trainer (CUDA, for now) trains on the CPU backend; the flow gets the
+      // trained weights back as from any trainer, and prepares them for its own backend again.
+      if (!trainer_)
+        trainer_ = backendNamed(env, "cpu", nullptr).makeTrainer(spec, static_cast<iaflow::Direction>(pass), teacher.get(), optimizer);
       memory_.set(env, static_cast<int64_t>(trainer_->numParameters()) * 4 * 6);  // params, grads, Adam, EMA, best
     } catch (const Napi::Error&) {
       throw;
@@ -1155,6 +1174,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   state->cancelTokenClass = Napi::Persistent(cancelToken);
   exports.Set("CancelToken", cancelToken);
   exports.Set("backends", Napi::Function::New(env, listBackends));
+  exports.Set("loadBackendLibrary", Napi::Function::New(env, loadBackendLibrary));
+  exports.Set("__registerCudaEmulator", Napi::Function::New(env, registerCudaEmulator));
   exports.Set("layout", Napi::Function::New(env, layout));
   exports.Set("measureMatmulGflops", Napi::Function::New(env, measureMatmulGflops));
   exports.Set("kernelInfo", Napi::Function::New(env, kernelInfo));

@@ -217,7 +217,7 @@ async function build(cxx, withDriver) {
   if (sources.some((source) => compiled.has(source)) || !fs.existsSync(addonPath)) {
     link.push({
       program: cxx,
-      args: ['-shared', ...sanitizeFlags, '-pthread', '-o', addonPath, ...objects],
+      args: ['-shared', ...sanitizeFlags, '-pthread', '-o', addonPath, ...objects, '-ldl'],
       label: `link ${path.relative(root, addonPath)}`,
     });
   }
@@ -227,7 +227,8 @@ async function build(cxx, withDriver) {
     const coreObjects = sources.filter((source) => !/addon\.cc$/.test(source)).map(objectOf);
     link.push({
       program: cxx,
-      args: [...sanitizeFlags, '-pthread', '-o', driverPath, objectOf(path.relative(root, driverSource)), ...coreObjects],
+      // -ldl: the core's loadBackendLibrary uses dlopen (in libc itself from glibc 2.34 on).
+      args: [...sanitizeFlags, '-pthread', '-o', driverPath, objectOf(path.relative(root, driverSource)), ...coreObjects, '-ldl'],
       label: `link ${path.relative(root, driverPath)}`,
     });
   }

@@ -20,7 +20,7 @@ import {
   reverse,
 } from './layers';
 import { SampleStream, SampleStreamOptions } from './stream';
-import { LAYOUT_CODES, native, NativeFlowInstance, NativeFlowSpec, NativeLayerSpec, NativeRunOptions } from './native';
+import { LAYOUT_CODES, loadCudaBackend, native, NO_CUDA_LIBRARY, NativeFlowInstance, NativeFlowSpec, NativeLayerSpec, NativeRunOptions } from './native';
 import {
   allocateFloats,
   checkContext,
@@ -78,15 +78,29 @@ export interface BackendInfo {
   detail: string;
 }
 
-/** The registered backends, fastest first: 'cpu' (the staircase kernels) and 'cpu-reference' (the simple dense path). */
+/**
+ * The backends, fastest first: 'cpu' (the staircase kernels), 'cpu-reference' (the simple dense
+ * path) and 'cuda', which is always listed: when its library is not loaded (not built, not found,
+ * IAFLOW_CUDA=0, or it failed to load), last and unusable, with the reason. Loads the CUDA library
+ * on the first call.
+ */
 export function backends(): BackendInfo[] {
-  return native.backends().map((b) => ({ ...b }));
+  return listBackends(true);
+}
+
+/** The registered backends, and 'cuda' (unusable, with why) when it is not registered. */
+function listBackends(loadCuda: boolean): BackendInfo[] {
+  const whyNoCuda = loadCuda ? loadCudaBackend() : undefined;
+  const all: BackendInfo[] = native.backends().map((b) => ({ ...b }));
+  if (!all.some((b) => b.name === 'cuda')) all.push({ name: 'cuda', usable: false, whyNot: whyNoCuda || NO_CUDA_LIBRARY, detail: '' });
+  return all;
 }
 
 /** 'auto' (the first usable backend that runs the flow) or a registered name that is usable here. */
 function checkBackend(name: string, value: unknown): string {
   if (value === undefined) return 'auto';
-  const all = native.backends();
+  // Only a request for CUDA ('cuda', 'auto') loads its library.
+  const all = listBackends(value === 'cuda' || value === 'auto');
   const info = all.find((b) => b.name === value);
   if (value !== 'auto' && !info) {
     throw invalidType(name, `'auto' or a backend name (${all.map((b) => `'${b.name}'`).join(', ')})`, value);
@@ -471,6 +485,8 @@ function syncContext(what: string, options: RunSyncOptions | undefined): unknown
 }
 
 function buildNative(config: FlowConfig, params: Map<string, Float32Array>, backend: string): NativeFlowInstance {
+  // 'auto' may pick CUDA: load its library first (once; loadFlow and importTorch come here too).
+  if (backend === 'auto' || backend === 'cuda') loadCudaBackend();
   return new native.NativeFlow(nativeSpec(config, params), { backend });
 }
 

@@ -1,5 +1,6 @@
 // Loads the addon: a prebuilt binary from prebuilds/ or a local build (build/Release),
 // through node-gyp-build. Typed here, in one place, so nothing else touches `any`.
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 
 export interface NativeLinear {
@@ -143,6 +144,10 @@ export interface NativeBinding {
   NativeTrainer: new (options: { spec: NativeFlowSpec; pass: 0 | 1; teacher?: NativeFlowSpec | null; optimizer: NativeOptimizerOptions; backend: string }) => NativeTrainerInstance;
   /** The registered backends, fastest first. */
   backends(): NativeBackendInfo[];
+  /** Loads a backend library (the CUDA one) and registers its backend: '' when registered (or already was), else why not. */
+  loadBackendLibrary(path: string): string;
+  /** Test hook: registers the 'cuda-emulator' backend (idempotent), as IAFLOW_CUDA_EMULATOR=1 does when the addon loads. */
+  __registerCudaEmulator(): void;
   /** The native enum codes and, given a spec, the [out, in] shape of each tensor as the addon read it. */
   layout(spec?: NativeFlowSpec): typeof LAYOUT_CODES & { layers?: ({ hidden: [number, number][]; shift: [number, number]; rawScale: [number, number] } | null)[] };
   /** Process-wide: the pool serves every worker_thread of the process. */
@@ -175,3 +180,40 @@ function load(): NativeBinding {
 }
 
 export const native: NativeBinding = load();
+
+/** What backends() says of 'cuda' when no CUDA library was found. */
+export const NO_CUDA_LIBRARY = 'no CUDA library: build it with npm run build:cuda (needs nvcc)';
+
+/** The file name of the CUDA backend library (native/cuda/cuda_entry.h). */
+const CUDA_LIBRARY = 'libiaflow_cuda.so';
+
+let cudaLoadResult: string | undefined;
+
+/**
+ * Loads the CUDA backend library on first need (backends(), a backend 'cuda' or 'auto'), never at
+ * require time, and registers its backend. Returns '' when 'cuda' is registered, else why not.
+ * Tried once per instance of this module; the addon makes a second load of one library a no-op.
+ *
+ * Where: IAFLOW_CUDA_LIBRARY (a path; nothing else is tried when it is set), else the first of
+ * build-cuda/Release (npm run build:cuda), build/Release (npm run build:cmake) and
+ * prebuilds/<platform>-<arch> that holds the library. IAFLOW_CUDA=0 turns CUDA off.
+ */
+export function loadCudaBackend(): string {
+  if (cudaLoadResult === undefined) cudaLoadResult = findAndLoadCuda();
+  return cudaLoadResult;
+}
+
+function findAndLoadCuda(): string {
+  if (process.env.IAFLOW_CUDA === '0') return 'turned off by IAFLOW_CUDA=0';
+  if (native.backends().some((b) => b.name === 'cuda')) return '';
+  const explicit = process.env.IAFLOW_CUDA_LIBRARY;
+  if (explicit) {
+    const why = native.loadBackendLibrary(path.resolve(explicit));
+    return why && `IAFLOW_CUDA_LIBRARY could not be loaded: ${why}`;
+  }
+  if (process.platform !== 'linux') return 'the CUDA backend is built for Linux only';
+  const root = path.join(__dirname, '..');
+  const folders = [path.join('build-cuda', 'Release'), path.join('build', 'Release'), path.join('prebuilds', `${process.platform}-${process.arch}`)];
+  const found = folders.map((folder) => path.join(root, folder, CUDA_LIBRARY)).find((file) => existsSync(file));
+  return found ? native.loadBackendLibrary(found) : NO_CUDA_LIBRARY;
+}

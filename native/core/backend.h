@@ -96,12 +96,23 @@ const Backend& preferredBackend(const FlowPlan& plan);
 // Adds a backend (e.g. CUDA, once loaded); later lookups see it.
 void registerBackend(std::unique_ptr<Backend> backend);
 
+// Loads a backend library (the CUDA one, native/cuda/cuda_entry.h) from `path` with dlopen
+// (RTLD_NOW | RTLD_LOCAL: its symbols stay its own), checks its ABI number, creates its backend
+// and registers it in front. Returns "" when the backend is registered (loading the same library
+// again is a no-op), else why not: the loader's error (missing file, not a library, unresolved
+// symbols), a missing entry point, an ABI mismatch. Never throws. The library stays loaded for
+// the life of the process (its runners may be in use until exit).
+std::string loadBackendLibrary(const std::string& path);
+
 // The CPU backends (cpu_backend.cc).
 std::unique_ptr<Backend> makeCpuBackend(bool reference);
 // The CUDA backend's kernels run on the CPU with emulated thread blocks (block_emulator.cc), for
 // tests: "cuda-emulator" (5 threads a block) and "cuda-emulator-wide" (67); registered last
 // (never preferred) when env IAFLOW_CUDA_EMULATOR=1 at the first use.
 std::unique_ptr<Backend> makeCudaEmulatorBackend(bool wide);
+// Registers both emulator backends, last, now (idempotent): the tests' hook for a process whose
+// registry was made before IAFLOW_CUDA_EMULATOR was set.
+void registerCudaEmulatorBackends();
 
 // rows * dim standard normals from the Philox stream (the latent draws `sample` uses).
 void fillStandardNormal(uint64_t seed, uint64_t firstRow, int64_t rows, int dim, float* out);
