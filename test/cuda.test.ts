@@ -247,7 +247,7 @@ function contextsFor(c: FlowCase, rows: number): { label: string; options: { con
  * addressable sample streams, and training (on the CPU for now) with the weights coming back.
  */
 function backendProperties(name: string): void {
-  describe.each(CASES)(`${name}: %s`, (c) => {
+  describe.each(CASES)(`${name}: $name`, (c) => {
     it('samples what cpu-reference samples for the same seed', async () => {
       const { flow, reference } = pair(c, name);
       expect(flow.backend).toBe(name);

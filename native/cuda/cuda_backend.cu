@@ -126,7 +126,7 @@ struct Workspace {
   }
 };
 
-std::string deviceProblem(int device) {
+std::string probeDevice(int device) {
   int count = 0;
   const cudaError_t error = cudaGetDeviceCount(&count);
   if (error == cudaErrorInsufficientDriver || error == cudaErrorNoDevice) {
@@ -145,6 +145,13 @@ std::string deviceProblem(int device) {
     return std::string("the CUDA device (") + prop.name + ", compute capability " + std::to_string(prop.major) + "." +
            std::to_string(prop.minor) + ") is older than this build supports (8.0)";
   return "";
+}
+
+// Why the device cannot run the kernels ("" when it can), probed once: 'auto' asks on every flow
+// it builds, and neither the driver nor the device comes or goes while a process runs.
+const std::string& deviceProblem(int device) {
+  static const std::string problem = probeDevice(device);
+  return problem;
 }
 
 class CudaRunner final : public Runner {
@@ -319,18 +326,19 @@ class CudaRunner final : public Runner {
 class CudaBackend final : public Backend {
  public:
   BackendInfo info() const override {
-    BackendInfo out;
-    out.name = "cuda";
-    out.whyNot = deviceProblem(kDevice);
-    out.usable = out.whyNot.empty();
-    if (out.usable) {
+    static const BackendInfo probed = [] {
+      BackendInfo out;
+      out.name = "cuda";
+      out.whyNot = deviceProblem(kDevice);
+      out.usable = out.whyNot.empty();
       cudaDeviceProp prop;
-      if (cudaGetDeviceProperties(&prop, kDevice) == cudaSuccess)
+      if (out.usable && cudaGetDeviceProperties(&prop, kDevice) == cudaSuccess)
         out.detail = std::string(prop.name) + ", compute capability " + std::to_string(prop.major) + "." +
                      std::to_string(prop.minor) + ", " + std::to_string(prop.totalGlobalMem >> 20) +
                      " MiB; fp32 kernels, not yet verified on hardware";
-    }
-    return out;
+      return out;
+    }();
+    return probed;
   }
 
   bool supports(const FlowPlan&, std::string*) const override { return true; }
