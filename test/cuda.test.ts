@@ -333,6 +333,27 @@ const listed = backends();
 const cudaInfo = listed.find((b) => b.name === 'cuda')!;
 describeBackend('cuda', cudaInfo.usable ? '' : `no usable CUDA device: ${cudaInfo.whyNot}`);
 
+// The device alone: a batch larger than one chunk (2^20 rows) streams through the chunk buffers,
+// and the rows on both sides of the chunk boundary are the CPU's rows of the same stream.
+(cudaInfo.usable ? describe : describe.skip)('backend cuda, batches larger than one chunk', () => {
+  it('samples 2^20 + 4099 rows in chunks; rows at the boundary match cpu-reference', async () => {
+    const rows = 2 ** 20 + 4099;
+    const layers = () => [iaf({ hidden: [16, 16] }), reverse(), maf({ hidden: [16] })];
+    const flow = createFlow({ dim: 3, layers: layers(), seed: 2, backend: 'cuda' });
+    randomizeWeights(flow, 8);
+    const reference = createFlow({ dim: 3, layers: layers(), seed: 2, backend: 'cpu-reference' });
+    reference.setParameters(flow.getParameters());
+    const { x, logProb } = await flow.sampleWithLogProb(rows, { seed: 4 });
+    for (const first of [0, 2 ** 20 - 3, rows - 5]) {
+      const expected = reference.sampleWithLogProbSync(5, { seed: 4, firstRow: first });
+      expectClose(x.subarray(first * 3, first * 3 + 15), expected.x, 1e-4, 1e-4, `rows ${first}..${first + 4}`);
+      expectClose(logProb.subarray(first, first + 5), expected.logProb, 1e-3, 1e-4, `logProb ${first}..${first + 4}`);
+    }
+    const again = await flow.logProb(x.subarray(0, 3 * (2 ** 20 + 10)));
+    expectClose(again, logProb.subarray(0, 2 ** 20 + 10), 1e-3, 1e-4, 'logProb of its own samples across the boundary');
+  }, 120_000);
+});
+
 // The emulators: 'cuda-emulator' (5 threads a block) and 'cuda-emulator-wide' (67).
 const EMULATORS = ['cuda-emulator', 'cuda-emulator-wide'];
 for (const name of EMULATORS) {

@@ -12,6 +12,9 @@
 // thread of the block reaches (all loop bounds depend on the plan and the tile only).
 #pragma once
 
+#include <cstdint>
+#include <cstdlib>
+
 #include "block_plan.h"
 
 #if defined(__CUDACC__)
@@ -43,6 +46,9 @@ IAF_BLOCK void load4(const float* p, float out[4]) {
   out[2] = v.z;
   out[3] = v.w;
 #else
+  // The GPU's float4 load faults on a misaligned address: the emulator stops there too, so the CPU
+  // suite checks the layout's alignment (block_plan.h pads every array and buffer for it).
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) std::abort();
   for (int i = 0; i < 4; ++i) out[i] = p[i];
 #endif
 }
