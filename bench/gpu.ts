@@ -744,7 +744,8 @@ async function main(): Promise<void> {
             dim: shape.dim,
             batch: shape.batch,
             direction: d.direction,
-            compile: args.compile && (!args.quick || shape.section === TARGET_SECTION),
+            // --quick compiles only where the 2x-PyTorch target is judged (each compile costs tens of seconds).
+            compile: args.compile && (!args.quick || (shape.section === TARGET_SECTION && d.pass === 'parallel')),
             layers: torchLayers(flow),
           });
           flow.dispose();
