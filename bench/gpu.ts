@@ -9,7 +9,8 @@
 // (and tries) the FMA probe and the torch peer, and exits 0.
 //
 //   npx tsx bench/gpu.ts [--quick] [--only CFG-A,CFG-B,CFG-E] [--no-torch] [--no-compile] [--no-cpu]
-//                        [--python PATH] [--json FILE] [--backend NAME] [--torch-device cuda|cpu]
+//                        [--python PATH] [--json FILE] [--backend NAME] [--budget SECONDS]
+//                        [--torch-device cuda|cpu]
 //
 // --backend cuda-emulator (with IAFLOW_CUDA_EMULATOR=1) and --torch-device cpu run every code path
 // on a machine without a GPU, slowly (a smoke test of the bench, not a measurement).
@@ -66,15 +67,17 @@ interface Args {
   python: string;
   json: string | null;
   backend: string;
+  /** Seconds the whole run should fit in (gpu-check.sh's time left): later cells are skipped, the torch peer cut short. */
+  budget: number | null;
   /** Where the torch peer runs: 'cuda', or 'cpu' for a smoke test on a machine without a GPU. */
   torchDevice: 'cuda' | 'cpu';
 }
 
 const USAGE =
-  'npx tsx bench/gpu.ts [--quick] [--only CFG-A,CFG-B,CFG-E] [--no-torch] [--no-compile] [--no-cpu] [--python PATH] [--json FILE] [--backend NAME] [--torch-device cuda|cpu]';
+  'npx tsx bench/gpu.ts [--quick] [--only CFG-A,CFG-B,CFG-E] [--no-torch] [--no-compile] [--no-cpu] [--python PATH] [--json FILE] [--backend NAME] [--budget SECONDS] [--torch-device cuda|cpu]';
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, only: null, torch: true, compile: true, cpu: true, python: process.env.PYTHON || 'python3', json: null, backend: 'cuda', torchDevice: 'cuda' };
+  const args: Args = { quick: false, only: null, torch: true, compile: true, cpu: true, python: process.env.PYTHON || 'python3', json: null, backend: 'cuda', budget: null, torchDevice: 'cuda' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (name: string): string => {
@@ -89,7 +92,11 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--python' || a.startsWith('--python=')) args.python = value('--python');
     else if (a === '--json' || a.startsWith('--json=')) args.json = path.resolve(value('--json'));
     else if (a === '--backend' || a.startsWith('--backend=')) args.backend = value('--backend');
-    else if (a === '--torch-device' || a.startsWith('--torch-device=')) {
+    else if (a === '--budget' || a.startsWith('--budget=')) {
+      const v = Number(value('--budget'));
+      if (!(v > 0)) throw new Error(`--budget: a number of seconds > 0`);
+      args.budget = v;
+    }    else if (a === '--torch-device' || a.startsWith('--torch-device=')) {
       const v = value('--torch-device');
       if (v !== 'cuda' && v !== 'cpu') throw new Error(`--torch-device: 'cuda' or 'cpu', not ${v}`);
       args.torchDevice = v;
@@ -260,7 +267,7 @@ interface TorchSpecCell {
 let torchChild: ChildProcess | null = null;
 
 /** Runs bench/gpu_torch_peer.py once on every cell (one process: one torch import, one CUDA context). */
-function runTorchPeer(python: string, device: 'cuda' | 'cpu', spec: { seconds: number; maxCallSeconds: number; sgemm: number; cells: TorchSpecCell[] }, timeoutSeconds: number): Promise<TorchReport> {
+function runTorchPeer(python: string, device: 'cuda' | 'cpu', spec: { seconds: number; maxCallSeconds: number; sgemm: number; deadlineSeconds: number; cells: TorchSpecCell[] }, timeoutSeconds: number): Promise<TorchReport> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iaflow-torch-peer-'));
   const file = path.join(dir, 'spec.json');
   fs.writeFileSync(file, JSON.stringify(spec));
@@ -571,7 +578,8 @@ function report(ctx: Context, ceiling: Ceiling, header: string[], gpuProblem: st
   if (ctx.rows.length) {
     out.push(`## Rows/s: ${backend} against PyTorch and iaflow's cpu backend`);
     out.push('');
-    const rows = ctx.rows.map((r) => {
+    const order = (r: Row) => SHAPES.findIndex((s) => label(s) === r.config);
+    const rows = [...ctx.rows].sort((a, b) => order(a) - order(b)).map((r) => {
       const g = r.gpu ? (r.gpu.rowsPerSec * r.maskedFlopsPerRow) / 1e9 : undefined;
       const torch = r.torch;
       const torchText = torch?.rowsPerSec
@@ -726,9 +734,20 @@ async function main(): Promise<void> {
 
   try {
     await runProbe();
-    const shapes = SHAPES.filter((s) => wants(s.section));
+    // CFG-E first: its cells carry the targets, so a run cut short by --budget or a time limit has them.
+    const shapes = SHAPES.filter((s) => wants(s.section)).sort((a, b) => Number(b.section === TARGET_SECTION) - Number(a.section === TARGET_SECTION));
+    const left = () => (args.budget === null ? Infinity : args.budget - (performance.now() - t0) / 1e3);
+    // What the torch peer needs at least, kept back from iaflow's cells when a budget is set.
+    const torchReserve = args.torch ? (args.quick ? 120 : 300) : 10;
     if (!gpuProblem) {
-      for (const shape of shapes) await runShape(ctx, shape);
+      for (const [k, shape] of shapes.entries()) {
+        if (k > 0 && left() < torchReserve + 30) {
+          ctx.notes.push(`${label(shape)}: skipped, the time budget (--budget ${args.budget}) ran out.`);
+          log(`${label(shape)}: skipped (time budget)`);
+          continue;
+        }
+        await runShape(ctx, shape);
+      }
       ctx.notes.push('Training on the GPU is not timed: the cuda backend has no trainer yet (makeTrainer returns null; training runs on the cpu backend).');
     }
     await runProbe(); // a second reading after the load: the peak is the best of both
@@ -752,9 +771,17 @@ async function main(): Promise<void> {
         }
       }
       // Without a GPU backend the peer still runs (it says whether torch sees a GPU), but times nothing.
-      const spec = { seconds: args.quick ? 0.3 : 1.0, maxCallSeconds: args.quick ? 1.0 : 2.0, sgemm: args.quick ? 4096 : 8192, cells: gpuProblem ? [] : cells };
+      const timeout = Math.max(30, Math.min(args.quick ? 360 : 1200, left() - 10));
+      const spec = {
+        seconds: args.quick ? 0.3 : 1.0,
+        maxCallSeconds: args.quick ? 1.0 : 2.0,
+        sgemm: args.quick ? 4096 : 8192,
+        // The peer skips the cells it has no time left for, and torch.compile when under 90 s remain.
+        deadlineSeconds: timeout - 10,
+        cells: gpuProblem ? [] : cells.filter((c) => ctx.rows.some((r) => `${r.config} ${r.direction}` === c.name)),
+      };
       log(`PyTorch peer (${args.python} bench/gpu_torch_peer.py): ${spec.cells.length} cells`);
-      const tr = await runTorchPeer(args.python, args.torchDevice, spec, args.quick ? 360 : 1200);
+      const tr = await runTorchPeer(args.python, args.torchDevice, spec, timeout);
       ceiling.torch = tr;
       if (!tr.available) log(`PyTorch peer: ${tr.reason}`);
       else {

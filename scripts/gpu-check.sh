@@ -231,7 +231,7 @@ if [ "$NODE_OK" = 1 ]; then
   # time limit's SIGTERM reaches it: it then prints the report of what it measured so far.
   LEFT=$(( BUDGET - $(elapsed) - 15 ))
   [ "$LEFT" -gt 120 ] || LEFT=120
-  BENCH_ARGS=(--json "$OUT/bench.json")
+  BENCH_ARGS=(--json "$OUT/bench.json" --budget $(( LEFT - 20 )))
   [ "$MODE" = quick ] && BENCH_ARGS+=(--quick)
   echo "== bench:gpu: node --import tsx bench/gpu.ts ${BENCH_ARGS[*]} (limit $LEFT s)" | tee -a "$OUT/bench.log"
   if [ "$DRY" = 1 ]; then
