@@ -7,7 +7,7 @@
 #
 #   scripts/gpu-check.sh --pack          here, before the call: fill .gpu-carry/ (node, the
 #                                        node_modules the steps need, the built addon and CUDA
-#                                        library) and add it to .git/info/exclude
+#                                        library); .gitignore keeps it out of git
 #   scripts/gpu-check.sh [--full]        on the device machine, from the repository root
 #                                        (default: bench:gpu --quick; --full: the full bench)
 #   scripts/gpu-check.sh --dry-run       print the plan and what is missing, run nothing long
@@ -43,10 +43,7 @@ PACK_ROOTS="jest ts-jest typescript tsx node-gyp-build @types/jest @types/node $
 pack() {
   command -v node >/dev/null || { echo "gpu-check --pack: node is not on PATH" >&2; exit 1; }
   [ -d node_modules ] || { echo "gpu-check --pack: node_modules is missing: run npm ci first" >&2; exit 1; }
-  rm -rf "$CARRY" && mkdir -p "$CARRY"
-  local exclude
-  exclude=$(git rev-parse --git-path info/exclude)
-  grep -qx "/$CARRY/" "$exclude" 2>/dev/null || echo "/$CARRY/" >>"$exclude"
+  rm -rf "$CARRY" && mkdir -p "$CARRY"  # (ignored by .gitignore: it travels only when carried)
   # The dependency closure of PACK_ROOTS, resolved as Node resolves (nested node_modules first).
   node -e '
     const fs = require("fs"), path = require("path");
