@@ -10,6 +10,7 @@ import { native } from '../src/native';
 import { __trainingInternals as internals } from '../src/train';
 import { expectGradientsClose, finiteDifferences } from './gradients';
 import { RefConfig, randomParams, refForward, refInverse, refLogProb } from './reference';
+import { expectClose } from './helpers';
 
 // Sanitized builds run slower: scripts/test-asan.js sets this factor for the explicit time limits.
 const TIME_SCALE = Number(process.env.IAFLOW_TEST_TIME_SCALE) || 1;
@@ -27,14 +28,6 @@ function params64(flow: Flow): Record<string, Float64Array> {
   return Object.fromEntries(Object.entries(flow.getParameters()).map(([k, v]) => [k, Float64Array.from(v)]));
 }
 
-function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, atol: number, rtol: number, what: string) {
-  expect(actual.length).toBe(expected.length);
-  for (let i = 0; i < expected.length; i++) {
-    if (!(Math.abs(actual[i] - expected[i]) <= atol + rtol * Math.abs(expected[i]))) {
-      throw new Error(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]} (atol ${atol}, rtol ${rtol})`);
-    }
-  }
-}
 
 interface Case {
   name: string;

@@ -20,36 +20,14 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Flow, LayerDescriptor, affine, backends, createFlow, fit, iaf, maf, permute, reverse, standardNormal } from '../src/index';
 import { native } from '../src/native';
+import { expectClose, randomizeWeights } from './helpers';
 
 const emulatorWanted = (process.env.IAFLOW_CUDA_EMULATOR ?? (process.env.IAFLOW_TEST_GPU === '1' ? '' : '1')) === '1';
 if (emulatorWanted) native.__registerCudaEmulator();
 
 const ROOT = path.join(__dirname, '..');
 
-function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, atol: number, rtol: number, what: string) {
-  expect(actual.length).toBe(expected.length);
-  for (let i = 0; i < expected.length; i++) {
-    const tolerance = atol + rtol * Math.abs(expected[i]);
-    if (!(Math.abs(actual[i] - expected[i]) <= tolerance)) {
-      throw new Error(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]} (tolerance ${tolerance})`);
-    }
-  }
-}
 
-/** Weights far from the identity, so every layer's shift and scale matter. */
-function randomizeWeights(flow: Flow, seed: number): void {
-  let state = seed >>> 0;
-  const next = () => {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    return state / 2 ** 32 - 0.5;
-  };
-  const params: Record<string, Float32Array> = {};
-  for (const [name, shape] of Object.entries(flow.parameterShapes())) {
-    const fanIn = shape.length > 1 ? shape[1] : 1;
-    params[name] = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => (1.4 * next()) / Math.sqrt(fanIn));
-  }
-  flow.setParameters(params);
-}
 
 // ---- loading ----
 

@@ -35,13 +35,19 @@ struct DeviceSync {
   __device__ void operator()() const { __syncthreads(); }
 };
 
+// A block's tile workspace: in shared memory when it fits (dynamic shared memory, sized at the
+// launch), else the block's slice of `scratch` in global memory (cached by L1 and L2). The
+// kernels address both alike.
+extern __shared__ float4 sharedWorkspace[];
+
 template <int T>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     runFlowKernel(block::BlockPlan plan, block::ScratchLayout layout, block::RunArgs args, float* scratch,
                   int64_t tiles) {
   DeviceSync sync;
   const block::Threads t{static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x)};
-  float* base = scratch + static_cast<int64_t>(blockIdx.x) * layout.total;
+  float* base = scratch ? scratch + static_cast<int64_t>(blockIdx.x) * layout.total
+                        : reinterpret_cast<float*>(sharedWorkspace);
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int64_t first = tile * T;
     const int64_t left = args.rows - first;
@@ -59,6 +65,20 @@ int tileRowsFromEnv() {
   if (!value) return 64;
   const std::string v(value);
   return v == "32" ? 32 : v == "128" ? 128 : 64;
+}
+
+// Whether the workspace goes to shared memory: when two blocks' workspaces fit in an SM's shared
+// memory (so a block's barrier never leaves an SM idle), unless env IAFLOW_CUDA_WORKSPACE says
+// 'global' or 'shared' (the latter whenever one block's fits): for the benchmark's sweep.
+bool workspaceInShared(size_t bytes, int device) {
+  int perBlock = 0, perSm = 0;
+  if (cudaDeviceGetAttribute(&perBlock, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&perSm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess)
+    return false;
+  const char* choice = std::getenv("IAFLOW_CUDA_WORKSPACE");
+  if (choice && std::string(choice) == "global") return false;
+  if (choice && std::string(choice) == "shared") return bytes <= static_cast<size_t>(perBlock);
+  return bytes <= static_cast<size_t>(perBlock) && 2 * bytes <= static_cast<size_t>(perSm);
 }
 
 FlowKernel kernelFor(int tileRows) {
@@ -176,8 +196,14 @@ class CudaRunner final : public Runner {
     tileRows_ = tileRowsFromEnv();
     kernel_ = kernelFor(tileRows_);
     layout_ = block::scratchLayout(view_, tileRows_);
+    const size_t workspaceBytes = static_cast<size_t>(layout_.total) * sizeof(float);
+    if (workspaceInShared(workspaceBytes, device_)) {
+      sharedBytes_ = workspaceBytes;
+      check(cudaFuncSetAttribute(kernel_, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sharedBytes_)),
+            "cudaFuncSetAttribute (shared memory)");
+    }
     int perSm = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel_, kThreadsPerBlock, 0),
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel_, kThreadsPerBlock, sharedBytes_),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     int sms = 0;
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
@@ -199,7 +225,7 @@ class CudaRunner final : public Runner {
     const int blocks = static_cast<int>(std::min<int64_t>(maxBlocks_, chunkTiles));
     const size_t pointBytes = static_cast<size_t>(chunkRows) * dim * sizeof(float);
     const size_t rowBytes = static_cast<size_t>(chunkRows) * sizeof(float);
-    ws->scratch.reserve(static_cast<size_t>(blocks) * layout_.total * sizeof(float));
+    if (sharedBytes_ == 0) ws->scratch.reserve(static_cast<size_t>(blocks) * layout_.total * sizeof(float));
     if (req.input) {
       ws->input.reserve(pointBytes);
       ws->hostInput.reserve(pointBytes);
@@ -262,7 +288,8 @@ class CudaRunner final : public Runner {
       args.outLogProb = req.outLogProb ? ws->logProb.as<float>() : nullptr;
       const int64_t tiles = (rows + tileRows_ - 1) / tileRows_;
       const int grid = static_cast<int>(std::min<int64_t>(blocks, tiles));
-      kernel_<<<grid, kThreadsPerBlock, 0, ws->stream>>>(view_, layout_, args, ws->scratch.as<float>(), tiles);
+      float* scratch = sharedBytes_ == 0 ? ws->scratch.as<float>() : nullptr;  // null: shared memory
+      kernel_<<<grid, kThreadsPerBlock, sharedBytes_, ws->stream>>>(view_, layout_, args, scratch, tiles);
       check(cudaGetLastError(), "the flow kernel's launch");
       const size_t pointsBytes = static_cast<size_t>(rows) * dim * sizeof(float);
       const size_t rowsBytes = static_cast<size_t>(rows) * sizeof(float);
@@ -318,6 +345,7 @@ class CudaRunner final : public Runner {
   block::ScratchLayout layout_;
   int tileRows_ = 64;
   FlowKernel kernel_ = nullptr;
+  size_t sharedBytes_ = 0;  // dynamic shared memory per block; 0: the workspace is in global memory
   int maxBlocks_ = 1;
   mutable std::mutex mutex_;
   mutable std::vector<std::unique_ptr<Workspace>> free_;
