@@ -58,13 +58,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 
 using FlowKernel = void (*)(block::BlockPlan, block::ScratchLayout, block::RunArgs, float*, int64_t);
 
-// Rows per block's tile: 64 unless env IAFLOW_CUDA_TILE_ROWS says 32 or 128 (for the benchmark's
-// sweep; the default is a guess until the kernels have run on hardware).
+// Rows per block's tile as env IAFLOW_CUDA_TILE_ROWS says (32, 64 or 128, for the benchmark's
+// sweep), or 0: unset, the runner chooses.
 int tileRowsFromEnv() {
   const char* value = std::getenv("IAFLOW_CUDA_TILE_ROWS");
-  if (!value) return 64;
+  if (!value) return 0;
   const std::string v(value);
-  return v == "32" ? 32 : v == "128" ? 128 : 64;
+  return v == "32" ? 32 : v == "128" ? 128 : v == "64" ? 64 : 0;
 }
 
 // Whether the workspace goes to shared memory: when two blocks' workspaces fit in an SM's shared
@@ -193,7 +193,13 @@ class CudaRunner final : public Runner {
                              linears_.as<block::LinearDesc>(),
                              floats_.as<float>(),
                              ints_.as<int>()};
+    // The tile: 64 rows, or 32 when that keeps the workspace in shared memory and 64 would not
+    // (a guess until the kernels have run on hardware; the environment overrides it).
     tileRows_ = tileRowsFromEnv();
+    if (tileRows_ == 0) {
+      const auto bytes = [&](int rows) { return static_cast<size_t>(block::scratchLayout(view_, rows).total) * sizeof(float); };
+      tileRows_ = !workspaceInShared(bytes(64), device_) && workspaceInShared(bytes(32), device_) ? 32 : 64;
+    }
     kernel_ = kernelFor(tileRows_);
     layout_ = block::scratchLayout(view_, tileRows_);
     const size_t workspaceBytes = static_cast<size_t>(layout_.total) * sizeof(float);
