@@ -119,57 +119,99 @@ IAF_BLOCK void linearUnits(Threads t, const BlockPlan& P, const LinearDesc& L, c
     linearUnitsOfWidth<T, 1>(t, P, L, xT, yT, lo, hi, activation, residualT, preActT);
 }
 
+// Raw shift and raw scale (output columns 2p and 2p + 1 of H, without the bias) of 4 rows from
+// row0, over the inputs [k0, k1) of hT.
+template <int T>
+IAF_BLOCK void headSums(const BlockPlan& P, const LinearDesc& H, const float* hT, int p, int row0, int k0, int k1,
+                        float shift[4], float rawScale[4]) {
+  const float* W = P.floats + H.weight;
+  const int stride = H.outStride;
+  for (int j = 0; j < 4; ++j) {
+    shift[j] = 0.0f;
+    rawScale[j] = 0.0f;
+  }
+  for (int k = k0; k < k1; ++k) {
+    const float wShift = W[static_cast<int64_t>(k) * stride + 2 * p];
+    const float wScale = W[static_cast<int64_t>(k) * stride + 2 * p + 1];
+    float x[4];
+    load4(hT + k * T + row0, x);
+    for (int j = 0; j < 4; ++j) {
+      shift[j] = fmaf(wShift, x[j], shift[j]);
+      rawScale[j] = fmaf(wScale, x[j], rawScale[j]);
+    }
+  }
+}
+
+// The affine step of position p, row `at` (p * T + r), from the raw head sums.
+IAF_BLOCK void affineStep(const BlockPlan& P, const LinearDesc& H, int p, int at, float shift, float rawScale,
+                          const float* inT, float* outT, float* logScaleT, int scaleKind, bool inverse, float* condT,
+                          float clampInv) {
+  const float* bias = P.floats + H.bias;
+  const Affine a = affineFromRaw(static_cast<ScaleKind>(scaleKind), bias[2 * p + 1] + rawScale, bias[2 * p] + shift);
+  if (!inverse) {
+    outT[at] = inT[at] * a.scale + a.shift;
+    logScaleT[at] = a.logScale;
+  } else {
+    float logDet = 0.0f;
+    const float u = solveAffine(inT[at], a, logDet);
+    outT[at] = u;
+    logScaleT[at] = logDet;
+    if (clampInv != 0.0f) condT[at] = softClamp(u, clampInv);
+  }
+}
+
 // The affine head for positions [p0, p1): raw shift and raw scale are output columns 2p and
 // 2p + 1 of H on hT. Forward: outT[p] = inT[p] * scale + shift, logScaleT[p] = log scale.
 // Inverse (solve): outT[p] = (inT[p] - shift) / scale (flow_math.h's solveAffine), logScaleT[p] =
 // minus its log scale (0 for a solution outside float32); with clampInv != 0, condT[p] =
-// softClamp(outT[p]) for the conditioner's next steps. Each thread: one position, 4 rows.
-template <int T>
-IAF_BLOCK void affineHead(Threads t, const BlockPlan& P, const LinearDesc& H, const float* hT, const float* inT,
-                          float* outT, float* logScaleT, int p0, int p1, int scaleKind, bool inverse, float* condT,
-                          float clampInv) {
-  const float* W = P.floats + H.weight;
-  const float* bias = P.floats + H.bias;
+// softClamp(outT[p]) for the conditioner's next steps. Each thread: one position, 4 rows; but
+// one position (the sequential direction's step) with threads to spare is split over up to
+// kHeadSlices slices of its inputs, whose partial sums (in `partial`) are then added in slice
+// order: the step's long dot products run on many threads instead of T / 4. Ends with a sync.
+template <int T, class Sync>
+IAF_BLOCK void affineHead(Threads t, Sync& sync, const BlockPlan& P, const LinearDesc& H, const float* hT,
+                          const float* inT, float* outT, float* logScaleT, int p0, int p1, int scaleKind, bool inverse,
+                          float* condT, float clampInv, float* partial) {
   const int* prefix = P.ints + H.prefix;
-  const int stride = H.outStride;
   constexpr int rowGroups = T / 4;
   const int items = (p1 - p0) * rowGroups;
-  for (int item = t.id; item < items; item += t.count) {
-    const int row0 = (item % rowGroups) * 4;
-    const int p = p0 + item / rowGroups;
-    const int shiftColumn = 2 * p, scaleColumn = 2 * p + 1;
-    const int kEnd = prefix[shiftColumn] > prefix[scaleColumn] ? prefix[shiftColumn] : prefix[scaleColumn];
+  const int slices = p1 - p0 == 1 ? (t.count / items < kHeadSlices ? t.count / items : kHeadSlices) : 1;
+  if (slices <= 1) {
+    for (int item = t.id; item < items; item += t.count) {
+      const int row0 = (item % rowGroups) * 4;
+      const int p = p0 + item / rowGroups;
+      const int kEnd = prefix[2 * p] > prefix[2 * p + 1] ? prefix[2 * p] : prefix[2 * p + 1];
+      float shift[4], rawScale[4];
+      headSums<T>(P, H, hT, p, row0, 0, kEnd, shift, rawScale);
+      for (int j = 0; j < 4; ++j)
+        affineStep(P, H, p, p * T + row0 + j, shift[j], rawScale[j], inT, outT, logScaleT, scaleKind, inverse, condT,
+                   clampInv);
+    }
+    sync();
+    return;
+  }
+  const int p = p0;
+  const int kEnd = prefix[2 * p] > prefix[2 * p + 1] ? prefix[2 * p] : prefix[2 * p + 1];
+  // partial[(slice * 2 + 0 or 1) * T + r]: the slice's shift and raw scale sums of row r.
+  for (int item = t.id; item < slices * rowGroups; item += t.count) {
+    const int slice = item / rowGroups, row0 = (item % rowGroups) * 4;
     float shift[4], rawScale[4];
+    headSums<T>(P, H, hT, p, row0, kEnd * slice / slices, kEnd * (slice + 1) / slices, shift, rawScale);
     for (int j = 0; j < 4; ++j) {
-      shift[j] = 0.0f;
-      rawScale[j] = 0.0f;
-    }
-    for (int k = 0; k < kEnd; ++k) {
-      const float wShift = W[static_cast<int64_t>(k) * stride + shiftColumn];
-      const float wScale = W[static_cast<int64_t>(k) * stride + scaleColumn];
-      float x[4];
-      load4(hT + k * T + row0, x);
-      for (int j = 0; j < 4; ++j) {
-        shift[j] = fmaf(wShift, x[j], shift[j]);
-        rawScale[j] = fmaf(wScale, x[j], rawScale[j]);
-      }
-    }
-    for (int j = 0; j < 4; ++j) {
-      const int at = p * T + row0 + j;
-      const Affine a = affineFromRaw(static_cast<ScaleKind>(scaleKind), bias[scaleColumn] + rawScale[j],
-                                     bias[shiftColumn] + shift[j]);
-      if (!inverse) {
-        outT[at] = inT[at] * a.scale + a.shift;
-        logScaleT[at] = a.logScale;
-      } else {
-        float logDet = 0.0f;
-        const float u = solveAffine(inT[at], a, logDet);
-        outT[at] = u;
-        logScaleT[at] = logDet;
-        if (clampInv != 0.0f) condT[at] = softClamp(u, clampInv);
-      }
+      partial[(slice * 2) * T + row0 + j] = shift[j];
+      partial[(slice * 2 + 1) * T + row0 + j] = rawScale[j];
     }
   }
+  sync();
+  for (int r = t.id; r < T; r += t.count) {
+    float shift = 0.0f, rawScale = 0.0f;
+    for (int slice = 0; slice < slices; ++slice) {
+      shift += partial[(slice * 2) * T + r];
+      rawScale += partial[(slice * 2 + 1) * T + r];
+    }
+    affineStep(P, H, p, p * T + r, shift, rawScale, inT, outT, logScaleT, scaleKind, inverse, condT, clampInv);
+  }
+  sync();
 }
 
 // The buffers of one block's tile workspace.
@@ -185,6 +227,7 @@ struct Tile {
   float* stream;
   float* logDet;
   float* baseLogDensity;
+  float* headPartial;
   int widest;
   int tileRows;
 
@@ -195,7 +238,7 @@ struct Tile {
 IAF_BLOCK Tile tileIn(float* base, const ScratchLayout& s, int widest, int tileRows) {
   return Tile{base + s.point,     base + s.sortedIn,    base + s.sortedOut, base + s.condIn,
               base + s.logScale,  base + s.contextIn,   base + s.contextTerm, base + s.hidden,
-              base + s.stream,    base + s.logDet,      base + s.baseLogDensity, widest, tileRows};
+              base + s.stream,    base + s.logDet,      base + s.baseLogDensity, base + s.headPartial, widest, tileRows};
 }
 
 // Hidden layer l of MADE d: chained act(W x + b), hidden layer 0 plus the context term, and in a
@@ -268,9 +311,8 @@ IAF_BLOCK void madeParallel(Threads t, Sync& sync, const BlockPlan& P, const Lay
     hiddenUnits<T>(t, P, d, s, l, cond, 0, P.linears[d.firstHidden + l].out);
     sync();
   }
-  affineHead<T>(t, P, P.linears[d.output], headInput(d, s), s.sortedIn, s.sortedOut, s.logScale, 0, P.dim, d.scale,
-             false, nullptr, 0.0f);
-  sync();
+  affineHead<T>(t, sync, P, P.linears[d.output], headInput(d, s), s.sortedIn, s.sortedOut, s.logScale, 0, P.dim,
+                d.scale, false, nullptr, 0.0f, s.headPartial);
   madeFinish<T>(t, sync, P, d, s, s.sortedOut);
 }
 
@@ -292,9 +334,8 @@ IAF_BLOCK void madeSequential(Threads t, Sync& sync, const BlockPlan& P, const L
       hiddenUnits<T>(t, P, d, s, l, cond, lo, hi);
       sync();
     }
-    affineHead<T>(t, P, P.linears[d.output], headInput(d, s), s.sortedIn, u, s.logScale, p, p + 1, d.scale, true,
-               s.condIn, clamp ? d.softClampInv : 0.0f);
-    sync();
+    affineHead<T>(t, sync, P, P.linears[d.output], headInput(d, s), s.sortedIn, u, s.logScale, p, p + 1, d.scale,
+                  true, s.condIn, clamp ? d.softClampInv : 0.0f, s.headPartial);
   }
   madeFinish<T>(t, sync, P, d, s, u);
 }

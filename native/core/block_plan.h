@@ -65,6 +65,9 @@ struct PackedPlan {
   }
 };
 
+// The most slices the sequential direction's head step splits its inputs into (block_kernels.h).
+constexpr int kHeadSlices = 16;
+
 // Where each buffer of a block's tile workspace starts, in floats (every buffer holds
 // tileRows values per feature, feature-major: buffer[k * tileRows + r]).
 struct ScratchLayout {
@@ -79,6 +82,7 @@ struct ScratchLayout {
   int64_t stream = 0;       // streamDepth x widest x T (residual MADEs)
   int64_t logDet = 0;       // T
   int64_t baseLogDensity = 0;  // T
+  int64_t headPartial = 0;     // kHeadSlices x 2 x T: the head's partial sums (block_kernels.h)
   int64_t total = 0;        // floats per block
 };
 
@@ -102,6 +106,7 @@ inline ScratchLayout scratchLayout(int tileRows, int dim, int contextDim, int wi
   s.stream = take(T * widest * streamDepth);
   s.logDet = take(T);
   s.baseLogDensity = take(T);
+  s.headPartial = take(kHeadSlices * 2 * T);
   s.total = at;
   return s;
 }
