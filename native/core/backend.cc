@@ -101,9 +101,9 @@ std::string loadBackendLibrary(const std::string& path) {
   if (!abiVersion || !makeBackend)
     return path + " is not an iaflow backend library (it lacks iaflow_cuda_abi_version or iaflow_cuda_make_backend)";
   const int version = abiVersion();
-  if (version != IAFLOW_CUDA_ABI)
+  if (version != cudaAbiFingerprint())
     return path + " was built for backend ABI " + std::to_string(version) + " but this addon needs ABI " +
-           std::to_string(IAFLOW_CUDA_ABI) + ": rebuild it from the same sources (npm run build:cuda)";
+           std::to_string(cudaAbiFingerprint()) + ": rebuild it from the same sources (npm run build:cuda)";
   try {
     std::unique_ptr<Backend> backend(makeBackend());
     if (!backend) return path + " created no backend";

@@ -395,7 +395,7 @@ class CudaBackend final : public Backend {
 }  // namespace
 }  // namespace iaflow
 
-extern "C" int iaflow_cuda_abi_version() { return IAFLOW_CUDA_ABI; }
+extern "C" int iaflow_cuda_abi_version() { return iaflow::cudaAbiFingerprint(); }
 
 extern "C" iaflow::Backend* iaflow_cuda_make_backend() {
   try {

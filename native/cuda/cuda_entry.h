@@ -14,8 +14,20 @@
 // Bump when FlowPlan, RunRequest, Runner or Backend change layout or virtual functions.
 #define IAFLOW_CUDA_ABI 1
 
+namespace iaflow {
+// The number both sides compare: IAFLOW_CUDA_ABI and the sizes of the structs that cross the
+// boundary, so a library built before one of them changed is refused even if nobody bumped the
+// number. (A change that keeps every size still needs the bump.)
+constexpr int cudaAbiFingerprint() {
+  return IAFLOW_CUDA_ABI * 1000003 + static_cast<int>(sizeof(FlowPlan) * 7 + sizeof(LayerPlan) * 11 +
+                                                      sizeof(MadePlan) * 13 + sizeof(StaircaseLinear) * 17 +
+                                                      sizeof(AffinePlan) * 19 + sizeof(RunRequest) * 23 +
+                                                      sizeof(BackendInfo) * 29);
+}
+}  // namespace iaflow
+
 extern "C" {
-// IAFLOW_CUDA_ABI as the library was built.
+// iaflow::cudaAbiFingerprint() as the library was built.
 __attribute__((visibility("default"))) int iaflow_cuda_abi_version();
 // A new CUDA backend (the caller owns it). Never throws; info() says whether it is usable
 // (no driver, no device) and why not. makeTrainer returns null: training of a flow on CUDA
