@@ -100,7 +100,7 @@ function parseArgs(argv: string[]): Args {
       const v = value('--torch-device');
       if (v !== 'cuda' && v !== 'cpu') throw new Error(`--torch-device: 'cuda' or 'cpu', not ${v}`);
       args.torchDevice = v;
-    }    else if (a === '--only' || a.startsWith('--only=')) {
+    } else if (a === '--only' || a.startsWith('--only=')) {
       args.only ??= new Set();
       for (const s of value('--only').split(',')) {
         const name = s.trim().toUpperCase() as Section;

@@ -85,25 +85,39 @@ FlowKernel kernelFor(int tileRows) {
   return tileRows == 32 ? runFlowKernel<32> : tileRows == 128 ? runFlowKernel<128> : runFlowKernel<64>;
 }
 
-// Device memory, freed with its owner.
-class DeviceBuffer {
+// Where a buffer lives: device memory, or page-locked host memory (copies then run at the bus's
+// speed and asynchronously).
+struct DeviceMemory {
+  static cudaError_t allocate(void** data, size_t bytes) { return cudaMalloc(data, bytes); }
+  static void release(void* data) { cudaFree(data); }
+  static constexpr const char* kAllocator = "cudaMalloc";
+};
+struct PinnedMemory {
+  static cudaError_t allocate(void** data, size_t bytes) { return cudaMallocHost(data, bytes); }
+  static void release(void* data) { cudaFreeHost(data); }
+  static constexpr const char* kAllocator = "cudaMallocHost";
+};
+
+// A buffer that grows on demand and is freed with its owner.
+template <class Memory>
+class Buffer {
  public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { release(); }
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { release(); }
   void reserve(size_t bytes) {
     if (bytes <= bytes_) return;
     release();
-    check(cudaMalloc(&data_, bytes), "cudaMalloc");
+    check(Memory::allocate(&data_, bytes), Memory::kAllocator);
     bytes_ = bytes;
   }
-  template <class T>
+  template <class T = float>
   T* as() const { return static_cast<T*>(data_); }
 
  private:
   void release() {
-    if (data_) cudaFree(data_);
+    if (data_) Memory::release(data_);
     data_ = nullptr;
     bytes_ = 0;
   }
@@ -111,30 +125,8 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// Page-locked host memory, so copies run at the bus's speed and asynchronously.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() { release(); }
-  void reserve(size_t bytes) {
-    if (bytes <= bytes_) return;
-    release();
-    check(cudaMallocHost(&data_, bytes), "cudaMallocHost");
-    bytes_ = bytes;
-  }
-  float* floats() const { return static_cast<float*>(data_); }
-
- private:
-  void release() {
-    if (data_) cudaFreeHost(data_);
-    data_ = nullptr;
-    bytes_ = 0;
-  }
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
-};
+using DeviceBuffer = Buffer<DeviceMemory>;
+using PinnedBuffer = Buffer<PinnedMemory>;
 
 // One call's stream and buffers; kept in a pool so a call allocates nothing once warm.
 struct Workspace {
@@ -254,8 +246,8 @@ class CudaRunner final : public Runner {
       ws->context.reserve(contextBytes);
       ws->hostContext.reserve(contextBytes);
       if (broadcast) {
-        std::memcpy(ws->hostContext.floats(), req.context, C * sizeof(float));
-        check(cudaMemcpyAsync(ws->context.as<float>(), ws->hostContext.floats(), C * sizeof(float),
+        std::memcpy(ws->hostContext.as(), req.context, C * sizeof(float));
+        check(cudaMemcpyAsync(ws->context.as<float>(), ws->hostContext.as(), C * sizeof(float),
                               cudaMemcpyHostToDevice, ws->stream),
               "cudaMemcpyAsync (context)");
       }
@@ -273,16 +265,16 @@ class CudaRunner final : public Runner {
       args.rows = rows;
       if (req.input) {
         const size_t bytes = static_cast<size_t>(rows) * dim * sizeof(float);
-        std::memcpy(ws->hostInput.floats(), req.input + first * dim, bytes);
-        check(cudaMemcpyAsync(ws->input.as<float>(), ws->hostInput.floats(), bytes, cudaMemcpyHostToDevice, ws->stream),
+        std::memcpy(ws->hostInput.as(), req.input + first * dim, bytes);
+        check(cudaMemcpyAsync(ws->input.as<float>(), ws->hostInput.as(), bytes, cudaMemcpyHostToDevice, ws->stream),
               "cudaMemcpyAsync (input)");
         args.input = ws->input.as<float>();
       }
       if (C > 0) {
         if (!broadcast) {
           const size_t bytes = static_cast<size_t>(rows) * C * sizeof(float);
-          std::memcpy(ws->hostContext.floats(), req.context + first * C, bytes);
-          check(cudaMemcpyAsync(ws->context.as<float>(), ws->hostContext.floats(), bytes, cudaMemcpyHostToDevice,
+          std::memcpy(ws->hostContext.as(), req.context + first * C, bytes);
+          check(cudaMemcpyAsync(ws->context.as<float>(), ws->hostContext.as(), bytes, cudaMemcpyHostToDevice,
                                 ws->stream),
                 "cudaMemcpyAsync (context)");
         }
@@ -300,18 +292,18 @@ class CudaRunner final : public Runner {
       const size_t pointsBytes = static_cast<size_t>(rows) * dim * sizeof(float);
       const size_t rowsBytes = static_cast<size_t>(rows) * sizeof(float);
       if (req.outPoints)
-        check(cudaMemcpyAsync(ws->hostPoints.floats(), args.outPoints, pointsBytes, cudaMemcpyDeviceToHost, ws->stream),
+        check(cudaMemcpyAsync(ws->hostPoints.as(), args.outPoints, pointsBytes, cudaMemcpyDeviceToHost, ws->stream),
               "cudaMemcpyAsync (points)");
       if (req.outLogDet)
-        check(cudaMemcpyAsync(ws->hostLogDet.floats(), args.outLogDet, rowsBytes, cudaMemcpyDeviceToHost, ws->stream),
+        check(cudaMemcpyAsync(ws->hostLogDet.as(), args.outLogDet, rowsBytes, cudaMemcpyDeviceToHost, ws->stream),
               "cudaMemcpyAsync (log-det)");
       if (req.outLogProb)
-        check(cudaMemcpyAsync(ws->hostLogProb.floats(), args.outLogProb, rowsBytes, cudaMemcpyDeviceToHost, ws->stream),
+        check(cudaMemcpyAsync(ws->hostLogProb.as(), args.outLogProb, rowsBytes, cudaMemcpyDeviceToHost, ws->stream),
               "cudaMemcpyAsync (log-density)");
       check(cudaStreamSynchronize(ws->stream), "the flow kernel");
-      if (req.outPoints) std::memcpy(req.outPoints + first * dim, ws->hostPoints.floats(), pointsBytes);
-      if (req.outLogDet) std::memcpy(req.outLogDet + first, ws->hostLogDet.floats(), rowsBytes);
-      if (req.outLogProb) std::memcpy(req.outLogProb + first, ws->hostLogProb.floats(), rowsBytes);
+      if (req.outPoints) std::memcpy(req.outPoints + first * dim, ws->hostPoints.as(), pointsBytes);
+      if (req.outLogDet) std::memcpy(req.outLogDet + first, ws->hostLogDet.as(), rowsBytes);
+      if (req.outLogProb) std::memcpy(req.outLogProb + first, ws->hostLogProb.as(), rowsBytes);
     }
     giveBack(std::move(ws));
   }
