@@ -282,11 +282,13 @@ class ExternalMemory {
 int64_t planBytes(const FlowPlan& plan) {
   int64_t total = 0;
   auto linear = [&](const iaflow::StaircaseLinear& L) {
-    total += static_cast<int64_t>(L.weightKM.size() + L.bias.size() + L.prefix.size()) * 4;
+    total += static_cast<int64_t>(L.weightKM.size() + L.bias.size() + L.prefix.size() + L.rowStripes.size()) * 4;
   };
   for (const iaflow::LayerPlan& layer : plan.layers) {
     total += static_cast<int64_t>(layer.permutation.size() + layer.affine.loc.size() + layer.affine.scale.size()) * 4;
     linear(layer.made.context);
+    linear(layer.made.contextFirst);
+    linear(layer.made.contextOnly);
     for (const auto& h : layer.made.hidden) linear(h);
     linear(layer.made.output);
   }
@@ -583,9 +585,11 @@ class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
     req.seed = seedField(env, o);
     req.firstRow = static_cast<uint64_t>(countField(env, o, "firstRow", 0, 0, false));
     const size_t cells = static_cast<size_t>(req.rows) * dim;
-    req.outPoints = optionalFloatOutput(env, o.Get("outPoints"), cells, "outPoints");
-    req.outLogDet = optionalFloatOutput(env, o.Get("outLogDet"), static_cast<size_t>(req.rows), "outLogDet");
-    req.outLogProb = optionalFloatOutput(env, o.Get("outLogProb"), static_cast<size_t>(req.rows), "outLogProb");
+    // Each field is read once (a lookup is a round trip into V8: a batch-1 call's overhead is mostly these).
+    const Napi::Value outPoints = o.Get("outPoints"), outLogDet = o.Get("outLogDet"), outLogProb = o.Get("outLogProb");
+    req.outPoints = optionalFloatOutput(env, outPoints, cells, "outPoints");
+    req.outLogDet = optionalFloatOutput(env, outLogDet, static_cast<size_t>(req.rows), "outLogDet");
+    req.outLogProb = optionalFloatOutput(env, outLogProb, static_cast<size_t>(req.rows), "outLogProb");
     const bool async = o.Get("async").ToBoolean().Value();
     auto input = std::make_shared<InputRows>();
     Napi::Value inputValue = o.Get("input");
@@ -611,7 +615,7 @@ class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
         internalError(env, "input must be a Float32Array or a Float64Array");
       }
     }
-    const std::string inputName = stringField(env, o, "inputName", "input");
+    const std::string inputName = input->present ? stringField(env, o, "inputName", "input") : std::string("input");
     // The context rows (TypeScript checked them: Float32Array, finite, 1 or rows rows): copied,
     // as an async run outlives this call.
     auto context = std::make_shared<std::vector<float>>();
@@ -635,8 +639,7 @@ class NativeFlow final : public Napi::ObjectWrap<NativeFlow> {
       req.cancel = &flag;
       runner->run(req);
     };
-    return Job::launch(env, async, std::move(work), nullptr, {o.Get("outPoints"), o.Get("outLogDet"), o.Get("outLogProb"), info.This()},
-                       std::move(cancel));
+    return Job::launch(env, async, std::move(work), nullptr, {outPoints, outLogDet, outLogProb, info.This()}, std::move(cancel));
   }
 
   // Frees the plan now rather than at garbage collection (calls in flight keep their own reference).

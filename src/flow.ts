@@ -129,22 +129,25 @@ function fromNative(error: unknown): unknown {
   return error;
 }
 
-function runSync(nativeFlow: NativeFlowInstance, request: Omit<NativeRunOptions, 'async'>): void {
+function runSync(nativeFlow: NativeFlowInstance, request: NativeRunOptions): void {
+  request.async = false;
   try {
-    nativeFlow.run({ ...request, async: false });
+    nativeFlow.run(request);
   } catch (error) {
     throw fromNative(error);
   }
 }
 
 /** Runs a native request off the event loop; an AbortSignal raises the request's cancel flag. */
-async function runAsync(nativeFlow: NativeFlowInstance, what: string, request: Omit<NativeRunOptions, 'async'>, signal?: AbortSignal) {
+async function runAsync(nativeFlow: NativeFlowInstance, what: string, request: NativeRunOptions, signal?: AbortSignal) {
   if (signal?.aborted) throw abortError(what, signal);
-  const cancel = signal ? new native.CancelToken() : undefined;
+  const cancel = signal ? new native.CancelToken() : null;
+  request.async = true;
+  request.cancel = cancel;
   const onAbort = () => cancel!.cancel();
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
-    await nativeFlow.run({ ...request, async: true, cancel });
+    await nativeFlow.run(request);
   } catch (error) {
     if (signal?.aborted && (error as { name?: unknown })?.name === 'AbortError') throw abortError(what, signal);
     throw fromNative(error);
@@ -156,6 +159,8 @@ async function runAsync(nativeFlow: NativeFlowInstance, what: string, request: O
 const ACTIVATION_CODE = LAYOUT_CODES.activation;
 const SCALE_CODE = LAYOUT_CODES.scale;
 const TO_DATA = LAYOUT_CODES.direction.toData;
+const NO_CONTEXT = Object.freeze({ context: null, contextRows: 0 });
+const NO_SEED: [number, number] = [0, 0]; // transforms read no random stream
 const TO_LATENT = LAYOUT_CODES.direction.toLatent;
 
 export class Flow {
@@ -421,16 +426,21 @@ export class Flow {
     const logDet = allocateFloats(rows, 'log-determinants');
     const logProb = allocateFloats(rows, 'log-densities');
     this.referenceFlow ??= buildNative(this.config, this.params, 'cpu-reference');
+    const { context: contextRowsData, contextRows } = this.contextFor('context', context, rows);
     this.referenceFlow.run({
       direction: direction === 'toData' ? TO_DATA : TO_LATENT,
-      input,
       rows,
+      input,
+      inputName: 'input',
       seed: seedWords(seed),
+      firstRow: 0,
       outPoints: points,
       outLogDet: logDet,
       outLogProb: logProb,
+      context: contextRowsData,
+      contextRows,
       async: false,
-      ...this.contextFor('context', context, rows),
+      cancel: null,
     });
     return { points, logDet, logProb };
   }
@@ -447,17 +457,20 @@ export class Flow {
     const signal = checkSignal('options.signal', opts.signal);
     const x = allocateFloats(rows * this.dim, `${rows} samples`);
     const logProb = withLogProb ? allocateFloats(rows, 'log-densities') : null;
-    const context = this.contextFor('options.context', opts.context, rows);
-    const request = { direction: TO_DATA, rows, seed: seedWords(seed), firstRow, outPoints: x, outLogProb: logProb, ...context } as const;
+    const { context, contextRows } = this.contextFor('options.context', opts.context, rows);
+    const request: NativeRunOptions = {
+      direction: TO_DATA, rows, input: null, inputName: 'input', seed: seedWords(seed), firstRow,
+      outPoints: x, outLogDet: null, outLogProb: logProb, context, contextRows, async: false, cancel: null,
+    };
     return { x, logProb, signal, request };
   }
 
   /** A conditional flow's context for `rows` rows (required), or nothing for an unconditional one (refused if given). */
-  private contextFor(name: string, value: unknown, rows: number): { context?: Float32Array; contextRows?: number } {
+  private contextFor(name: string, value: unknown, rows: number): { context: Float32Array | null; contextRows: number } {
     const C = this.frozenConfig.contextDim;
     if (C === 0) {
       if (value !== undefined) throw new TypeError(`${name}: this flow is not conditional (it was created without a context), so it takes no context`);
-      return {};
+      return NO_CONTEXT;
     }
     if (value === undefined) {
       throw new TypeError(`This flow is conditional: ${name} is required, one row of ${C} context values (for every row) or one per row`);
@@ -471,7 +484,11 @@ export class Flow {
     const points = want === 'logDet' ? allocateFloats(rows * this.dim, 'the result') : null;
     const logDet = want === 'logDet' ? allocateFloats(rows, 'log-determinants') : null;
     const logProb = want === 'logProb' ? allocateFloats(rows, 'log-densities') : null;
-    const request = { direction, rows, input: data, inputName: name, outPoints: points, outLogDet: logDet, outLogProb: logProb, ...this.contextFor('options.context', context, rows) };
+    const { context: contextRowsData, contextRows } = this.contextFor('options.context', context, rows);
+    const request: NativeRunOptions = {
+      direction, rows, input: data, inputName: name, seed: NO_SEED, firstRow: 0,
+      outPoints: points, outLogDet: logDet, outLogProb: logProb, context: contextRowsData, contextRows, async: false, cancel: null,
+    };
     return { points, logDet, logProb, request };
   }
 }

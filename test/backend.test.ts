@@ -157,6 +157,37 @@ describe('firstRow', () => {
     }
   });
 
+  // Layers of 32 units or more run the one-row path from the plan's packed stripes (plan.h's
+  // rowStripes), narrower ones and the remainders from the staircase itself: a row must still give
+  // the tile's bits, in both parallel directions, with a residual MADE and with a per-row context.
+  it.each(native.kernelInfo().available.split(','))('wide layers: one row gives the bits of its tile (%s kernels)', async (isa) => {
+    const best = native.kernelInfo().isa;
+    expect(native.selectKernels(isa)).toBe(true);
+    try {
+      const dim = 17;
+      const wide = createFlow({
+        dim,
+        context: 3,
+        layers: [iaf({ hidden: [70, 96] }), reverse(), iaf({ hidden: [64, 64, 64], residual: true }), maf({ hidden: [45] }), maf({ hidden: [33], contextForm: 'activated' })],
+        seed: 8,
+      });
+      randomizeWeights(wide, 3);
+      const rows = 40;
+      const context = new Float32Array(rows * 3).map((_, i) => Math.sin(i));
+      const whole = await wide.sampleWithLogProb(rows, { seed: 5, context });
+      const logProb = await wide.logProb(whole.x, { context });
+      for (const r of [0, 1, 39]) {
+        const one = wide.sampleWithLogProbSync(1, { seed: 5, firstRow: r, context: context.subarray(3 * r, 3 * r + 3) });
+        expect(Buffer.from(one.x.buffer).equals(Buffer.from(whole.x.buffer, 4 * dim * r, 4 * dim))).toBe(true);
+        expect(Buffer.from(one.logProb.buffer).equals(Buffer.from(whole.logProb.buffer, 4 * r, 4))).toBe(true);
+        const scored = wide.logProbSync(whole.x.subarray(dim * r, dim * r + dim), { context: context.subarray(3 * r, 3 * r + 3) });
+        expect(Buffer.from(scored.buffer).equals(Buffer.from(logProb.buffer, 4 * r, 4))).toBe(true);
+      }
+    } finally {
+      native.selectKernels(best);
+    }
+  });
+
   async function samplePiecewise() {
     const whole = await flow.sampleWithLogProb(1000, { seed: 77 });
     const pieces = [

@@ -70,7 +70,8 @@ struct Scratch {
 };
 
 LinearView view(const StaircaseLinear& L) {
-  return LinearView{L.weightKM.data(), L.bias.data(), L.prefix.data(), L.in, L.out, L.outStride};
+  return LinearView{L.weightKM.data(), L.bias.data(), L.prefix.data(), L.in, L.out, L.outStride, L.rowStripes.data(),
+                    L.rowStripeOffset.data()};
 }
 
 int kernelActivation(Activation a) {

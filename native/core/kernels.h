@@ -18,6 +18,8 @@ struct LinearView {
   int in;
   int out;
   int outStride;
+  const float* rowStripes;          // plan.h's one-row copy: [stripe][k][kRowStripe]
+  const int64_t* rowStripeOffset;   // [out / kRowStripe]
 };
 
 enum KernelActivation : int { kActNone = 0, kActReLU = 1, kActTanh = 2, kActELU = 3 };

@@ -197,11 +197,33 @@ inline void rowBlock(const LinearView& L, const float* x, float* y, int j0, int 
   }
 }
 
+// One whole stripe of kRowStripe units from the packed copy: the same sums, in the same order, as
+// rowBlock over those units, with the weights read in order.
+template <int kAct>
+inline void stripeBlock(const LinearView& L, const float* x, float* y, int j0, const float* residual, float* preAct) {
+  constexpr int kVectors = iaflow::kRowStripe / kVec;
+  vf acc[kVectors];
+  for (int b = 0; b < kVectors; ++b) acc[b] = load(L.bias + j0 + b * kVec);
+  const int depth = L.prefix[j0 + iaflow::kRowStripe - 1];
+  const float* w = L.rowStripes + L.rowStripeOffset[j0 / iaflow::kRowStripe];
+  for (int k = 0; k < depth; ++k, w += iaflow::kRowStripe) {
+    const vf xk = splat(x[k]);
+    for (int b = 0; b < kVectors; ++b) acc[b] = IAF_FMADD(xk, load(w + b * kVec), acc[b]);
+  }
+  for (int b = 0; b < kVectors; ++b) {
+    const long at = j0 + b * kVec;
+    store(y + at, finish<kAct>(acc[b], residual, preAct, at));
+  }
+}
+
 template <int kAct>
 void linearRowFor(const LinearView& L, const float* x, float* y, int lo, int hi, const float* residual,
                   float* preAct) {
   constexpr int kWide = 4;  // four independent accumulators hide the FMA latency
   int j = lo;
+  if (L.rowStripes)
+    for (; j % iaflow::kRowStripe == 0 && j + iaflow::kRowStripe <= hi; j += iaflow::kRowStripe)
+      stripeBlock<kAct>(L, x, y, j, residual, preAct);
   for (; j + kWide * kVec <= hi; j += kWide * kVec)
     rowBlock<kWide, kAct>(L, x, y, j, L.prefix[j + kWide * kVec - 1], residual, preAct);
   for (; j + kVec <= hi; j += kVec) rowBlock<1, kAct>(L, x, y, j, L.prefix[j + kVec - 1], residual, preAct);

@@ -53,6 +53,20 @@ StaircaseLinear packStaircase(const DenseLinear& dense, const std::vector<int>& 
   return s;
 }
 
+// StaircaseLinear::rowStripes from weightKM.
+void packRowStripes(StaircaseLinear& s) {
+  s.rowStripes.clear();
+  s.rowStripeOffset.clear();
+  for (int j0 = 0; j0 + kRowStripe <= s.out; j0 += kRowStripe) {
+    s.rowStripeOffset.push_back(static_cast<int64_t>(s.rowStripes.size()));
+    const int depth = s.prefix[j0 + kRowStripe - 1];
+    for (int k = 0; k < depth; ++k) {
+      const float* row = s.weightKM.data() + static_cast<size_t>(k) * s.outStride + j0;
+      s.rowStripes.insert(s.rowStripes.end(), row, row + kRowStripe);
+    }
+  }
+}
+
 // MadePlan::contextFirst and contextOnly from hidden layer 0 and the context layer (Linear form).
 void foldContext(MadePlan& plan) {
   const StaircaseLinear& c = plan.context;
@@ -192,6 +206,9 @@ std::shared_ptr<const FlowPlan> buildPlan(const FlowSpec& spec) {
     } else {
       require(layer.kind == LayerKind::IAF || layer.kind == LayerKind::MAF, name + " has an unknown kind");
       lp.made = buildMade(layer, spec.dim, spec.contextDim, name);
+      MadePlan& m = lp.made;
+      for (StaircaseLinear& h : m.hidden) packRowStripes(h);
+      for (StaircaseLinear* t : {&m.output, &m.context, &m.contextFirst, &m.contextOnly}) packRowStripes(*t);
       for (const StaircaseLinear& h : lp.made.hidden) plan->widestHidden = std::max(plan->widestHidden, h.outStride);
       plan->deepestHidden = std::max(plan->deepestHidden, static_cast<int>(lp.made.hidden.size()));
     }

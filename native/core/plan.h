@@ -69,9 +69,16 @@ struct StaircaseLinear {
   std::vector<float> weightKM;  // [in][outStride], K-major, masked entries zero
   std::vector<float> bias;      // [outStride]
   std::vector<int> prefix;      // [out]
+  // The one-row path's copy of the weights (kernels.h's linearRow): whole stripes of kRowStripe
+  // units, each stripe's first prefix[its last unit] rows of weights contiguous, [stripe][k][unit],
+  // stripe s at rowStripeOffset[s]. A batch of one streams them in order instead of striding
+  // outStride floats per input (about 30% less time per row where the weights come from L3).
+  std::vector<float> rowStripes;
+  std::vector<int64_t> rowStripeOffset;  // [out / kRowStripe]
 };
 
 constexpr int kColumnBlock = 16;
+constexpr int kRowStripe = 2 * kColumnBlock;  // a whole number of vectors on every instruction set
 
 struct MadePlan {
   int dim = 0;
