@@ -20,6 +20,8 @@ struct LinearView {
   int outStride;
   const float* rowStripes;          // plan.h's one-row copy: [stripe][k][kRowStripe]
   const int64_t* rowStripeOffset;   // [out / kRowStripe]
+  const float* headPairs;           // a head's per-position pairs: [k][2] from headPairOffset[p]
+  const int64_t* headPairOffset;    // [out / 2]
 };
 
 enum KernelActivation : int { kActNone = 0, kActReLU = 1, kActTanh = 2, kActELU = 3 };
@@ -36,10 +38,16 @@ struct KernelTable {
   void (*linearRow)(const LinearView& layer, const float* x, float* y, int lo, int hi, int activation,
                     const float* residual, float* preAct);
   // The affine head for positions [p0, p1): raw shift and scale are output columns 2p, 2p + 1
-  // of `head` applied to hT. Forward: outT[p] = inT[p] * scale + shift, logDet += log scale.
-  // Inverse: outT[p] = (inT[p] - shift) / scale, logDet -= log scale.
+  // of `head` applied to hT. Forward (the parallel direction): outT[p] = inT[p] * scale + shift,
+  // logDet += log scale. Inverse (the sequential direction, one position at a time):
+  // outT[p] = (inT[p] - shift) / scale, logDet -= log scale, with each raw sum split as
+  // sequentialHeadSplit says (its two halves' chains interleave: one position's two columns alone
+  // have too few independent sums to hide the FMA latency).
   void (*affine)(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
                  int p1, int scaleKind, bool inverse);
+  // The sequential direction's head for ONE row: raw[2p], raw[2p + 1] from h, split as `affine`'s
+  // inverse splits them, so a row alone gives its tile's bits.
+  void (*sequentialHeadRow)(const LinearView& head, const float* h, float* raw, int p);
   // The affine step of ONE row for positions [p0, p1) (the one-row path), from the head's raw
   // outputs raw[2p] (shift) and raw[2p + 1] (scale), with `affine`'s per-element operations, so a
   // row gives the same bits whichever path (tile or row) runs it: a sample split in pieces of
@@ -50,6 +58,10 @@ struct KernelTable {
   // the values of flow_math.h's standardNormals4, bit for bit, many Philox blocks per vector.
   void (*normals)(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out);
 };
+
+// The sequential direction's head sums over inputs [0, depth) as two sums, over [0, split) (from
+// the bias) and [split, depth) (from zero), added at the end; both paths (tile and row) use this split.
+inline int sequentialHeadSplit(int depth) { return depth / 2; }
 
 // The best table this CPU runs, unless overridden by selectKernels.
 const KernelTable& activeKernels();

@@ -49,7 +49,7 @@ namespace {
 
 namespace iaflow {
 const KernelTable* avx512Kernels() {
-  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel, affineRowKernel, normalsKernel};
+  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel, sequentialHeadRowKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 const TrainKernelTable* avx512TrainKernels() {

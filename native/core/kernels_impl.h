@@ -304,9 +304,75 @@ inline void affineRun(const LinearView& head, const float* hT, const float* inT,
   if (kPositions > 1 && p < p1) affineRun<(kPositions > 1 ? kPositions - 1 : 1), kScale, kInverse>(head, hT, inT, outT, logDet, p, p1);
 }
 
+// The sequential direction's head for position p: both columns' sums in two halves (kernels.h's
+// sequentialHeadSplit), walked side by side (twelve independent sums on AVX2 instead of six), then
+// the inverse affine step.
+template <int kScale>
+inline void sequentialAffineBlock(const LinearView& head, const float* hT, const float* inT, float* outT,
+                                  float* logDet, int p) {
+  const int depth = head.prefix[2 * p + 1];
+  const int split = iaflow::sequentialHeadSplit(depth);
+  vf lo[2][kRowVectors], hi[2][kRowVectors];
+  for (int c = 0; c < 2; ++c)
+    for (int v = 0; v < kRowVectors; ++v) {
+      lo[c][v] = splat(head.bias[2 * p + c]);
+      hi[c][v] = splat(0.0f);
+    }
+  const float* w = head.headPairs + head.headPairOffset[p];  // [k][2]
+  for (int i = 0; i < split; ++i) {
+    const float* wa = w + 2 * i;
+    const float* wb = w + 2 * (split + i);
+    for (int c = 0; c < 2; ++c) {
+      const vf ba = splat(wa[c]), bb = splat(wb[c]);
+      for (int v = 0; v < kRowVectors; ++v) {
+        lo[c][v] = IAF_FMADD(ba, load(hT + i * kTile + v * kVec), lo[c][v]);
+        hi[c][v] = IAF_FMADD(bb, load(hT + (split + i) * kTile + v * kVec), hi[c][v]);
+      }
+    }
+  }
+  for (int k = 2 * split; k < depth; ++k) {  // the second half's one extra input when depth is odd
+    const float* wk = w + 2 * k;
+    for (int c = 0; c < 2; ++c)
+      for (int v = 0; v < kRowVectors; ++v) hi[c][v] = IAF_FMADD(splat(wk[c]), load(hT + k * kTile + v * kVec), hi[c][v]);
+  }
+  for (int v = 0; v < kRowVectors; ++v) {
+    vf ld = load(logDet + v * kVec);
+    const long at = p * kTile + v * kVec;
+    store(outT + at, affineElement<kScale, true>(lo[0][v] + hi[0][v], lo[1][v] + hi[1][v], load(inT + at), ld));
+    store(logDet + v * kVec, ld);
+  }
+}
+
 template <int kScale, bool kInverse>
 void affineFor(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0, int p1) {
+  if (kInverse) {
+    for (int p = p0; p < p1; ++p) sequentialAffineBlock<kScale>(head, hT, inT, outT, logDet, p);
+    return;
+  }
   affineRun<kHeadPositions, kScale, kInverse>(head, hT, inT, outT, logDet, p0, p1);
+}
+
+// sequentialAffineBlock's sums for one row (the one-row path), in the same order.
+void sequentialHeadRowKernel(const LinearView& head, const float* h, float* raw, int p) {
+  const int depth = head.prefix[2 * p + 1];
+  const int split = iaflow::sequentialHeadSplit(depth);
+  const float* w = head.headPairs + head.headPairOffset[p];  // [k][2]
+  float lo0 = head.bias[2 * p], lo1 = head.bias[2 * p + 1], hi0 = 0.0f, hi1 = 0.0f;
+  for (int i = 0; i < split; ++i) {
+    const float* wa = w + 2 * i;
+    const float* wb = w + 2 * (split + i);
+    lo0 = IAF_FMADD1(wa[0], h[i], lo0);
+    lo1 = IAF_FMADD1(wa[1], h[i], lo1);
+    hi0 = IAF_FMADD1(wb[0], h[split + i], hi0);
+    hi1 = IAF_FMADD1(wb[1], h[split + i], hi1);
+  }
+  for (int k = 2 * split; k < depth; ++k) {
+    const float* wk = w + 2 * k;
+    hi0 = IAF_FMADD1(wk[0], h[k], hi0);
+    hi1 = IAF_FMADD1(wk[1], h[k], hi1);
+  }
+  raw[2 * p] = lo0 + hi0;
+  raw[2 * p + 1] = lo1 + hi1;
 }
 
 void affineKernel(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,

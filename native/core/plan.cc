@@ -67,6 +67,19 @@ void packRowStripes(StaircaseLinear& s) {
   }
 }
 
+// StaircaseLinear::headPairs from weightKM (a head: output columns 2p, 2p + 1 belong to position p).
+void packHeadPairs(StaircaseLinear& s) {
+  s.headPairs.clear();
+  s.headPairOffset.clear();
+  for (int p = 0; 2 * p + 1 < s.out; ++p) {
+    s.headPairOffset.push_back(static_cast<int64_t>(s.headPairs.size()));
+    for (int k = 0; k < s.prefix[2 * p + 1]; ++k) {
+      const float* row = s.weightKM.data() + static_cast<size_t>(k) * s.outStride + 2 * p;
+      s.headPairs.insert(s.headPairs.end(), row, row + 2);
+    }
+  }
+}
+
 // MadePlan::contextFirst and contextOnly from hidden layer 0 and the context layer (Linear form).
 void foldContext(MadePlan& plan) {
   const StaircaseLinear& c = plan.context;
@@ -209,6 +222,7 @@ std::shared_ptr<const FlowPlan> buildPlan(const FlowSpec& spec) {
       MadePlan& m = lp.made;
       for (StaircaseLinear& h : m.hidden) packRowStripes(h);
       for (StaircaseLinear* t : {&m.output, &m.context, &m.contextFirst, &m.contextOnly}) packRowStripes(*t);
+      packHeadPairs(m.output);
       for (const StaircaseLinear& h : lp.made.hidden) plan->widestHidden = std::max(plan->widestHidden, h.outStride);
       plan->deepestHidden = std::max(plan->deepestHidden, static_cast<int>(lp.made.hidden.size()));
     }
