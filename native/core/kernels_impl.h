@@ -226,7 +226,28 @@ void linearRowFor(const LinearView& L, const float* x, float* y, int lo, int hi,
       stripeBlock<kAct>(L, x, y, j, residual, preAct);
   for (; j + kWide * kVec <= hi; j += kWide * kVec)
     rowBlock<kWide, kAct>(L, x, y, j, L.prefix[j + kWide * kVec - 1], residual, preAct);
-  for (; j + kVec <= hi; j += kVec) rowBlock<1, kAct>(L, x, y, j, L.prefix[j + kVec - 1], residual, preAct);
+  // Fewer than kWide vectors left (a degree group of the sequential direction is often one to
+  // three): one block with that many sums, walking the inputs once rather than once per vector.
+  switch ((hi - j) / kVec) {
+    case 3: rowBlock<3, kAct>(L, x, y, j, L.prefix[j + 3 * kVec - 1], residual, preAct); j += 3 * kVec; break;
+    case 2: rowBlock<2, kAct>(L, x, y, j, L.prefix[j + 2 * kVec - 1], residual, preAct); j += 2 * kVec; break;
+    case 1: rowBlock<1, kAct>(L, x, y, j, L.prefix[j + kVec - 1], residual, preAct); j += kVec; break;
+    default: break;
+  }
+  if (j < hi && j + kVec <= L.outStride) {
+    // The last units, fewer than a vector: one vector whose lanes past hi (later units or padding,
+    // inside the row's storage) are computed and dropped, so the inputs are walked once.
+    const int j0 = j;
+    vf acc = load(L.bias + j0);
+    const float* w = L.weightKM + j0;
+    for (int k = 0; k < L.prefix[hi - 1]; ++k) acc = IAF_FMADD(splat(x[k]), load(w + static_cast<long>(k) * L.outStride), acc);
+    for (; j < hi; ++j) {
+      float sum = acc[j - j0];
+      if (residual) sum += residual[j];
+      if (preAct) preAct[j] = sum;
+      y[j] = activate<kAct>(splat(sum))[0];
+    }
+  }
   for (; j < hi; ++j) {  // tail: one unit at a time
     float sum = L.bias[j];
     for (int k = 0; k < L.prefix[j]; ++k) sum = IAF_FMADD1(x[k], L.weightKM[static_cast<long>(k) * L.outStride + j], sum);
