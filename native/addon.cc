@@ -282,7 +282,8 @@ class ExternalMemory {
 int64_t planBytes(const FlowPlan& plan) {
   int64_t total = 0;
   auto linear = [&](const iaflow::StaircaseLinear& L) {
-    total += static_cast<int64_t>(L.weightKM.size() + L.bias.size() + L.prefix.size() + L.rowStripes.size() + L.headPairs.size()) * 4;
+    total += static_cast<int64_t>(L.weightKM.size() + L.bias.size() + L.prefix.size() + L.rowStripes.size() + L.headPairs.size() +
+                                  L.groupWeights.size()) * 4;
   };
   for (const iaflow::LayerPlan& layer : plan.layers) {
     total += static_cast<int64_t>(layer.permutation.size() + layer.affine.loc.size() + layer.affine.scale.size()) * 4;

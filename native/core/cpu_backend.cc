@@ -119,30 +119,46 @@ bool contextFolded(const MadePlan& m) { return m.contextForm == ContextForm::Lin
 // Units [lo, hi) of hidden layer l. `cond` is what the conditioner reads; with the context folded
 // (Linear form), layer 0 reads [c; cond] from `contextAndCond` through contextFirst, or, with one
 // context for the call, cond alone through hidden layer 0 with the call's bias t.
+// Units [lo, hi), degree group p of a hidden layer, read from the plan's packed group
+// (StaircaseLinear::groupWeights): the kernels read weightKM[k * outStride + j] for j in [lo, hi),
+// so the view starts lo floats before the group and its stride is the group's width. For the
+// tiled kernels only (the one-row path may read lanes past hi within outStride).
+LinearView groupView(const StaircaseLinear& L, int p, int lo, int hi) {
+  LinearView v = view(L);
+  v.weightKM = L.groupWeights.data() + (L.groupOffset[p] - lo);
+  v.outStride = hi - lo;
+  v.rowStripes = nullptr;
+  v.rowStripeOffset = nullptr;
+  return v;
+}
+
+// group >= 0: [lo, hi) is degree group `group`, read from the packed groups.
 void hiddenUnits(LinearKernel linear, const MadePlan& m, Scratch& s, size_t l, const float* cond,
-                 const float* contextAndCond, int lo, int hi) {
+                 const float* contextAndCond, int lo, int hi, int group = -1) {
   const int act = kernelActivation(m.activation);
   const HiddenStep w = wire(m, s, l, cond);
+  auto layer = [&](const StaircaseLinear& L) { return group >= 0 ? groupView(L, group, lo, hi) : view(L); };
   if (l == 0 && contextFolded(m)) {
     if (s.broadcastTerm) {
-      LinearView first = view(m.hidden[0]);
+      LinearView first = layer(m.hidden[0]);
       first.bias = s.broadcastTerm->data();
       linear(first, cond, w.output, lo, hi, act, nullptr, w.preAct);
     } else {
-      linear(view(m.contextFirst), contextAndCond, w.output, lo, hi, act, nullptr, w.preAct);
+      linear(layer(m.contextFirst), contextAndCond, w.output, lo, hi, act, nullptr, w.preAct);
     }
     return;
   }
-  linear(view(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
+  linear(layer(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
 }
 
+// tiled: the tile kernels, which read the packed degree groups.
 void unitsOfDegree(LinearKernel linear, const MadePlan& m, Scratch& s, const float* cond, const float* contextAndCond,
-                   int p) {
+                   int p, bool tiled) {
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
     const int hi = m.unitsUpToDegree[l][p];
     if (hi == lo) continue;
-    hiddenUnits(linear, m, s, l, cond, contextAndCond, lo, hi);
+    hiddenUnits(linear, m, s, l, cond, contextAndCond, lo, hi, tiled ? p : -1);
   }
 }
 
@@ -235,7 +251,7 @@ void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   float* u = folded && !clamp ? afterContext : s.sortedOut.data();
   float* cond = !clamp ? u : folded ? afterContext : s.condIn.data();
   for (int p = 0; p < m.dim; ++p) {
-    unitsOfDegree(K.linear, m, s, cond, s.contextIn.data(), p);
+    unitsOfDegree(K.linear, m, s, cond, s.contextIn.data(), p, true);
     K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
              static_cast<int>(m.scale), true);
     if (clamp) conditionerInput(m, u + static_cast<size_t>(p) * T, cond + static_cast<size_t>(p) * T, T);
@@ -295,7 +311,7 @@ void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int 
   float* cond = !clamp ? u : folded ? afterContext : s.condIn.data();
   float* raw = s.output.data();
   for (int p = 0; p < m.dim; ++p) {
-    unitsOfDegree(K.linearRow, m, s, cond, contextAndCond, p);
+    unitsOfDegree(K.linearRow, m, s, cond, contextAndCond, p, false);
     K.sequentialHeadRow(view(m.output), headInput(m, s), raw, p);
     K.affineRow(raw, v, u, &s.logDet[r], p, p + 1, static_cast<int>(m.scale), true);
     if (cond != u) cond[p] = softClamp(u[p], m.softClampInv);

@@ -80,6 +80,22 @@ void packHeadPairs(StaircaseLinear& s) {
   }
 }
 
+// StaircaseLinear::groupWeights of a hidden layer whose units of degree <= d number upTo[d].
+void packDegreeGroups(StaircaseLinear& s, const std::vector<int>& upTo, int dim) {
+  s.groupWeights.clear();
+  s.groupOffset.clear();
+  for (int p = 0; p < dim; ++p) {
+    const int lo = p == 0 ? 0 : upTo[p - 1], hi = upTo[p];
+    if (s.groupWeights.size() < static_cast<size_t>(lo)) s.groupWeights.resize(lo, 0.0f);
+    s.groupOffset.push_back(static_cast<int64_t>(s.groupWeights.size()));
+    if (hi == lo) continue;
+    for (int k = 0; k < s.prefix[hi - 1]; ++k) {
+      const float* row = s.weightKM.data() + static_cast<size_t>(k) * s.outStride;
+      s.groupWeights.insert(s.groupWeights.end(), row + lo, row + hi);
+    }
+  }
+}
+
 // MadePlan::contextFirst and contextOnly from hidden layer 0 and the context layer (Linear form).
 void foldContext(MadePlan& plan) {
   const StaircaseLinear& c = plan.context;
@@ -223,6 +239,8 @@ std::shared_ptr<const FlowPlan> buildPlan(const FlowSpec& spec) {
       for (StaircaseLinear& h : m.hidden) packRowStripes(h);
       for (StaircaseLinear* t : {&m.output, &m.context, &m.contextFirst, &m.contextOnly}) packRowStripes(*t);
       packHeadPairs(m.output);
+      for (size_t l = 0; l < m.hidden.size(); ++l) packDegreeGroups(m.hidden[l], m.unitsUpToDegree[l], m.dim);
+      if (!m.contextFirst.weightKM.empty()) packDegreeGroups(m.contextFirst, m.unitsUpToDegree[0], m.dim);
       for (const StaircaseLinear& h : lp.made.hidden) plan->widestHidden = std::max(plan->widestHidden, h.outStride);
       plan->deepestHidden = std::max(plan->deepestHidden, static_cast<int>(lp.made.hidden.size()));
     }

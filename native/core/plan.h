@@ -80,6 +80,13 @@ struct StaircaseLinear {
   // [k][2] from headPairOffset[p]: 8 bytes per input instead of one cache line per input.
   std::vector<float> headPairs;
   std::vector<int64_t> headPairOffset;  // [out / 2]
+  // A hidden layer only: the sequential direction computes one degree group at a time (group p:
+  // the units unitsOfDegree reads for position p), so each group's live weights are kept together,
+  // [k][units of the group] (the group's width is its row stride), group p at groupOffset[p] (at
+  // least its first unit's index, so a view based at groupOffset[p] - first stays in the array):
+  // whole cache lines in order instead of a few floats per line.
+  std::vector<float> groupWeights;
+  std::vector<int64_t> groupOffset;  // [dim]
 };
 
 constexpr int kColumnBlock = 16;
