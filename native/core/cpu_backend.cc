@@ -132,23 +132,47 @@ LinearView groupView(const StaircaseLinear& L, int p, int lo, int hi) {
   return v;
 }
 
-// group >= 0: [lo, hi) is degree group `group`, read from the packed groups.
+// Whole stripe q of a layer (units [32q, 32q + 32)) read from the plan's packed stripes
+// (StaircaseLinear::rowStripes), for the tiled kernels: a view as groupView's.
+LinearView stripeView(const StaircaseLinear& L, int q) {
+  LinearView v = view(L);
+  v.weightKM = L.rowStripes.data() + (L.rowStripeOffset[q] - static_cast<int64_t>(q) * kRowStripe);
+  v.outStride = kRowStripe;
+  return v;
+}
+
+// Where the tiled kernels read a layer's weights: the staircase itself (the one-row kernels,
+// which pick their own copy), a degree group's packed copy (the sequential direction: group p)
+// or the packed stripes (the parallel direction: whole stripes, then the staircase for the rest).
+enum class Packing { None, DegreeGroup, Stripes };
+
 void hiddenUnits(LinearKernel linear, const MadePlan& m, Scratch& s, size_t l, const float* cond,
-                 const float* contextAndCond, int lo, int hi, int group = -1) {
+                 const float* contextAndCond, int lo, int hi, Packing packing = Packing::None, int group = -1) {
   const int act = kernelActivation(m.activation);
   const HiddenStep w = wire(m, s, l, cond);
-  auto layer = [&](const StaircaseLinear& L) { return group >= 0 ? groupView(L, group, lo, hi) : view(L); };
+  const float* bias = nullptr;  // replaces the layer's bias when set
+  const StaircaseLinear* layer = &m.hidden[l];
+  const float* input = w.input;
+  const float* residual = w.residual;
   if (l == 0 && contextFolded(m)) {
+    residual = nullptr;
     if (s.broadcastTerm) {
-      LinearView first = layer(m.hidden[0]);
-      first.bias = s.broadcastTerm->data();
-      linear(first, cond, w.output, lo, hi, act, nullptr, w.preAct);
+      bias = s.broadcastTerm->data();
+      input = cond;
     } else {
-      linear(layer(m.contextFirst), contextAndCond, w.output, lo, hi, act, nullptr, w.preAct);
+      layer = &m.contextFirst;
+      input = contextAndCond;
     }
-    return;
   }
-  linear(layer(m.hidden[l]), w.input, w.output, lo, hi, act, w.residual, w.preAct);
+  auto run = [&](LinearView v, int a, int b) {
+    if (bias) v.bias = bias;
+    linear(v, input, w.output, a, b, act, residual, w.preAct);
+  };
+  if (packing == Packing::DegreeGroup) return run(groupView(*layer, group, lo, hi), lo, hi);
+  int j = lo;
+  if (packing == Packing::Stripes)
+    for (; j % kRowStripe == 0 && j + kRowStripe <= hi; j += kRowStripe) run(stripeView(*layer, j / kRowStripe), j, j + kRowStripe);
+  if (j < hi) run(view(*layer), j, hi);
 }
 
 // tiled: the tile kernels, which read the packed degree groups.
@@ -158,7 +182,7 @@ void unitsOfDegree(LinearKernel linear, const MadePlan& m, Scratch& s, const flo
     const int lo = p == 0 ? 0 : m.unitsUpToDegree[l][p - 1];
     const int hi = m.unitsUpToDegree[l][p];
     if (hi == lo) continue;
-    hiddenUnits(linear, m, s, l, cond, contextAndCond, lo, hi, tiled ? p : -1);
+    hiddenUnits(linear, m, s, l, cond, contextAndCond, lo, hi, tiled ? Packing::DegreeGroup : Packing::None, p);
   }
 }
 
@@ -232,7 +256,8 @@ void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
   float* contextAndCond = s.contextIn.data();
   if (contextFolded(m) && !s.broadcastTerm)
     std::copy_n(cond, cells, contextAndCond + static_cast<size_t>(s.contextDim) * s.tileRows);
-  for (size_t l = 0; l < m.hidden.size(); ++l) hiddenUnits(K.linear, m, s, l, cond, contextAndCond, 0, m.hidden[l].out);
+  for (size_t l = 0; l < m.hidden.size(); ++l)
+    hiddenUnits(K.linear, m, s, l, cond, contextAndCond, 0, m.hidden[l].out, Packing::Stripes);
   K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), s.sortedOut.data(), s.logDet.data(), 0, m.dim,
            static_cast<int>(m.scale), false);
   scatterSorted(m, s, s.sortedOut.data());

@@ -58,6 +58,8 @@ void packRowStripes(StaircaseLinear& s) {
   s.rowStripes.clear();
   s.rowStripeOffset.clear();
   for (int j0 = 0; j0 + kRowStripe <= s.out; j0 += kRowStripe) {
+    // At least j0, so that a view based at the offset less j0 (the tiled kernels') stays in the array.
+    if (s.rowStripes.size() < static_cast<size_t>(j0)) s.rowStripes.resize(j0, 0.0f);
     s.rowStripeOffset.push_back(static_cast<int64_t>(s.rowStripes.size()));
     const int depth = s.prefix[j0 + kRowStripe - 1];
     for (int k = 0; k < depth; ++k) {
