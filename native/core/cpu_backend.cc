@@ -116,9 +116,6 @@ using LinearKernel = void (*)(const LinearView&, const float*, float*, int, int,
 
 bool contextFolded(const MadePlan& m) { return m.contextForm == ContextForm::Linear; }
 
-// Units [lo, hi) of hidden layer l. `cond` is what the conditioner reads; with the context folded
-// (Linear form), layer 0 reads [c; cond] from `contextAndCond` through contextFirst, or, with one
-// context for the call, cond alone through hidden layer 0 with the call's bias t.
 // Units [lo, hi), degree group p of a hidden layer, read from the plan's packed group
 // (StaircaseLinear::groupWeights): the kernels read weightKM[k * outStride + j] for j in [lo, hi),
 // so the view starts lo floats before the group and its stride is the group's width. For the
@@ -146,6 +143,10 @@ LinearView stripeView(const StaircaseLinear& L, int q) {
 // or the packed stripes (the parallel direction: whole stripes, then the staircase for the rest).
 enum class Packing { None, DegreeGroup, Stripes };
 
+// Units [lo, hi) of hidden layer l. `cond` is what the conditioner reads; with the context folded
+// (Linear form), layer 0 reads [c; cond] from `contextAndCond` through contextFirst, or, with one
+// context for the call, cond alone through hidden layer 0 with the call's bias t. `group`: the
+// degree group [lo, hi) is, with Packing::DegreeGroup.
 void hiddenUnits(LinearKernel linear, const MadePlan& m, Scratch& s, size_t l, const float* cond,
                  const float* contextAndCond, int lo, int hi, Packing packing = Packing::None, int group = -1) {
   const int act = kernelActivation(m.activation);
