@@ -159,9 +159,9 @@ async function runAsync(nativeFlow: NativeFlowInstance, what: string, request: N
 const ACTIVATION_CODE = LAYOUT_CODES.activation;
 const SCALE_CODE = LAYOUT_CODES.scale;
 const TO_DATA = LAYOUT_CODES.direction.toData;
+const TO_LATENT = LAYOUT_CODES.direction.toLatent;
 const NO_CONTEXT = Object.freeze({ context: null, contextRows: 0 });
 const NO_SEED: [number, number] = [0, 0]; // transforms read no random stream
-const TO_LATENT = LAYOUT_CODES.direction.toLatent;
 
 export class Flow {
   readonly dim: number;

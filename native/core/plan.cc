@@ -5,6 +5,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace iaflow {
 namespace {
@@ -53,49 +54,43 @@ StaircaseLinear packStaircase(const DenseLinear& dense, const std::vector<int>& 
   return s;
 }
 
-// StaircaseLinear::rowStripes from weightKM.
-void packRowStripes(StaircaseLinear& s) {
-  s.rowStripes.clear();
-  s.rowStripeOffset.clear();
-  for (int j0 = 0; j0 + kRowStripe <= s.out; j0 += kRowStripe) {
-    // At least j0, so that a view based at the offset less j0 (the tiled kernels') stays in the array.
-    if (s.rowStripes.size() < static_cast<size_t>(j0)) s.rowStripes.resize(j0, 0.0f);
-    s.rowStripeOffset.push_back(static_cast<int64_t>(s.rowStripes.size()));
-    const int depth = s.prefix[j0 + kRowStripe - 1];
-    for (int k = 0; k < depth; ++k) {
-      const float* row = s.weightKM.data() + static_cast<size_t>(k) * s.outStride + j0;
-      s.rowStripes.insert(s.rowStripes.end(), row, row + kRowStripe);
+// Column ranges [lo, hi) of s.weightKM, one after another: each range's first prefix[hi - 1] rows
+// of its columns, contiguous ([k][hi - lo]), from offsets[r] (at least lo, so that a view based at
+// offsets[r] - lo, as the tiled kernels' views are, stays inside `data`). The packed copies of
+// plan.h (rowStripes, headPairs, groupWeights) are all made by it.
+void packColumnRanges(const StaircaseLinear& s, const std::vector<std::pair<int, int>>& ranges, std::vector<float>& data,
+                      std::vector<int64_t>& offsets) {
+  data.clear();
+  offsets.clear();
+  for (const auto& [lo, hi] : ranges) {
+    if (data.size() < static_cast<size_t>(lo)) data.resize(lo, 0.0f);
+    offsets.push_back(static_cast<int64_t>(data.size()));
+    for (int k = 0; hi > lo && k < s.prefix[hi - 1]; ++k) {
+      const float* row = s.weightKM.data() + static_cast<size_t>(k) * s.outStride;
+      data.insert(data.end(), row + lo, row + hi);
     }
   }
 }
 
-// StaircaseLinear::headPairs from weightKM (a head: output columns 2p, 2p + 1 belong to position p).
+// StaircaseLinear::rowStripes: every whole stripe of kRowStripe units.
+void packRowStripes(StaircaseLinear& s) {
+  std::vector<std::pair<int, int>> stripes;
+  for (int j0 = 0; j0 + kRowStripe <= s.out; j0 += kRowStripe) stripes.emplace_back(j0, j0 + kRowStripe);
+  packColumnRanges(s, stripes, s.rowStripes, s.rowStripeOffset);
+}
+
+// StaircaseLinear::headPairs (a head: output columns 2p, 2p + 1 belong to position p).
 void packHeadPairs(StaircaseLinear& s) {
-  s.headPairs.clear();
-  s.headPairOffset.clear();
-  for (int p = 0; 2 * p + 1 < s.out; ++p) {
-    s.headPairOffset.push_back(static_cast<int64_t>(s.headPairs.size()));
-    for (int k = 0; k < s.prefix[2 * p + 1]; ++k) {
-      const float* row = s.weightKM.data() + static_cast<size_t>(k) * s.outStride + 2 * p;
-      s.headPairs.insert(s.headPairs.end(), row, row + 2);
-    }
-  }
+  std::vector<std::pair<int, int>> pairs;
+  for (int p = 0; 2 * p + 1 < s.out; ++p) pairs.emplace_back(2 * p, 2 * p + 2);
+  packColumnRanges(s, pairs, s.headPairs, s.headPairOffset);
 }
 
 // StaircaseLinear::groupWeights of a hidden layer whose units of degree <= d number upTo[d].
 void packDegreeGroups(StaircaseLinear& s, const std::vector<int>& upTo, int dim) {
-  s.groupWeights.clear();
-  s.groupOffset.clear();
-  for (int p = 0; p < dim; ++p) {
-    const int lo = p == 0 ? 0 : upTo[p - 1], hi = upTo[p];
-    if (s.groupWeights.size() < static_cast<size_t>(lo)) s.groupWeights.resize(lo, 0.0f);
-    s.groupOffset.push_back(static_cast<int64_t>(s.groupWeights.size()));
-    if (hi == lo) continue;
-    for (int k = 0; k < s.prefix[hi - 1]; ++k) {
-      const float* row = s.weightKM.data() + static_cast<size_t>(k) * s.outStride;
-      s.groupWeights.insert(s.groupWeights.end(), row + lo, row + hi);
-    }
-  }
+  std::vector<std::pair<int, int>> groups;
+  for (int p = 0; p < dim; ++p) groups.emplace_back(p == 0 ? 0 : upTo[p - 1], upTo[p]);
+  packColumnRanges(s, groups, s.groupWeights, s.groupOffset);
 }
 
 // MadePlan::contextFirst and contextOnly from hidden layer 0 and the context layer (Linear form).
