@@ -8,8 +8,10 @@
 //   memory  a fresh server's RSS after 10^3 requests (small JSON, 1000-row f32, 100-row CSV,
 //           200-row /log-prob in turn), after 10^4 and after 3 x 10^4 (a leak keeps its slope)
 //
-// Rows/s of the large cell come from the bytes received (headers are ~200 of 6.4 MB a response),
-// requests/s of it are rows/s / 10^5. The machine's CPU share moves (bench/timing.ts), so the large cell is interleaved: rounds of a
+// The large cell's server slice is a fixed number of whole requests (about as many as the library
+// slice's rate gives in S seconds), timed from the start to the last byte of the last answer, so no
+// request is cut off by the window; requests/s of it are rows/s / 10^5. The machine's CPU share
+// moves (bench/timing.ts), so the large cell is interleaved: rounds of a
 // library slice then a server slice, and the fraction is the median over rounds of the ratio
 // within a round. The library slice runs while the server is idle, so each side has the cores.
 //
@@ -36,7 +38,7 @@ interface AutocannonResult {
   non2xx: number;
   '2xx': number;
 }
-type Autocannon = (options: Record<string, unknown>) => Promise<AutocannonResult>;
+type Autocannon = (options: Record<string, unknown>) => PromiseLike<AutocannonResult> & { on(event: 'response', listener: () => void): void };
 // autocannon ships no type declarations; this is the part of its API used here.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const autocannon = require('autocannon') as Autocannon;
@@ -92,15 +94,22 @@ async function startServer(model: string): Promise<{ base: string; stop: () => P
   };
 }
 
-async function load(base: string, rows: number, format: string, connections: number, seconds: number): Promise<AutocannonResult> {
-  const result = await autocannon({
+/** autocannon's result, and performance.now() at the last complete answer (autocannon itself stops at its next one-second tick). */
+type LoadResult = AutocannonResult & { lastAnswer: number };
+
+/** `connections` clients asking for `rows` samples back to back, for `bound.seconds` or until `bound.amount` answers. */
+async function load(base: string, rows: number, format: string, connections: number, bound: { seconds: number } | { amount: number }): Promise<LoadResult> {
+  const instance = autocannon({
     url: `${base}/sample`,
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ n: rows, seed: SEED, format }),
     connections,
-    duration: seconds,
+    ...('amount' in bound ? { amount: bound.amount } : { duration: bound.seconds }),
   });
+  let lastAnswer = performance.now();
+  instance.on('response', () => (lastAnswer = performance.now()));
+  const result = { ...(await instance), lastAnswer };
   if (result.errors > 0 || result.non2xx > 0 || result.timeouts > 0) {
     throw new Error(`autocannon: ${result.errors} errors, ${result.non2xx} non-2xx answers, ${result.timeouts} timeouts`);
   }
@@ -147,28 +156,35 @@ async function main(): Promise<void> {
   const server = await startServer(model);
   try {
     // Warm up both sides (the server's first requests load the kernels, the JIT warms).
-    await load(server.base, LARGE_ROWS, 'f32', LARGE_CONNECTIONS, 1);
-    await load(server.base, SMALL_ROWS, 'json', SMALL_CONNECTIONS, 1);
+    await load(server.base, LARGE_ROWS, 'f32', LARGE_CONNECTIONS, { amount: 2 });
+    await load(server.base, SMALL_ROWS, 'json', SMALL_CONNECTIONS, { seconds: 1 });
     await libraryRate(flow, LARGE_ROWS, 0.5);
 
     log(`small: n=${SMALL_ROWS} JSON, ${SMALL_CONNECTIONS} connections, ${SECONDS * ROUNDS} s`);
-    const small = await load(server.base, SMALL_ROWS, 'json', SMALL_CONNECTIONS, SECONDS * ROUNDS);
+    const small = await load(server.base, SMALL_ROWS, 'json', SMALL_CONNECTIONS, { seconds: SECONDS * ROUNDS });
     const smallLibrary = await libraryRate(flow, SMALL_ROWS, SECONDS);
 
     log(`large: n=${LARGE_ROWS} f32, ${LARGE_CONNECTIONS} connections, ${ROUNDS} rounds of ${SECONDS} s library + ${SECONDS} s server`);
-    const rounds: { library: number; server: number; result: AutocannonResult }[] = [];
+    const rounds: { library: number; server: number; result: LoadResult }[] = [];
     /** CPU the client (autocannon, this process) used during each server slice, in cores: taken from the server's 2. */
     const clientCores: number[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       const library = await libraryRate(flow, LARGE_ROWS, SECONDS);
       const cpu0 = process.cpuUsage();
       const wall0 = performance.now();
-      const result = await load(server.base, LARGE_ROWS, 'f32', LARGE_CONNECTIONS, SECONDS);
+      // A fixed number of requests (about SECONDS' worth at the library's rate), timed from the first
+      // request to the last answer: autocannon counts a response's bytes only once it is complete, so
+      // a window of SECONDS would drop the request in flight at its end (about half a request in ten,
+      // 5% of the figure) and read the server slower than it is.
+      const amount = Math.max(4, Math.round((library * SECONDS) / LARGE_ROWS));
+      const result = await load(server.base, LARGE_ROWS, 'f32', LARGE_CONNECTIONS, { amount });
       const cpu = process.cpuUsage(cpu0);
+      const wall = result.lastAnswer - wall0;
       clientCores.push((cpu.user + cpu.system) / 1e3 / (performance.now() - wall0));
-      // Rows from the bytes received, not from completed requests: a 10^5-row request takes about
-      // a second, so counting whole requests in a few seconds' window would drop the last ones.
-      const serverRate = result.throughput.total / (flow.dim * 4) / result.duration;
+      if (result['2xx'] !== amount || result.throughput.total < amount * LARGE_ROWS * flow.dim * 4) {
+        throw new Error(`large cell: ${result['2xx']} of ${amount} answers, ${result.throughput.total} bytes`);
+      }
+      const serverRate = (amount * LARGE_ROWS) / (wall / 1000);
       rounds.push({ library, server: serverRate, result });
       log(`  round ${r + 1}: library ${fmt(library)} rows/s, server ${fmt(serverRate)} rows/s (${((100 * serverRate) / library).toFixed(0)}%), p50 ${rounds[r].result.latency.p50} ms`);
     }
