@@ -40,31 +40,35 @@ constexpr uint64_t kForwardStream = 0x6A09E667F3BCC909ull;  // distillation's te
 
 int roundUp(int value, int block) { return (value + block - 1) / block * block; }
 
-TLinear makeLinear(const StaircaseLinear& s, std::vector<float>& params, size_t& transposedSize, bool reference) {
+// The training view of one of the plan's layers: its weights and bias move to the end of the
+// flat parameters (the plan keeps the staircase; its packed read-only copies are dropped), and
+// the transposed copy gets its place.
+TLinear makeLinear(StaircaseLinear& s, std::vector<float>& params, size_t& transposedSize, bool reference) {
   TLinear L;
-  L.in = s.in;
-  L.out = s.out;
-  L.outStride = s.outStride;
+  L.stairs = &s;
   L.inStride = roundUp(std::max(s.in, 1), kBlock);
-  L.prefix = s.prefix;
   L.w = params.size();
   params.insert(params.end(), s.weightKM.begin(), s.weightKM.end());
   L.b = params.size();
   params.insert(params.end(), s.bias.begin(), s.bias.end());
+  for (std::vector<float>* weights : {&s.weightKM, &s.bias, &s.rowStripes, &s.headPairs, &s.groupWeights}) std::vector<float>().swap(*weights);
+  for (std::vector<int64_t>* offsets : {&s.rowStripeOffset, &s.headPairOffset, &s.groupOffset}) std::vector<int64_t>().swap(*offsets);
   L.wt = transposedSize;
-  transposedSize += static_cast<size_t>(L.out) * L.inStride;
-  for (int jb = 0; jb < L.out; jb += kBlock) L.blockDepth.push_back(reference ? L.in : L.prefix[std::min(jb + kBlock, L.out) - 1]);
-  for (int kb = 0; kb < L.in; kb += kBlock) {
+  transposedSize += static_cast<size_t>(s.out) * L.inStride;
+  for (int jb = 0; jb < s.out; jb += kBlock) L.blockDepth.push_back(reference ? s.in : s.prefix[std::min(jb + kBlock, s.out) - 1]);
+  for (int kb = 0; kb < s.in; kb += kBlock) {
     int j = 0;
     if (!reference)
-      while (j < L.out && L.prefix[j] <= kb) ++j;
+      while (j < s.out && s.prefix[j] <= kb) ++j;
     L.firstReader.push_back(j);
   }
   return L;
 }
 
 void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
-  std::shared_ptr<const FlowPlan> plan = buildPlan(spec);
+  // A copy of the plan the net can own and strip: makeLinear moves its weights into net.params.
+  std::shared_ptr<FlowPlan> plan = std::make_shared<FlowPlan>(*buildPlan(spec));
+  net.plan = plan;
   net.dim = plan->dim;
   net.contextDim = plan->contextDim;
   net.contextStride = plan->contextDim > 0 ? roundUp(plan->contextDim, kBlock) : 0;
@@ -73,7 +77,7 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
   net.reference = reference;
   size_t transposedSize = 0;
   for (size_t k = 0; k < plan->layers.size(); ++k) {
-    const LayerPlan& lp = plan->layers[k];
+    LayerPlan& lp = plan->layers[k];
     TLayer layer;
     layer.kind = lp.kind;
     if (lp.kind == LayerKind::Permutation) {
@@ -106,44 +110,39 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
       continue;
     }
     TMade& m = layer.made;
-    m.activation = lp.made.activation;
-    m.scale = lp.made.scale;
-    m.dimAtPosition = lp.made.dimAtPosition;
-    m.unitSource = lp.made.unitSource;
-    m.unitsUpToDegree = lp.made.unitsUpToDegree;
+    m.plan = &lp.made;
+    lp.made.contextFirst = StaircaseLinear();  // inference's folded copies of the context term: not trained
+    lp.made.contextOnly = StaircaseLinear();
     m.cacheInput = net.cachePerRow;
     net.cachePerRow += net.dimStride;
-    m.softClampInv = lp.made.softClampInv;
     m.cacheCond = m.cacheInput;
-    if (m.softClampInv != 0.0f) {
+    if (lp.made.softClampInv != 0.0f) {
       m.cacheCond = net.cachePerRow;
       net.cachePerRow += net.dimStride;
     }
-    m.residual = lp.made.residual;
-    m.contextForm = lp.made.contextForm;
-    if (m.contextForm != ContextForm::None) {
+    if (lp.made.contextForm != ContextForm::None) {
       m.context = makeLinear(lp.made.context, net.params, transposedSize, reference);
       m.cacheContext = net.cachePerRow;
       net.cachePerRow += lp.made.hidden[0].outStride;
     }
     for (size_t l = 0; l < lp.made.hidden.size(); ++l) {
-      const StaircaseLinear& s = lp.made.hidden[l];
+      StaircaseLinear& s = lp.made.hidden[l];
       m.hidden.push_back(makeLinear(s, net.params, transposedSize, reference));
       m.cacheHidden.push_back(net.cachePerRow);
       net.cachePerRow += s.outStride;
       m.cacheStream.push_back(net.cachePerRow);
-      if (m.residual && l % 2 == 0) net.cachePerRow += s.outStride;
+      if (lp.made.residual && l % 2 == 0) net.cachePerRow += s.outStride;
       net.maxHiddenStride = std::max(net.maxHiddenStride, s.outStride);
     }
     m.output = makeLinear(lp.made.output, net.params, transposedSize, reference);
     m.cacheOutput = net.cachePerRow;
-    net.cachePerRow += m.output.outStride;
-    net.maxOutStride = std::max(net.maxOutStride, m.output.outStride);
+    net.cachePerRow += m.output.outStride();
+    net.maxOutStride = std::max(net.maxOutStride, m.output.outStride());
     net.layers.push_back(std::move(layer));
   }
   for (TLayer& layer : net.layers) {
     if (layer.kind != LayerKind::IAF && layer.kind != LayerKind::MAF) continue;
-    if (layer.made.contextForm != ContextForm::None) net.linears.push_back(&layer.made.context);
+    if (layer.made.plan->contextForm != ContextForm::None) net.linears.push_back(&layer.made.context);
     for (const TLinear& L : layer.made.hidden) net.linears.push_back(&L);
     net.linears.push_back(&layer.made.output);
   }
@@ -154,9 +153,9 @@ void buildNet(Net& net, const FlowSpec& spec, Direction pass, bool reference) {
 // Zeroes the gradient of the weights the mask removes (the products above touch
 // some of them: whole blocks, or everything on the reference path).
 void maskGradient(const TLinear& L, float* GW) {
-  for (int j = 0; j < L.out; ++j) {
+  for (int j = 0; j < L.out(); ++j) {
     const int end = L.blockDepth.empty() ? 0 : L.blockDepth[j / kBlock];
-    for (int k = L.prefix[j]; k < end; ++k) GW[static_cast<size_t>(k) * L.outStride + j] = 0.0f;
+    for (int k = L.prefix()[j]; k < end; ++k) GW[static_cast<size_t>(k) * L.outStride() + j] = 0.0f;
   }
 }
 
@@ -257,34 +256,34 @@ void exportFlat(const Net& net, const float* flat, const std::vector<DenseMadeVi
       throw std::invalid_argument("export view has the wrong number of hidden layers");
     for (size_t l = 0; l < m.hidden.size(); ++l) {
       const TLinear& L = m.hidden[l];
-      const std::vector<int>& inSource = l == 0 ? m.dimAtPosition : m.unitSource[l - 1];
-      for (int j = 0; j < L.out; ++j) {
-        const int row = m.unitSource[l][j];
+      const std::vector<int>& inSource = l == 0 ? m.plan->dimAtPosition : m.plan->unitSource[l - 1];
+      for (int j = 0; j < L.out(); ++j) {
+        const int row = m.plan->unitSource[l][j];
         v.hiddenBias[l][row] = flat[L.b + j];
-        for (int kk = 0; kk < L.prefix[j]; ++kk)
-          v.hiddenWeight[l][static_cast<size_t>(row) * L.in + inSource[kk]] = flat[L.w + static_cast<size_t>(kk) * L.outStride + j];
+        for (int kk = 0; kk < L.prefix()[j]; ++kk)
+          v.hiddenWeight[l][static_cast<size_t>(row) * L.in() + inSource[kk]] = flat[L.w + static_cast<size_t>(kk) * L.outStride() + j];
       }
     }
-    if (m.contextForm != ContextForm::None) {
+    if (m.plan->contextForm != ContextForm::None) {
       if (!v.contextWeight || !v.contextBias) throw std::invalid_argument("export view of a conditional MADE needs its context tensors");
       const TLinear& Cx = m.context;
-      for (int j = 0; j < Cx.out; ++j) {
-        const int row = m.unitSource[0][j];
+      for (int j = 0; j < Cx.out(); ++j) {
+        const int row = m.plan->unitSource[0][j];
         v.contextBias[row] = flat[Cx.b + j];
-        for (int kk = 0; kk < Cx.in; ++kk) v.contextWeight[static_cast<size_t>(row) * Cx.in + kk] = flat[Cx.w + static_cast<size_t>(kk) * Cx.outStride + j];
+        for (int kk = 0; kk < Cx.in(); ++kk) v.contextWeight[static_cast<size_t>(row) * Cx.in() + kk] = flat[Cx.w + static_cast<size_t>(kk) * Cx.outStride() + j];
       }
     }
     const TLinear& O = m.output;
-    const std::vector<int>& lastSource = m.unitSource.back();
+    const std::vector<int>& lastSource = m.plan->unitSource.back();
     for (int p = 0; p < net.dim; ++p) {
-      const int i = m.dimAtPosition[p];
+      const int i = m.plan->dimAtPosition[p];
       for (int which = 0; which < 2; ++which) {
         const int c = 2 * p + which;
         float* W = which == 0 ? v.shiftWeight : v.scaleWeight;
         float* B = which == 0 ? v.shiftBias : v.scaleBias;
         B[i] = flat[O.b + c];
-        for (int kk = 0; kk < O.prefix[c]; ++kk)
-          W[static_cast<size_t>(i) * O.in + lastSource[kk]] = flat[O.w + static_cast<size_t>(kk) * O.outStride + c];
+        for (int kk = 0; kk < O.prefix()[c]; ++kk)
+          W[static_cast<size_t>(i) * O.in() + lastSource[kk]] = flat[O.w + static_cast<size_t>(kk) * O.outStride() + c];
       }
     }
   }

@@ -97,8 +97,8 @@ inline void activateSpan(const float* in, float* out, int n) {
 
 template <int R, bool kAct, Activation A>
 inline void forwardRows(const TLinear& L, const float* W, const float* B, const float* X, int xs, float* Y) {
-  const int os = L.outStride;
-  for (int jb = 0, blk = 0; jb < L.out; jb += kBlock, ++blk) {
+  const int os = L.outStride();
+  for (int jb = 0, blk = 0; jb < L.out(); jb += kBlock, ++blk) {
     const int depth = L.blockDepth[blk];
     Vec acc[R][kBlockVectors];
     for (int v = 0; v < kBlockVectors; ++v) {
@@ -125,12 +125,12 @@ inline void forwardRows(const TLinear& L, const float* W, const float* B, const 
 
 template <int R>
 inline void inputGradRows(const TLinear& L, const float* WT, const float* GY, float* GX, int gxs, bool accumulate) {
-  const int os = L.outStride, is = L.inStride;
-  for (int kb = 0, blk = 0; kb < L.in; kb += kBlock, ++blk) {
+  const int os = L.outStride(), is = L.inStride;
+  for (int kb = 0, blk = 0; kb < L.in(); kb += kBlock, ++blk) {
     Vec acc[R][kBlockVectors];
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < kBlockVectors; ++v) acc[r][v] = accumulate ? vload(GX + r * gxs + kb + v * kVec) : vsplat(0.0f);
-    for (int j = L.firstReader[blk]; j < L.out; ++j) {
+    for (int j = L.firstReader[blk]; j < L.out(); ++j) {
       const float* wj = WT + static_cast<size_t>(j) * is + kb;
       Vec wv[kBlockVectors];
       for (int v = 0; v < kBlockVectors; ++v) wv[v] = vload(wj + v * kVec);
@@ -168,16 +168,16 @@ inline void weightGradRows(const float* X, int xs, const float* GY, int os, int 
 template <bool kAct, Activation A>
 void linearForward(const TLinear& L, const float* W, const float* B, const float* X, int xs, int rows, float* Y,
                    bool reference) {
-  const int os = L.outStride;
+  const int os = L.outStride();
   if (reference) {
     // The simple dense path: every weight, zeros included, row by row.
     for (int r = 0; r < rows; ++r) {
       float* y = Y + r * os;
       for (int j = 0; j < os; ++j) y[j] = B[j];
-      for (int k = 0; k < L.in; ++k) {
+      for (int k = 0; k < L.in(); ++k) {
         const float x = X[r * xs + k];
         const float* wk = W + static_cast<size_t>(k) * os;
-        for (int j = 0; j < L.out; ++j) y[j] += x * wk[j];
+        for (int j = 0; j < L.out(); ++j) y[j] += x * wk[j];
       }
       if (kAct)
         for (int j = 0; j < os; ++j) y[j] = activate<A>(y[j]);
@@ -193,18 +193,18 @@ void linearForward(const TLinear& L, const float* W, const float* B, const float
 // GX (= or +=) GY W^T. GX rows have stride gxs >= inStride; its padding columns get zeros.
 void inputGrad(const TLinear& L, const float* W, const float* WT, const float* GY, int rows, float* GX, int gxs,
                bool accumulate, bool reference) {
-  const int os = L.outStride;
+  const int os = L.outStride();
   if (reference) {
     for (int r = 0; r < rows; ++r) {
-      for (int k = 0; k < L.in; ++k) {
+      for (int k = 0; k < L.in(); ++k) {
         const float* wk = W + static_cast<size_t>(k) * os;
         float sum = 0.0f;
-        for (int j = 0; j < L.out; ++j) sum += wk[j] * GY[r * os + j];
+        for (int j = 0; j < L.out(); ++j) sum += wk[j] * GY[r * os + j];
         if (accumulate) GX[r * gxs + k] += sum;
         else GX[r * gxs + k] = sum;
       }
       if (!accumulate)
-        for (int k = L.in; k < L.inStride; ++k) GX[r * gxs + k] = 0.0f;
+        for (int k = L.in(); k < L.inStride; ++k) GX[r * gxs + k] = 0.0f;
     }
     return;
   }
@@ -217,17 +217,17 @@ void inputGrad(const TLinear& L, const float* W, const float* WT, const float* G
 // GW += X^T GY over the staircase, GB += column sums of GY.
 void weightGrad(const TLinear& L, const float* X, int xs, const float* GY, int rows, float* GW, float* GB,
                 bool reference) {
-  const int os = L.outStride;
+  const int os = L.outStride();
   if (reference) {
     for (int r = 0; r < rows; ++r) {
-      for (int k = 0; k < L.in; ++k) {
+      for (int k = 0; k < L.in(); ++k) {
         const float x = X[r * xs + k];
         float* gw = GW + static_cast<size_t>(k) * os;
-        for (int j = 0; j < L.out; ++j) gw[j] += x * GY[r * os + j];
+        for (int j = 0; j < L.out(); ++j) gw[j] += x * GY[r * os + j];
       }
     }
   } else {
-    for (int jb = 0, blk = 0; jb < L.out; jb += kBlock, ++blk) {
+    for (int jb = 0, blk = 0; jb < L.out(); jb += kBlock, ++blk) {
       const int depth = L.blockDepth[blk];
       int k = 0;
       for (; k + kRowBlock <= depth; k += kRowBlock)
@@ -247,18 +247,18 @@ void weightGrad(const TLinear& L, const float* X, int xs, const float* GY, int r
 // layer, or the stream h in a residual MADE.
 inline float* headInput(const TMade& m, Workspace& ws) {
   const size_t last = m.hidden.size() - 1;
-  return ws.cache.data() + kTile * (m.residual ? m.cacheStream[last] : m.cacheHidden[last]);
+  return ws.cache.data() + kTile * (m.plan->residual ? m.cacheStream[last] : m.cacheHidden[last]);
 }
 
 // A conditional MADE's context term t = g(Wc c + bc) for the tile's rows (ws.context), into the
 // cache (stride hidden 0's outStride); null for an unconditional MADE.
 template <Activation A>
 const float* made_context_term(const Net& net, const TMade& m, Workspace& ws, int rows) {
-  if (m.contextForm == ContextForm::None) return nullptr;
+  if (m.plan->contextForm == ContextForm::None) return nullptr;
   const float* P = net.params.data();
   const TLinear& Cx = m.context;
   float* t = ws.cache.data() + kTile * m.cacheContext;
-  if (m.contextForm == ContextForm::Activated)
+  if (m.plan->contextForm == ContextForm::Activated)
     linearForward<true, A>(Cx, P + Cx.w, P + Cx.b, ws.context.data(), net.contextStride, rows, t, net.reference);
   else
     linearForward<false, A>(Cx, P + Cx.w, P + Cx.b, ws.context.data(), net.contextStride, rows, t, net.reference);
@@ -269,11 +269,11 @@ const float* made_context_term(const Net& net, const TMade& m, Workspace& ws, in
 // hidden 0's outStride): through g' (the 'activated' form) into ws.gC, then the weight product.
 template <Activation A>
 void contextBackward(const Net& net, const TMade& m, Workspace& ws, int rows, const float* delta, float* G) {
-  if (m.contextForm == ContextForm::None || !G) return;
+  if (m.plan->contextForm == ContextForm::None || !G) return;
   const TLinear& Cx = m.context;
-  const int hs = Cx.outStride;
+  const int hs = Cx.outStride();
   const float* gy = delta;
-  if (m.contextForm == ContextForm::Activated) {
+  if (m.plan->contextForm == ContextForm::Activated) {
     const float* t = ws.cache.data() + kTile * m.cacheContext;
     float* g = ws.gC.data();
     for (int i = 0; i < rows * hs; ++i) g[i] = delta[i] * activationGradFromOutput<A>(t[i]);
@@ -288,45 +288,45 @@ void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   const float* P = net.params.data();
   float* u = ws.cache.data() + kTile * m.cacheInput;
   for (int r = 0; r < rows; ++r)
-    for (int p = 0; p < dim; ++p) u[r * ds + p] = ws.points[r * dim + m.dimAtPosition[p]];
+    for (int p = 0; p < dim; ++p) u[r * ds + p] = ws.points[r * dim + m.plan->dimAtPosition[p]];
   float* c = ws.cache.data() + kTile * m.cacheCond;
-  if (m.softClampInv != 0.0f)
+  if (m.plan->softClampInv != 0.0f)
     for (int r = 0; r < rows; ++r)
-      for (int p = 0; p < dim; ++p) c[r * ds + p] = softClamp(u[r * ds + p], m.softClampInv);
+      for (int p = 0; p < dim; ++p) c[r * ds + p] = softClamp(u[r * ds + p], m.plan->softClampInv);
   const float* x = c;
   int xs = ds;
   const float* contextTerm = made_context_term<A>(net, m, ws, rows);
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
     float* h = ws.cache.data() + kTile * m.cacheHidden[l];
-    if (m.residual && l % 2 == 0) {
+    if (m.plan->residual && l % 2 == 0) {
       // The stream: h_l = W_l x + b_l (+ h_{l-2}, or the context term at l = 0); this layer's output is act(h_l).
       float* stream = ws.cache.data() + kTile * m.cacheStream[l];
       linearForward<false, A>(L, P + L.w, P + L.b, x, xs, rows, stream, net.reference);
-      const int hs = L.outStride;
+      const int hs = L.outStride();
       const float* before = l > 0 ? ws.cache.data() + kTile * m.cacheStream[l - 2] : contextTerm;
       if (before)
         for (int i = 0; i < rows * hs; ++i) stream[i] += before[i];
       activateSpan<A>(stream, h, rows * hs);
     } else if (l == 0 && contextTerm) {
       linearForward<false, A>(L, P + L.w, P + L.b, x, xs, rows, h, net.reference);
-      for (int i = 0; i < rows * L.outStride; ++i) h[i] += contextTerm[i];
-      activateSpan<A>(h, h, rows * L.outStride);
+      for (int i = 0; i < rows * L.outStride(); ++i) h[i] += contextTerm[i];
+      activateSpan<A>(h, h, rows * L.outStride());
     } else {
       linearForward<true, A>(L, P + L.w, P + L.b, x, xs, rows, h, net.reference);
     }
     x = h;
-    xs = L.outStride;
+    xs = L.outStride();
   }
   const TLinear& O = m.output;
   float* out = ws.cache.data() + kTile * m.cacheOutput;
   linearForward<false, A>(O, P + O.w, P + O.b, headInput(m, ws), xs, rows, out, net.reference);
-  const int os = O.outStride;
+  const int os = O.outStride();
   for (int r = 0; r < rows; ++r) {
     float logDet = 0.0f;
     for (int p = 0; p < dim; ++p) {
       const AffineGrad a = affineGradFromRaw<S>(out[r * os + 2 * p + 1], out[r * os + 2 * p]);
-      ws.points[r * dim + m.dimAtPosition[p]] = u[r * ds + p] * a.scale + a.shift;
+      ws.points[r * dim + m.plan->dimAtPosition[p]] = u[r * ds + p] * a.scale + a.shift;
       logDet += a.logScale;
     }
     ws.logDet[r] += logDet;
@@ -346,22 +346,22 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
   const TLinear& O = m.output;
   const float* gOut = ws.gOut.data();
   // dL/du through the conditioner: into gU directly, or through the soft clamp's derivative.
-  const bool clamp = m.softClampInv != 0.0f;
+  const bool clamp = m.plan->softClampInv != 0.0f;
   auto inputGradToU = [&](const TLinear& L0, const float* gHidden) {
     if (!clamp) return inputGrad(L0, P + L0.w, PT + L0.wt, gHidden, rows, gU, ds, true, net.reference);
     float* gc = ws.gCond.data();
     inputGrad(L0, P + L0.w, PT + L0.wt, gHidden, rows, gc, ds, false, net.reference);
     for (int r = 0; r < rows; ++r)
-      for (int p = 0; p < net.dim; ++p) gU[r * ds + p] += gc[r * ds + p] * softClampGrad(uIn[r * ds + p], m.softClampInv);
+      for (int p = 0; p < net.dim; ++p) gU[r * ds + p] += gc[r * ds + p] * softClampGrad(uIn[r * ds + p], m.plan->softClampInv);
   };
   const size_t depth = m.hidden.size();
   const float* hLast = headInput(m, ws);
-  if (G) weightGrad(O, hLast, m.hidden[depth - 1].outStride, gOut, rows, G + O.w, G + O.b, net.reference);
+  if (G) weightGrad(O, hLast, m.hidden[depth - 1].outStride(), gOut, rows, G + O.w, G + O.b, net.reference);
   if (!G && !gU) return;
-  if (m.residual) {
+  if (m.plan->residual) {
     // gS = dL/dh along the stream; per block (layers 2b+1, 2b+2), from the last one down:
     // h_{2b+2} = W act(a) + b + h_{2b}, a = W' act(h_{2b}) + b'.
-    const int hs = m.hidden[0].outStride;
+    const int hs = m.hidden[0].outStride();
     float* gS = ws.gA.data();
     float* gT = ws.gB.data();
     float* gT2 = ws.gC.data();
@@ -387,19 +387,19 @@ void conditionerBackward(const Net& net, const TMade& m, Workspace& ws, int rows
   }
   float* gCur = ws.gA.data();
   float* gNext = ws.gB.data();
-  inputGrad(O, P + O.w, PT + O.wt, gOut, rows, gCur, m.hidden[depth - 1].outStride, false, net.reference);
+  inputGrad(O, P + O.w, PT + O.wt, gOut, rows, gCur, m.hidden[depth - 1].outStride(), false, net.reference);
   for (size_t l = depth; l-- > 0;) {
     const TLinear& L = m.hidden[l];
-    const int hs = L.outStride;
+    const int hs = L.outStride();
     const float* h = ws.cache.data() + kTile * m.cacheHidden[l];
     for (int r = 0; r < rows; ++r)
       for (int j = 0; j < hs; ++j) gCur[r * hs + j] *= activationGradFromOutput<A>(h[r * hs + j]);
     const float* x = l == 0 ? u : ws.cache.data() + kTile * m.cacheHidden[l - 1];
-    const int xs = l == 0 ? ds : m.hidden[l - 1].outStride;
+    const int xs = l == 0 ? ds : m.hidden[l - 1].outStride();
     if (G) weightGrad(L, x, xs, gCur, rows, G + L.w, G + L.b, net.reference);
     if (l == 0) contextBackward<A>(net, m, ws, rows, gCur, G);
     if (l > 0) {
-      inputGrad(L, P + L.w, PT + L.wt, gCur, rows, gNext, m.hidden[l - 1].outStride, false, net.reference);
+      inputGrad(L, P + L.w, PT + L.wt, gCur, rows, gNext, m.hidden[l - 1].outStride(), false, net.reference);
       std::swap(gCur, gNext);
     } else if (gU) {
       inputGradToU(L, gCur);
@@ -415,13 +415,13 @@ void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float
   const int dim = net.dim, ds = net.dimStride;
   const float* u = ws.cache.data() + kTile * m.cacheInput;
   const float* out = ws.cache.data() + kTile * m.cacheOutput;
-  const int os = m.output.outStride;
+  const int os = m.output.outStride();
   float* gOut = ws.gOut.data();
   float* gU = ws.gU.data();
   for (int r = 0; r < rows; ++r) {
     for (int p = 0; p < dim; ++p) {
       const AffineGrad a = affineGradFromRaw<S>(out[r * os + 2 * p + 1], out[r * os + 2 * p]);
-      const float gv = ws.gpoints[r * dim + m.dimAtPosition[p]];
+      const float gv = ws.gpoints[r * dim + m.plan->dimAtPosition[p]];
       const float up = u[r * ds + p];
       gOut[r * os + 2 * p + 1] = gv * (up * a.dScale + a.dShiftDA) + gld * a.dLogScale;
       gOut[r * os + 2 * p] = gv * a.dShiftDM;
@@ -432,7 +432,7 @@ void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float
   conditionerBackward<A>(net, m, ws, rows, G, needInput ? gU : nullptr);
   if (needInput)
     for (int r = 0; r < rows; ++r)
-      for (int p = 0; p < dim; ++p) ws.gpoints[r * dim + m.dimAtPosition[p]] = gU[r * ds + p];
+      for (int p = 0; p < dim; ++p) ws.gpoints[r * dim + m.plan->dimAtPosition[p]] = gU[r * ds + p];
 }
 
 // ---------------------------------------------------------------------------
@@ -467,11 +467,11 @@ inline void groupRows(const float* W, int os, const float* B, const float* X, in
 
 inline void groupForward(const TLinear& L, const float* P, const float* X, int xs, int rows, int a, int b, float* Y,
                          int ys) {
-  const int depth = L.prefix[a];
+  const int depth = L.prefix()[a];
   int r = 0;
-  for (; r + 8 <= rows; r += 8) groupRows<8>(P + L.w, L.outStride, P + L.b, X + r * xs, xs, a, b, depth, Y + r * ys, ys);
-  for (; r + 4 <= rows; r += 4) groupRows<4>(P + L.w, L.outStride, P + L.b, X + r * xs, xs, a, b, depth, Y + r * ys, ys);
-  for (; r < rows; ++r) groupRows<1>(P + L.w, L.outStride, P + L.b, X + r * xs, xs, a, b, depth, Y + r * ys, ys);
+  for (; r + 8 <= rows; r += 8) groupRows<8>(P + L.w, L.outStride(), P + L.b, X + r * xs, xs, a, b, depth, Y + r * ys, ys);
+  for (; r + 4 <= rows; r += 4) groupRows<4>(P + L.w, L.outStride(), P + L.b, X + r * xs, xs, a, b, depth, Y + r * ys, ys);
+  for (; r < rows; ++r) groupRows<1>(P + L.w, L.outStride(), P + L.b, X + r * xs, xs, a, b, depth, Y + r * ys, ys);
 }
 
 // dst[r][0, depth) += sum_{j in [a, b)} D[r][j - a] WT[j][0, depth) for R rows: each transposed
@@ -499,7 +499,7 @@ inline void pushRows(const float* WT, int is, int a, int b, int depth, const flo
 
 inline void pushGroup(const TLinear& L, const float* PT, int a, int b, const float* D, int dstride, float* dst,
                       int ystride, int rows) {
-  const int depth = L.prefix[a];
+  const int depth = L.prefix()[a];
   if (depth == 0) return;
   int r = 0;
   for (; r + 4 <= rows; r += 4)
@@ -512,7 +512,7 @@ template <typename F>
 inline void forRuns(const TLinear& L, int first, int end, const F& f) {
   while (first < end) {
     int last = first + 1;
-    while (last < end && L.prefix[last] == L.prefix[first]) ++last;
+    while (last < end && L.prefix()[last] == L.prefix()[first]) ++last;
     f(first, last);
     first = last;
   }
@@ -526,17 +526,17 @@ struct SeqTile {
   std::vector<float*> h, stream;  // stream: residual MADE, even layers; else null
   float* out;
   int ds, os;
-  SeqTile(const TMade& m, float* base, int dimStride) : ds(dimStride), os(m.output.outStride) {
+  SeqTile(const TMade& m, float* base, int dimStride) : ds(dimStride), os(m.output.outStride()) {
     u = base + kTile * m.cacheInput;
     c = base + kTile * m.cacheCond;
     out = base + kTile * m.cacheOutput;
     for (size_t l = 0; l < m.hidden.size(); ++l) {
       h.push_back(base + kTile * m.cacheHidden[l]);
-      stream.push_back(m.residual && l % 2 == 0 ? base + kTile * m.cacheStream[l] : nullptr);
+      stream.push_back(m.plan->residual && l % 2 == 0 ? base + kTile * m.cacheStream[l] : nullptr);
     }
   }
-  int hs(const TMade& m, size_t l) const { return m.hidden[l].outStride; }
-  float* heads(const TMade& m) const { return m.residual ? stream.back() : h.back(); }
+  int hs(const TMade& m, size_t l) const { return m.hidden[l].outStride(); }
+  float* heads(const TMade& m) const { return m.plan->residual ? stream.back() : h.back(); }
 };
 
 // Computes, for every row, the hidden units not yet done up to `degree`, in every layer.
@@ -546,11 +546,11 @@ inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, in
   const float* P = net.params.data();
   for (size_t l = 0; l < m.hidden.size(); ++l) {
     const TLinear& L = m.hidden[l];
-    const int hs = L.outStride;
+    const int hs = L.outStride();
     const float* in = l == 0 ? t.c : t.h[l - 1];
-    const int xs = l == 0 ? t.ds : m.hidden[l - 1].outStride;
+    const int xs = l == 0 ? t.ds : m.hidden[l - 1].outStride();
     float* y = t.stream[l] ? t.stream[l] : t.h[l];
-    forRuns(L, done[l], m.unitsUpToDegree[l][degree], [&](int a, int b) {
+    forRuns(L, done[l], m.plan->unitsUpToDegree[l][degree], [&](int a, int b) {
       groupForward(L, P, in, xs, rows, a, b, y, hs);
       for (int r = 0; r < rows; ++r) {
         for (int j = a; j < b; ++j) {
@@ -560,7 +560,7 @@ inline void hiddenUnitsUpTo(const Net& net, const TMade& m, const SeqTile& t, in
         activateSpan<A>(y + r * hs + a, t.h[l] + r * hs + a, b - a);
       }
     });
-    done[l] = m.unitsUpToDegree[l][degree];
+    done[l] = m.plan->unitsUpToDegree[l][degree];
   }
 }
 
@@ -570,7 +570,7 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
   const int dim = net.dim, ds = net.dimStride;
   const float* P = net.params.data();
   const TLinear& O = m.output;
-  const int os = O.outStride;
+  const int os = O.outStride();
   const size_t depth = m.hidden.size();
   const SeqTile t(m, ws.cache.data(), ds);
   std::vector<int> done(depth, 0);
@@ -579,28 +579,28 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
     std::fill(t.c + r * ds + dim, t.c + (r + 1) * ds, 0.0f);
     std::fill(t.out + r * os + 2 * dim, t.out + (r + 1) * os, 0.0f);
     for (size_t l = 0; l < depth; ++l) {
-      const int hs = t.hs(m, l), n = m.hidden[l].out;
+      const int hs = t.hs(m, l), n = m.hidden[l].out();
       std::fill(t.h[l] + r * hs + n, t.h[l] + (r + 1) * hs, 0.0f);
       if (t.stream[l]) std::fill(t.stream[l] + r * hs + n, t.stream[l] + (r + 1) * hs, 0.0f);
     }
   }
   const float* heads = t.heads(m);
-  const int headStride = m.hidden[depth - 1].outStride;
+  const int headStride = m.hidden[depth - 1].outStride();
   const float* contextTerm = made_context_term<A>(net, m, ws, rows);  // once per row, before the degrees
   for (int p = 0; p < dim; ++p) {
     hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), p, contextTerm);  // degree <= p: they read positions < p only
     groupForward(O, P, heads, headStride, rows, 2 * p, 2 * p + 2, t.out, os);
-    const int i = m.dimAtPosition[p];
+    const int i = m.plan->dimAtPosition[p];
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       t.u[r * ds + p] = (ws.points[r * dim + i] - a.shift) / a.scale;
-      if (m.softClampInv != 0.0f) t.c[r * ds + p] = softClamp(t.u[r * ds + p], m.softClampInv);
+      if (m.plan->softClampInv != 0.0f) t.c[r * ds + p] = softClamp(t.u[r * ds + p], m.plan->softClampInv);
       ws.logDet[r] -= a.logScale;
     }
   }
   hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), dim, contextTerm);  // units of degree dim feed no output; kept for a full cache
   for (int r = 0; r < rows; ++r)
-    for (int p = 0; p < dim; ++p) ws.points[r * dim + m.dimAtPosition[p]] = t.u[r * ds + p];
+    for (int p = 0; p < dim; ++p) ws.points[r * dim + m.plan->dimAtPosition[p]] = t.u[r * ds + p];
 }
 
 // The adjoint of madeSequential, also in one pass (positions descending). With
@@ -615,7 +615,7 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
   const int dim = net.dim, ds = net.dimStride;
   const float* PT = net.transposed.data();
   const TLinear& O = m.output;
-  const int os = O.outStride;
+  const int os = O.outStride();
   const size_t depth = m.hidden.size();
   const SeqTile t(m, ws.cache.data(), ds);
   // Gradients in the same layout: gu = dL/du so far, gh = dL/d act(...) (from the next layer's
@@ -632,15 +632,15 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
     }
   }
   float* headGrad = gt.heads(m);
-  const int headStride = m.hidden[depth - 1].outStride;
+  const int headStride = m.hidden[depth - 1].outStride();
   float adj[2 * kTile];  // this position's head adjoints, [row][shift, scale]
   for (int p = dim - 1; p >= 0; --p) {
     // Finish the units of degree p + 1 (every reader of them is done), last layer first; each
     // unit's gradient becomes its delta (wrt its pre-activation) in place, then goes down.
     for (size_t l = depth; l-- > 0;) {
       const TLinear& L = m.hidden[l];
-      const int hs = L.outStride;
-      forRuns(L, m.unitsUpToDegree[l][p], m.unitsUpToDegree[l][p + 1], [&](int a, int b) {
+      const int hs = L.outStride();
+      forRuns(L, m.plan->unitsUpToDegree[l][p], m.plan->unitsUpToDegree[l][p + 1], [&](int a, int b) {
         for (int r = 0; r < rows; ++r)
           for (int j = a; j < b; ++j) {
             float delta = gt.h[l][r * hs + j] * activationGradFromOutput<A>(t.h[l][r * hs + j]);
@@ -651,15 +651,15 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
             gt.h[l][r * hs + j] = delta;
           }
         if (l == 0) pushGroup(L, PT, a, b, gt.h[0] + a, hs, gt.u, ds, rows);
-        else pushGroup(L, PT, a, b, gt.h[l] + a, hs, gt.h[l - 1], m.hidden[l - 1].outStride, rows);
+        else pushGroup(L, PT, a, b, gt.h[l] + a, hs, gt.h[l - 1], m.hidden[l - 1].outStride(), rows);
       });
     }
-    const int i = m.dimAtPosition[p];
+    const int i = m.plan->dimAtPosition[p];
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       float* g = ws.gpoints.data() + static_cast<size_t>(r) * dim;
       // gt.u holds dL/d(what the conditioner read) at position p; through the soft clamp to u.
-      const float condGrad = gt.u[r * ds + p] * softClampGrad(t.u[r * ds + p], m.softClampInv);
+      const float condGrad = gt.u[r * ds + p] * softClampGrad(t.u[r * ds + p], m.plan->softClampInv);
       const float w = (g[i] - condGrad) / a.scale;
       adj[2 * r] = w * a.dShiftDM;
       adj[2 * r + 1] = w * (t.u[r * ds + p] * a.dScale + a.dShiftDA) + gld * a.dLogScale;
@@ -690,21 +690,21 @@ void madeStepBackward(const Net& net, const TMade& m, Workspace& ws, int rows, b
 // Calls op.template run<A, S>() for the layer's activation and scale.
 template <typename Op>
 void withKinds(const TMade& m, const Op& op) {
-  switch (m.activation) {
+  switch (m.plan->activation) {
     case Activation::ReLU:
-      switch (m.scale) {
+      switch (m.plan->scale) {
         case ScaleKind::Softplus: return op.template run<Activation::ReLU, ScaleKind::Softplus>();
         case ScaleKind::Exp: return op.template run<Activation::ReLU, ScaleKind::Exp>();
         default: return op.template run<Activation::ReLU, ScaleKind::Gated>();
       }
     case Activation::Tanh:
-      switch (m.scale) {
+      switch (m.plan->scale) {
         case ScaleKind::Softplus: return op.template run<Activation::Tanh, ScaleKind::Softplus>();
         case ScaleKind::Exp: return op.template run<Activation::Tanh, ScaleKind::Exp>();
         default: return op.template run<Activation::Tanh, ScaleKind::Gated>();
       }
     default:
-      switch (m.scale) {
+      switch (m.plan->scale) {
         case ScaleKind::Softplus: return op.template run<Activation::ELU, ScaleKind::Softplus>();
         case ScaleKind::Exp: return op.template run<Activation::ELU, ScaleKind::Exp>();
         default: return op.template run<Activation::ELU, ScaleKind::Gated>();

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 #include "backend.h"
@@ -20,39 +21,36 @@ namespace training {
 constexpr int kBlock = kColumnBlock;
 constexpr int kTile = 32;  // rows one task carries through the whole flow
 
-// A masked linear layer in degree-sorted coordinates (see StaircaseLinear).
+// A masked linear layer of the plan (its shape and staircase: the plan's StaircaseLinear) with
+// where training keeps its parameters. The weights live in the flat parameters, not in the plan:
+// Net keeps the plan's structure only (buildNet moves the weights out).
 struct TLinear {
-  int in = 0, out = 0, inStride = 0, outStride = 0;
+  const StaircaseLinear* stairs = nullptr;
+  int inStride = 0;     // the transposed copy's row stride: in rounded up to kBlock
   size_t w = 0, b = 0;  // offsets in the flat parameters: W [in][outStride], bias [outStride]
   size_t wt = 0;        // offset in the transposed copy: [out][inStride]
-  std::vector<int> prefix;       // unit j reads inputs [0, prefix[j])
   std::vector<int> blockDepth;   // per column block: the inputs the block reads
   std::vector<int> firstReader;  // per input block: the first unit reading any input of it
+  int in() const { return stairs->in; }
+  int out() const { return stairs->out; }
+  int outStride() const { return stairs->outStride; }
+  const std::vector<int>& prefix() const { return stairs->prefix; }  // unit j reads inputs [0, prefix[j])
 };
 
+// A MADE layer of the plan (degrees, sources, activation, scale form, soft clamp, context form,
+// residual: the plan's MadePlan) with training's parameter offsets and the per-row layout of what
+// the backward pass needs.
 struct TMade {
-  Activation activation = Activation::ReLU;
-  ScaleKind scale = ScaleKind::Softplus;
-  std::vector<int> dimAtPosition;
-  std::vector<std::vector<int>> unitSource;
-  std::vector<std::vector<int>> unitsUpToDegree;  // [hidden layer][degree 0..dim]
+  const MadePlan* plan = nullptr;
   std::vector<TLinear> hidden;
   TLinear output;
-  // The conditioner reads softClamp(u) (flow_math.h); 0: u itself.
-  float softClampInv = 0.0f;
-  // Per-row offsets (in floats) of what the backward pass needs, within a tile's cache.
-  // cacheCond: what the conditioner read (cacheInput itself without a soft clamp).
-  size_t cacheInput = 0, cacheOutput = 0, cacheCond = 0;
+  TLinear context;  // conditional MADE: the context term t = g(Wc c + bc) (plan.h's ContextForm), [C][outStride of hidden 0]
+  // Per-row offsets (in floats) within a tile's cache. cacheCond: what the conditioner read
+  // (cacheInput itself without a soft clamp); cacheContext: t per row (stride hidden 0's outStride).
+  size_t cacheInput = 0, cacheOutput = 0, cacheCond = 0, cacheContext = 0;
   std::vector<size_t> cacheHidden;  // act(...) of each hidden layer
-  // Conditional MADE: the context term t = g(Wc c + bc) (plan.h's ContextForm) added to hidden
-  // layer 0's pre-activation; context is [C][outStride of hidden 0], in the flat parameters.
-  // cacheContext: t per row (stride hidden 0's outStride), for the backward pass.
-  ContextForm contextForm = ContextForm::None;
-  TLinear context;
-  size_t cacheContext = 0;
   // Residual MADE (see LayerSpec::residual): the pre-activation stream h of hidden layers
   // 0, 2, 4, ... (h_0 = W_0 u + b_0, h_l = W_l act(a_{l-1}) + b_l + h_{l-2}); the heads read h.
-  bool residual = false;
   std::vector<size_t> cacheStream;  // per hidden layer; used at even l only
 };
 
@@ -78,6 +76,7 @@ struct TLayer {
 };
 
 struct Net {
+  std::shared_ptr<const FlowPlan> plan;  // structure only: its weights were moved into params
   int dim = 0, dimStride = 0;
   int contextDim = 0, contextStride = 0;  // conditional flows: a tile's context rows have stride contextStride
   Direction pass = Direction::ToLatent;
@@ -93,8 +92,9 @@ struct Net {
       const TLinear& L = *linears[i];
       const float* W = params.data() + L.w;
       float* T = transposed.data() + L.wt;
-      for (int j = 0; j < L.out; ++j)
-        for (int k = 0; k < L.prefix[j]; ++k) T[static_cast<size_t>(j) * L.inStride + k] = W[static_cast<size_t>(k) * L.outStride + j];
+      const std::vector<int>& prefix = L.prefix();
+      for (int j = 0; j < L.out(); ++j)
+        for (int k = 0; k < prefix[j]; ++k) T[static_cast<size_t>(j) * L.inStride + k] = W[static_cast<size_t>(k) * L.outStride() + j];
     }
   }
 };
