@@ -150,38 +150,61 @@ struct AffineGrad {
   float dShiftDM;   // d shift / d m
 };
 
+// The transcendental part of one dimension's affine values: scale, log scale and, for the softplus
+// and gated forms, the sigmoid their derivatives need (training's vector kernels compute these on
+// whole vectors and finish with affineGradFromCore).
+struct AffineCore {
+  float scale;
+  float logScale;
+  float sigmoid;  // softplus: sigmoid(a); gated: sigmoid(a + 2), the scale itself; exp: unused
+};
+
 template <ScaleKind S>
-IAF_HD AffineGrad affineGradFromRaw(float rawScale, float rawShift) {
+IAF_HD AffineCore affineCoreFromRaw(float rawScale) {
+  AffineCore c;
+  if (S == ScaleKind::Softplus) {
+    c.sigmoid = sigmoid(rawScale);
+    c.scale = softplus(rawScale) + kSoftplusFloor;
+    c.logScale = logf(c.scale);
+  } else if (S == ScaleKind::Exp) {
+    c.logScale = rawScale / (1.0f + fabsf(rawScale) / kExpSoftClip);
+    c.scale = expf(c.logScale);
+    c.sigmoid = 0.0f;
+  } else {
+    const float gate = rawScale + kGateBias;
+    c.sigmoid = sigmoid(gate);
+    c.scale = c.sigmoid;
+    c.logScale = -softplus(-gate);  // log sigmoid, stable for both signs
+  }
+  return c;
+}
+
+// The affine values and their derivatives from the core and the raw outputs.
+template <ScaleKind S>
+IAF_HD AffineGrad affineGradFromCore(const AffineCore& c, float rawScale, float rawShift) {
   AffineGrad r;
+  r.scale = c.scale;
+  r.logScale = c.logScale;
   if (S == ScaleKind::Softplus) {
     // scale = softplus(a) + floor; d scale / d a = sigmoid(a).
-    const float sig = sigmoid(rawScale);
-    r.scale = softplus(rawScale) + kSoftplusFloor;
-    r.logScale = logf(r.scale);
     r.shift = rawShift;
-    r.dScale = sig;
-    r.dLogScale = sig / r.scale;
+    r.dScale = c.sigmoid;
+    r.dLogScale = c.sigmoid / c.scale;
     r.dShiftDA = 0.0f;
     r.dShiftDM = 1.0f;
   } else if (S == ScaleKind::Exp) {
     // a' = a / q, q = 1 + |a| / c: d a' / d a = 1 / q^2 (the soft clip flattens, never cuts).
     const float q = 1.0f + fabsf(rawScale) / kExpSoftClip;
-    const float clipped = rawScale / q;
     const float dClipped = 1.0f / (q * q);
-    r.scale = expf(clipped);
-    r.logScale = clipped;
     r.shift = rawShift;
-    r.dScale = r.scale * dClipped;
+    r.dScale = c.scale * dClipped;
     r.dLogScale = dClipped;
     r.dShiftDA = 0.0f;
     r.dShiftDM = 1.0f;
   } else {
     // sigma = sigmoid(a + 2), log sigma = -softplus(-(a + 2)), shift = (1 - sigma) m.
-    const float gate = rawScale + kGateBias;
-    const float sig = sigmoid(gate);
+    const float sig = c.sigmoid;
     const float dSig = sig * (1.0f - sig);
-    r.scale = sig;
-    r.logScale = -softplus(-gate);
     r.shift = (1.0f - sig) * rawShift;
     r.dScale = dSig;
     r.dLogScale = 1.0f - sig;
@@ -189,6 +212,11 @@ IAF_HD AffineGrad affineGradFromRaw(float rawScale, float rawShift) {
     r.dShiftDM = 1.0f - sig;
   }
   return r;
+}
+
+template <ScaleKind S>
+IAF_HD AffineGrad affineGradFromRaw(float rawScale, float rawShift) {
+  return affineGradFromCore<S>(affineCoreFromRaw<S>(rawScale), rawScale, rawShift);
 }
 
 // ---- Philox 4x32-10 (Salmon et al. 2011), the library's one random stream ----

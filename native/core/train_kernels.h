@@ -90,6 +90,43 @@ inline void activateSpan(const float* in, float* out, int n) {
 #endif
 }
 
+// The affine cores (flow_math.h's AffineCore) of n values whose raw scales lie `stride` floats
+// apart (a row's positions: stride 2; one position's rows: stride outStride), field by field in
+// ws.core*: on whole vectors through the inference kernels' exp and log (kernels_impl.h's scaleOf,
+// the functions sampling and scoring use; libm one value at a time was a fifth of a small flow's
+// training step), or flow_math.h's scalar ones where GNU vectors are missing. NaN stays NaN.
+template <ScaleKind S>
+inline void affineCores(const float* raw, int stride, int n, Workspace& ws) {
+#if defined(__GNUC__) || defined(__clang__)
+  static_assert(static_cast<int>(ScaleKind::Softplus) == 0 && static_cast<int>(ScaleKind::Exp) == 1 &&
+                    static_cast<int>(ScaleKind::Gated) == 2, "scaleOf's scale codes");
+  constexpr int w = sizeof(vf) / sizeof(float);
+  float* a = ws.coreRaw.data();
+  for (int i = 0; i < n; ++i) a[i] = raw[static_cast<size_t>(i) * stride];
+  const int padded = (n + w - 1) / w * w;
+  for (int i = n; i < padded; ++i) a[i] = 0.0f;
+  for (int i = 0; i < padded; i += w) {
+    const vf x = load(a + i);
+    const vi number = x == x;
+    vf scale, logScale;
+    scaleOf<static_cast<int>(S)>(x, scale, logScale);
+    store(ws.coreScale.data() + i, select(number, scale, x));
+    store(ws.coreLogScale.data() + i, select(number, logScale, x));
+    if (S == ScaleKind::Softplus) store(ws.coreSigmoid.data() + i, select(number, 1.0f / (1.0f + vexp(-x)), x));
+    if (S == ScaleKind::Gated) store(ws.coreSigmoid.data() + i, select(number, scale, x));
+  }
+#else
+  for (int i = 0; i < n; ++i) {
+    const AffineCore c = affineCoreFromRaw<S>(raw[static_cast<size_t>(i) * stride]);
+    ws.coreScale[i] = c.scale;
+    ws.coreLogScale[i] = c.logScale;
+    ws.coreSigmoid[i] = c.sigmoid;
+  }
+#endif
+}
+
+inline AffineCore coreAt(const Workspace& ws, int i) { return {ws.coreScale[i], ws.coreLogScale[i], ws.coreSigmoid[i]}; }
+
 // ---------------------------------------------------------------------------
 // Products. Fast path: register tiles of rows x one column block (kBlockVectors vectors)
 // along the staircase. Each output element sums its terms in index order whatever the
@@ -324,8 +361,9 @@ void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   const int os = O.outStride();
   for (int r = 0; r < rows; ++r) {
     float logDet = 0.0f;
+    affineCores<S>(out + r * os + 1, 2, dim, ws);
     for (int p = 0; p < dim; ++p) {
-      const AffineGrad a = affineGradFromRaw<S>(out[r * os + 2 * p + 1], out[r * os + 2 * p]);
+      const AffineGrad a = affineGradFromCore<S>(coreAt(ws, p), out[r * os + 2 * p + 1], out[r * os + 2 * p]);
       ws.points[r * dim + m.plan->dimAtPosition[p]] = u[r * ds + p] * a.scale + a.shift;
       logDet += a.logScale;
     }
@@ -419,8 +457,9 @@ void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float
   float* gOut = ws.gOut.data();
   float* gU = ws.gU.data();
   for (int r = 0; r < rows; ++r) {
+    affineCores<S>(out + r * os + 1, 2, dim, ws);
     for (int p = 0; p < dim; ++p) {
-      const AffineGrad a = affineGradFromRaw<S>(out[r * os + 2 * p + 1], out[r * os + 2 * p]);
+      const AffineGrad a = affineGradFromCore<S>(coreAt(ws, p), out[r * os + 2 * p + 1], out[r * os + 2 * p]);
       const float gv = ws.gpoints[r * dim + m.plan->dimAtPosition[p]];
       const float up = u[r * ds + p];
       gOut[r * os + 2 * p + 1] = gv * (up * a.dScale + a.dShiftDA) + gld * a.dLogScale;
@@ -591,8 +630,9 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
     hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), p, contextTerm);  // degree <= p: they read positions < p only
     groupForward(O, P, heads, headStride, rows, 2 * p, 2 * p + 2, t.out, os);
     const int i = m.plan->dimAtPosition[p];
+    affineCores<S>(t.out + 2 * p + 1, os, rows, ws);
     for (int r = 0; r < rows; ++r) {
-      const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
+      const AffineGrad a = affineGradFromCore<S>(coreAt(ws, r), t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       t.u[r * ds + p] = (ws.points[r * dim + i] - a.shift) / a.scale;
       if (m.plan->softClampInv != 0.0f) t.c[r * ds + p] = softClamp(t.u[r * ds + p], m.plan->softClampInv);
       ws.logDet[r] -= a.logScale;
@@ -655,8 +695,9 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
       });
     }
     const int i = m.plan->dimAtPosition[p];
+    affineCores<S>(t.out + 2 * p + 1, os, rows, ws);
     for (int r = 0; r < rows; ++r) {
-      const AffineGrad a = affineGradFromRaw<S>(t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
+      const AffineGrad a = affineGradFromCore<S>(coreAt(ws, r), t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       float* g = ws.gpoints.data() + static_cast<size_t>(r) * dim;
       // gt.u holds dL/d(what the conditioner read) at position p; through the soft clamp to u.
       const float condGrad = gt.u[r * ds + p] * softClampGrad(t.u[r * ds + p], m.plan->softClampInv);
