@@ -19,7 +19,7 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fvisibility=hidden", "-ffp-contract=off"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fvisibility=hidden", "-ffp-contract=off", "-fno-math-errno"],
       "conditions": [
         ["OS=='linux'", {
           "libraries": ["-ldl"]
@@ -38,7 +38,7 @@
             "CLANG_CXX_LIBRARY": "libc++",
             "MACOSX_DEPLOYMENT_TARGET": "11.0",
             "GCC_SYMBOLS_PRIVATE_EXTERN": "YES",
-            "OTHER_CPLUSPLUSFLAGS": ["-O3", "-ffp-contract=off"]
+            "OTHER_CPLUSPLUSFLAGS": ["-O3", "-ffp-contract=off", "-fno-math-errno"]
           }
         }]
       ]

@@ -35,7 +35,7 @@ const gyp = JSON.parse(
 const coreSources = gyp.sources.filter((source) => !/addon\.cc$/.test(source)).map((s) => path.join(root, s));
 fs.mkdirSync(outDir, { recursive: true });
 run(cxx, [
-  '-std=c++17', '-O1', '-g', '-fsanitize=thread', '-ffp-contract=off', '-pthread',
+  '-std=c++17', '-O1', '-g', '-fsanitize=thread', '-ffp-contract=off', '-fno-math-errno', '-pthread',
   '-o', driver, path.join(root, 'test', 'native', 'leak_driver.cc'), ...coreSources, '-ldl',
 ]);
 run(driver, ['--emulator-only'], { TSAN_OPTIONS: 'halt_on_error=1 second_deadlock_stack=1' });

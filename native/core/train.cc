@@ -215,6 +215,24 @@ int clipOutlierRows(float* g, int count, int dim, float factor) {
   return clipped;
 }
 
+struct AdamConstants {
+  float gradientFactor, beta1, beta2, decay, stepSize, invSqrtBias2, eps;
+};
+
+// One Adam step over n parameters (decoupled weight decay). The arrays are distinct, and said so,
+// so that the loop runs on whole vectors (the build's -fno-math-errno lets sqrt vectorize).
+void adamUpdate(const float* __restrict g, float* __restrict w, float* __restrict firstMoment, float* __restrict secondMoment,
+                size_t n, const AdamConstants& k) {
+  for (size_t i = 0; i < n; ++i) {
+    const float gi = g[i] * k.gradientFactor;
+    const float m = k.beta1 * firstMoment[i] + (1.0f - k.beta1) * gi;
+    const float v = k.beta2 * secondMoment[i] + (1.0f - k.beta2) * gi * gi;
+    firstMoment[i] = m;
+    secondMoment[i] = v;
+    w[i] = w[i] * k.decay - k.stepSize * m / (std::sqrt(v) * k.invSqrtBias2 + k.eps);
+  }
+}
+
 uint64_t splitmix64(uint64_t& state) {
   uint64_t z = (state += 0x9E3779B97F4A7C15ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -479,16 +497,9 @@ struct Trainer::Impl {
     const size_t chunks = (n + kChunk - 1) / kChunk;
     forChunks(p, chunks, n, [&](int64_t c) {
       const size_t begin = c * kChunk, end = std::min(n, begin + kChunk);
-      const float* g = slots[0].data();
       float* w = net.params.data();
-      for (size_t i = begin; i < end; ++i) {
-        const float gi = g[i] * factor;
-        const float m = fb1 * adamM[i] + (1.0f - fb1) * gi;
-        const float v = fb2 * adamV[i] + (1.0f - fb2) * gi * gi;
-        adamM[i] = m;
-        adamV[i] = v;
-        w[i] = w[i] * decay - stepSize * m / (std::sqrt(v) * invSqrtBc2 + eps);
-      }
+      adamUpdate(slots[0].data() + begin, w + begin, adamM.data() + begin, adamV.data() + begin, end - begin,
+                 {factor, fb1, fb2, decay, stepSize, invSqrtBc2, eps});
       if (ema) {
         float* s = shadow.data();
         for (size_t i = begin; i < end; ++i) s[i] = keep * s[i] + (1.0f - keep) * w[i];
