@@ -91,7 +91,7 @@ inline void activateSpan(const float* in, float* out, int n) {
 }
 
 // The affine cores (flow_math.h's AffineCore) of n values whose raw scales lie `stride` floats
-// apart (a row's positions: stride 2; one position's rows: stride outStride), field by field in
+// apart (one position's rows: stride outStride, n <= kTile), field by field in
 // ws.core*: on whole vectors through the inference kernels' exp and log (kernels_impl.h's scaleOf,
 // the functions sampling and scoring use; libm one value at a time was a fifth of a small flow's
 // training step), or flow_math.h's scalar ones where GNU vectors are missing. NaN stays NaN.
@@ -359,16 +359,19 @@ void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   float* out = ws.cache.data() + kTile * m.cacheOutput;
   linearForward<false, A>(O, P + O.w, P + O.b, headInput(m, ws), xs, rows, out, net.reference);
   const int os = O.outStride();
-  for (int r = 0; r < rows; ++r) {
-    float logDet = 0.0f;
-    affineCores<S>(out + r * os + 1, 2, dim, ws);
-    for (int p = 0; p < dim; ++p) {
-      const AffineGrad a = affineGradFromCore<S>(coreAt(ws, p), out[r * os + 2 * p + 1], out[r * os + 2 * p]);
-      ws.points[r * dim + m.plan->dimAtPosition[p]] = u[r * ds + p] * a.scale + a.shift;
-      logDet += a.logScale;
+  // Position by position, the tile's rows together (whole vectors of rows for the cores, however
+  // small dim is); each row's log-scales are still summed in position order.
+  float logDet[kTile] = {};
+  for (int p = 0; p < dim; ++p) {
+    affineCores<S>(out + 2 * p + 1, os, rows, ws);
+    const int i = m.plan->dimAtPosition[p];
+    for (int r = 0; r < rows; ++r) {
+      const AffineGrad a = affineGradFromCore<S>(coreAt(ws, r), out[r * os + 2 * p + 1], out[r * os + 2 * p]);
+      ws.points[r * dim + i] = u[r * ds + p] * a.scale + a.shift;
+      logDet[r] += a.logScale;
     }
-    ws.logDet[r] += logDet;
   }
+  for (int r = 0; r < rows; ++r) ws.logDet[r] += logDet[r];
 }
 
 // Backward through the conditioner MLP from gOut = dL/d(raw outputs) (ws.gOut, rows x
@@ -456,18 +459,20 @@ void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float
   const int os = m.output.outStride();
   float* gOut = ws.gOut.data();
   float* gU = ws.gU.data();
-  for (int r = 0; r < rows; ++r) {
-    affineCores<S>(out + r * os + 1, 2, dim, ws);
-    for (int p = 0; p < dim; ++p) {
-      const AffineGrad a = affineGradFromCore<S>(coreAt(ws, p), out[r * os + 2 * p + 1], out[r * os + 2 * p]);
-      const float gv = ws.gpoints[r * dim + m.plan->dimAtPosition[p]];
+  for (int p = 0; p < dim; ++p) {
+    affineCores<S>(out + 2 * p + 1, os, rows, ws);
+    const int i = m.plan->dimAtPosition[p];
+    for (int r = 0; r < rows; ++r) {
+      const AffineGrad a = affineGradFromCore<S>(coreAt(ws, r), out[r * os + 2 * p + 1], out[r * os + 2 * p]);
+      const float gv = ws.gpoints[r * dim + i];
       const float up = u[r * ds + p];
       gOut[r * os + 2 * p + 1] = gv * (up * a.dScale + a.dShiftDA) + gld * a.dLogScale;
       gOut[r * os + 2 * p] = gv * a.dShiftDM;
       gU[r * ds + p] = gv * a.scale;
     }
-    for (int c = 2 * dim; c < os; ++c) gOut[r * os + c] = 0.0f;
   }
+  for (int r = 0; r < rows; ++r)
+    for (int c = 2 * dim; c < os; ++c) gOut[r * os + c] = 0.0f;
   conditionerBackward<A>(net, m, ws, rows, G, needInput ? gU : nullptr);
   if (needInput)
     for (int r = 0; r < rows; ++r)

@@ -104,8 +104,8 @@ struct Workspace {
   std::vector<float> points, gpoints, latent, tmp, logDet, cache, gOut, gA, gB, gC, gU, gCond;
   std::vector<float> context;  // conditional flows: the tile's context rows (kTile x contextStride), set by the caller
   std::vector<float> rowGrad;  // a tile's gradients along a sequential step, laid out as the cache
-  // The affine cores (flow_math.h's AffineCore) of a row's positions or a position's rows, one
-  // array per field, and their raw scales gathered: max(dimStride, kTile) floats each.
+  // The affine cores (flow_math.h's AffineCore) of one position's rows, one array per field, and
+  // their raw scales gathered: kTile floats each.
   std::vector<float> coreRaw, coreScale, coreLogScale, coreSigmoid;
   const Net* sizedFor = nullptr;
 
@@ -127,7 +127,7 @@ struct Workspace {
     gU.assign(static_cast<size_t>(kTile) * net.dimStride, 0.0f);
     gCond.assign(gU.size(), 0.0f);
     context.assign(static_cast<size_t>(kTile) * net.contextStride, 0.0f);
-    for (std::vector<float>* core : {&coreRaw, &coreScale, &coreLogScale, &coreSigmoid}) core->assign(std::max(net.dimStride, kTile), 0.0f);
+    for (std::vector<float>* core : {&coreRaw, &coreScale, &coreLogScale, &coreSigmoid}) core->assign(kTile, 0.0f);
   }
 };
 
