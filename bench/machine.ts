@@ -39,6 +39,15 @@ export function cpuInfo(): CpuInfo {
   return { osModel: cpus[0]?.model ?? 'unknown', procModel, mhz: mhz ?? (cpus[0]?.speed || null), logicalCpus: os.availableParallelism?.() ?? cpus.length, flags, family, model };
 }
 
+/** The microarchitecture where /proc/cpuinfo tells it: AMD's families (Zen 4 is family 25 with AVX-512). */
+export function microarchitecture(info: CpuInfo): string | null {
+  if (!info.procModel?.includes('AMD')) return null;
+  if (info.family === 26) return 'AMD Zen 5';
+  if (info.family === 25) return info.flags.includes('avx512f') ? 'AMD Zen 4' : 'AMD Zen 3';
+  if (info.family === 23) return 'AMD Zen 1/2';
+  return null;
+}
+
 export interface Ceiling {
   size: number;
   /** Best GFLOP/s seen with 1 and with 2 pool threads over every measurement of the run. */

@@ -59,6 +59,8 @@ import { main as cli, runDemo } from '../src/cli';
 import { datasets } from '../src/datasets';
 import { DEFAULT_SOFT_CLAMP } from '../src/layers';
 import { __trainingInternals } from '../src/train';
+import { cpuInfo, microarchitecture } from './machine';
+import { native } from '../src/native';
 import { rng as uniform } from './network'; // mulberry32, independent of the library's generators
 
 const BENCH_DIR = __dirname;
@@ -456,12 +458,14 @@ function runawayCell(list: Runaway[] | undefined): { frac: string; max: string; 
 }
 
 function reportText(results: DataResult[], demo: { runaway: Runaway; stats: string } | null, cost: string[], seconds: number, started: Date): string {
-  const cpu = os.cpus()[0]?.model?.trim() ?? 'unknown CPU';
+  const info = cpuInfo();
+  const arch = microarchitecture(info);
+  const cpu = `${info.procModel ?? info.osModel} (${info.logicalCpus} vCPUs${arch ? `, ${arch}` : ''}, ${native.kernelInfo().isa} kernels)`;
   const lines: string[] = [];
   lines.push(`## Real data (bench/realdata.ts), ${started.toISOString().slice(0, 10)}`);
   lines.push('');
   lines.push(
-    `Machine: ${cpu} (2-vCPU AMD EPYC Zen 5), ${getThreads()} threads, node ${process.version}; the run took ${Math.round(seconds)} s. ` +
+    `Machine: ${cpu}, ${getThreads()} threads, node ${process.version}; the run took ${Math.round(seconds)} s. ` +
       `Two vCPUs shared with other work: times are noisy (another process running at the same time can double them).`,
   );
   lines.push(

@@ -13,7 +13,7 @@ import type { Flow } from '../src/index';
 import { native } from '../src/native';
 import { FmaProbe, NumpySgemm, OrtSgemm, QUICK_SGEMM_SIZE, SGEMM_SIZE } from './ceiling';
 import type { FmaReading } from './ceiling';
-import { CeilingTracker, NeighbourMonitor, cpuInfo, loadAverage, measureContention } from './machine';
+import { CeilingTracker, NeighbourMonitor, cpuInfo, loadAverage, measureContention, microarchitecture } from './machine';
 import type { Contention, CpuInfo } from './machine';
 import { Direction, GraphScale, flowNet, maskedMacsPerRow, maxAbsDiff, randomParameters } from './network';
 import { buildOnnxGraph } from './onnx-graph';
@@ -932,9 +932,6 @@ interface RunInfo {
   neighbours: string;
 }
 
-const zenOf = (info: CpuInfo) =>
-  info.procModel?.includes('AMD') ? (info.family === 26 ? 'AMD Zen 5' : info.family === 25 ? 'AMD Zen 3/4' : info.family === 23 ? 'AMD Zen 1/2' : null) : null;
-
 function report(ctx: Context, run: RunInfo): string {
   const { info, contention } = run;
   const k = native.kernelInfo();
@@ -953,7 +950,7 @@ function report(ctx: Context, run: RunInfo): string {
   out.push('');
   out.push(`- date: ${run.startedAt.toISOString()} (the run took ${run.seconds.toFixed(0)} s)`);
   out.push(
-    `- CPU: "${info.procModel ?? info.osModel}"${info.family ? ` (family ${info.family}, model ${info.model}${zenOf(info) ? `: ${zenOf(info)}` : ''})` : ''}, ${info.logicalCpus} logical CPUs; ` +
+    `- CPU: "${info.procModel ?? info.osModel}"${info.family ? ` (family ${info.family}, model ${info.model}${microarchitecture(info) ? `: ${microarchitecture(info)}` : ''})` : ''}, ${info.logicalCpus} logical CPUs; ` +
       `iaflow's kernels: ${k.isa} (available: ${k.available}), ${k.vectorFloats} floats per vector, ${k.tileRows} rows per tile; iaflow pool ${ctx.threads} threads; ` +
       `ORT intraOp 2, interOp 1, sequential, graph optimization all; node ${process.version}`,
   );
