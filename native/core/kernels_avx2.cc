@@ -11,7 +11,6 @@
 #define IAF_ROW_VECTORS 3
 #define IAF_COLUMN_GROUP 4
 #define IAF_TRAIN_VEC 8
-#define IAF_TRAIN_FMA 1
 #include <immintrin.h>
 // 32 x 32 -> 64-bit products of the low words (Philox) and vector square roots (Box-Muller).
 #define IAF_MUL_EPU32(a, k) (vu) _mm256_mul_epu32((__m256i)(a), (__m256i)(vu{} + (k)))

@@ -13,7 +13,6 @@
 #define IAF_ROW_VECTORS 4
 #define IAF_COLUMN_GROUP 6
 #define IAF_TRAIN_VEC 16
-#define IAF_TRAIN_FMA 1
 #include <immintrin.h>
 // 32 x 32 -> 64-bit products of the low words (Philox) and vector square roots (Box-Muller).
 // The zero-masked forms: GCC 12's unmasked ones start from a self-initialised "undefined"

@@ -151,7 +151,6 @@ const KernelTable* portableKernels() {
 // ---- Training kernels (train_kernels.h): four floats per vector (SSE2, NEON), or plain
 // loops of four where GNU vector extensions are missing (MSVC) ----
 #define IAF_TRAIN_VEC 4
-#define IAF_TRAIN_FMA 0
 namespace iaflow {
 namespace training {
 namespace {

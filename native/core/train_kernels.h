@@ -2,8 +2,8 @@
 // one MADE layer's forward and backward along its parallel direction, and the
 // whole flow's. Compiled once per instruction set, as kernels_impl.h is: each
 // kernels_<isa>.cc includes train_layout.h (and <immintrin.h> on x86) first, sets
-// IAF_TRAIN_VEC (floats per vector: 16 AVX-512, 8 AVX2, 4 portable) and
-// IAF_TRAIN_FMA (1: fused multiply-add intrinsics of that width), selects its
+// IAF_TRAIN_VEC (floats per vector: 16 AVX-512, 8 AVX2, 4 portable; with GNU vectors the
+// inference kernels' IAF_VEC, whose vector type and multiply-add it uses), selects its
 // target, then includes this file inside namespace iaflow::training { namespace { } }
 // and lists netForward / netBackward in its TrainKernelTable. Everything here has
 // internal linkage; what it calls from elsewhere (train_layout.h, flow_math.h, the
@@ -23,24 +23,15 @@ constexpr int kBlockVectors = kBlock / kVec;  // vectors per column block
 constexpr int kRowBlock = kBlockVectors == 1 ? 12 : 6;
 
 #if defined(__GNUC__) || defined(__clang__)
-typedef float Vec __attribute__((vector_size(IAF_TRAIN_VEC * 4)));
-inline Vec vload(const float* p) {  // unaligned
-  Vec v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void vstore(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof v); }
-// s - 0 is s for every s, so the subtraction folds away and this is one broadcast
-// (Vec{} + s would keep an add: -0 + 0 is +0).
-inline Vec vsplat(float s) { return s - Vec{}; }
+// The inference kernels' vector and operations (kernels_impl.h, included before this file in the
+// same build): one vector type, one broadcast and one multiply-add per instruction set.
+static_assert(IAF_TRAIN_VEC == IAF_VEC, "training and inference share the vector width");
+typedef vf Vec;
+inline Vec vload(const float* p) { return load(p); }  // unaligned: vf is aligned(4)
+inline void vstore(float* p, Vec v) { store(p, v); }
+inline Vec vsplat(float s) { return splat(s); }
 inline Vec vadd(Vec a, Vec b) { return a + b; }
-#if IAF_TRAIN_FMA && IAF_TRAIN_VEC == 16
-inline Vec madd(Vec acc, Vec x, Vec w) { return _mm512_fmadd_ps(x, w, acc); }
-#elif IAF_TRAIN_FMA && IAF_TRAIN_VEC == 8
-inline Vec madd(Vec acc, Vec x, Vec w) { return _mm256_fmadd_ps(x, w, acc); }
-#else
-inline Vec madd(Vec acc, Vec x, Vec w) { return acc + x * w; }
-#endif
+inline Vec madd(Vec acc, Vec x, Vec w) { return IAF_FMADD(x, w, acc); }
 #else
 struct Vec {
   float v[kVec];
