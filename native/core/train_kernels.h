@@ -85,10 +85,11 @@ inline void activateSpan(const float* in, float* out, int n) {
 // apart (one position's rows: stride outStride, n <= kTile), field by field in
 // ws.core*: on whole vectors through the inference kernels' exp and log (kernels_impl.h's scaleOf,
 // the functions sampling and scoring use; libm one value at a time was a fifth of a small flow's
-// training step), or flow_math.h's scalar ones where GNU vectors are missing. NaN stays NaN.
-template <ScaleKind S>
-inline void affineCores(const float* raw, int stride, int n, Workspace& ws) {
+// training step), or flow_math.h's scalar ones on the reference path (the simple one the others
+// are checked against) and where GNU vectors are missing. NaN stays NaN.
 #if defined(__GNUC__) || defined(__clang__)
+template <ScaleKind S>
+inline void affineCoreVectors(const float* raw, int stride, int n, Workspace& ws) {
   static_assert(static_cast<int>(ScaleKind::Softplus) == 0 && static_cast<int>(ScaleKind::Exp) == 1 &&
                     static_cast<int>(ScaleKind::Gated) == 2, "scaleOf's scale codes");
   constexpr int w = sizeof(vf) / sizeof(float);
@@ -106,14 +107,20 @@ inline void affineCores(const float* raw, int stride, int n, Workspace& ws) {
     if (S == ScaleKind::Softplus) store(ws.coreSigmoid.data() + i, select(number, 1.0f / (1.0f + vexp(-x)), x));
     if (S == ScaleKind::Gated) store(ws.coreSigmoid.data() + i, select(number, scale, x));
   }
-#else
+}
+#endif
+
+template <ScaleKind S>
+inline void affineCores(const float* raw, int stride, int n, Workspace& ws, bool reference) {
+#if defined(__GNUC__) || defined(__clang__)
+  if (!reference) return affineCoreVectors<S>(raw, stride, n, ws);
+#endif
   for (int i = 0; i < n; ++i) {
     const AffineCore c = affineCoreFromRaw<S>(raw[static_cast<size_t>(i) * stride]);
     ws.coreScale[i] = c.scale;
     ws.coreLogScale[i] = c.logScale;
     ws.coreSigmoid[i] = c.sigmoid;
   }
-#endif
 }
 
 inline AffineCore coreAt(const Workspace& ws, int i) { return {ws.coreScale[i], ws.coreLogScale[i], ws.coreSigmoid[i]}; }
@@ -354,7 +361,7 @@ void madeForward(const Net& net, const TMade& m, Workspace& ws, int rows) {
   // small dim is); each row's log-scales are still summed in position order.
   float logDet[kTile] = {};
   for (int p = 0; p < dim; ++p) {
-    affineCores<S>(out + 2 * p + 1, os, rows, ws);
+    affineCores<S>(out + 2 * p + 1, os, rows, ws, net.reference);
     const int i = m.plan->dimAtPosition[p];
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromCore<S>(coreAt(ws, r), out[r * os + 2 * p + 1], out[r * os + 2 * p]);
@@ -451,7 +458,7 @@ void madeBackward(const Net& net, const TMade& m, Workspace& ws, int rows, float
   float* gOut = ws.gOut.data();
   float* gU = ws.gU.data();
   for (int p = 0; p < dim; ++p) {
-    affineCores<S>(out + 2 * p + 1, os, rows, ws);
+    affineCores<S>(out + 2 * p + 1, os, rows, ws, net.reference);
     const int i = m.plan->dimAtPosition[p];
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromCore<S>(coreAt(ws, r), out[r * os + 2 * p + 1], out[r * os + 2 * p]);
@@ -626,7 +633,7 @@ void madeSequential(const Net& net, const TMade& m, Workspace& ws, int rows) {
     hiddenUnitsUpTo<A>(net, m, t, rows, done.data(), p, contextTerm);  // degree <= p: they read positions < p only
     groupForward(O, P, heads, headStride, rows, 2 * p, 2 * p + 2, t.out, os);
     const int i = m.plan->dimAtPosition[p];
-    affineCores<S>(t.out + 2 * p + 1, os, rows, ws);
+    affineCores<S>(t.out + 2 * p + 1, os, rows, ws, net.reference);
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromCore<S>(coreAt(ws, r), t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       t.u[r * ds + p] = (ws.points[r * dim + i] - a.shift) / a.scale;
@@ -691,7 +698,7 @@ void madeSequentialBackward(const Net& net, const TMade& m, Workspace& ws, int r
       });
     }
     const int i = m.plan->dimAtPosition[p];
-    affineCores<S>(t.out + 2 * p + 1, os, rows, ws);
+    affineCores<S>(t.out + 2 * p + 1, os, rows, ws, net.reference);
     for (int r = 0; r < rows; ++r) {
       const AffineGrad a = affineGradFromCore<S>(coreAt(ws, r), t.out[r * os + 2 * p + 1], t.out[r * os + 2 * p]);
       float* g = ws.gpoints.data() + static_cast<size_t>(r) * dim;
