@@ -51,8 +51,8 @@ TLinear makeLinear(StaircaseLinear& s, std::vector<float>& params, size_t& trans
   params.insert(params.end(), s.weightKM.begin(), s.weightKM.end());
   L.b = params.size();
   params.insert(params.end(), s.bias.begin(), s.bias.end());
-  for (std::vector<float>* weights : {&s.weightKM, &s.bias, &s.rowStripes, &s.headPairs, &s.groupWeights}) std::vector<float>().swap(*weights);
-  for (std::vector<int64_t>* offsets : {&s.rowStripeOffset, &s.headPairOffset, &s.groupOffset}) std::vector<int64_t>().swap(*offsets);
+  for (std::vector<float>* weights : {&s.weightKM, &s.bias, &s.rowStripes, &s.groupWeights}) std::vector<float>().swap(*weights);
+  for (std::vector<int64_t>* offsets : {&s.rowStripeOffset, &s.groupOffset}) std::vector<int64_t>().swap(*offsets);
   L.wt = transposedSize;
   transposedSize += static_cast<size_t>(s.out) * L.inStride;
   for (int jb = 0; jb < s.out; jb += kBlock) L.blockDepth.push_back(reference ? s.in : s.prefix[std::min(jb + kBlock, s.out) - 1]);
@@ -441,14 +441,15 @@ struct Trainer::Impl {
     std::vector<double> squares(chunks, 0.0);
     forChunks(p, chunks, n * S, [&](int64_t c) {
       const size_t begin = c * kChunk, end = std::min(n, begin + kChunk);
-      float* g0 = slots[0].data();
-      double sq = 0.0;
-      for (size_t i = begin; i < end; ++i) {
-        float sum = g0[i];
-        for (int s = 1; s < S; ++s) sum += slots[s][i];
-        g0[i] = sum;
-        sq += static_cast<double>(sum) * sum;
+      float* __restrict g0 = slots[0].data();
+      // Slot by slot over the chunk (each element still sums slot 0, 1, 2, ... in order): whole
+      // vectors of one slot at a time, where an inner loop over the slots per element did not vectorise.
+      for (int s = 1; s < S; ++s) {
+        const float* __restrict gs = slots[s].data();
+        for (size_t i = begin; i < end; ++i) g0[i] += gs[i];
       }
+      double sq = 0.0;
+      for (size_t i = begin; i < end; ++i) sq += static_cast<double>(g0[i]) * g0[i];
       squares[c] = sq;
     });
     double total = 0.0;
