@@ -282,7 +282,7 @@ class ExternalMemory {
 int64_t planBytes(const FlowPlan& plan) {
   int64_t total = 0;
   auto linear = [&](const iaflow::StaircaseLinear& L) {
-    total += static_cast<int64_t>(L.weightKM.size() + L.bias.size() + L.prefix.size() + L.rowStripes.size() + L.headPairs.size() +
+    total += static_cast<int64_t>(L.weightKM.size() + L.bias.size() + L.prefix.size() + L.rowStripes.size() +
                                   L.groupWeights.size()) * 4;
   };
   for (const iaflow::LayerPlan& layer : plan.layers) {

@@ -139,7 +139,7 @@ describe('firstRow', () => {
   });
 
   // The sequential direction of an IAF (logProb) pushes each degree's new hidden units into the
-  // heads still to come; the one-row path pulls each head's sum. Both add the same terms in the
+  // heads still to come, in a tile and in the one-row path alike: both add the same terms in the
   // same order, so a row scores the same bits alone or inside a tile.
   it.each(native.kernelInfo().available.split(','))('logProb of a row alone equals its score inside a tile, bit for bit (%s kernels)', async (isa) => {
     const best = native.kernelInfo().isa;

@@ -37,7 +37,7 @@ struct Scratch {
   const std::vector<float>* broadcastTerm = nullptr;
   std::vector<std::vector<float>> hidden;  // per hidden layer: widest * tileRows (after the activation)
   std::vector<std::vector<float>> stream;  // residual MADEs: the pre-activation stream h of layers 0, 2, 4, ...
-  std::vector<float> output;     // reference path only: tileRows * (2 dim, padded)
+  std::vector<float> output;     // the heads' raw sums: tileRows * (2 dim, padded)
   std::vector<float> logDet;
   std::vector<float> baseLogDensity;
   int tileRows = -1, dim = -1, depth = -1, widest = -1, contextDim = -1;
@@ -71,7 +71,7 @@ struct Scratch {
 
 LinearView view(const StaircaseLinear& L) {
   return LinearView{L.weightKM.data(), L.bias.data(), L.prefix.data(), L.in, L.out, L.outStride, L.rowStripes.data(),
-                    L.rowStripeOffset.data(), L.headPairs.data(), L.headPairOffset.data()};
+                    L.rowStripeOffset.data()};
 }
 
 int kernelActivation(Activation a) {
@@ -260,9 +260,13 @@ void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
   for (size_t l = 0; l < m.hidden.size(); ++l)
     hiddenUnits(K.linear, m, s, l, cond, contextAndCond, 0, m.hidden[l].out, Packing::Stripes);
   K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), s.sortedOut.data(), s.logDet.data(), 0, m.dim,
-           static_cast<int>(m.scale), false);
+           static_cast<int>(m.scale));
   scatterSorted(m, s, s.sortedOut.data());
 }
+
+// The first head input position p reads that position p - 1 did not: the units step p computed
+// in the last hidden layer (the head reads units [0, prefix[2p + 1]), its prefixes rising with p).
+int headStart(const MadePlan& m, int p) { return p == 0 ? 0 : m.output.prefix[2 * p - 1]; }
 
 // Solves v = u * scale(u) + shift(u) for u one degree at a time, computing each
 // hidden unit exactly once; logDet -= sum log scale.
@@ -276,10 +280,14 @@ void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   const bool folded = contextFolded(m) && !s.broadcastTerm;
   float* u = folded && !clamp ? afterContext : s.sortedOut.data();
   float* cond = !clamp ? u : folded ? afterContext : s.condIn.data();
+  // The heads' raw sums, feature-major, from the bias: each step pushes in the units it computed.
+  float* const rawT = s.output.data();
+  for (int c = 0; c < m.output.out; ++c) std::fill_n(rawT + static_cast<size_t>(c) * T, T, m.output.bias[c]);
+  const LinearView head = view(m.output);
   for (int p = 0; p < m.dim; ++p) {
     unitsOfDegree(K.linear, m, s, cond, s.contextIn.data(), p, true);
-    K.affine(view(m.output), headInput(m, s), s.sortedIn.data(), u, s.logDet.data(), p, p + 1,
-             static_cast<int>(m.scale), true);
+    K.headPush(head, headInput(m, s), rawT, headStart(m, p), m.output.prefix[2 * p + 1], 2 * p);
+    K.solve(rawT, s.sortedIn.data(), u, s.logDet.data(), p, static_cast<int>(m.scale));
     if (clamp) conditionerInput(m, u + static_cast<size_t>(p) * T, cond + static_cast<size_t>(p) * T, T);
   }
   scatterSorted(m, s, u);
@@ -336,9 +344,11 @@ void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int 
   float* u = folded && !clamp ? afterContext : s.sortedOut.data();
   float* cond = !clamp ? u : folded ? afterContext : s.condIn.data();
   float* raw = s.output.data();
+  std::copy_n(m.output.bias.data(), m.output.outStride, raw);
+  const LinearView head = view(m.output);
   for (int p = 0; p < m.dim; ++p) {
     unitsOfDegree(K.linearRow, m, s, cond, contextAndCond, p, false);
-    K.sequentialHeadRow(view(m.output), headInput(m, s), raw, p);
+    K.headPushRow(head, headInput(m, s), raw, headStart(m, p), m.output.prefix[2 * p + 1], 2 * p);
     K.affineRow(raw, v, u, &s.logDet[r], p, p + 1, static_cast<int>(m.scale), true);
     if (cond != u) cond[p] = softClamp(u[p], m.softClampInv);
   }

@@ -20,8 +20,6 @@ struct LinearView {
   int outStride;
   const float* rowStripes;          // plan.h's one-row copy: [stripe][k][kRowStripe]
   const int64_t* rowStripeOffset;   // [out / kRowStripe]
-  const float* headPairs;           // a head's per-position pairs: [k][2] from headPairOffset[p]
-  const int64_t* headPairOffset;    // [out / 2]
 };
 
 enum KernelActivation : int { kActNone = 0, kActReLU = 1, kActTanh = 2, kActELU = 3 };
@@ -37,17 +35,23 @@ struct KernelTable {
   // The same for one row, row-major (for batches too small to fill a tile), vectorised across units.
   void (*linearRow)(const LinearView& layer, const float* x, float* y, int lo, int hi, int activation,
                     const float* residual, float* preAct);
-  // The affine head for positions [p0, p1): raw shift and scale are output columns 2p, 2p + 1
-  // of `head` applied to hT. Forward (the parallel direction): outT[p] = inT[p] * scale + shift,
-  // logDet += log scale. Inverse (the sequential direction, one position at a time):
-  // outT[p] = (inT[p] - shift) / scale, logDet -= log scale, with each raw sum split as
-  // sequentialHeadSplit says (its two halves' chains interleave: one position's two columns alone
-  // have too few independent sums to hide the FMA latency).
+  // The parallel direction's affine head for positions [p0, p1): raw shift and scale are output
+  // columns 2p, 2p + 1 of `head` applied to hT; outT[p] = inT[p] * scale + shift, logDet += log scale.
   void (*affine)(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
-                 int p1, int scaleKind, bool inverse);
-  // The sequential direction's head for ONE row: raw[2p], raw[2p + 1] from h, split as `affine`'s
-  // inverse splits them, so a row alone gives its tile's bits.
-  void (*sequentialHeadRow)(const LinearView& head, const float* h, float* raw, int p);
+                 int p1, int scaleKind);
+  // The sequential direction's heads, pushed: rawT (feature-major, started at the head's bias)
+  // gets inputs [k0, k1) of hT, the last hidden layer's units that step just computed, added to
+  // every column in [c0, out), each column's terms in index order with the same multiply-adds as
+  // `linear`'s sums (so a head summed step by step equals the parallel direction's, bit for bit).
+  // Every weight is read once per tile, in blocks of several columns: one position's two columns
+  // alone would read each input for two multiply-adds only.
+  void (*headPush)(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0);
+  // Position p's inverse affine step from its pushed sums (columns 2p, 2p + 1 of rawT):
+  // outT[p] = (inT[p] - shift) / scale, logDet -= log scale.
+  void (*solve)(const float* rawT, const float* inT, float* outT, float* logDet, int p, int scaleKind);
+  // headPush for ONE row (raw: the row's sums, outStride floats), vectorised across columns,
+  // with the same operations, so a row gives the same bits alone or in a tile.
+  void (*headPushRow)(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0);
   // The affine step of ONE row for positions [p0, p1) (the one-row path), from the head's raw
   // outputs raw[2p] (shift) and raw[2p + 1] (scale), with `affine`'s per-element operations, so a
   // row gives the same bits whichever path (tile or row) runs it: a sample split in pieces of
@@ -58,10 +62,6 @@ struct KernelTable {
   // the values of flow_math.h's standardNormals4, bit for bit, many Philox blocks per vector.
   void (*normals)(uint64_t seed, uint64_t firstRow, int rows, int dim, float* out);
 };
-
-// The sequential direction's head sums over inputs [0, depth) as two sums, over [0, split) (from
-// the bias) and [split, depth) (from zero), added at the end; both paths (tile and row) use this split.
-inline int sequentialHeadSplit(int depth) { return depth / 2; }
 
 // The best table this CPU runs, unless overridden by selectKernels.
 const KernelTable& activeKernels();

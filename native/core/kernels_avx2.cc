@@ -43,7 +43,7 @@ namespace {
 
 namespace iaflow {
 const KernelTable* avx2Kernels() {
-  static const KernelTable table{"avx2", kVec, kTile, linearKernel, linearRowKernel, affineKernel, sequentialHeadRowKernel, affineRowKernel, normalsKernel};
+  static const KernelTable table{"avx2", kVec, kTile, linearKernel, linearRowKernel, affineKernel, headPushKernel, solveKernel, headPushRowKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 const TrainKernelTable* avx2TrainKernels() {

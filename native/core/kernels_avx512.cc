@@ -48,7 +48,7 @@ namespace {
 
 namespace iaflow {
 const KernelTable* avx512Kernels() {
-  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel, sequentialHeadRowKernel, affineRowKernel, normalsKernel};
+  static const KernelTable table{"avx512", kVec, kTile, linearKernel, linearRowKernel, affineKernel, headPushKernel, solveKernel, headPushRowKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 const TrainKernelTable* avx512TrainKernels() {

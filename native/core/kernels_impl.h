@@ -301,7 +301,7 @@ inline vf affineElement(vf rawShift, vf rawScale, vf in, vf& ld) {
   return in * scale + shift;
 }
 
-template <int kPositions, int kScale, bool kInverse>
+template <int kPositions, int kScale>
 inline void affineBlock(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0) {
   vf acc[2 * kPositions][kRowVectors];
   accumulate<2 * kPositions>(head, hT, 2 * p0, head.prefix[2 * p0 + 2 * kPositions - 1], acc);
@@ -309,7 +309,7 @@ inline void affineBlock(const LinearView& head, const float* hT, const float* in
     vf ld = load(logDet + v * kVec);
     for (int q = 0; q < kPositions; ++q) {
       const long at = (p0 + q) * kTile + v * kVec;
-      store(outT + at, affineElement<kScale, kInverse>(acc[2 * q][v], acc[2 * q + 1][v], load(inT + at), ld));
+      store(outT + at, affineElement<kScale, false>(acc[2 * q][v], acc[2 * q + 1][v], load(inT + at), ld));
     }
     store(logDet + v * kVec, ld);
   }
@@ -318,93 +318,108 @@ inline void affineBlock(const LinearView& head, const float* hT, const float* in
 // Positions per register block of the heads: two columns (shift, scale) each.
 constexpr int kHeadPositions = kGroup / 2 > 0 ? kGroup / 2 : 1;
 
-template <int kPositions, int kScale, bool kInverse>
+template <int kPositions, int kScale>
 inline void affineRun(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p,
                       int p1) {
-  for (; p + kPositions <= p1; p += kPositions) affineBlock<kPositions, kScale, kInverse>(head, hT, inT, outT, logDet, p);
-  if (kPositions > 1 && p < p1) affineRun<(kPositions > 1 ? kPositions - 1 : 1), kScale, kInverse>(head, hT, inT, outT, logDet, p, p1);
+  for (; p + kPositions <= p1; p += kPositions) affineBlock<kPositions, kScale>(head, hT, inT, outT, logDet, p);
+  if (kPositions > 1 && p < p1) affineRun<(kPositions > 1 ? kPositions - 1 : 1), kScale>(head, hT, inT, outT, logDet, p, p1);
 }
 
-// The sequential direction's head for position p: both columns' sums in two halves (kernels.h's
-// sequentialHeadSplit), walked side by side (twelve independent sums on AVX2 instead of six), then
-// the inverse affine step.
+void affineKernel(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
+                  int p1, int scaleKind) {
+  switch (scaleKind) {
+    case 0: return affineRun<kHeadPositions, 0>(head, hT, inT, outT, logDet, p0, p1);
+    case 1: return affineRun<kHeadPositions, 1>(head, hT, inT, outT, logDet, p0, p1);
+    default: return affineRun<kHeadPositions, 2>(head, hT, inT, outT, logDet, p0, p1);
+  }
+}
+
+// ---- the sequential direction's heads, pushed ----
+// Step p adds the last hidden layer's units it just computed, inputs [k0, k1) of the head, to the
+// raw sums of every column not yet solved, [c0, out): kColumns columns x the tile's rows per
+// register block. Each sum starts at the bias and takes its terms in index order, one multiply-add
+// each, exactly as accumulate does: position p's raw shift and scale are the parallel direction's bits.
+template <int kColumns>
+IAF_ALWAYS_INLINE void pushBlock(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0) {
+  vf acc[kColumns][kRowVectors];
+  for (int c = 0; c < kColumns; ++c)
+    for (int v = 0; v < kRowVectors; ++v) acc[c][v] = load(rawT + (c0 + c) * kTile + v * kVec);
+  const float* w = head.weightKM + c0;
+  for (int k = k0; k < k1; ++k) {
+    vf x[kRowVectors];
+    for (int v = 0; v < kRowVectors; ++v) x[v] = load(hT + k * kTile + v * kVec);
+    const float* wk = w + static_cast<long>(k) * head.outStride;
+    for (int c = 0; c < kColumns; ++c) {
+      const vf b = splat(wk[c]);
+      for (int v = 0; v < kRowVectors; ++v) acc[c][v] = IAF_FMADD(b, x[v], acc[c][v]);
+    }
+  }
+  for (int c = 0; c < kColumns; ++c)
+    for (int v = 0; v < kRowVectors; ++v) store(rawT + (c0 + c) * kTile + v * kVec, acc[c][v]);
+}
+
+// The last width (< kColumns) columns in one block.
+template <int kColumns>
+inline void pushBlockOfWidth(int width, const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c) {
+  if (width == kColumns) pushBlock<kColumns>(head, hT, rawT, k0, k1, c);
+  else if (kColumns > 1) pushBlockOfWidth<(kColumns > 1 ? kColumns - 1 : 1)>(width, head, hT, rawT, k0, k1, c);
+}
+
+void headPushKernel(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0) {
+  if (k1 <= k0) return;
+  int c = c0;
+  for (; c + kGroup <= head.out; c += kGroup) pushBlock<kGroup>(head, hT, rawT, k0, k1, c);
+  if (c < head.out) pushBlockOfWidth<kGroup>(head.out - c, head, hT, rawT, k0, k1, c);
+}
+
+// Position p's inverse affine step from its pushed raw sums (columns 2p, 2p + 1 of rawT).
 template <int kScale>
-inline void sequentialAffineBlock(const LinearView& head, const float* hT, const float* inT, float* outT,
-                                  float* logDet, int p) {
-  const int depth = head.prefix[2 * p + 1];
-  const int split = iaflow::sequentialHeadSplit(depth);
-  vf lo[2][kRowVectors], hi[2][kRowVectors];
-  for (int c = 0; c < 2; ++c)
-    for (int v = 0; v < kRowVectors; ++v) {
-      lo[c][v] = splat(head.bias[2 * p + c]);
-      hi[c][v] = splat(0.0f);
-    }
-  const float* w = head.headPairs + head.headPairOffset[p];  // [k][2]
-  for (int i = 0; i < split; ++i) {
-    const float* wa = w + 2 * i;
-    const float* wb = w + 2 * (split + i);
-    for (int c = 0; c < 2; ++c) {
-      const vf ba = splat(wa[c]), bb = splat(wb[c]);
-      for (int v = 0; v < kRowVectors; ++v) {
-        lo[c][v] = IAF_FMADD(ba, load(hT + i * kTile + v * kVec), lo[c][v]);
-        hi[c][v] = IAF_FMADD(bb, load(hT + (split + i) * kTile + v * kVec), hi[c][v]);
-      }
-    }
-  }
-  for (int k = 2 * split; k < depth; ++k) {  // the second half's one extra input when depth is odd
-    const float* wk = w + 2 * k;
-    for (int c = 0; c < 2; ++c)
-      for (int v = 0; v < kRowVectors; ++v) hi[c][v] = IAF_FMADD(splat(wk[c]), load(hT + k * kTile + v * kVec), hi[c][v]);
-  }
+void solveFor(const float* rawT, const float* inT, float* outT, float* logDet, int p) {
   for (int v = 0; v < kRowVectors; ++v) {
     vf ld = load(logDet + v * kVec);
     const long at = p * kTile + v * kVec;
-    store(outT + at, affineElement<kScale, true>(lo[0][v] + hi[0][v], lo[1][v] + hi[1][v], load(inT + at), ld));
+    store(outT + at, affineElement<kScale, true>(load(rawT + 2 * p * kTile + v * kVec),
+                                                 load(rawT + (2 * p + 1) * kTile + v * kVec), load(inT + at), ld));
     store(logDet + v * kVec, ld);
   }
 }
 
-template <int kScale, bool kInverse>
-void affineFor(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0, int p1) {
-  if (kInverse) {
-    for (int p = p0; p < p1; ++p) sequentialAffineBlock<kScale>(head, hT, inT, outT, logDet, p);
-    return;
+void solveKernel(const float* rawT, const float* inT, float* outT, float* logDet, int p, int scaleKind) {
+  switch (scaleKind) {
+    case 0: return solveFor<0>(rawT, inT, outT, logDet, p);
+    case 1: return solveFor<1>(rawT, inT, outT, logDet, p);
+    default: return solveFor<2>(rawT, inT, outT, logDet, p);
   }
-  affineRun<kHeadPositions, kScale, kInverse>(head, hT, inT, outT, logDet, p0, p1);
 }
 
-// sequentialAffineBlock's sums for one row (the one-row path), in the same order.
-void sequentialHeadRowKernel(const LinearView& head, const float* h, float* raw, int p) {
-  const int depth = head.prefix[2 * p + 1];
-  const int split = iaflow::sequentialHeadSplit(depth);
-  const float* w = head.headPairs + head.headPairOffset[p];  // [k][2]
-  float lo0 = head.bias[2 * p], lo1 = head.bias[2 * p + 1], hi0 = 0.0f, hi1 = 0.0f;
-  for (int i = 0; i < split; ++i) {
-    const float* wa = w + 2 * i;
-    const float* wb = w + 2 * (split + i);
-    lo0 = IAF_FMADD1(wa[0], h[i], lo0);
-    lo1 = IAF_FMADD1(wa[1], h[i], lo1);
-    hi0 = IAF_FMADD1(wb[0], h[split + i], hi0);
-    hi1 = IAF_FMADD1(wb[1], h[split + i], hi1);
+// headPushKernel for one row, row-major, vectorised across the columns: the same terms in the
+// same order with the same multiply-adds, so a row alone gives its tile's bits.
+template <int kVectors>
+inline void pushRowBlock(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0) {
+  vf acc[kVectors];
+  for (int b = 0; b < kVectors; ++b) acc[b] = load(raw + c0 + b * kVec);
+  const float* w = head.weightKM + c0;
+  for (int k = k0; k < k1; ++k) {
+    const vf hk = splat(h[k]);
+    const float* wk = w + static_cast<long>(k) * head.outStride;
+    for (int b = 0; b < kVectors; ++b) acc[b] = IAF_FMADD(load(wk + b * kVec), hk, acc[b]);
   }
-  for (int k = 2 * split; k < depth; ++k) {
-    const float* wk = w + 2 * k;
-    hi0 = IAF_FMADD1(wk[0], h[k], hi0);
-    hi1 = IAF_FMADD1(wk[1], h[k], hi1);
-  }
-  raw[2 * p] = lo0 + hi0;
-  raw[2 * p + 1] = lo1 + hi1;
+  for (int b = 0; b < kVectors; ++b) store(raw + c0 + b * kVec, acc[b]);
 }
 
-void affineKernel(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
-                  int p1, int scaleKind, bool inverse) {
-  switch (scaleKind * 2 + (inverse ? 1 : 0)) {
-    case 0: return affineFor<0, false>(head, hT, inT, outT, logDet, p0, p1);
-    case 1: return affineFor<0, true>(head, hT, inT, outT, logDet, p0, p1);
-    case 2: return affineFor<1, false>(head, hT, inT, outT, logDet, p0, p1);
-    case 3: return affineFor<1, true>(head, hT, inT, outT, logDet, p0, p1);
-    case 4: return affineFor<2, false>(head, hT, inT, outT, logDet, p0, p1);
-    default: return affineFor<2, true>(head, hT, inT, outT, logDet, p0, p1);
+void headPushRowKernel(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0) {
+  if (k1 <= k0) return;
+  constexpr int kWide = 4;
+  int c = c0;
+  for (; c + kWide * kVec <= head.out; c += kWide * kVec) pushRowBlock<kWide>(head, h, raw, k0, k1, c);
+  for (; c + kVec <= head.out; c += kVec) pushRowBlock<1>(head, h, raw, k0, k1, c);
+  // The last columns, fewer than a vector: one vector when the row's storage (outStride) holds it
+  // (its lanes past out are padding, computed and never read), else one column at a time.
+  if (c < head.out && c + kVec <= head.outStride) return pushRowBlock<1>(head, h, raw, k0, k1, c);
+  for (; c < head.out; ++c) {
+    float sum = raw[c];
+    for (int k = k0; k < k1; ++k) sum = IAF_FMADD1(head.weightKM[static_cast<long>(k) * head.outStride + c], h[k], sum);
+    raw[c] = sum;
   }
 }
 

@@ -21,7 +21,7 @@ namespace {
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", kVec, kTile, linearKernel, linearRowKernel, affineKernel, sequentialHeadRowKernel, affineRowKernel, normalsKernel};
+  static const KernelTable table{"portable", kVec, kTile, linearKernel, linearRowKernel, affineKernel, headPushKernel, solveKernel, headPushRowKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow
@@ -70,51 +70,46 @@ void linearRowKernel(const LinearView& L, const float* x, float* y, int lo, int 
   }
 }
 
-// Position p's raw shift and scale from inputs [k0, k1) of h (stride `stride`), added to the given starts.
-void headSums(const LinearView& head, const float* h, int stride, int p, int k0, int k1, float& rawShift, float& rawScale) {
-  for (int k = k0; k < k1; ++k) {
-    const float* wk = head.weightKM + static_cast<long>(k) * head.outStride;
-    rawShift += wk[2 * p] * h[k * stride];
-    rawScale += wk[2 * p + 1] * h[k * stride];
-  }
-}
-
-// The sequential direction's head for one row, split as kernels.h's sequentialHeadSplit says.
-void sequentialHeadRowKernel(const LinearView& head, const float* h, float* raw, int p) {
-  const int depth = head.prefix[2 * p + 1];
-  const int split = iaflow::sequentialHeadSplit(depth);
-  float loShift = head.bias[2 * p], loScale = head.bias[2 * p + 1], hiShift = 0.0f, hiScale = 0.0f;
-  headSums(head, h, 1, p, 0, split, loShift, loScale);
-  headSums(head, h, 1, p, split, depth, hiShift, hiScale);
-  raw[2 * p] = loShift + hiShift;
-  raw[2 * p + 1] = loScale + hiScale;
-}
-
 void affineKernel(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
-                  int p1, int scaleKind, bool inverse) {
+                  int p1, int scaleKind) {
   for (int p = p0; p < p1; ++p) {
     const int depth = head.prefix[2 * p + 1];
     for (int r = 0; r < kTile; ++r) {
       float rawShift = head.bias[2 * p], rawScale = head.bias[2 * p + 1];
-      if (inverse) {  // the sequential direction: split as the one-row path splits
-        const int split = iaflow::sequentialHeadSplit(depth);
-        float hiShift = 0.0f, hiScale = 0.0f;
-        headSums(head, hT + r, kTile, p, 0, split, rawShift, rawScale);
-        headSums(head, hT + r, kTile, p, split, depth, hiShift, hiScale);
-        rawShift += hiShift;
-        rawScale += hiScale;
-      } else {
-        headSums(head, hT + r, kTile, p, 0, depth, rawShift, rawScale);
+      for (int k = 0; k < depth; ++k) {
+        const float* wk = head.weightKM + static_cast<long>(k) * head.outStride;
+        rawShift += wk[2 * p] * hT[k * kTile + r];
+        rawScale += wk[2 * p + 1] * hT[k * kTile + r];
       }
       const iaflow::Affine a = iaflow::affineFromRaw(static_cast<iaflow::ScaleKind>(scaleKind), rawScale, rawShift);
-      const float in = inT[p * kTile + r];
-      if (inverse) {
-        outT[p * kTile + r] = iaflow::solveAffine(in, a, logDet[r]);
-      } else {
-        outT[p * kTile + r] = in * a.scale + a.shift;
-        logDet[r] += a.logScale;
-      }
+      outT[p * kTile + r] = inT[p * kTile + r] * a.scale + a.shift;
+      logDet[r] += a.logScale;
     }
+  }
+}
+
+void headPushKernel(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0) {
+  for (int c = c0; c < head.out; ++c)
+    for (int r = 0; r < kTile; ++r) {
+      float sum = rawT[c * kTile + r];
+      for (int k = k0; k < k1; ++k) sum += head.weightKM[static_cast<long>(k) * head.outStride + c] * hT[k * kTile + r];
+      rawT[c * kTile + r] = sum;
+    }
+}
+
+void solveKernel(const float* rawT, const float* inT, float* outT, float* logDet, int p, int scaleKind) {
+  for (int r = 0; r < kTile; ++r) {
+    const iaflow::Affine a =
+        iaflow::affineFromRaw(static_cast<iaflow::ScaleKind>(scaleKind), rawT[(2 * p + 1) * kTile + r], rawT[2 * p * kTile + r]);
+    outT[p * kTile + r] = iaflow::solveAffine(inT[p * kTile + r], a, logDet[r]);
+  }
+}
+
+void headPushRowKernel(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0) {
+  for (int c = c0; c < head.out; ++c) {
+    float sum = raw[c];
+    for (int k = k0; k < k1; ++k) sum += head.weightKM[static_cast<long>(k) * head.outStride + c] * h[k];
+    raw[c] = sum;
   }
 }
 
@@ -142,7 +137,7 @@ void normalsKernel(uint64_t seed, uint64_t firstRow, int rows, int dim, float* o
 }  // namespace
 namespace iaflow {
 const KernelTable* portableKernels() {
-  static const KernelTable table{"portable", 1, kTile, linearKernel, linearRowKernel, affineKernel, sequentialHeadRowKernel, affineRowKernel, normalsKernel};
+  static const KernelTable table{"portable", 1, kTile, linearKernel, linearRowKernel, affineKernel, headPushKernel, solveKernel, headPushRowKernel, affineRowKernel, normalsKernel};
   return &table;
 }
 }  // namespace iaflow

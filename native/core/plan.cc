@@ -57,7 +57,7 @@ StaircaseLinear packStaircase(const DenseLinear& dense, const std::vector<int>& 
 // Column ranges [lo, hi) of s.weightKM, one after another: each range's first prefix[hi - 1] rows
 // of its columns, contiguous ([k][hi - lo]), from offsets[r] (at least lo, so that a view based at
 // offsets[r] - lo, as the tiled kernels' views are, stays inside `data`). The packed copies of
-// plan.h (rowStripes, headPairs, groupWeights) are all made by it.
+// plan.h (rowStripes, groupWeights) are all made by it.
 void packColumnRanges(const StaircaseLinear& s, const std::vector<std::pair<int, int>>& ranges, std::vector<float>& data,
                       std::vector<int64_t>& offsets) {
   data.clear();
@@ -77,13 +77,6 @@ void packRowStripes(StaircaseLinear& s) {
   std::vector<std::pair<int, int>> stripes;
   for (int j0 = 0; j0 + kRowStripe <= s.out; j0 += kRowStripe) stripes.emplace_back(j0, j0 + kRowStripe);
   packColumnRanges(s, stripes, s.rowStripes, s.rowStripeOffset);
-}
-
-// StaircaseLinear::headPairs (a head: output columns 2p, 2p + 1 belong to position p).
-void packHeadPairs(StaircaseLinear& s) {
-  std::vector<std::pair<int, int>> pairs;
-  for (int p = 0; 2 * p + 1 < s.out; ++p) pairs.emplace_back(2 * p, 2 * p + 2);
-  packColumnRanges(s, pairs, s.headPairs, s.headPairOffset);
 }
 
 // StaircaseLinear::groupWeights of a hidden layer whose units of degree <= d number upTo[d].
@@ -235,7 +228,6 @@ std::shared_ptr<const FlowPlan> buildPlan(const FlowSpec& spec) {
       MadePlan& m = lp.made;
       for (StaircaseLinear& h : m.hidden) packRowStripes(h);
       for (StaircaseLinear* t : {&m.output, &m.context, &m.contextFirst, &m.contextOnly}) packRowStripes(*t);
-      packHeadPairs(m.output);
       for (size_t l = 0; l < m.hidden.size(); ++l) packDegreeGroups(m.hidden[l], m.unitsUpToDegree[l], m.dim);
       if (!m.contextFirst.weightKM.empty()) packDegreeGroups(m.contextFirst, m.unitsUpToDegree[0], m.dim);
       for (const StaircaseLinear& h : lp.made.hidden) plan->widestHidden = std::max(plan->widestHidden, h.outStride);

@@ -75,11 +75,6 @@ struct StaircaseLinear {
   // outStride floats per input (about 30% less time per row where the weights come from L3).
   std::vector<float> rowStripes;
   std::vector<int64_t> rowStripeOffset;  // [out / kRowStripe]
-  // A MADE's head only: the sequential direction reads one position's two columns (2p, 2p + 1) at
-  // a time, so each position's first prefix[2p + 1] rows of them are kept as contiguous pairs,
-  // [k][2] from headPairOffset[p]: 8 bytes per input instead of one cache line per input.
-  std::vector<float> headPairs;
-  std::vector<int64_t> headPairOffset;  // [out / 2]
   // A hidden layer only: the sequential direction computes one degree group at a time (group p:
   // the units unitsOfDegree reads for position p), so each group's live weights are kept together,
   // [k][units of the group] (the group's width is its row stride), group p at groupOffset[p] (at
