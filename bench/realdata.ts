@@ -31,7 +31,11 @@
 // - grid: where a data set's values sit on a grid (readings to 0.1, whole units), a model can raise
 //   its test log-likelihood by piling density on grid points. "jittered" scores the test rows moved
 //   uniformly within their grid cell (8 draws): a smooth model scores about the same, a spiky one
-//   much lower.
+//   much lower. On such data the jittered figure is the one the target is judged on: the mean over
+//   a cell of log p is a lower bound of log P(cell) - log(cell volume) (Jensen), the model's
+//   probability of the value that was actually recorded, while log p at the grid points themselves
+//   grows without bound as a model spikes there (uniform dequantisation, as image flows are scored).
+//   The raw rows' figure is printed beside it.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -494,7 +498,10 @@ function reportText(results: DataResult[], demo: { runaway: Runaway; stats: stri
   lines.push('');
   for (const c of cost) lines.push(`- ${c}`);
   lines.push('');
-  lines.push('Targets (issue 12): defaults within 0.05 nats/point of the best configuration found; every data set above its Gaussian.');
+  lines.push(
+    'Targets (issue 12): defaults within 0.05 nats/point of the best configuration found (on the jittered test rows where the data ' +
+      'sit on a grid: see the top of bench/realdata.ts; the raw rows\' figure beside it); every data set above its Gaussian.',
+  );
   lines.push('');
   const bestOf = (res: DataResult) => {
     const names = [...new Set(res.runs.map((r) => r.config.name))];
@@ -506,16 +513,19 @@ function reportText(results: DataResult[], demo: { runaway: Runaway; stats: stri
     const gap = d.mean - best.s.mean;
     const seeds = res.runs.filter((r) => r.config.name === 'defaults');
     const above = seeds.filter((r) => r.testLL > res.gaussian).length;
-    lines.push(
-      `- ${res.set.name}: defaults ${gap >= -0.05 ? 'PASS' : 'MISS'} within 0.05 of the best (${f3(gap)}, best: ${best.n}); ` +
-        `above the Gaussian ${d.mean > res.gaussian ? 'PASS' : 'MISS'} on the mean (${f3(d.mean - res.gaussian)} nats/point), ` +
-        `${above === seeds.length ? 'PASS' : 'MISS'} per seed (${above} of ${seeds.length} seeds' models above it; the worst ${f3(Math.min(...seeds.map((r) => r.testLL)) - res.gaussian)})`,
-    );
-    if (res.gaussianJittered !== null) {
+    const gaussianText =
+      `above the Gaussian ${d.mean > res.gaussian ? 'PASS' : 'MISS'} on the mean (${f3(d.mean - res.gaussian)} nats/point), ` +
+      `${above === seeds.length ? 'PASS' : 'MISS'} per seed (${above} of ${seeds.length} seeds' models above it; the worst ${f3(Math.min(...seeds.map((r) => r.testLL)) - res.gaussian)})`;
+    if (res.gaussianJittered === null) {
+      lines.push(`- ${res.set.name}: defaults ${gap >= -0.05 ? 'PASS' : 'MISS'} within 0.05 of the best (${f3(gap)}, best: ${best.n}); ${gaussianText}`);
+    } else {
       const names = [...new Set(res.runs.map((r) => r.config.name))];
       const bestJ = names.map((n) => ({ n, v: summary(res.runs, n).jittered! })).sort((a, b) => b.v - a.v)[0];
       const gapJ = d.jittered! - bestJ.v;
-      lines.push(`  - on the jittered test rows: defaults ${gapJ >= -0.05 ? 'PASS' : 'MISS'} within 0.05 of the best (${f3(gapJ)}, best: ${bestJ.n})`);
+      lines.push(
+        `- ${res.set.name} (on a grid): defaults ${gapJ >= -0.05 ? 'PASS' : 'MISS'} within 0.05 of the best on the jittered test rows ` +
+          `(${f3(gapJ)}, best: ${bestJ.n}); on the raw rows ${f3(gap)} (best: ${best.n}); ${gaussianText}`,
+      );
     }
   }
   lines.push('');
@@ -544,21 +554,22 @@ function reportText(results: DataResult[], demo: { runaway: Runaway; stats: stri
   lines.push('');
   lines.push(
     "Every configuration measured against the targets, as if it were the defaults: mean test LL minus the best configuration's " +
-      '(raw, and jittered for data on a grid: there the raw figure also rewards density piled on grid points); seeds whose model is ' +
+      '(raw, and jittered for data on a grid: there the raw figure also rewards density piled on grid points, and the target is judged ' +
+      'on the jittered one); seeds whose model is ' +
       'below the Gaussian; samples beyond 50 sd over all seeds.',
   );
   lines.push('');
-  lines.push(`| config | ${columns.map((c) => c.title).join(' | ')} | within 0.05 of the best (raw) | (jittered where on a grid) | seeds below the Gaussian | beyond 50 sd |`);
+  lines.push(`| config | ${columns.map((c) => c.title).join(' | ')} | target: within 0.05 of the best (jittered where on a grid) | within 0.05 on raw rows | seeds below the Gaussian | beyond 50 sd |`);
   lines.push(`|---|${columns.map(() => '---|').join('')}---|---|---|---|`);
   for (const n of configNames) {
     const gaps = columns.map((c) => scoreOf(c.res, n, c.jittered) - bestScore(c.res, c.jittered));
     const raw = results.map((res) => scoreOf(res, n, false) - bestScore(res, false));
-    const honest = results.map((res) => scoreOf(res, n, res.gaussianJittered !== null) - bestScore(res, res.gaussianJittered !== null));
+    const target = results.map((res) => scoreOf(res, n, res.gaussianJittered !== null) - bestScore(res, res.gaussianJittered !== null));
     const below = results.reduce((a, res) => a + res.runs.filter((r) => r.config.name === n && r.testLL <= res.gaussian).length, 0);
     const far = results.reduce((a, res) => a + (res.runaway.get(n) ?? []).reduce((b, r) => b + r.beyond50, 0), 0);
     lines.push(
-      `| ${n} | ${gaps.map(f3).join(' | ')} | ${raw.filter((g) => g >= -0.05).length} of ${results.length} | ` +
-        `${honest.filter((g) => g >= -0.05).length} of ${results.length} | ${below} | ${far} |`,
+      `| ${n} | ${gaps.map(f3).join(' | ')} | ${target.filter((g) => g >= -0.05).length} of ${results.length} | ` +
+        `${raw.filter((g) => g >= -0.05).length} of ${results.length} | ${below} | ${far} |`,
     );
   }
   for (const res of results) {
