@@ -268,6 +268,34 @@ void madeParallel(const KernelTable& K, const MadePlan& m, Scratch& s) {
 // in the last hidden layer (the head reads units [0, prefix[2p + 1]), its prefixes rising with p).
 int headStart(const MadePlan& m, int p) { return p == 0 ? 0 : m.output.prefix[2 * p - 1]; }
 
+// The sequential heads' pushes (KernelTable::headPush), in blocks of positions. Pushing each
+// step's few new units into every column still to come would load and store all those sums for a
+// handful of multiply-adds (D=512: one unit per step, 2 memory operations per multiply-add). So a
+// block's steps push only into the block's own columns, and at the next block's start the units
+// the block computed go to every later column at once: at least kHeadPushUnits per sum loaded.
+// Every column still takes its inputs in index order, so the bits do not depend on the blocks.
+constexpr int kHeadPushUnits = 16;
+
+struct HeadPusher {
+  const MadePlan& m;
+  int blockEnd = 0;  // positions [.., blockEnd) are the current block
+  int pushedFar = 0; // units [0, pushedFar) are in every column from 2 * blockEnd on
+
+  // Before step p: where its pushes stop (column 2 * blockEnd), after starting a new block if p
+  // begins one. push(k0, k1, c0, c1) runs the kernel.
+  template <typename Push>
+  int columnsEnd(int p, const Push& push) {
+    if (p == blockEnd) {
+      const int start = headStart(m, p);
+      push(pushedFar, start, 2 * p, m.output.out);
+      pushedFar = start;
+      blockEnd = p + 1;
+      while (blockEnd < m.dim && m.output.prefix[2 * blockEnd - 1] - start < kHeadPushUnits) ++blockEnd;
+    }
+    return 2 * blockEnd;
+  }
+};
+
 // Solves v = u * scale(u) + shift(u) for u one degree at a time, computing each
 // hidden unit exactly once; logDet -= sum log scale.
 void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
@@ -284,9 +312,13 @@ void madeSequential(const KernelTable& K, const MadePlan& m, Scratch& s) {
   float* const rawT = s.output.data();
   for (int c = 0; c < m.output.out; ++c) std::fill_n(rawT + static_cast<size_t>(c) * T, T, m.output.bias[c]);
   const LinearView head = view(m.output);
+  const float* h = headInput(m, s);
+  HeadPusher pusher{m};
+  const auto push = [&](int k0, int k1, int c0, int c1) { K.headPush(head, h, rawT, k0, k1, c0, c1); };
   for (int p = 0; p < m.dim; ++p) {
+    const int c1 = pusher.columnsEnd(p, push);
     unitsOfDegree(K.linear, m, s, cond, s.contextIn.data(), p, true);
-    K.headPush(head, headInput(m, s), rawT, headStart(m, p), m.output.prefix[2 * p + 1], 2 * p);
+    push(headStart(m, p), m.output.prefix[2 * p + 1], 2 * p, c1);
     K.solve(rawT, s.sortedIn.data(), u, s.logDet.data(), p, static_cast<int>(m.scale));
     if (clamp) conditionerInput(m, u + static_cast<size_t>(p) * T, cond + static_cast<size_t>(p) * T, T);
   }
@@ -346,9 +378,13 @@ void madeSequentialRow(const KernelTable& K, const MadePlan& m, Scratch& s, int 
   float* raw = s.output.data();
   std::copy_n(m.output.bias.data(), m.output.outStride, raw);
   const LinearView head = view(m.output);
+  const float* h = headInput(m, s);
+  HeadPusher pusher{m};
+  const auto push = [&](int k0, int k1, int c0, int c1) { K.headPushRow(head, h, raw, k0, k1, c0, c1); };
   for (int p = 0; p < m.dim; ++p) {
+    const int c1 = pusher.columnsEnd(p, push);
     unitsOfDegree(K.linearRow, m, s, cond, contextAndCond, p, false);
-    K.headPushRow(head, headInput(m, s), raw, headStart(m, p), m.output.prefix[2 * p + 1], 2 * p);
+    push(headStart(m, p), m.output.prefix[2 * p + 1], 2 * p, c1);
     K.affineRow(raw, v, u, &s.logDet[r], p, p + 1, static_cast<int>(m.scale), true);
     if (cond != u) cond[p] = softClamp(u[p], m.softClampInv);
   }

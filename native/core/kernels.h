@@ -40,18 +40,18 @@ struct KernelTable {
   void (*affine)(const LinearView& head, const float* hT, const float* inT, float* outT, float* logDet, int p0,
                  int p1, int scaleKind);
   // The sequential direction's heads, pushed: rawT (feature-major, started at the head's bias)
-  // gets inputs [k0, k1) of hT, the last hidden layer's units that step just computed, added to
-  // every column in [c0, out), each column's terms in index order with the same multiply-adds as
-  // `linear`'s sums (so a head summed step by step equals the parallel direction's, bit for bit).
-  // Every weight is read once per tile, in blocks of several columns: one position's two columns
-  // alone would read each input for two multiply-adds only.
-  void (*headPush)(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0);
+  // gets inputs [k0, k1) of hT (last hidden layer units already computed) added to columns
+  // [c0, c1). A caller that pushes every column's inputs in index order gets the same multiply-adds
+  // as `linear`'s sums (so a head summed step by step equals the parallel direction's, bit for
+  // bit). Blocks of several columns: one position's two columns alone would read each input for
+  // two multiply-adds only.
+  void (*headPush)(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0, int c1);
   // Position p's inverse affine step from its pushed sums (columns 2p, 2p + 1 of rawT):
   // outT[p] = (inT[p] - shift) / scale, logDet -= log scale.
   void (*solve)(const float* rawT, const float* inT, float* outT, float* logDet, int p, int scaleKind);
   // headPush for ONE row (raw: the row's sums, outStride floats), vectorised across columns,
   // with the same operations, so a row gives the same bits alone or in a tile.
-  void (*headPushRow)(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0);
+  void (*headPushRow)(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0, int c1);
   // The affine step of ONE row for positions [p0, p1) (the one-row path), from the head's raw
   // outputs raw[2p] (shift) and raw[2p + 1] (scale), with `affine`'s per-element operations, so a
   // row gives the same bits whichever path (tile or row) runs it: a sample split in pieces of

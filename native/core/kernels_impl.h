@@ -335,9 +335,8 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
 }
 
 // ---- the sequential direction's heads, pushed ----
-// Step p adds the last hidden layer's units it just computed, inputs [k0, k1) of the head, to the
-// raw sums of every column not yet solved, [c0, out): kColumns columns x the tile's rows per
-// register block. Each sum starts at the bias and takes its terms in index order, one multiply-add
+// Inputs [k0, k1) of the head (last hidden layer units already computed) added to the raw sums
+// of columns [c0, c1): kColumns columns x the tile's rows per register block. Each sum starts at the bias and takes its terms in index order, one multiply-add
 // each, exactly as accumulate does: position p's raw shift and scale are the parallel direction's bits.
 template <int kColumns>
 IAF_ALWAYS_INLINE void pushBlock(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0) {
@@ -365,11 +364,11 @@ inline void pushBlockOfWidth(int width, const LinearView& head, const float* hT,
   else if (kColumns > 1) pushBlockOfWidth<(kColumns > 1 ? kColumns - 1 : 1)>(width, head, hT, rawT, k0, k1, c);
 }
 
-void headPushKernel(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0) {
+void headPushKernel(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0, int c1) {
   if (k1 <= k0) return;
   int c = c0;
-  for (; c + kGroup <= head.out; c += kGroup) pushBlock<kGroup>(head, hT, rawT, k0, k1, c);
-  if (c < head.out) pushBlockOfWidth<kGroup>(head.out - c, head, hT, rawT, k0, k1, c);
+  for (; c + kGroup <= c1; c += kGroup) pushBlock<kGroup>(head, hT, rawT, k0, k1, c);
+  if (c < c1) pushBlockOfWidth<kGroup>(c1 - c, head, hT, rawT, k0, k1, c);
 }
 
 // Position p's inverse affine step from its pushed raw sums (columns 2p, 2p + 1 of rawT).
@@ -407,16 +406,25 @@ inline void pushRowBlock(const LinearView& head, const float* h, float* raw, int
   for (int b = 0; b < kVectors; ++b) store(raw + c0 + b * kVec, acc[b]);
 }
 
-void headPushRowKernel(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0) {
+void headPushRowKernel(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0, int c1) {
   if (k1 <= k0) return;
   constexpr int kWide = 4;
   int c = c0;
-  for (; c + kWide * kVec <= head.out; c += kWide * kVec) pushRowBlock<kWide>(head, h, raw, k0, k1, c);
-  for (; c + kVec <= head.out; c += kVec) pushRowBlock<1>(head, h, raw, k0, k1, c);
+  for (; c + kWide * kVec <= c1; c += kWide * kVec) pushRowBlock<kWide>(head, h, raw, k0, k1, c);
+  for (; c + kVec <= c1; c += kVec) pushRowBlock<1>(head, h, raw, k0, k1, c);
   // The last columns, fewer than a vector: one vector when the row's storage (outStride) holds it
-  // (its lanes past out are padding, computed and never read), else one column at a time.
-  if (c < head.out && c + kVec <= head.outStride) return pushRowBlock<1>(head, h, raw, k0, k1, c);
-  for (; c < head.out; ++c) {
+  // (lanes past c1 are later columns, which get the same terms again later, or padding: the vector
+  // is computed and only its lanes below c1 are kept), else one column at a time.
+  if (c < c1 && c + kVec <= head.outStride) {
+    alignas(64) float lanes[kVec];
+    const float* w = head.weightKM + c;
+    vf acc = load(raw + c);
+    for (int k = k0; k < k1; ++k) acc = IAF_FMADD(load(w + static_cast<long>(k) * head.outStride), splat(h[k]), acc);
+    store(lanes, acc);
+    for (int q = 0; c + q < c1; ++q) raw[c + q] = lanes[q];
+    return;
+  }
+  for (; c < c1; ++c) {
     float sum = raw[c];
     for (int k = k0; k < k1; ++k) sum = IAF_FMADD1(head.weightKM[static_cast<long>(k) * head.outStride + c], h[k], sum);
     raw[c] = sum;

@@ -88,8 +88,8 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
   }
 }
 
-void headPushKernel(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0) {
-  for (int c = c0; c < head.out; ++c)
+void headPushKernel(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0, int c1) {
+  for (int c = c0; c < c1; ++c)
     for (int r = 0; r < kTile; ++r) {
       float sum = rawT[c * kTile + r];
       for (int k = k0; k < k1; ++k) sum += head.weightKM[static_cast<long>(k) * head.outStride + c] * hT[k * kTile + r];
@@ -105,8 +105,8 @@ void solveKernel(const float* rawT, const float* inT, float* outT, float* logDet
   }
 }
 
-void headPushRowKernel(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0) {
-  for (int c = c0; c < head.out; ++c) {
+void headPushRowKernel(const LinearView& head, const float* h, float* raw, int k0, int k1, int c0, int c1) {
+  for (int c = c0; c < c1; ++c) {
     float sum = raw[c];
     for (int k = k0; k < k1; ++k) sum += head.weightKM[static_cast<long>(k) * head.outStride + c] * h[k];
     raw[c] = sum;
