@@ -336,8 +336,9 @@ void affineKernel(const LinearView& head, const float* hT, const float* inT, flo
 
 // ---- the sequential direction's heads, pushed ----
 // Inputs [k0, k1) of the head (last hidden layer units already computed) added to the raw sums
-// of columns [c0, c1): kColumns columns x the tile's rows per register block. Each sum starts at the bias and takes its terms in index order, one multiply-add
-// each, exactly as accumulate does: position p's raw shift and scale are the parallel direction's bits.
+// of columns [c0, c1): kColumns columns x the tile's rows per register block, one multiply-add per
+// term with accumulate's operands. The caller starts the sums at the bias and pushes each column's
+// inputs in index order, so position p's raw shift and scale are the parallel direction's bits.
 template <int kColumns>
 IAF_ALWAYS_INLINE void pushBlock(const LinearView& head, const float* hT, float* rawT, int k0, int k1, int c0) {
   vf acc[kColumns][kRowVectors];
@@ -413,8 +414,8 @@ void headPushRowKernel(const LinearView& head, const float* h, float* raw, int k
   for (; c + kWide * kVec <= c1; c += kWide * kVec) pushRowBlock<kWide>(head, h, raw, k0, k1, c);
   for (; c + kVec <= c1; c += kVec) pushRowBlock<1>(head, h, raw, k0, k1, c);
   // The last columns, fewer than a vector: one vector when the row's storage (outStride) holds it
-  // (lanes past c1 are later columns, which get the same terms again later, or padding: the vector
-  // is computed and only its lanes below c1 are kept), else one column at a time.
+  // (its lanes past c1, later columns or padding, are computed and dropped: a later column gets
+  // these inputs when its own block's push comes), else one column at a time.
   if (c < c1 && c + kVec <= head.outStride) {
     alignas(64) float lanes[kVec];
     const float* w = head.weightKM + c;
