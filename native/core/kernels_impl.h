@@ -103,21 +103,28 @@ inline vf activate(vf x) {
   return x;
 }
 
-// A register block: kColumns units x the tile's rows, over `depth` inputs.
+// Inputs [k0, k1) added to a register block of kColumns units (weights w[k * stride + c]) x the
+// tile's rows, one multiply-add per term in index order: the sums of `linear` and the heads' pushes.
 template <int kColumns>
-IAF_ALWAYS_INLINE void accumulate(const LinearView& L, const float* xT, int j0, int depth, vf (&acc)[kColumns][kRowVectors]) {
-  for (int c = 0; c < kColumns; ++c)
-    for (int v = 0; v < kRowVectors; ++v) acc[c][v] = splat(L.bias[j0 + c]);
-  const float* w = L.weightKM + j0;
-  for (int k = 0; k < depth; ++k) {
+IAF_ALWAYS_INLINE void addTerms(const float* w, long stride, const float* xT, int k0, int k1,
+                                vf (&acc)[kColumns][kRowVectors]) {
+  for (int k = k0; k < k1; ++k) {
     vf x[kRowVectors];
     for (int v = 0; v < kRowVectors; ++v) x[v] = load(xT + k * kTile + v * kVec);
-    const float* wk = w + static_cast<long>(k) * L.outStride;
+    const float* wk = w + k * stride;
     for (int c = 0; c < kColumns; ++c) {
       const vf b = splat(wk[c]);
       for (int v = 0; v < kRowVectors; ++v) acc[c][v] = IAF_FMADD(b, x[v], acc[c][v]);
     }
   }
+}
+
+// A register block: kColumns units x the tile's rows, over `depth` inputs.
+template <int kColumns>
+IAF_ALWAYS_INLINE void accumulate(const LinearView& L, const float* xT, int j0, int depth, vf (&acc)[kColumns][kRowVectors]) {
+  for (int c = 0; c < kColumns; ++c)
+    for (int v = 0; v < kRowVectors; ++v) acc[c][v] = splat(L.bias[j0 + c]);
+  addTerms<kColumns>(L.weightKM + j0, L.outStride, xT, 0, depth, acc);
 }
 
 // The epilogue: optional residual input, optional pre-activation copy, activation.
@@ -344,16 +351,7 @@ IAF_ALWAYS_INLINE void pushBlock(const LinearView& head, const float* hT, float*
   vf acc[kColumns][kRowVectors];
   for (int c = 0; c < kColumns; ++c)
     for (int v = 0; v < kRowVectors; ++v) acc[c][v] = load(rawT + (c0 + c) * kTile + v * kVec);
-  const float* w = head.weightKM + c0;
-  for (int k = k0; k < k1; ++k) {
-    vf x[kRowVectors];
-    for (int v = 0; v < kRowVectors; ++v) x[v] = load(hT + k * kTile + v * kVec);
-    const float* wk = w + static_cast<long>(k) * head.outStride;
-    for (int c = 0; c < kColumns; ++c) {
-      const vf b = splat(wk[c]);
-      for (int v = 0; v < kRowVectors; ++v) acc[c][v] = IAF_FMADD(b, x[v], acc[c][v]);
-    }
-  }
+  addTerms<kColumns>(head.weightKM + c0, head.outStride, hT, k0, k1, acc);
   for (int c = 0; c < kColumns; ++c)
     for (int v = 0; v < kRowVectors; ++v) store(rawT + (c0 + c) * kTile + v * kVec, acc[c][v]);
 }
